@@ -1,0 +1,267 @@
+"""The `e2e` command: start the engine, submit and follow jobs, terminate them, render specs dry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import redis
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .client import Client, run_finished
+from .errors import E2EError, InfrastructureError, StackError
+from .settings import get_settings
+from .stack import Stack
+from .states import JOB_TERMINAL, RUN_TERMINAL, JobState
+from .watch import watch_job
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="End-to-End Desktops: run simulation jobs on a cluster, follow them live, terminate them.")
+out = Console()
+err = Console(stderr=True)
+
+JSON_OPT = typer.Option(False, "--json", help="print machine-readable JSON")
+
+
+def _client() -> Client:
+    return Client(get_settings())
+
+
+def _dump(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=lambda o: getattr(o, "value", None) or getattr(o, "model_dump", str)()))
+
+
+def _job_doc(doc: dict[str, Any]) -> dict[str, Any]:
+    doc = dict(doc)
+    doc["runs_detail"] = [{**r, "progress": r["progress"].model_dump() if r.get("progress") else None}
+                          for r in doc.get("runs_detail", [])]
+    return doc
+
+
+@app.command()
+def up(detach: bool = typer.Option(False, "--detach", "-d", help="start in the background and return")) -> None:
+    """Start the engine: Redis (embedded unless REDIS_URL is set), Celery workers and the reconcile loop."""
+    stack = Stack(get_settings())
+    info = stack.start()
+    where = "embedded Redis" if info["embedded_redis"] else "Redis from REDIS_URL"
+    out.print(f"[green]engine up[/] in {stack.home} ({where}; worker pid {info['pids']['worker']}, "
+              f"beat pid {info['pids']['beat']})")
+    if detach:
+        return
+    out.print("press Ctrl-C to stop")
+    stopping = False
+
+    def _stop(*_a):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    while not stopping:
+        time.sleep(0.5)
+    stack.stop()
+    out.print("engine stopped")
+
+
+@app.command()
+def down() -> None:
+    """Stop the engine's workers, reconcile loop and embedded Redis (jobs and their state are kept)."""
+    stack = Stack(get_settings())
+    if not stack.read():
+        out.print("engine is not running")
+        return
+    stack.stop()
+    out.print("engine stopped")
+
+
+@app.command()
+def submit(spec: Path = typer.Argument(..., help="job spec (YAML or JSON)"),
+           wait: bool = typer.Option(False, "--wait", help="follow the run until it ends"),
+           as_json: bool = JSON_OPT) -> None:
+    """Validate a job spec and queue it; prints the job id."""
+    client = _client()
+    job_id = client.submit_file(spec)
+    if as_json and not wait:
+        _dump({"id": job_id})
+    elif not wait:
+        print(job_id)
+    if wait:
+        if not as_json:
+            out.print(f"submitted [bold]{job_id}[/]")
+        doc = watch_job(client, job_id, out, quiet=as_json)
+        if as_json:
+            _dump(_job_doc(doc))
+
+
+@app.command("ls")
+def list_jobs(limit: int = typer.Option(50, help="how many of the newest jobs"), as_json: bool = JSON_OPT) -> None:
+    """List jobs, newest first."""
+    client = _client()
+    jobs = client.jobs(limit)
+    if as_json:
+        _dump(jobs)
+        return
+    table = Table("ID", "NAME", "OWNER", "SOLVER", "JOB", "RUN", "PROGRESS", "AGE", box=None)
+    for job in jobs:
+        run = client.store.get_run(job["id"], job["current_run"])
+        prog = run.get("progress")
+        frac = prog.fraction if prog else None
+        table.add_row(job["id"], job["name"], job["owner"], job["solver"], job["state"].value,
+                      f"{run['id']} {run['state'].value}", f"{frac:.0%}" if frac is not None else "",
+                      _age(job["created_at"]))
+    out.print(table)
+
+
+@app.command()
+def status(job: str, as_json: bool = JSON_OPT) -> None:
+    """Show a job: state, nodes, runs with their progress, results."""
+    client = _client()
+    doc = client.status(job)
+    if as_json:
+        _dump(_job_doc(doc))
+        return
+    out.print(f"[bold]{doc['id']}[/] {doc['name']}  solver {doc['solver']}  owner {doc['owner']}")
+    out.print(f"  job      {_state(doc['state'].value)}  nodes {', '.join(doc['nodes']) or '-'}")
+    for run in doc["runs_detail"]:
+        prog = run.get("progress")
+        line = f"  {run['id']}  {_state(run['state'].value)}"
+        if prog and prog.step is not None:
+            line += f"  step {prog.step:g}" + (f"/{prog.total:g}" if prog.total else "")
+        if run.get("reason"):
+            line += f"  ({run['reason']})"
+        out.print(line)
+    if doc.get("results"):
+        out.print(f"  results  {doc['results']}")
+
+
+@app.command()
+def watch(job: str) -> None:
+    """Follow a job live (progress, residuals, state) until its current run ends."""
+    client = _client()
+    watch_job(client, client.resolve(job), out)
+
+
+@app.command()
+def logs(job: str, follow: bool = typer.Option(False, "-f", "--follow", help="keep printing new lines"),
+         run: Optional[str] = typer.Option(None, help="run id, default the current run")) -> None:
+    """Print the solver log of the job's current (or given) run."""
+    client = _client()
+    offset = 0
+    while True:
+        path = client.log_path(job, run)
+        if path is not None and path.exists():
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+            offset += len(chunk)
+            sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.flush()
+        if not follow or run_finished(client.status(job)):
+            if follow and path is not None and path.exists() and path.stat().st_size > offset:
+                continue
+            return
+        time.sleep(0.5)
+
+
+@app.command()
+def terminate(job: str, wait: bool = typer.Option(False, "--wait", help="wait until TERMINATED"),
+              timeout: float = typer.Option(300, help="seconds to wait with --wait"),
+              as_json: bool = JSON_OPT) -> None:
+    """Stop the solver (gracefully first), copy the job's files to results, release the nodes."""
+    client = _client()
+    doc = client.terminate(job)
+    if wait:
+        doc = client.wait(doc["id"], lambda d: d["state"] in JOB_TERMINAL, timeout=timeout)
+    if as_json:
+        _dump(_job_doc(client.status(doc["id"])))
+        return
+    out.print(f"{doc['id']} {_state(doc['state'].value)}" + (f"  results in {doc['results']}" if doc.get("results") else ""))
+
+
+@app.command()
+def solvers(as_json: bool = JSON_OPT) -> None:
+    """List the installed solver plugins."""
+    from solvers.base import registry
+
+    reg = registry()
+    rows = [{"name": p.name, "summary": p.summary, "options": sorted(p.Options.model_fields)} for p in reg]
+    if as_json:
+        _dump({"solvers": rows, "broken": reg.broken})
+        return
+    table = Table("SOLVER", "OPTIONS", "WHAT", box=None)
+    for row in rows:
+        table.add_row(row["name"], ", ".join(o for o in row["options"] if o != "name"), row["summary"])
+    out.print(table)
+    for name, why in reg.broken.items():
+        err.print(f"[yellow]plugin {name} failed to load:[/] {why}")
+
+
+@app.command()
+def render(spec: Path, out_dir: Path = typer.Option(..., "--out", help="folder to write the rendered run into")) -> None:
+    """Dry run: write every file a run would get (inputs, hostfile, run.sh, wrapper.sh); start nothing."""
+    from solvers.base import registry
+
+    from .cluster import get_backend
+    from .lifecycle import materialize_run
+    from .paths import RunPaths
+    from .spec import load_spec
+
+    settings = get_settings()
+    parsed = load_spec(spec)
+    nodes = get_backend(parsed.cluster.backend, settings).inventory()[: parsed.cluster.nodes]
+    paths = RunPaths(out_dir.resolve())
+    prepared = materialize_run(parsed, registry().get(parsed.solver.name), "dry-run", "run-001", nodes, paths)
+    for path in sorted(p for p in paths.root.rglob("*") if p.is_file() and ".e2e" not in p.parts)[:50]:
+        out.print(f"  {path.relative_to(paths.root)}")
+    out.print(f"rendered into {paths.root}; the solver log would be {prepared.log_file}")
+
+
+@app.command()
+def demo(keep: bool = typer.Option(False, "--keep", help="leave the engine running afterwards")) -> None:
+    """Run the showcase: OpenFOAM pitzDaily (simpleFoam) over 2 virtual nodes, live, then terminate."""
+    from .demo import run_demo
+
+    run_demo(out, keep_engine=keep)
+
+
+def _state(value: str) -> str:
+    colour = {"COMPLETED": "green", "UP": "green", "RUNNING": "cyan", "FAILED": "red", "TERMINATED": "dim",
+              "STOPPED": "yellow", "TERMINATING": "yellow", "STOPPING": "yellow"}.get(value, "white")
+    return f"[{colour}]{value}[/]"
+
+
+def _age(ts: float) -> str:
+    secs = max(0, time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs / size:.0f}{unit}"
+    return f"{secs:.0f}s"
+
+
+def main() -> None:
+    """Entry point: user errors print one clear message (exit 2), infrastructure errors exit 3."""
+    try:
+        app(standalone_mode=False)
+    except E2EError as exc:
+        err.print(f"[red]error:[/] {exc.message}", highlight=False)
+        sys.exit(3 if isinstance(exc, InfrastructureError) else 2)
+    except redis.RedisError as exc:
+        err.print(f"[red]error:[/] cannot reach the engine's Redis ({type(exc).__name__}); is it up? "
+                  "(`e2e up --detach`)", highlight=False)
+        sys.exit(3)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

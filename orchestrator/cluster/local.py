@@ -1,0 +1,77 @@
+"""The embedded default backend: N virtual nodes on this machine sharing its filesystem."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..errors import BackendError
+from ..settings import Settings
+from .base import ClusterBackend, Node
+
+
+class LocalBackend(ClusterBackend):
+    """Virtual nodes node-01..node-NN, each with its own directory under $E2E_HOME/nodes, all on localhost."""
+
+    name = "local"
+
+    def __init__(self, settings: Settings) -> None:
+        self._root = settings.root / "nodes"
+        self._nodes = [
+            Node(f"node-{i:02d}", "localhost", settings.local_cores_per_node, self._root / f"node-{i:02d}")
+            for i in range(1, settings.local_nodes + 1)
+        ]
+
+    def inventory(self) -> list[Node]:
+        return list(self._nodes)
+
+    def prepare_node(self, node: Node, job_id: str) -> None:
+        (node.root / "jobs" / job_id).mkdir(parents=True, exist_ok=True)
+
+    def spawn_detached(self, node: Node, argv: list[str], cwd: Path) -> None:
+        # setsid --fork: the direct child exits at once (reaped here), the program runs in a new session
+        # re-parented to init, so it survives this worker and leaves no zombie behind.
+        try:
+            subprocess.run(
+                ["setsid", "--fork", *argv], cwd=cwd, check=True, timeout=30,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise BackendError(f"could not start {argv[0]} on {node.name}: {exc}") from exc
+
+    def group_alive(self, node: Node, pgid: int) -> bool:
+        return self.signal_group(node, pgid, 0)
+
+    def signal_group(self, node: Node, pgid: int, signum: int) -> bool:
+        if pgid <= 1:
+            raise BackendError(f"refusing to signal process group {pgid}")
+        try:
+            os.killpg(pgid, signum)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError as exc:
+            raise BackendError(f"no permission to signal process group {pgid} on {node.name}") from exc
+
+    def read_bytes(self, node: Node, path: Path, offset: int = 0, limit: int | None = None) -> bytes | None:
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                return fh.read(-1 if limit is None else limit)
+        except FileNotFoundError:
+            return None
+
+    def write_bytes(self, node: Node, path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.e2e-tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def exists(self, node: Node, path: Path) -> bool:
+        return path.exists()
+
+    def collect(self, node: Node, src: Path, dest: Path) -> None:
+        if src.resolve() == dest.resolve():
+            return
+        shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)

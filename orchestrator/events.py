@@ -1,0 +1,33 @@
+"""Typed events of a job's stream: what happened, when; the CLI, API and monitor all read these."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class EventKind(str, Enum):
+    JOB_CREATED = "job.created"
+    JOB_STATE = "job.state"
+    RUN_CREATED = "run.created"
+    RUN_STATE = "run.state"
+    PROGRESS = "run.progress"
+    CONTROL = "control"      # a user or a guard asked for something (terminate, ...)
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class Event(BaseModel):
+    """One entry of a job's event stream; `id` is the Redis stream id, usable to resume from."""
+
+    id: str
+    kind: EventKind
+    ts: float
+    data: dict[str, Any]
+
+    @classmethod
+    def from_stream(cls, entry_id: str, fields: dict[str, str]) -> Event:
+        return cls(id=entry_id, kind=EventKind(fields["kind"]), ts=float(fields["ts"]), data=json.loads(fields["data"]))

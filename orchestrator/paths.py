@@ -1,0 +1,75 @@
+"""Names every file of a job and of its runs, on the head node (one place, so nobody guesses paths)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The run directory: the solver's working directory, with engine bookkeeping under .e2e/."""
+
+    root: Path
+
+    @property
+    def meta(self) -> Path:
+        return self.root / ".e2e"
+
+    @property
+    def wrapper(self) -> Path:
+        return self.root / "wrapper.sh"
+
+    @property
+    def script(self) -> Path:
+        return self.root / "run.sh"
+
+    @property
+    def hostfile(self) -> Path:
+        return self.root / "hostfile"
+
+    @property
+    def claim(self) -> Path:
+        return self.meta / "claim"
+
+    @property
+    def pid(self) -> Path:
+        return self.meta / "pid"
+
+    @property
+    def started_at(self) -> Path:
+        return self.meta / "started_at"
+
+    @property
+    def exit_code(self) -> Path:
+        return self.meta / "exit_code"
+
+    @property
+    def wrapper_log(self) -> Path:
+        return self.meta / "wrapper.log"
+
+    def relative(self, path: Path) -> str:
+        return str(path.relative_to(self.root))
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """The job directory on the head node: the work folder and one directory per run."""
+
+    root: Path
+
+    @classmethod
+    def for_job(cls, home: Path, job_id: str) -> JobPaths:
+        return cls(home / "jobs" / job_id)
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    def run(self, run_id: str) -> RunPaths:
+        return RunPaths(self.root / "runs" / run_id)
+
+
+def results_dir(home: Path, job_id: str) -> Path:
+    """Where a terminated job's files are kept."""
+    return home / "results" / job_id

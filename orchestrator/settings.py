@@ -1,0 +1,63 @@
+"""Engine configuration from environment variables (E2E_*), with the embedded stack's defaults."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import StackError
+
+
+class Settings(BaseSettings):
+    """Every knob of the engine; each field is read from E2E_<NAME> (REDIS_URL also works)."""
+
+    model_config = SettingsConfigDict(env_prefix="E2E_", extra="ignore")
+
+    home: Path = Field(default=Path("~/.e2e"), description="state directory: jobs, results, logs, embedded Redis")
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("E2E_REDIS_URL", "REDIS_URL"),
+        description="use this Redis instead of starting the embedded one",
+    )
+    reconcile_interval: PositiveFloat = Field(1.0, description="seconds between reconcile passes")
+    local_nodes: PositiveInt = Field(4, description="virtual nodes of the local backend")
+    local_cores_per_node: PositiveInt = Field(
+        default_factory=lambda: os.cpu_count() or 1, description="slots of each local virtual node"
+    )
+    launch_timeout: PositiveFloat = Field(10.0, description="seconds a launch may take before reconcile re-drives it")
+    stop_grace: PositiveFloat = Field(30.0, description="seconds a graceful stop may take before SIGTERM")
+    kill_grace: PositiveFloat = Field(10.0, description="seconds after SIGTERM before SIGKILL")
+    visibility_timeout: PositiveInt = Field(600, description="Celery/Redis redelivery timeout (s) for unacked tasks")
+    worker_concurrency: PositiveInt = Field(2, description="processes per Celery worker")
+    events_maxlen: PositiveInt = Field(10_000, description="events kept per job stream (approximate)")
+
+    @property
+    def root(self) -> Path:
+        """The state directory, expanded and absolute."""
+        return self.home.expanduser().resolve()
+
+    @property
+    def stack_file(self) -> Path:
+        return self.root / "stack.json"
+
+    def resolved_redis_url(self) -> str:
+        """REDIS_URL if set, else the embedded stack's URL from stack.json, else a clear error."""
+        if self.redis_url:
+            return self.redis_url
+        try:
+            return json.loads(self.stack_file.read_text())["redis_url"]
+        except (OSError, ValueError, KeyError):
+            raise StackError(
+                f"no engine is running for {self.root}: start one with `e2e up --detach`, or set REDIS_URL"
+            ) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings()

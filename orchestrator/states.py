@@ -1,0 +1,63 @@
+"""Job and run states, and the only transitions allowed between them, as data."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class JobState(str, Enum):
+    """Where a job (its cluster) is in its life."""
+
+    QUEUED = "QUEUED"              # accepted, waiting for nodes
+    PROVISIONING = "PROVISIONING"  # nodes leased, directories and inputs being prepared
+    UP = "UP"                      # cluster up; runs start, finish, and the cluster stays until terminate
+    TERMINATING = "TERMINATING"    # solver being stopped, results copied, nodes released
+    TERMINATED = "TERMINATED"      # everything released; results kept
+    FAILED = "FAILED"              # provisioning failed; terminate still collects what exists
+
+
+class RunState(str, Enum):
+    """Where one run (run-001, run-002, ...) of a job is."""
+
+    PENDING = "PENDING"      # created, not launched yet
+    LAUNCHING = "LAUNCHING"  # launch claimed; wrapper being spawned
+    RUNNING = "RUNNING"      # wrapper started and recorded its pid
+    STOPPING = "STOPPING"    # a stop was requested; waiting for the solver to exit
+    COMPLETED = "COMPLETED"  # solver exited and the plugin judged it a success
+    FAILED = "FAILED"        # solver exited badly, or its processes vanished
+    STOPPED = "STOPPED"      # stopped on request before finishing
+
+
+JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.PROVISIONING, JobState.TERMINATING}),
+    JobState.PROVISIONING: frozenset({JobState.UP, JobState.FAILED, JobState.TERMINATING}),
+    JobState.UP: frozenset({JobState.TERMINATING}),
+    JobState.FAILED: frozenset({JobState.TERMINATING}),
+    JobState.TERMINATING: frozenset({JobState.TERMINATED}),
+    JobState.TERMINATED: frozenset(),
+}
+
+RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
+    RunState.PENDING: frozenset({RunState.LAUNCHING, RunState.STOPPED}),
+    RunState.LAUNCHING: frozenset({RunState.RUNNING, RunState.FAILED, RunState.STOPPED}),
+    RunState.RUNNING: frozenset({RunState.COMPLETED, RunState.FAILED, RunState.STOPPING}),
+    RunState.STOPPING: frozenset({RunState.STOPPED, RunState.COMPLETED, RunState.FAILED}),
+    RunState.COMPLETED: frozenset(),
+    RunState.FAILED: frozenset(),
+    RunState.STOPPED: frozenset(),
+}
+
+JOB_TERMINAL = frozenset(s for s, nxt in JOB_TRANSITIONS.items() if not nxt)
+RUN_TERMINAL = frozenset(s for s, nxt in RUN_TRANSITIONS.items() if not nxt)
+# States in which solver processes may exist on nodes.
+RUN_ACTIVE = frozenset({RunState.LAUNCHING, RunState.RUNNING, RunState.STOPPING})
+
+
+def job_sources(target: JobState) -> frozenset[JobState]:
+    """Every job state from which `target` may be entered."""
+    return frozenset(s for s, nxt in JOB_TRANSITIONS.items() if target in nxt)
+
+
+def run_sources(target: RunState) -> frozenset[RunState]:
+    """Every run state from which `target` may be entered."""
+    return frozenset(s for s, nxt in RUN_TRANSITIONS.items() if target in nxt)

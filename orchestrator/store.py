@@ -1,0 +1,317 @@
+"""JobStore on Redis: jobs, runs, node leases and event streams; the only writer of state."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any, Iterable
+
+import redis
+
+from solvers.base import Progress
+
+from .errors import InvalidState, NotFound
+from .events import Event, EventKind
+from .states import JOB_TERMINAL, JobState, RunState, job_sources, run_sources
+
+# One atomic compare-and-set: check the current state is one of the expected ones, bump the version,
+# write state plus extra fields, and append the typed event to the job's stream, all in one step.
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {-1, ''} end
+local ok = false
+for s in string.gmatch(ARGV[1], '[^,]+') do if s == cur then ok = true end end
+if not ok then return {0, cur} end
+local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[3])
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'kind', ARGV[4], 'ts', ARGV[3], 'data', ARGV[5])
+return {1, tostring(v), id}
+"""
+
+# Lease `n` free nodes to a job, strictly in queue order; idempotent for a job that already holds nodes.
+_ALLOCATE = """
+for i = 3, #ARGV do redis.call('HSETNX', KEYS[1], ARGV[i], '') end
+local mine = {}
+for i = 3, #ARGV do if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then table.insert(mine, ARGV[i]) end end
+if #mine > 0 then return mine end
+local head = redis.call('ZRANGE', KEYS[2], 0, 0)
+if head[1] ~= ARGV[1] then return {'!queued'} end
+local want = tonumber(ARGV[2])
+local free = {}
+for i = 3, #ARGV do
+  if #free < want and redis.call('HGET', KEYS[1], ARGV[i]) == '' then table.insert(free, ARGV[i]) end
+end
+if #free < want then return {'!nodes'} end
+for _, n in ipairs(free) do redis.call('HSET', KEYS[1], n, ARGV[1]) end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return free
+"""
+
+_RELEASE = """
+local pool = redis.call('HGETALL', KEYS[1])
+local n = 0
+for i = 1, #pool, 2 do
+  if pool[i + 1] == ARGV[1] then redis.call('HSET', KEYS[1], pool[i], ''); n = n + 1 end
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return n
+"""
+
+
+def _now() -> str:
+    return f"{time.time():.6f}"
+
+
+def _encode(fields: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for key, value in fields.items():
+        if value is None:
+            out[key] = ""
+        elif isinstance(value, (dict, list)):
+            out[key] = json.dumps(value, separators=(",", ":"))
+        else:
+            out[key] = str(value.value if hasattr(value, "value") else value)
+    return out
+
+
+class JobStore:
+    """Every read and write of engine state goes through here."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "e2e", events_maxlen: int = 10_000) -> None:
+        self.r = client
+        self.prefix = prefix
+        self.events_maxlen = events_maxlen
+        self._transition = client.register_script(_TRANSITION)
+        self._allocate = client.register_script(_ALLOCATE)
+        self._release = client.register_script(_RELEASE)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> JobStore:
+        return cls(redis.Redis.from_url(url, decode_responses=True, socket_timeout=30, health_check_interval=25),
+                   **kwargs)
+
+    # -- keys (hash tags keep one job's keys in one slot, should this ever run on Redis Cluster)
+    def _job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{{{job_id}}}"
+
+    def _run(self, job_id: str, run_id: str) -> str:
+        return f"{self._job(job_id)}:run:{run_id}"
+
+    def _events(self, job_id: str) -> str:
+        return f"{self._job(job_id)}:events"
+
+    @property
+    def _index(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    @property
+    def _active(self) -> str:
+        return f"{self.prefix}:jobs:active"
+
+    @property
+    def _queue(self) -> str:
+        return f"{self.prefix}:queue"
+
+    def _pool(self, backend: str) -> str:
+        return f"{self.prefix}:nodes:{backend}"
+
+    # -- jobs
+    def create_job(self, *, name: str, owner: str, spec: dict[str, Any], backend: str, solver: str) -> str:
+        """Store a new QUEUED job with its first run, queue it, and record the creation event."""
+        while True:
+            job_id = secrets.token_hex(4)
+            if not self.r.exists(self._job(job_id)):
+                break
+        now = _now()
+        seq = self.r.incr(f"{self.prefix}:seq")
+        run_id = "run-001"
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self._job(job_id), mapping=_encode({
+            "id": job_id, "name": name, "owner": owner, "state": JobState.QUEUED, "version": 1,
+            "spec": spec, "backend": backend, "solver": solver, "created_at": now, "updated_at": now,
+            "runs": 1, "current_run": run_id, "nodes": [], "seq": seq,
+        }))
+        pipe.hset(self._run(job_id, run_id), mapping=_encode({
+            "id": run_id, "job_id": job_id, "state": RunState.PENDING, "version": 1, "created_at": now,
+            "updated_at": now, "log_offset": 0,
+        }))
+        self._xadd(pipe, job_id, EventKind.JOB_CREATED, {"name": name, "owner": owner, "state": "QUEUED"}, now)
+        self._xadd(pipe, job_id, EventKind.RUN_CREATED, {"run": run_id, "state": "PENDING"}, now)
+        pipe.zadd(self._index, {job_id: float(now)})
+        pipe.sadd(self._active, job_id)
+        pipe.zadd(self._queue, {job_id: seq})
+        pipe.execute()
+        return job_id
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        raw = self.r.hgetall(self._job(job_id))
+        if not raw:
+            raise NotFound(f"no job {job_id!r}")
+        return _decode_job(raw)
+
+    def find_job(self, prefix: str) -> str:
+        """The full id of the one job whose id starts with `prefix`."""
+        if self.r.exists(self._job(prefix)):
+            return prefix
+        matches = [j for j in self.r.zrange(self._index, 0, -1) if j.startswith(prefix)] if prefix else []
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise NotFound(f"no job {prefix!r}")
+        raise NotFound(f"{prefix!r} matches {len(matches)} jobs: {', '.join(matches[:5])}; give more of the id")
+
+    def list_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
+        ids = self.r.zrevrange(self._index, 0, limit - 1)
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(self._job(job_id))
+        return [_decode_job(raw) for raw in pipe.execute() if raw]
+
+    def active_jobs(self) -> list[str]:
+        return sorted(self.r.smembers(self._active))
+
+    def queued_jobs(self) -> list[str]:
+        return self.r.zrange(self._queue, 0, -1)
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        """Set non-state fields (never `state`: that goes through transition_job)."""
+        if "state" in fields or "version" in fields:
+            raise ValueError("state changes go through transition_job")
+        self.r.hset(self._job(job_id), mapping=_encode(fields))
+
+    def transition_job(self, job_id: str, to: JobState, *, expect: Iterable[JobState] | None = None,
+                       data: dict[str, Any] | None = None, **fields: Any) -> bool:
+        """Atomically move a job to `to` if its state is one of `expect` (default: every allowed source).
+
+        Returns False when the job is not in an expected state (someone else moved it first)."""
+        sources = job_sources(to) if expect is None else frozenset(expect) & job_sources(to)
+        ok = self._cas(self._job(job_id), job_id, sources, to, EventKind.JOB_STATE, data, fields)
+        if ok and to in JOB_TERMINAL:
+            self.r.srem(self._active, job_id)
+        return ok
+
+    # -- runs
+    def get_run(self, job_id: str, run_id: str) -> dict[str, Any]:
+        raw = self.r.hgetall(self._run(job_id, run_id))
+        if not raw:
+            raise NotFound(f"job {job_id} has no run {run_id!r}")
+        return _decode_run(raw)
+
+    def list_runs(self, job_id: str) -> list[dict[str, Any]]:
+        count = int(self.r.hget(self._job(job_id), "runs") or 0)
+        pipe = self.r.pipeline(transaction=False)
+        for i in range(1, count + 1):
+            pipe.hgetall(self._run(job_id, f"run-{i:03d}"))
+        return [_decode_run(raw) for raw in pipe.execute() if raw]
+
+    def update_run(self, job_id: str, run_id: str, **fields: Any) -> None:
+        if "state" in fields or "version" in fields:
+            raise ValueError("state changes go through transition_run")
+        self.r.hset(self._run(job_id, run_id), mapping=_encode(fields))
+
+    def transition_run(self, job_id: str, run_id: str, to: RunState, *, expect: Iterable[RunState] | None = None,
+                       data: dict[str, Any] | None = None, **fields: Any) -> bool:
+        """Atomically move a run to `to`; False when it is not in an expected state."""
+        sources = run_sources(to) if expect is None else frozenset(expect) & run_sources(to)
+        event = {"run": run_id, **(data or {})}
+        return self._cas(self._run(job_id, run_id), job_id, sources, to, EventKind.RUN_STATE, event, fields)
+
+    def record_progress(self, job_id: str, run_id: str, progress: Progress, log_offset: int) -> None:
+        """Store the latest progress and append it to the stream, together."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self._run(job_id, run_id), mapping=_encode({
+            "progress": progress.model_dump(), "log_offset": log_offset}))
+        self._xadd(pipe, job_id, EventKind.PROGRESS,
+                   {"run": run_id, **progress.model_dump(), "fraction": progress.fraction}, _now())
+        pipe.execute()
+
+    # -- events
+    def append_event(self, job_id: str, kind: EventKind, data: dict[str, Any]) -> str:
+        return self._xadd(self.r, job_id, kind, data, _now())
+
+    def events(self, job_id: str, after: str = "0-0", *, block_ms: int | None = None,
+               count: int = 1000) -> list[Event]:
+        """Events after `after` (a stream id); with block_ms, wait that long for the first new one."""
+        if block_ms is None:
+            entries = self.r.xrange(self._events(job_id), min=f"({after}" if after != "0-0" else "-", count=count)
+        else:
+            reply = self.r.xread({self._events(job_id): after}, count=count, block=block_ms)
+            entries = reply[0][1] if reply else []
+        return [Event.from_stream(entry_id, fields) for entry_id, fields in entries]
+
+    # -- node leases
+    def allocate(self, backend: str, job_id: str, count: int, inventory: list[str]) -> list[str] | str:
+        """Lease `count` nodes to the job (the head of the queue only); the node names, or why not."""
+        reply = self._allocate(keys=[self._pool(backend), self._queue], args=[job_id, count, *inventory])
+        if reply and reply[0].startswith("!"):
+            return reply[0][1:]
+        return list(reply)
+
+    def release(self, backend: str, job_id: str) -> int:
+        """Free every node the job holds and take it off the queue; the number of nodes freed."""
+        return int(self._release(keys=[self._pool(backend), self._queue], args=[job_id]))
+
+    def leases(self, backend: str) -> dict[str, str]:
+        return self.r.hgetall(self._pool(backend))
+
+    # -- internals
+    def _cas(self, key: str, job_id: str, sources: frozenset, to, kind: EventKind,
+             data: dict[str, Any] | None, fields: dict[str, Any]) -> bool:
+        if not sources:
+            raise InvalidState(f"no state may move to {to.value}")
+        flat: list[str] = []
+        for k, v in _encode(fields).items():
+            flat += [k, v]
+        event = json.dumps({"state": to.value, **(data or {})}, separators=(",", ":"), default=str)
+        status, *rest = self._transition(
+            keys=[key, self._events(job_id)],
+            args=[",".join(s.value for s in sources), to.value, _now(), kind.value, event, self.events_maxlen, *flat],
+        )
+        if status == -1:
+            raise NotFound(f"no such job or run for {job_id!r}")
+        return status == 1
+
+    def _xadd(self, client: Any, job_id: str, kind: EventKind, data: dict[str, Any], ts: str) -> Any:
+        return client.xadd(self._events(job_id), {
+            "kind": kind.value, "ts": ts, "data": json.dumps(data, separators=(",", ":"), default=str),
+        }, maxlen=self.events_maxlen, approximate=True)
+
+
+_JSON_FIELDS = {"spec", "nodes", "progress"}
+_FLOAT_FIELDS = {"created_at", "updated_at", "started_at", "ended_at", "terminate_requested_at",
+                 "launch_requested_at", "stop_requested_at", "term_sent_at", "kill_sent_at", "progress_total"}
+_INT_FIELDS = {"version", "runs", "seq", "pid", "exit_code", "log_offset"}
+
+
+def _decode(raw: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if value == "":
+            out[key] = None
+        elif key in _JSON_FIELDS:
+            out[key] = json.loads(value)
+        elif key in _FLOAT_FIELDS:
+            out[key] = float(value)
+        elif key in _INT_FIELDS:
+            out[key] = int(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _decode_job(raw: dict[str, str]) -> dict[str, Any]:
+    job = _decode(raw)
+    job["state"] = JobState(job["state"])
+    job.setdefault("nodes", [])
+    job["nodes"] = job["nodes"] or []
+    return job
+
+
+def _decode_run(raw: dict[str, str]) -> dict[str, Any]:
+    run = _decode(raw)
+    run["state"] = RunState(run["state"])
+    if run.get("progress"):
+        run["progress"] = Progress.model_validate(run["progress"])
+    return run

@@ -1,0 +1,50 @@
+"""Live terminal view of a job: a progress bar, the latest residuals and state changes, from its events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .client import Client
+from .events import EventKind
+from .states import JOB_TERMINAL, RUN_TERMINAL, JobState, RunState
+
+
+def watch_job(client: Client, job_id: str, console: Console, quiet: bool = False,
+              timeout: float | None = None) -> dict[str, Any]:
+    """Follow events until the current run ends (or the job does); returns the final job document."""
+    doc = client.status(job_id)
+    run_id = doc["current_run"]
+
+    def done(event) -> bool:
+        state = event.data.get("state")
+        if event.kind is EventKind.RUN_STATE and event.data.get("run") == run_id:
+            return RunState(state) in RUN_TERMINAL
+        return event.kind is EventKind.JOB_STATE and (JobState(state) in JOB_TERMINAL or state == "FAILED")
+
+    if quiet:
+        for _ in client.follow(job_id, until=done, timeout=timeout):
+            pass
+        return client.status(job_id)
+    columns = [TextColumn("[bold]{task.fields[run]}[/]"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+               TextColumn("{task.fields[step]}"), TimeElapsedColumn(), TextColumn("{task.fields[res]}")]
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("run", total=1.0, run=run_id, step="", res="")
+        for event in client.follow(job_id, until=done, timeout=timeout):
+            if event.kind is EventKind.PROGRESS and event.data.get("run") == run_id:
+                data = event.data
+                step = f"step {data['step']:g}" + (f"/{data['total']:g}" if data.get("total") else "") \
+                    if data.get("step") is not None else ""
+                res = "  ".join(f"{k} {v:.2e}" for k, v in list(data.get("residuals", {}).items())[:4])
+                bar.update(task, completed=data.get("fraction") or 0.0, step=step, res=res)
+            elif event.kind in (EventKind.JOB_STATE, EventKind.RUN_STATE):
+                who = event.data.get("run") or "job"
+                extra = f" ({event.data['reason']})" if event.data.get("reason") else ""
+                bar.console.print(f"{who}: {event.data['state']}{extra}")
+                if event.data.get("run") == run_id and event.data["state"] == "COMPLETED":
+                    bar.update(task, completed=1.0)
+            elif event.kind in (EventKind.WARNING, EventKind.ERROR):
+                bar.console.print(f"[yellow]{event.kind.value}:[/] {event.data.get('message')}")
+    return client.status(job_id)

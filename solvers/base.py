@@ -1,0 +1,192 @@
+"""The solver plugin contract (options model, prepare, progress, exit judgement, stop) and its registry."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator.errors import PluginError, UserError
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "orchestrator.solvers"
+TEMPLATES_ROOT = Path(__file__).resolve().parent.parent / "templates"
+
+
+class SolverOptions(BaseModel):
+    """Base of every plugin's options model; `name` is the discriminator of the job spec's `solver`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+
+
+@dataclass(frozen=True)
+class NodeSlots:
+    """One allocated node as a solver sees it: where it is and how many processes it takes."""
+
+    name: str
+    address: str
+    slots: int
+
+
+@dataclass(frozen=True)
+class LaunchContext:
+    """What the engine tells a plugin about the run it prepares."""
+
+    job_id: str
+    run_id: str
+    run_dir: Path                 # the run directory on the head node; the plugin writes inputs here
+    nodes: tuple[NodeSlots, ...]
+    hostfile: str                 # hostfile name inside run_dir, already written by the engine
+    as_root: bool                 # launchers that refuse root by default need their opt-in flag
+
+    @property
+    def nprocs(self) -> int:
+        return sum(n.slots for n in self.nodes)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A plugin's answer to prepare(): which template to render, with what, and where its log goes."""
+
+    template: str                          # e.g. "openfoam/run.sh.j2", relative to the plugin's templates root
+    context: dict[str, Any]                # values for the template (quoted for the shell by the renderer)
+    log_file: str                          # main solver log, relative to the run directory
+    progress_total: float | None = None    # the value `Progress.step` reaches at the end, when known
+    env: dict[str, str] = field(default_factory=dict)  # exported before the script; secrets allowed
+
+
+class Progress(BaseModel):
+    """Live progress of a run as parsed from the solver's log."""
+
+    model_config = ConfigDict(extra="forbid")
+    step: float | None = None          # iteration or simulated time
+    total: float | None = None         # where `step` ends
+    residuals: dict[str, float] = {}   # initial residual per field, latest step
+    solver_time: float | None = None   # wall/CPU seconds the solver reports
+    converged: bool = False
+    message: str | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        if self.step is None or not self.total:
+            return None
+        return max(0.0, min(1.0, self.step / self.total))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a finished run went, judged by its plugin."""
+
+    ok: bool
+    reason: str
+
+
+class RunFiles(Protocol):
+    """The narrow file access a plugin gets to a live run directory (the engine routes it to the node)."""
+
+    def read_text(self, rel: str) -> str: ...
+    def write_text(self, rel: str, text: str) -> None: ...
+
+
+class SolverPlugin(ABC):
+    """What a solver plugin provides. It never touches Celery, Redis or nodes directly."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[SolverOptions]]
+    templates_root: ClassVar[Path] = TEMPLATES_ROOT
+    summary: ClassVar[str] = ""
+
+    @abstractmethod
+    def prepare(self, options: SolverOptions, ctx: LaunchContext) -> Prepared:
+        """Write the run's inputs into ctx.run_dir and say how to launch it."""
+
+    @abstractmethod
+    def parse_progress(self, text: str, last: Progress | None) -> Progress | None:
+        """Fold new complete log lines into the progress so far; None when nothing new was seen."""
+
+    def judge_exit(self, exit_code: int, log_tail: str) -> Outcome:
+        """Decide success from the exit code and the end of the log (override for solvers that lie)."""
+        if exit_code == 0:
+            return Outcome(True, "exit code 0")
+        return Outcome(False, f"exit code {exit_code}")
+
+    def request_stop(self, files: RunFiles) -> bool:
+        """Ask the solver to write a checkpoint and exit; False when it has no graceful way."""
+        return False
+
+
+class Registry:
+    """Solver plugins by name, loaded from the `orchestrator.solvers` entry-point group."""
+
+    def __init__(self, plugins: dict[str, SolverPlugin], broken: dict[str, str] | None = None) -> None:
+        self._plugins = dict(sorted(plugins.items()))
+        self.broken = broken or {}
+
+    @classmethod
+    def from_classes(cls, classes: list[type[SolverPlugin]]) -> Registry:
+        plugins: dict[str, SolverPlugin] = {}
+        for plugin_cls in classes:
+            _add(plugins, plugin_cls, origin=plugin_cls.__module__)
+        return cls(plugins)
+
+    @classmethod
+    def from_entry_points(cls) -> Registry:
+        plugins: dict[str, SolverPlugin] = {}
+        origins: dict[str, str] = {}
+        broken: dict[str, str] = {}
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if origins.get(ep.name) == ep.value:
+                continue  # the same distribution seen twice (editable installs)
+            try:
+                plugin_cls = ep.load()
+            except Exception as exc:  # a broken third-party plugin must not take the engine down
+                log.warning("solver plugin %r (%s) failed to load: %s", ep.name, ep.value, exc)
+                broken[ep.name] = f"{type(exc).__name__}: {exc}"
+                continue
+            if ep.name in plugins:
+                raise PluginError(
+                    f"two solver plugins are registered as {ep.name!r}: {origins[ep.name]} and {ep.value}"
+                )
+            if getattr(plugin_cls, "name", None) != ep.name:
+                raise PluginError(f"entry point {ep.name!r} loads {ep.value}, whose name is {plugin_cls.name!r}")
+            _add(plugins, plugin_cls, origin=ep.value)
+            origins[ep.name] = ep.value
+        return cls(plugins, broken)
+
+    def names(self) -> list[str]:
+        return list(self._plugins)
+
+    def get(self, name: str) -> SolverPlugin:
+        try:
+            return self._plugins[name]
+        except KeyError:
+            raise UserError(f"unknown solver {name!r}; known solvers: {', '.join(self.names()) or 'none'}") from None
+
+    def __iter__(self):
+        return iter(self._plugins.values())
+
+
+def _add(plugins: dict[str, SolverPlugin], plugin_cls: type[SolverPlugin], origin: str) -> None:
+    name = getattr(plugin_cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise PluginError(f"solver plugin {origin} has no name")
+    if name in plugins:
+        raise PluginError(f"two solver plugins are registered as {name!r}")
+    options = getattr(plugin_cls, "Options", None)
+    if not (isinstance(options, type) and issubclass(options, SolverOptions)):
+        raise PluginError(f"solver plugin {name!r} must define Options as a SolverOptions subclass")
+    plugins[name] = plugin_cls()
+
+
+@lru_cache(maxsize=1)
+def registry() -> Registry:
+    """The process-wide registry of installed solver plugins."""
+    return Registry.from_entry_points()

@@ -1,0 +1,78 @@
+"""Generic command plugin: runs one argv on the allocation (scripts, in-house codes, smoke tests)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator
+
+from orchestrator.spec import resolve_input_path
+
+from .base import LaunchContext, Prepared, Progress, SolverOptions, SolverPlugin
+
+_FRACTION = re.compile(r"^progress[:=\s]+([0-9.]+)\s*/\s*([0-9.]+)\s*$", re.M | re.I)
+_PERCENT = re.compile(r"^progress[:=\s]+([0-9.]+)\s*%\s*$", re.M | re.I)
+
+
+def _existing(path: Path, info) -> Path:
+    if (info.context or {}).get("check_paths", True) and not path.exists():
+        raise ValueError(f"{str(path)!r} does not exist")
+    return path
+
+
+class CommandOptions(SolverOptions):
+    """`solver:` block for a plain command. Print `progress: 3/10` or `progress: 30%` lines to report progress."""
+
+    name: Literal["command"]
+    command: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(min_length=1)
+    inputs: list[Annotated[Path, BeforeValidator(resolve_input_path), AfterValidator(_existing)]] = Field(
+        default_factory=list, description="files or folders copied into the run directory")
+    env: dict[str, Annotated[str, Field(max_length=4096)]] = Field(default_factory=dict)
+
+    @field_validator("command", "env")
+    @classmethod
+    def _no_nul(cls, value):
+        items = value if isinstance(value, list) else list(value) + list(value.values())
+        if any("\x00" in item for item in items):
+            raise ValueError("must not contain NUL characters")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", k)]
+        if bad:
+            raise ValueError(f"not environment variable names: {', '.join(map(repr, bad))}")
+        return value
+
+
+class Command(SolverPlugin):
+    name = "command"
+    Options = CommandOptions
+    summary = "any command; $E2E_HOSTFILE and $E2E_NPROCS describe the allocation"
+
+    def prepare(self, options: CommandOptions, ctx: LaunchContext) -> Prepared:
+        for src in options.inputs:
+            dest = ctx.run_dir / src.name
+            if src.is_dir():
+                shutil.copytree(src, dest, dirs_exist_ok=True)
+            else:
+                shutil.copy2(src, dest)
+        return Prepared(template="command/run.sh.j2", context={"command": options.command},
+                        log_file="output.log", env=dict(options.env))
+
+    def parse_progress(self, text: str, last: Progress | None) -> Progress | None:
+        fractions = _FRACTION.findall(text)
+        percents = _PERCENT.findall(text)
+        if not fractions and not percents:
+            return None
+        progress = (last or Progress()).model_copy()
+        if fractions:
+            step, total = fractions[-1]
+            progress.step, progress.total = float(step), float(total)
+        else:
+            progress.step, progress.total = float(percents[-1]), 100.0
+        return progress

@@ -1,0 +1,179 @@
+"""OpenFOAM plugin: copies the case, applies controlDict parameters, decomposes, runs mpirun, reconstructs."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator
+
+from orchestrator.spec import check_input_dir, resolve_input_path
+
+from .base import LaunchContext, Outcome, Prepared, Progress, RunFiles, SolverOptions, SolverPlugin
+
+WORD = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
+FOAM_DIR = "/usr/share/openfoam"   # Debian's package; WM_PROJECT_DIR is all its binaries need
+_TIME = re.compile(r"^Time = (\S+)", re.M)
+_RESIDUAL = re.compile(r"Solving for (\w+), Initial residual = ([-+0-9.eE]+)")
+_EXEC = re.compile(r"^ExecutionTime = ([0-9.eE+-]+) s", re.M)
+_CONVERGED = re.compile(r"^(.*solution converged in .*)$", re.M)
+_FATAL = re.compile(r"FOAM FATAL (?:IO )?ERROR:?\s*\n?(.*)")
+
+
+def _case_dir(path: Path, info) -> Path:
+    path = check_input_dir(path, info)
+    if (info.context or {}).get("check_paths", True) and not (path / "system" / "controlDict").is_file():
+        raise ValueError(f"{str(path)!r} is not an OpenFOAM case: system/controlDict is missing")
+    return path
+
+
+ParamValue = int | float | Annotated[str, Field(pattern=r"^[A-Za-z0-9_.+-]{1,64}$")]
+
+
+class OpenFOAMOptions(SolverOptions):
+    """`solver:` block for OpenFOAM."""
+
+    name: Literal["openfoam"]
+    application: str = Field(pattern=WORD, description="the solver binary, e.g. simpleFoam, icoFoam")
+    case: Annotated[Path, BeforeValidator(resolve_input_path), AfterValidator(_case_dir)]
+    parameters: dict[str, ParamValue] = Field(default_factory=dict,
+                                              description="controlDict entries to set, e.g. endTime: 300")
+    mesh: Literal["auto", "blockMesh", "none"] = "auto"
+    reconstruct: bool = True
+    mpi_args: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.,:=/+-]{1,128}$")]] = Field(default_factory=list)
+
+    @field_validator("parameters")
+    @classmethod
+    def _keys_are_words(cls, value: dict) -> dict:
+        bad = [k for k in value if not re.match(WORD, k)]
+        if bad:
+            raise ValueError(f"not controlDict keywords: {', '.join(map(repr, bad))}")
+        return value
+
+
+class OpenFOAM(SolverPlugin):
+    name = "openfoam"
+    Options = OpenFOAMOptions
+    summary = "OpenFOAM (Debian build): blockMesh, decomposePar, mpirun <application> -parallel, reconstructPar"
+
+    def prepare(self, options: OpenFOAMOptions, ctx: LaunchContext) -> Prepared:
+        copy_case(options.case, ctx.run_dir)
+        control = ctx.run_dir / "system" / "controlDict"
+        text = control.read_text()
+        settings = {**{k: str(v) for k, v in options.parameters.items()}, "stopAt": "endTime"}
+        for key, value in settings.items():
+            text = set_entry(text, key, value)
+        if "OptimisationSwitches" not in text:
+            # Edits made within 10 s of each other are otherwise dropped (fileModificationSkew);
+            # the signals give pause/stop a route that needs no file edit.
+            text += ("\nOptimisationSwitches\n{\n    fileModificationSkew 0;\n"
+                     "    writeNowSignal 10;\n    stopAtWriteNowSignal 12;\n}\n")
+        control.write_text(text)
+        nprocs = ctx.nprocs
+        if nprocs > 1:
+            (ctx.run_dir / "system" / "decomposeParDict").write_text(decompose_dict(nprocs))
+        needs_mesh = options.mesh == "blockMesh" or (
+            options.mesh == "auto" and not (ctx.run_dir / "constant" / "polyMesh" / "points").exists()
+            and (ctx.run_dir / "system" / "blockMeshDict").exists())
+        flags = list(options.mpi_args)
+        if ctx.as_root:
+            flags.insert(0, "--allow-run-as-root")
+        if all(n.address in ("localhost", "127.0.0.1") for n in ctx.nodes) and nprocs >= (os.cpu_count() or 1):
+            flags += ["--mca", "mpi_yield_when_idle", "1"]  # busy-polling ranks starve each other otherwise
+        end = read_entry(text, "endTime")
+        log_file = f"log.{options.application}"
+        return Prepared(
+            template="openfoam/run.sh.j2",
+            context={"application": options.application, "nprocs": nprocs, "hostfile": ctx.hostfile,
+                     "mesh": needs_mesh, "reconstruct": options.reconstruct, "mpi_flags": flags,
+                     "log_file": log_file},
+            log_file=log_file,
+            progress_total=_float(end),
+            env={"WM_PROJECT_DIR": os.environ.get("WM_PROJECT_DIR", FOAM_DIR)},
+        )
+
+    def parse_progress(self, text: str, last: Progress | None) -> Progress | None:
+        found = False
+        progress = (last or Progress()).model_copy(deep=True)
+        # Walk time steps in order, so residuals belong to the last step seen.
+        chunks = _TIME.split(text)
+        found = _fold(progress, chunks[0])  # the tail of a step begun in the previous chunk
+        for i in range(1, len(chunks), 2):
+            found = True
+            progress.step = _float(chunks[i])
+            progress.residuals = {}
+            _fold(progress, chunks[i + 1])
+        if (m := _CONVERGED.search(text)):
+            progress.converged, progress.message, found = True, m.group(1).strip(), True
+        if (m := _FATAL.search(text)):
+            progress.message, found = f"FOAM FATAL ERROR: {m.group(1).strip()}", True
+        return progress if found else None
+
+    def judge_exit(self, exit_code: int, log_tail: str) -> Outcome:
+        if (m := _FATAL.search(log_tail)):
+            return Outcome(False, f"FOAM FATAL ERROR: {m.group(1).strip()} (exit code {exit_code})")
+        if exit_code != 0:
+            return Outcome(False, f"exit code {exit_code}")
+        if not re.search(r"^End\s*$", log_tail, re.M):
+            return Outcome(False, "the solver exited without printing 'End'")
+        return Outcome(True, "End")
+
+    def request_stop(self, files: RunFiles) -> bool:
+        # stopAt writeNow: write the current time step, then exit cleanly (read by the master rank).
+        text = files.read_text("system/controlDict")
+        files.write_text("system/controlDict", set_entry(text, "stopAt", "writeNow"))
+        return True
+
+
+def _fold(progress: Progress, text: str) -> bool:
+    found = False
+    for field, value in _RESIDUAL.findall(text):
+        progress.residuals.setdefault(field, float(value))  # the first solve of a field in a step
+        found = True
+    for value in _EXEC.findall(text):
+        progress.solver_time = float(value)
+        found = True
+    return found
+
+
+def copy_case(src: Path, dest: Path) -> None:
+    """Copy the case (not earlier results or decompositions) and unpack gzipped tutorial files."""
+    ignore = shutil.ignore_patterns("processor*", "log.*", ".e2e")
+    shutil.copytree(src, dest, dirs_exist_ok=True, ignore=ignore, symlinks=False)
+    for packed in dest.rglob("*.gz"):
+        target = packed.with_suffix("")
+        if not target.exists():
+            with gzip.open(packed, "rb") as fin, open(target, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+        packed.unlink()
+
+
+def set_entry(text: str, key: str, value: str) -> str:
+    """Set a top-level `key value;` entry of a FOAM dictionary, appending it when absent."""
+    pattern = re.compile(rf"^{re.escape(key)}\s+[^;]*;", re.M)
+    if pattern.search(text):
+        return pattern.sub(lambda _m: f"{key} {value};", text, count=1)
+    return text.rstrip("\n") + f"\n{key} {value};\n"
+
+
+def read_entry(text: str, key: str) -> str | None:
+    m = re.search(rf"^{re.escape(key)}\s+([^;]*);", text, re.M)
+    return m.group(1).strip() if m else None
+
+
+def decompose_dict(nprocs: int) -> str:
+    # Debian's scotch decomposition is a stub, so split along x ("simple"): valid for any mesh.
+    return ("FoamFile { version 2.0; format ascii; class dictionary; object decomposeParDict; }\n"
+            f"numberOfSubdomains {nprocs};\nmethod simple;\n"
+            f"coeffs {{ n ({nprocs} 1 1); delta 0.001; }}\nsimpleCoeffs {{ n ({nprocs} 1 1); delta 0.001; }}\n")
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
