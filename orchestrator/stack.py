@@ -108,7 +108,7 @@ class Stack:
         if self.settings.redis_url is None and not pid_alive(pids.get("redis")):
             url, pids["redis"] = self._start_redis()
         wait_for_redis(url)
-        env = {**os.environ, "E2E_HOME": str(self.home), "E2E_REDIS_URL": url, **self.worker_env}
+        env = self._env(url)
         if workers and not pid_alive(pids.get("worker")):
             pids["worker"] = self.start_worker(env)
         if beat and not pid_alive(pids.get("beat")):
@@ -120,10 +120,14 @@ class Stack:
         self.procs = pids
         return info
 
+    def _env(self, url: str) -> dict[str, str]:
+        """The child processes' environment: these settings, spelled as the E2E_* variables they read."""
+        fields = self.settings.model_dump(exclude={"home", "redis_url"})
+        return {**os.environ, **{f"E2E_{k.upper()}": str(v) for k, v in fields.items()},
+                "E2E_HOME": str(self.home), "E2E_REDIS_URL": url, **self.worker_env}
+
     def start_worker(self, env: dict[str, str] | None = None) -> int:
-        env = env or {**os.environ, "E2E_HOME": str(self.home),
-                      "E2E_REDIS_URL": self.read().get("redis_url") or self.settings.resolved_redis_url(),
-                      **self.worker_env}
+        env = env or self._env(self.read().get("redis_url") or self.settings.resolved_redis_url())
         pid = self._spawn("worker", [
             "worker", "-P", "prefork", "-c", str(self.settings.worker_concurrency),
             "-Q", f"{JOBS_QUEUE},{RECONCILE_QUEUE}", "-n", f"e2e-{secrets.token_hex(3)}@%h",

@@ -42,7 +42,7 @@ class LocalBackend(ClusterBackend):
             raise BackendError(f"could not start {argv[0]} on {node.name}: {exc}") from exc
 
     def group_alive(self, node: Node, pgid: int) -> bool:
-        return self.signal_group(node, pgid, 0)
+        return bool(group_members(pgid))
 
     def signal_group(self, node: Node, pgid: int, signum: int) -> bool:
         if pgid <= 1:
@@ -75,3 +75,20 @@ class LocalBackend(ClusterBackend):
         if src.resolve() == dest.resolve():
             return
         shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, from /proc: a zombie answers kill(0) but runs nothing."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                stat = fh.read().decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # after "(comm)": state ppid pgrp ...
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members

@@ -1,0 +1,55 @@
+# `make demo` and `make test` work from a clean clone: they install what is missing, then run.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Debian packages: the solver and MPI really run here; redis-server is the tests' real Redis.
+DEMO_PACKAGES := openfoam openfoam-examples openmpi-bin util-linux
+TEST_PACKAGES := $(DEMO_PACKAGES) redis-server
+
+.PHONY: demo test unit integration bench setup system-deps-demo system-deps-test clean
+
+demo: system-deps-demo $(STAMP)
+	$(VENV)/bin/e2e demo
+
+test: system-deps-test $(STAMP)
+	$(PY) -m pytest -q -ra
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+integration: system-deps-test $(STAMP)
+	$(PY) -m pytest -q -ra tests/integration
+
+bench: system-deps-test $(STAMP)
+	$(PY) bench/latency.py --jobs 200
+
+setup: system-deps-test $(STAMP)
+
+system-deps-demo:
+	@$(MAKE) --no-print-directory _apt PKGS="$(DEMO_PACKAGES)"
+
+system-deps-test:
+	@$(MAKE) --no-print-directory _apt PKGS="$(TEST_PACKAGES)"
+
+# Installs only the packages that are missing, as root or through sudo, and says which.
+_apt:
+	@missing=""; for p in $(PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; done; \
+	if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then missing="$$missing python3-venv"; fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; \
+	  else echo "need root or sudo to install:$$missing" >&2; exit 1; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	  echo "installed:$$missing"; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

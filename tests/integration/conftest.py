@@ -1,0 +1,98 @@
+"""Real components for integration tests: a redis-server, Celery worker and beat processes, OpenFOAM."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from orchestrator.client import Client
+from orchestrator.settings import Settings
+from orchestrator.stack import Stack, free_port, wait_for_redis
+from orchestrator.states import JOB_TERMINAL, RUN_TERMINAL
+from tests.conftest import require
+
+TUTORIALS = Path("/usr/share/doc/openfoam-examples/examples/incompressible")
+CAVITY = TUTORIALS / "icoFoam" / "cavity" / "cavity"
+PITZ = TUTORIALS / "simpleFoam" / "pitzDaily"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free loopback port, for the whole session."""
+    binary = shutil.which("redis-server")
+    require(binary is not None, "redis-server (apt-get install redis-server)")
+    data = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(data)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}"
+    wait_for_redis(url + "/0")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def make_settings(home: Path, url: str, **overrides) -> Settings:
+    values = dict(home=home, redis_url=url, local_nodes=8, local_cores_per_node=2, reconcile_interval=0.3,
+                  launch_timeout=3, stop_grace=15, kill_grace=3)
+    values.update(overrides)
+    return Settings(**values)
+
+
+class Engine:
+    """A running engine (worker + beat on a real Redis) and a client for it."""
+
+    def __init__(self, settings: Settings, worker_env: dict[str, str] | None = None):
+        self.settings = settings
+        self.stack = Stack(settings, worker_env=worker_env or {})
+        self.stack.start()
+        self.client = Client(settings, user="tester")
+
+    def wait_run(self, job_id: str, timeout: float = 120) -> dict:
+        """Wait until the job's current run has ended; the job document."""
+        def ended(doc):
+            run = next(r for r in doc["runs_detail"] if r["id"] == doc["current_run"])
+            return run["state"] in RUN_TERMINAL
+        return self.client.wait(job_id, ended, timeout=timeout)
+
+    def wait_job_terminal(self, job_id: str, timeout: float = 120) -> dict:
+        return self.client.wait(job_id, lambda d: d["state"] in JOB_TERMINAL, timeout=timeout)
+
+    def close(self) -> None:
+        self.stack.stop()
+
+
+@pytest.fixture(scope="session")
+def engine(redis_url, tmp_path_factory):
+    """One engine for the session, on Redis database 0."""
+    eng = Engine(make_settings(tmp_path_factory.mktemp("e2e-home"), redis_url + "/0"))
+    yield eng
+    eng.close()
+
+
+@pytest.fixture
+def openfoam():
+    require(shutil.which("simpleFoam") is not None and shutil.which("mpirun") is not None,
+            "OpenFOAM and Open MPI (apt-get install openfoam openmpi-bin)")
+    require(CAVITY.is_dir() and PITZ.is_dir(), "OpenFOAM tutorials (apt-get install openfoam-examples)")
+
+
+def redis_flush(url: str) -> None:
+    redis.Redis.from_url(url).flushdb()
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(poll)
