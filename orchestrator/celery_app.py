@@ -42,7 +42,6 @@ def make_app(settings: Settings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_soft_shutdown_timeout=10,
-        worker_enable_soft_shutdown_on_idle=True,
         worker_hijack_root_logger=False,
         task_default_queue=JOBS_QUEUE,
         task_routes={"e2e.reconcile": {"queue": RECONCILE_QUEUE}},

@@ -86,8 +86,11 @@ def submit(spec: Path = typer.Argument(..., help="job spec (YAML or JSON)"),
            wait: bool = typer.Option(False, "--wait", help="follow the run until it ends"),
            as_json: bool = JSON_OPT) -> None:
     """Validate a job spec and queue it; prints the job id."""
+    from .spec import load_spec
+
+    parsed = load_spec(spec)  # before connecting: a bad spec is reported even with no engine running
     client = _client()
-    job_id = client.submit_file(spec)
+    job_id = client.submit(parsed)
     if as_json and not wait:
         _dump({"id": job_id})
     elif not wait:
@@ -265,3 +268,7 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Benchmark: submit->RUNNING latency of a trivial `command` job on the local backend, against a raw Celery no-op hop.
+
+Starts a private engine (orchestrator.stack.Stack) in a temporary E2E_HOME, plus a bench-only Celery worker
+(bench/noop_app.py) on the same Redis. Then, N times and strictly one at a time:
+  * Celery no-op: time.time() just before send_task -> time.time() when the no-op task starts in its worker;
+  * submit->RUNNING: time.time() just before Client.submit() -> `ts` of the run's RUNNING run.state event
+    (written by the engine worker on this host, so the clocks agree); the job is then terminated and awaited
+    outside the timed window, so each job gets a free node.
+Prints p50/p90/p99/max per metric, the engine/Celery ratios and whether the targets (p50 <= 50 ms,
+p99 <= 200 ms for submit->RUNNING) hold. Exits 0 whatever the figures; non-zero only on errors.
+
+    .venv/bin/python bench/latency.py --jobs 200 [--json] [--redis-url redis://host:6379/15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+TARGET_P50_MS, TARGET_P99_MS = 50.0, 200.0
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--jobs", type=int, default=200, help="timed samples of each metric (default 200)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed samples of each metric first (default 3)")
+    p.add_argument("--redis-url", help="use this Redis (ideally a spare database) instead of an embedded one")
+    p.add_argument("--reconcile-interval", type=float, default=1.0, help="engine beat period, s (default 1.0)")
+    p.add_argument("--timeout", type=float, default=60.0, help="give up on one sample after this many s")
+    p.add_argument("--json", action="store_true", help="also print the results as JSON")
+    p.add_argument("--keep", action="store_true", help="keep the temporary E2E_HOME (logs) afterwards")
+    args = p.parse_args()
+    if args.jobs < 1 or args.warmup < 0:
+        p.error("--jobs must be >= 1 and --warmup >= 0")
+    return args
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def summarize(metric: str, seconds: list[float]) -> dict:
+    ms = [v * 1000 for v in seconds]
+    return {"metric": metric, "n": len(ms), "p50_ms": percentile(ms, 50), "p90_ms": percentile(ms, 90),
+            "p99_ms": percentile(ms, 99), "max_ms": max(ms)}
+
+
+class BenchWorker:
+    """A Celery worker for bench/noop_app.py, in its own session, configured like the engine's worker."""
+
+    def __init__(self, url: str, home: Path, concurrency: int) -> None:
+        from noop_app import QUEUE
+
+        env = {**os.environ, "BENCH_REDIS_URL": url,  # the URL (password) goes by env, never argv
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")]))}
+        log = open(home / "logs" / "bench-worker.out", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "noop_app", "worker", "-P", "prefork", "-c", str(concurrency),
+             "-Q", QUEUE, "-n", f"bench-{secrets.token_hex(3)}@%h", "--without-gossip", "--without-mingle",
+             "--without-heartbeat", "-l", "INFO", "--logfile", str(home / "logs" / "bench-worker.log")],
+            env=env, cwd=home, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        log.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def main() -> int:
+    args = parse_args()
+    home = Path(tempfile.mkdtemp(prefix="e2e-bench-"))
+    # Before any orchestrator import: orchestrator.celery_app builds its app from get_settings() at import.
+    os.environ["E2E_HOME"] = str(home)
+    for var in ("REDIS_URL", "E2E_REDIS_URL"):
+        os.environ.pop(var, None)
+    sys.path[:0] = [str(ROOT), str(BENCH_DIR)]
+    import redis
+
+    from orchestrator.client import Client
+    from orchestrator.events import EventKind
+    from orchestrator.settings import Settings
+    from orchestrator.spec import validate_spec
+    from orchestrator.stack import Stack, pid_alive
+
+    def on_term(signum, _frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, on_term)
+
+    settings = Settings(home=home, redis_url=args.redis_url, local_nodes=2, local_cores_per_node=1,
+                        reconcile_interval=args.reconcile_interval)
+    stack, worker = Stack(settings), None
+    started = time.monotonic()
+    try:
+        (home / "logs").mkdir(parents=True, exist_ok=True)
+        url = stack.start()["redis_url"]
+        r = redis.Redis.from_url(url, socket_timeout=args.timeout + 5)
+        if args.redis_url and r.exists("e2e:jobs"):
+            print("warning: this Redis database already holds engine state; other engines' jobs may skew "
+                  "the figures or contend for node leases", file=sys.stderr)
+        os.environ["BENCH_REDIS_URL"] = url
+        import noop_app
+        noop_app.app.conf.broker_url = url
+        worker = BenchWorker(url, home, settings.worker_concurrency)
+        client = Client(settings, user="bench")
+        spec = validate_spec({"name": "bench-true", "solver": {"name": "command", "command": ["true"]},
+                              "cluster": {"nodes": 1, "cores_per_node": 1}})
+        reply_key = f"bench:noop:{secrets.token_hex(4)}"
+
+        def noop_sample() -> float:
+            sent = time.time()
+            noop_app.app.send_task(noop_app.TASK, args=[reply_key, sent], queue=noop_app.QUEUE)
+            reply = r.blpop([reply_key], timeout=args.timeout)
+            if reply is None:
+                raise RuntimeError(f"no-op task did not run within {args.timeout:.0f}s; see {home}/logs")
+            return float(reply[1])
+
+        def settled(e) -> bool:  # RUNNING, or a state the run/job cannot reach RUNNING from
+            return (e.kind is EventKind.RUN_STATE and e.data.get("state") in ("RUNNING", "FAILED", "STOPPED")) \
+                or (e.kind is EventKind.JOB_STATE and e.data.get("state") in ("FAILED", "TERMINATED"))
+
+        def job_sample() -> float:
+            sent = time.time()
+            job_id = client.submit(spec)
+            last = None
+            for last in client.follow(job_id, until=settled, timeout=args.timeout):
+                pass
+            if last is None or not settled(last) or last.data.get("state") != "RUNNING":
+                what = f"ended at {last.kind.value} {last.data}" if last and settled(last) else "timed out"
+                raise RuntimeError(f"job {job_id} never reached RUNNING ({what}); see {home}/logs")
+            latency = last.ts - sent
+            # Untimed: free the node for the next job.
+            client.terminate(job_id)
+            done = False
+            for ev in client.follow(job_id, after=last.id, timeout=args.timeout,
+                                    until=lambda e: e.kind is EventKind.JOB_STATE and e.data.get("state") == "TERMINATED"):
+                done = ev.kind is EventKind.JOB_STATE and ev.data.get("state") == "TERMINATED"
+            if not done:
+                raise RuntimeError(f"job {job_id} not TERMINATED within {args.timeout:.0f}s; see {home}/logs")
+            return latency
+
+        for _ in range(args.warmup):  # also waits out both workers' start-up
+            noop_sample()
+            job_sample()
+        noop_s, job_s = [], []
+        for i in range(args.jobs):  # interleaved, so both metrics see the same conditions
+            noop_s.append(noop_sample())
+            job_s.append(job_sample())
+            if (i + 1) % 50 == 0 and i + 1 < args.jobs:
+                print(f"  {i + 1}/{args.jobs} samples", file=sys.stderr, flush=True)
+        r.delete(reply_key)
+    finally:
+        if worker is not None:
+            worker.stop()
+        stack.stop()
+        leftover = home / "redis" / "redis.pid"  # an embedded Redis that start() began but never recorded
+        if settings.redis_url is None and leftover.exists():
+            pid = int(leftover.read_text().strip() or 0)
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGTERM)
+        if args.keep:
+            print(f"kept {home}", file=sys.stderr)
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+    rows = [summarize("submit->RUNNING", job_s), summarize("celery no-op", noop_s)]
+    eng, base = rows
+    result = {
+        "jobs": args.jobs, "warmup": args.warmup, "elapsed_s": round(time.monotonic() - started, 2),
+        "redis": "external" if args.redis_url else "embedded",
+        "reconcile_interval": args.reconcile_interval, "worker_concurrency": settings.worker_concurrency,
+        "metrics": rows,
+        "ratio_p50": eng["p50_ms"] / base["p50_ms"], "ratio_p99": eng["p99_ms"] / base["p99_ms"],
+        "targets": {"p50_le_50ms": eng["p50_ms"] <= TARGET_P50_MS, "p99_le_200ms": eng["p99_ms"] <= TARGET_P99_MS},
+    }
+    print(f"{'metric':<17}{'n':>6}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'max ms':>10}")
+    for row in rows:
+        print(f"{row['metric']:<17}{row['n']:>6}" + "".join(f"{row[k]:>10.1f}" for k in
+                                                          ("p50_ms", "p90_ms", "p99_ms", "max_ms")))
+    print(f"ratio submit->RUNNING / celery no-op: p50 {result['ratio_p50']:.1f}x, p99 {result['ratio_p99']:.1f}x")
+    for label, key, value in (("p50 <= 50 ms", "p50_le_50ms", eng["p50_ms"]),
+                              ("p99 <= 200 ms", "p99_le_200ms", eng["p99_ms"])):
+        print(f"target {label}: {'holds' if result['targets'][key] else 'MISSED'} ({value:.1f} ms)")
+    print(f"({result['redis']} Redis, worker concurrency {settings.worker_concurrency}, reconcile every "
+          f"{args.reconcile_interval:g}s, {args.warmup} warm-up samples, {result['elapsed_s']:.1f}s total)")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
