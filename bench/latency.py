@@ -5,7 +5,7 @@ Starts a private engine (orchestrator.stack.Stack) in a temporary E2E_HOME, plus
   * Celery no-op: time.time() just before send_task -> time.time() when the no-op task starts in its worker;
   * submit->RUNNING: time.time() just before Client.submit() -> `ts` of the run's RUNNING run.state event
     (written by the engine worker on this host, so the clocks agree); the job is then terminated and awaited
-    outside the timed window, so each job gets a free node.
+    outside the timed window (after its command has exited), so each job gets a free node.
 Prints p50/p90/p99/max per metric, the engine/Celery ratios and whether the targets (p50 <= 50 ms,
 p99 <= 200 ms for submit->RUNNING) hold. Exits 0 whatever the figures; non-zero only on errors.
 
@@ -15,6 +15,7 @@ p99 <= 200 ms for submit->RUNNING) hold. Exits 0 whatever the figures; non-zero 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -50,8 +51,7 @@ def percentile(values: list[float], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default)."""
     s = sorted(values)
     k = (len(s) - 1) * q / 100
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
@@ -86,40 +86,73 @@ class BenchWorker:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
                 return
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(wait)
                 return
-            except subprocess.TimeoutExpired:
-                continue
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold Ctrl-C/SIGTERM until the block ends: Stack.start() records its pids only once all have started."""
+    pending: list[int] = []
+    old = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum))
+           for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if pending:
+            raise KeyboardInterrupt if pending[0] == signal.SIGINT else SystemExit(128 + pending[0])
+
+
+def cleanup(home: Path, stack, worker: BenchWorker | None, embedded: bool, keep: bool) -> None:
+    """Stop the bench worker and the engine (and an embedded Redis start() never recorded); drop the home."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not strand half the processes
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if worker is not None:
+        worker.stop()
+    if stack is not None:
+        print("stopping the engine...", file=sys.stderr, flush=True)
+        stack.stop()
+        pidfile = home / "redis" / "redis.pid"  # an embedded Redis a failed start() never recorded
+        if embedded and pidfile.exists():
+            from orchestrator.stack import pid_alive
+            pid = int(pidfile.read_text().strip() or 0)
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGTERM)
+    if keep:
+        print(f"kept {home}", file=sys.stderr)
+    else:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def main() -> int:
     args = parse_args()
     home = Path(tempfile.mkdtemp(prefix="e2e-bench-"))
-    # Before any orchestrator import: orchestrator.celery_app builds its app from get_settings() at import.
-    os.environ["E2E_HOME"] = str(home)
-    for var in ("REDIS_URL", "E2E_REDIS_URL"):
-        os.environ.pop(var, None)
-    sys.path[:0] = [str(ROOT), str(BENCH_DIR)]
-    import redis
-
-    from orchestrator.client import Client
-    from orchestrator.events import EventKind
-    from orchestrator.settings import Settings
-    from orchestrator.spec import validate_spec
-    from orchestrator.stack import Stack, pid_alive
-
-    def on_term(signum, _frame):
-        raise SystemExit(128 + signum)
-    signal.signal(signal.SIGTERM, on_term)
-
-    settings = Settings(home=home, redis_url=args.redis_url, local_nodes=2, local_cores_per_node=1,
-                        reconcile_interval=args.reconcile_interval)
-    stack, worker = Stack(settings), None
-    started = time.monotonic()
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    started, stack, worker = time.monotonic(), None, None
     try:
+        # Before any orchestrator import: orchestrator.celery_app builds its app from get_settings() at import.
+        os.environ["E2E_HOME"] = str(home)
+        for var in ("REDIS_URL", "E2E_REDIS_URL"):
+            os.environ.pop(var, None)
+        sys.path[:0] = [str(ROOT), str(BENCH_DIR)]
+        import redis
+
+        from orchestrator.client import Client
+        from orchestrator.events import EventKind
+        from orchestrator.paths import JobPaths
+        from orchestrator.settings import Settings
+        from orchestrator.spec import validate_spec
+        from orchestrator.stack import Stack
+
+        settings = Settings(home=home, redis_url=args.redis_url, local_nodes=2, local_cores_per_node=1,
+                            reconcile_interval=args.reconcile_interval)
+        stack = Stack(settings)
         (home / "logs").mkdir(parents=True, exist_ok=True)
-        url = stack.start()["redis_url"]
+        with signals_deferred():
+            url = stack.start()["redis_url"]
         r = redis.Redis.from_url(url, socket_timeout=args.timeout + 5)
         if args.redis_url and r.exists("e2e:jobs"):
             print("warning: this Redis database already holds engine state; other engines' jobs may skew "
@@ -127,7 +160,8 @@ def main() -> int:
         os.environ["BENCH_REDIS_URL"] = url
         import noop_app
         noop_app.app.conf.broker_url = url
-        worker = BenchWorker(url, home, settings.worker_concurrency)
+        with signals_deferred():
+            worker = BenchWorker(url, home, settings.worker_concurrency)
         client = Client(settings, user="bench")
         spec = validate_spec({"name": "bench-true", "solver": {"name": "command", "command": ["true"]},
                               "cluster": {"nodes": 1, "cores_per_node": 1}})
@@ -140,6 +174,9 @@ def main() -> int:
             if reply is None:
                 raise RuntimeError(f"no-op task did not run within {args.timeout:.0f}s; see {home}/logs")
             return float(reply[1])
+
+        def terminated(e) -> bool:
+            return e.kind is EventKind.JOB_STATE and e.data.get("state") == "TERMINATED"
 
         def settled(e) -> bool:  # RUNNING, or a state the run/job cannot reach RUNNING from
             return (e.kind is EventKind.RUN_STATE and e.data.get("state") in ("RUNNING", "FAILED", "STOPPED")) \
@@ -155,12 +192,16 @@ def main() -> int:
                 what = f"ended at {last.kind.value} {last.data}" if last and settled(last) else "timed out"
                 raise RuntimeError(f"job {job_id} never reached RUNNING ({what}); see {home}/logs")
             latency = last.ts - sent
-            # Untimed: free the node for the next job.
-            client.terminate(job_id)
+            # Untimed from here. Let `true` exit first: terminating a run mid-exit leaves the release to the next
+            # reconcile pass, which would phase-lock every next submit to just after a pass (and take longer).
+            exit_file = JobPaths.for_job(settings.root, job_id).run(last.data["run"]).exit_code
+            deadline = time.monotonic() + args.timeout
+            while not exit_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.002)
+            client.terminate(job_id)  # frees the node for the next job
             done = False
-            for ev in client.follow(job_id, after=last.id, timeout=args.timeout,
-                                    until=lambda e: e.kind is EventKind.JOB_STATE and e.data.get("state") == "TERMINATED"):
-                done = ev.kind is EventKind.JOB_STATE and ev.data.get("state") == "TERMINATED"
+            for ev in client.follow(job_id, after=last.id, until=terminated, timeout=args.timeout):
+                done = terminated(ev)
             if not done:
                 raise RuntimeError(f"job {job_id} not TERMINATED within {args.timeout:.0f}s; see {home}/logs")
             return latency
@@ -176,18 +217,7 @@ def main() -> int:
                 print(f"  {i + 1}/{args.jobs} samples", file=sys.stderr, flush=True)
         r.delete(reply_key)
     finally:
-        if worker is not None:
-            worker.stop()
-        stack.stop()
-        leftover = home / "redis" / "redis.pid"  # an embedded Redis that start() began but never recorded
-        if settings.redis_url is None and leftover.exists():
-            pid = int(leftover.read_text().strip() or 0)
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGTERM)
-        if args.keep:
-            print(f"kept {home}", file=sys.stderr)
-        else:
-            shutil.rmtree(home, ignore_errors=True)
+        cleanup(home, stack, worker, embedded=args.redis_url is None, keep=args.keep)
 
     rows = [summarize("submit->RUNNING", job_s), summarize("celery no-op", noop_s)]
     eng, base = rows

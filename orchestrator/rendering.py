@@ -14,6 +14,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from .errors import PluginError
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# shlex.quote leaves these bare, and bash would read them as keywords (`time`, `if`), not commands.
+_RESERVED = frozenset("! case coproc do done elif else esac fi for function if in select then time until while "
+                      "{ } [[ ]]".split())
 
 
 class Raw(str):
@@ -28,7 +31,10 @@ def shell_quote(value: Any) -> Any:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return value
-    return shlex.quote(str(value))
+    text = str(value)
+    if text in _RESERVED:
+        return f"'{text}'"
+    return shlex.quote(text)
 
 
 def env_name(value: Any) -> Raw:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, create_model
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, create_model,
+                      field_validator)
 
 from solvers.base import Registry, SolverOptions, registry
 
@@ -21,8 +22,10 @@ _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 def parse_duration(value: Any) -> Any:
     """'1h30m', '90s', '2d', 45 (seconds) -> seconds as float; anything else is left for pydantic to reject."""
-    if isinstance(value, bool) or value is None:
+    if value is None:
         return value
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration; use e.g. 90s, 30m, 1h30m, 2d")
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):
@@ -80,9 +83,12 @@ class DesktopSpec(StrictModel):
     geometry: str = Field("1280x800", pattern=r"^\d{3,5}x\d{3,5}$")
     depth: Literal[16, 24, 32] = 24
 
-    def model_post_init(self, _context: Any) -> None:
-        if self.enabled:
+    @field_validator("enabled")
+    @classmethod
+    def _not_available_yet(cls, value: bool) -> bool:
+        if value:
             raise ValueError("desktop sessions are not available in this version yet; set desktop.enabled: false")
+        return value
 
 
 class Limits(StrictModel):

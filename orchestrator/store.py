@@ -16,7 +16,8 @@ from .events import Event, EventKind
 from .states import JOB_TERMINAL, JobState, RunState, job_sources, run_sources
 
 # One atomic compare-and-set: check the current state is one of the expected ones, bump the version,
-# write state plus extra fields, and append the typed event to the job's stream, all in one step.
+# write state plus extra fields, append the typed event to the job's stream, and (for a terminal job
+# state) take the job off the active set, all in one step.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {-1, ''} end
@@ -25,7 +26,8 @@ for s in string.gmatch(ARGV[1], '[^,]+') do if s == cur then ok = true end end
 if not ok then return {0, cur} end
 local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[3])
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[7] ~= '' then redis.call('SREM', KEYS[3], ARGV[7]) end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'kind', ARGV[4], 'ts', ARGV[3], 'data', ARGV[5])
 return {1, tostring(v), id}
 """
@@ -187,10 +189,8 @@ class JobStore:
 
         Returns False when the job is not in an expected state (someone else moved it first)."""
         sources = job_sources(to) if expect is None else frozenset(expect) & job_sources(to)
-        ok = self._cas(self._job(job_id), job_id, sources, to, EventKind.JOB_STATE, data, fields)
-        if ok and to in JOB_TERMINAL:
-            self.r.srem(self._active, job_id)
-        return ok
+        return self._cas(self._job(job_id), job_id, sources, to, EventKind.JOB_STATE, data, fields,
+                         deactivate=to in JOB_TERMINAL)
 
     # -- runs
     def get_run(self, job_id: str, run_id: str) -> dict[str, Any]:
@@ -258,7 +258,7 @@ class JobStore:
 
     # -- internals
     def _cas(self, key: str, job_id: str, sources: frozenset, to, kind: EventKind,
-             data: dict[str, Any] | None, fields: dict[str, Any]) -> bool:
+             data: dict[str, Any] | None, fields: dict[str, Any], deactivate: bool = False) -> bool:
         if not sources:
             raise InvalidState(f"no state may move to {to.value}")
         flat: list[str] = []
@@ -266,8 +266,9 @@ class JobStore:
             flat += [k, v]
         event = json.dumps({"state": to.value, **(data or {})}, separators=(",", ":"), default=str)
         status, *rest = self._transition(
-            keys=[key, self._events(job_id)],
-            args=[",".join(s.value for s in sources), to.value, _now(), kind.value, event, self.events_maxlen, *flat],
+            keys=[key, self._events(job_id), self._active],
+            args=[",".join(s.value for s in sources), to.value, _now(), kind.value, event, self.events_maxlen,
+                  job_id if deactivate else "", *flat],
         )
         if status == -1:
             raise NotFound(f"no such job or run for {job_id!r}")

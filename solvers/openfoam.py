@@ -7,9 +7,9 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator, field_validator
 
 from orchestrator.spec import check_input_dir, resolve_input_path
 
@@ -31,7 +31,19 @@ def _case_dir(path: Path, info) -> Path:
     return path
 
 
-ParamValue = int | float | Annotated[str, Field(pattern=r"^[A-Za-z0-9_.+-]{1,64}$")]
+_PARAM_WORD = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
+
+
+def _param_value(value: Any) -> int | float | str:
+    """A controlDict value: a number or one FOAM word (nothing that could end or open an entry)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _PARAM_WORD.match(value):
+        return value
+    raise ValueError(f"{value!r} is not a controlDict value: use a number or one word of letters, digits, . _ + -")
+
+
+ParamValue = Annotated[int | float | str, PlainValidator(_param_value)]
 
 
 class OpenFOAMOptions(SolverOptions):
