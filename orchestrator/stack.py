@@ -105,20 +105,26 @@ class Stack:
         info = self.read()
         pids = info.get("pids", {})
         url = self.settings.redis_url or info.get("redis_url")
-        if self.settings.redis_url is None and not pid_alive(pids.get("redis")):
+        embedded = self.settings.redis_url is None
+
+        def record() -> dict:  # after each process, so stop() always finds whatever did start
+            self.procs = pids
+            self._write({"redis_url": url, "pids": pids, "embedded_redis": embedded})
+            return self.read()
+
+        if embedded and not pid_alive(pids.get("redis")):
             url, pids["redis"] = self._start_redis()
+            record()
         wait_for_redis(url)
         env = self._env(url)
         if workers and not pid_alive(pids.get("worker")):
             pids["worker"] = self.start_worker(env)
+            record()
         if beat and not pid_alive(pids.get("beat")):
             pids["beat"] = self._spawn("beat", [
                 "beat", "-s", str(self._dir("run") / "beat-schedule"), "--pidfile", "",
                 "-l", "INFO", "--logfile", str(self._dir("logs") / "beat.log")], env)
-        info = {"redis_url": url, "pids": pids, "embedded_redis": self.settings.redis_url is None}
-        self._write(info)
-        self.procs = pids
-        return info
+        return record()
 
     def _env(self, url: str) -> dict[str, str]:
         """The child processes' environment: these settings, spelled as the E2E_* variables they read."""
