@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import sys
 import time
@@ -16,10 +15,10 @@ from rich.console import Console
 from rich.table import Table
 
 from .client import Client, run_finished
-from .errors import E2EError, InfrastructureError, StackError
+from .errors import E2EError, InfrastructureError
 from .settings import get_settings
 from .stack import Stack
-from .states import JOB_TERMINAL, RUN_TERMINAL, JobState
+from .states import JOB_TERMINAL
 from .watch import watch_job
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
