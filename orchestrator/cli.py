@@ -2,47 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import redis
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .client import Client, run_finished
+from .cli_common import JSON_OPT, _age, _client, _dump, _job_doc, _state, app, err, out
+from .client import run_finished
 from .errors import E2EError, InfrastructureError
 from .settings import get_settings
 from .stack import Stack
 from .states import JOB_TERMINAL
 from .watch import watch_job
-
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="End-to-End Desktops: run simulation jobs on a cluster, follow them live, terminate them.")
-out = Console()
-err = Console(stderr=True)
-
-JSON_OPT = typer.Option(False, "--json", help="print machine-readable JSON")
-
-
-def _client() -> Client:
-    return Client(get_settings())
-
-
-def _dump(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=lambda o: getattr(o, "value", None) or getattr(o, "model_dump", str)()))
-
-
-def _job_doc(doc: dict[str, Any]) -> dict[str, Any]:
-    doc = dict(doc)
-    doc["runs_detail"] = [{**r, "progress": r["progress"].model_dump() if r.get("progress") else None}
-                          for r in doc.get("runs_detail", [])]
-    return doc
-
 
 @app.command()
 def up(detach: bool = typer.Option(False, "--detach", "-d", help="start in the background and return")) -> None:
@@ -233,18 +209,8 @@ def demo(keep: bool = typer.Option(False, "--keep", help="leave the engine runni
     run_demo(out, keep_engine=keep)
 
 
-def _state(value: str) -> str:
-    colour = {"COMPLETED": "green", "UP": "green", "RUNNING": "cyan", "FAILED": "red", "TERMINATED": "dim",
-              "STOPPED": "yellow", "TERMINATING": "yellow", "STOPPING": "yellow"}.get(value, "white")
-    return f"[{colour}]{value}[/]"
-
-
-def _age(ts: float) -> str:
-    secs = max(0, time.time() - ts)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{secs / size:.0f}{unit}"
-    return f"{secs:.0f}s"
+# Each area's commands live in their own module and add themselves to `app` when imported.
+from . import cli_control  # noqa: E402,F401  (pause, resume, edit, restart, rerun, history)
 
 
 def main() -> None:

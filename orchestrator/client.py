@@ -13,7 +13,7 @@ from .errors import InvalidState, SpecError
 from .events import Event, EventKind
 from .paths import JobPaths
 from .settings import Settings, get_settings
-from .spec import load_spec, validate_spec
+from .spec import load_spec, spec_for_store, validate_spec
 from .states import JOB_TERMINAL, RUN_TERMINAL, JobState
 from .store import JobStore
 
@@ -57,7 +57,7 @@ class Client:
                                                        f"{backend.name} nodes have {max_cores} cores"))
         if problems:
             raise SpecError(problems)
-        job_id = self.store.create_job(name=spec.name, owner=self.user, spec=spec.model_dump(mode="json"),
+        job_id = self.store.create_job(name=spec.name, owner=self.user, spec=spec_for_store(spec),
                                        backend=backend.name, solver=spec.solver.name)
         self.celery.send_task("e2e.provision", args=[job_id])
         return job_id

@@ -19,6 +19,7 @@ from .events import EventKind
 from .faults import fault_point
 from .paths import JobPaths, RunPaths, results_dir
 from .rendering import render
+from .services import ServiceContext, services
 from .settings import Settings
 from .spec import validate_spec
 from .states import JobState, RunState
@@ -81,6 +82,31 @@ class Lifecycle:
     def plugin_of(self, job: dict[str, Any]) -> SolverPlugin:
         return self.plugins.get(job["solver"])
 
+    def service_context(self, job: dict[str, Any]) -> ServiceContext | None:
+        backend = self.backend_of(job)
+        nodes = self.nodes_of(job, backend)
+        if not nodes:
+            return None
+        return ServiceContext(job=job, spec=self.spec_of(job), backend=backend, nodes=nodes,
+                              paths=self.paths(job["id"]), store=self.store, settings=self.settings)
+
+    def _each_service(self, job: dict[str, Any], step: str) -> bool:
+        """Run one step (start, supervise, stop) of every wanted service; True when all stops finished."""
+        ctx = self.service_context(job)
+        if ctx is None:
+            return True
+        done = True
+        for service in services():
+            try:
+                if not service.wanted(ctx):
+                    continue
+                result = getattr(service, step)(ctx)
+                done = done and (result is not False)
+            except (E2EError, OSError) as exc:  # a failing service is reported, never fatal to the job
+                self.store.append_event(job["id"], EventKind.WARNING,
+                                        {"service": service.name, "step": step, "message": str(exc)})
+        return done
+
     # -- provision
     def provision(self, job_id: str) -> None:
         """QUEUED -> PROVISIONING (lease nodes) -> UP (directories ready), then launch the current run."""
@@ -110,6 +136,7 @@ class Lifecycle:
             self.store.release(backend.name, job_id)
             return
         if self.store.transition_job(job_id, JobState.UP, expect=[JobState.PROVISIONING]):
+            self._each_service(self.store.get_job(job_id), "start")
             self.launch(job_id, job["current_run"])
 
     # -- launch
@@ -137,6 +164,7 @@ class Lifecycle:
                 self.store.transition_run(job_id, run_id, RunState.FAILED, expect=[RunState.LAUNCHING],
                                           data={"reason": exc.message}, reason=exc.message, ended_at=time.time())
                 return
+            backend.stage_in(nodes, paths.root)
             fault_point("launch.before_spawn")
             backend.spawn_detached(head, ["bash", str(paths.wrapper)], cwd=paths.root)
             fault_point("launch.after_spawn")
@@ -299,6 +327,8 @@ class Lifecycle:
             run = self.store.get_run(job_id, run["id"])
         if run["state"] in (RunState.PENDING, RunState.LAUNCHING, RunState.RUNNING, RunState.STOPPING):
             return  # not yet: the next pass looks again
+        if not self._each_service(job, "stop"):
+            return  # a service (the final sync) is still finishing
         backend = self.backend_of(job)
         nodes = self.nodes_of(job, backend)
         for r in self.store.list_runs(job_id):  # no process of any run may outlive the cluster
@@ -306,6 +336,9 @@ class Lifecycle:
                 backend.signal_group(nodes[0], r["pid"], signal.SIGKILL)
         dest = results_dir(self.settings.root, job_id)
         paths = self.paths(job_id)
+        for r in self.store.list_runs(job_id):
+            if nodes and r["state"] is not RunState.PENDING:
+                backend.stage_out(nodes, paths.run(r["id"]).root)
         if paths.root.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
             if nodes:
@@ -326,6 +359,7 @@ class Lifecycle:
                 self.provision(job_id)
         elif state is JobState.UP:
             self.observe(job, self.store.get_run(job_id, job["current_run"]))
+            self._each_service(job, "supervise")
         elif state is JobState.TERMINATING:
             self.drive_termination(job_id)
 
@@ -366,7 +400,7 @@ def materialize_run(spec, plugin: SolverPlugin, job_id: str, run_id: str, nodes:
     script = render((plugin.templates_root,), prepared.template, {**prepared.context, "ctx": ctx})
     wrapper = render((plugin.templates_root,), "common/wrapper.sh.j2", {
         "run_dir": str(paths.root), "job_id": job_id, "run_id": run_id, "hostfile": str(paths.hostfile),
-        "nprocs": ctx.nprocs, "env": prepared.env,
+        "nprocs": ctx.nprocs, "env": prepared.env, "run_tag": f"{job_id}/{run_id}",
     })
     paths.script.write_text(script)
     paths.wrapper.write_text(wrapper)

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     visibility_timeout: PositiveInt = Field(600, description="Celery/Redis redelivery timeout (s) for unacked tasks")
     worker_concurrency: PositiveInt = Field(2, description="processes per Celery worker")
     events_maxlen: PositiveInt = Field(10_000, description="events kept per job stream (approximate)")
+    solver_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="cluster-wide solver settings exported in every run, as JSON "
+                    '(e.g. {"ANSYSLMD_LICENSE_FILE": "1055@lic1"}); never logged',
+    )
 
     @property
     def root(self) -> Path:

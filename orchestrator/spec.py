@@ -136,6 +136,11 @@ def validate_spec(data: Any, *, base_dir: Path | None = None, source: str = "spe
         raise SpecError([_describe(err, model) for err in exc.errors()], source) from None
 
 
+def spec_for_store(spec: JobSpecBase) -> dict[str, Any]:
+    """The spec as stored in Redis: JSON, with secrets (licence keys) revealed, since runs need them."""
+    return spec.model_dump(mode="json", context={"reveal_secrets": True})
+
+
 def load_spec(path: str | Path):
     """Read and validate a YAML or JSON spec file; relative paths inside resolve against its folder."""
     path = Path(path).expanduser()

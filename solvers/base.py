@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from enum import Enum
 from functools import lru_cache
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PlainSerializer, SecretStr, SerializationInfo
 
 from orchestrator.errors import PluginError, UserError
 
@@ -25,6 +26,24 @@ class SolverOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
+
+
+def _dump_secret(value: SecretStr, info: SerializationInfo) -> str:
+    # The store keeps the real value (the wrapper exports it); every other dump shows a mask.
+    if (info.context or {}).get("reveal_secrets"):
+        return value.get_secret_value()
+    return "**********" if value.get_secret_value() else ""
+
+
+# A licence key, podkey or password in a plugin's options: masked in status, events and logs.
+Secret = Annotated[SecretStr, PlainSerializer(_dump_secret, return_type=str)]
+
+
+class RunMode(str, Enum):
+    """Why a run directory is being launched."""
+
+    FRESH = "fresh"      # first launch of a run (run-001, or a rerun's run-00N): from the inputs
+    RESTART = "restart"  # a later attempt in the same run directory: continue from the latest checkpoint
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,9 @@ class LaunchContext:
     nodes: tuple[NodeSlots, ...]
     hostfile: str                 # hostfile name inside run_dir, already written by the engine
     as_root: bool                 # launchers that refuse root by default need their opt-in flag
+    mode: RunMode = RunMode.FRESH
+    attempt: int = 1              # 1 for the first launch of this run directory, +1 per restart
+    site_env: dict[str, str] = field(default_factory=dict)  # cluster-wide solver settings (licence servers)
 
     @property
     def nprocs(self) -> int:
@@ -61,6 +83,7 @@ class Prepared:
     log_file: str                          # main solver log, relative to the run directory
     progress_total: float | None = None    # the value `Progress.step` reaches at the end, when known
     env: dict[str, str] = field(default_factory=dict)  # exported before the script; secrets allowed
+    info: dict[str, str] = field(default_factory=dict)  # published on the run record (e.g. a server's port)
 
 
 class Progress(BaseModel):
@@ -103,6 +126,9 @@ class SolverPlugin(ABC):
     Options: ClassVar[type[SolverOptions]]
     templates_root: ClassVar[Path] = TEMPLATES_ROOT
     summary: ClassVar[str] = ""
+    # Glob patterns (relative to the run directory) of lock and trigger files that a previous attempt may
+    # have left behind; the engine deletes them before every restart and rerun.
+    cleanup_patterns: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def prepare(self, options: SolverOptions, ctx: LaunchContext) -> Prepared:
@@ -121,6 +147,15 @@ class SolverPlugin(ABC):
     def request_stop(self, files: RunFiles) -> bool:
         """Ask the solver to write a checkpoint and exit; False when it has no graceful way."""
         return False
+
+    def latest_checkpoint(self, run_dir: Path) -> str | None:
+        """What a restart of this (stopped) run directory would continue from, in words; None: nothing."""
+        return None
+
+    def apply_live(self, old: SolverOptions, new: SolverOptions, files: RunFiles) -> list[str]:
+        """Apply an edit to the running solver, if it can re-read it; the names of what was applied.
+        Raise UserError naming what cannot be changed live."""
+        raise UserError(f"{self.name} cannot apply edits to a running solver; pause, edit, then restart")
 
 
 class Registry:

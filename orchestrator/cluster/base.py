@@ -57,3 +57,19 @@ class ClusterBackend(ABC):
     @abstractmethod
     def collect(self, node: Node, src: Path, dest: Path) -> None:
         """Copy a directory from the node into a head-node directory (merging)."""
+
+    # -- runs spanning nodes. Every solver process carries E2E_RUN_TAG=<job>/<run> in its environment
+    # (the wrapper exports it and MPI launchers forward it), so a run's ranks can be found on any node.
+    def tagged_processes(self, node: Node, tag: str) -> list[int]:
+        """Pids of live processes on the node whose environment has E2E_RUN_TAG=tag."""
+        return []
+
+    def signal_tagged(self, node: Node, tag: str, signum: int) -> int:
+        """Send signum to every process of the run on the node; how many were signalled."""
+        return 0
+
+    def stage_in(self, nodes: list[Node], path: Path) -> None:
+        """Make a head-node directory visible at the same path on every node (no-op on shared storage)."""
+
+    def stage_out(self, nodes: list[Node], path: Path) -> None:
+        """Gather what the nodes wrote under path back into the head node's copy (no-op on shared storage)."""

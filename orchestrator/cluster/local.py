@@ -55,6 +55,19 @@ class LocalBackend(ClusterBackend):
         except PermissionError as exc:
             raise BackendError(f"no permission to signal process group {pgid} on {node.name}") from exc
 
+    def tagged_processes(self, node: Node, tag: str) -> list[int]:
+        return tagged_processes(tag)
+
+    def signal_tagged(self, node: Node, tag: str, signum: int) -> int:
+        sent = 0
+        for pid in tagged_processes(tag):
+            try:
+                os.kill(pid, signum)
+                sent += 1
+            except ProcessLookupError:
+                pass
+        return sent
+
     def read_bytes(self, node: Node, path: Path, offset: int = 0, limit: int | None = None) -> bytes | None:
         try:
             with open(path, "rb") as fh:
@@ -92,3 +105,22 @@ def group_members(pgid: int) -> list[int]:
         if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
             members.append(int(entry.name))
     return members
+
+
+def tagged_processes(tag: str) -> list[int]:
+    """Live processes whose environment holds E2E_RUN_TAG=tag (read from /proc/<pid>/environ)."""
+    needle = f"E2E_RUN_TAG={tag}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as fh:
+                env = fh.read().split(b"\0")
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                stat = fh.read().decode(errors="replace")
+        except OSError:
+            continue
+        if needle in env and stat[stat.rfind(")") + 2:][:1] != "Z":
+            found.append(int(entry.name))
+    return found

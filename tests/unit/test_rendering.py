@@ -183,7 +183,7 @@ def test_the_contexts_have_the_string_fields_the_templates_use(openfoam_contexts
 
 def expected_mpirun_argv(context: dict[str, Any]) -> list[str]:
     return [*context["mpi_flags"], "-np", str(context["nprocs"]), "-hostfile", context["hostfile"],
-            "-x", "WM_PROJECT_DIR", context["application"], "-parallel"]
+            "-x", "WM_PROJECT_DIR", "-x", "E2E_RUN_TAG", context["application"], "-parallel"]
 
 
 @pytest.mark.parametrize("nprocs", [2, 1])
@@ -262,7 +262,7 @@ def wrapper_context(run_dir: Path) -> dict[str, Any]:
     """The wrapper context exactly as lifecycle.materialize_run builds it."""
     return {"run_dir": str(run_dir), "job_id": "abcd1234", "run_id": "run-001",
             "hostfile": str(run_dir / "hostfile"), "nprocs": 2,
-            "env": {"WM_PROJECT_DIR": "/usr/share/openfoam", "E2E_PROBE": "probe"}}
+            "env": {"WM_PROJECT_DIR": "/usr/share/openfoam", "E2E_PROBE": "probe"}, "run_tag": "abcd1234/run-001"}
 
 
 @pytest.mark.parametrize("payload", PAYLOADS, ids=PAYLOAD_IDS)

@@ -1,0 +1,49 @@
+"""What every `e2e` command module shares: the Typer app, consoles, the client, output helpers."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from .client import Client
+from .settings import get_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="End-to-End Desktops: run simulation jobs on a cluster, follow them live, terminate them.")
+out = Console()
+err = Console(stderr=True)
+
+JSON_OPT = typer.Option(False, "--json", help="print machine-readable JSON")
+
+
+def _client() -> Client:
+    return Client(get_settings())
+
+
+def _dump(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=lambda o: getattr(o, "value", None) or getattr(o, "model_dump", str)()))
+
+
+def _job_doc(doc: dict[str, Any]) -> dict[str, Any]:
+    doc = dict(doc)
+    doc["runs_detail"] = [{**r, "progress": r["progress"].model_dump() if r.get("progress") else None}
+                          for r in doc.get("runs_detail", [])]
+    return doc
+
+
+def _state(value: str) -> str:
+    colour = {"COMPLETED": "green", "UP": "green", "RUNNING": "cyan", "FAILED": "red", "TERMINATED": "dim",
+              "STOPPED": "yellow", "TERMINATING": "yellow", "STOPPING": "yellow"}.get(value, "white")
+    return f"[{colour}]{value}[/]"
+
+
+def _age(ts: float) -> str:
+    secs = max(0, time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs / size:.0f}{unit}"
+    return f"{secs:.0f}s"
