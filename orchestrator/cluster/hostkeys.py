@@ -42,8 +42,8 @@ def trusted_keys(known_hosts: Path, address: str, port: int) -> dict[str, parami
     if known_hosts.exists():
         try:
             keys.load(str(known_hosts))
-        except (OSError, paramiko.SSHException) as exc:
-            raise BackendError(f"cannot read known_hosts {known_hosts}: {exc}") from exc
+        except (OSError, paramiko.SSHException, paramiko.hostkeys.InvalidHostKey) as exc:
+            raise BackendError(f"cannot read known_hosts {known_hosts}: {exc}") from None
     return dict(keys.lookup(host_entry(address, port)) or {})
 
 

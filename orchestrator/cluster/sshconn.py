@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 import time
@@ -146,19 +147,19 @@ class Connection:
                 out += chan.recv(1 << 16)
             while chan.recv_stderr_ready():
                 err += chan.recv_stderr(1 << 16)
-            if chan.exit_status_ready():
-                while chan.recv_ready():
-                    out += chan.recv(1 << 16)
-                while chan.recv_stderr_ready():
-                    err += chan.recv_stderr(1 << 16)
+            # sshd may send the exit status before the last output: done only once EOF (or close) came too.
+            ended = chan.eof_received or chan.closed
+            if chan.exit_status_ready() and ended and not chan.recv_ready() and not chan.recv_stderr_ready():
                 return Completed(chan.recv_exit_status(), bytes(out), bytes(err))
-            if chan.closed:
+            if chan.closed and not chan.exit_status_ready():
                 raise paramiko.SSHException("the channel closed without an exit status")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise NodeUnreachable(f"{self.describe()} did not finish {command.split()[0]!r} in time")
-            # status_event is set by the exit status and by close; data in between is drained every 10 ms.
-            chan.status_event.wait(min(remaining, 0.01))
+            if ended:  # the pipe stays readable after EOF: wait for the exit status (or close) instead
+                chan.status_event.wait(min(remaining, 0.05))
+            else:  # the channel's pipe wakes us on data and on EOF; capped so the exit status is seen promptly
+                select.select([chan], [], [], min(remaining, 0.005))
 
     def _forget_if_dead(self) -> None:
         with self._lock:
@@ -227,3 +228,21 @@ def _forget_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def fetch_host_key(node: ComputeNode, timeout: float) -> paramiko.PKey:
+    """The host key a node presents (no login): what an admin compares before trusting it."""
+    try:
+        sock = socket.create_connection((node.address, node.port), timeout=timeout)
+    except OSError as exc:
+        raise NodeUnreachable(f"node {node.name} ({node.address}:{node.port}) is unreachable: "
+                              f"{exc.strerror or exc}") from None
+    transport = paramiko.Transport(sock)
+    transport.banner_timeout = transport.handshake_timeout = timeout
+    try:
+        transport.start_client(timeout=timeout)
+        return transport.get_remote_server_key()
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise NodeUnreachable(f"node {node.name}: ssh handshake failed: {exc}") from None
+    finally:
+        transport.close()
