@@ -34,7 +34,7 @@ def node_rows(backend: ClusterBackend, leases: dict[str, str]) -> list[dict[str,
             load = backend.load(node, PROBE_TIMEOUT)[0] if hasattr(backend, "load") else os.getloadavg()[0]
         except BackendError as exc:
             problem = exc.message
-        job = leases.get(node.name)
+        job = leases.get(node.name) or None  # the pool stores free nodes with an empty job
         return {"name": node.name, "address": node.address, "cores": node.cores,
                 "state": "leased" if job else "free", "job": job, "load": load,
                 "reachable": problem is None, "problem": problem}
