@@ -14,7 +14,7 @@ import pytest
 from orchestrator.cluster.hostkeys import fingerprint
 from orchestrator.states import JobState, RunState
 
-from ..conftest import CAVITY, Engine, make_settings, redis_flush
+from ..conftest import CAVITY, Engine, make_settings, redis_flush, wait_for
 from .conftest import backend_for
 
 pytestmark = pytest.mark.integration
@@ -124,3 +124,68 @@ def test_nodes_trust_shows_the_fingerprint_and_adds_the_key(ssh_cluster, tmp_pat
     assert refused.returncode == 2 and "--replace" in refused.stderr
     assert e2e(settings, "nodes", "trust", "nodeb", "--yes", "--replace").returncode == 0
     assert backend.probe("nodeb", 5) is None
+
+
+def _proc_states(backend, node, tag) -> list[str]:
+    """The /proc state letter of each process of the run on the node (T: stopped)."""
+    pids = backend.tagged_processes(node, tag)
+    if not pids:
+        return []
+    stats = backend.run(node, ["cat", *[f"/proc/{p}/stat" for p in pids]], check=False).stdout.decode()
+    return [line[line.rfind(")") + 2] for line in stats.splitlines() if ")" in line]
+
+
+def test_two_node_run_freezes_pauses_restarts_and_completes_like_a_serial_run(
+        ssh_engine, ssh_cluster, openfoam, tmp_path):
+    shutil.copytree(CAVITY, tmp_path / "cavity")
+    client = ssh_engine.client
+    backend = backend_for(ssh_cluster, tmp_path)
+    nodea, nodeb = backend.inventory()[:2]
+    job_id = client.submit_data(_spec("cavity-long", tmp_path / "cavity", "ssh", 2, endTime=10, writeInterval=20))
+    tag = f"{job_id}/run-001"
+
+    def step():
+        progress = client.status(job_id)["runs_detail"][0].get("progress")
+        return progress.step if progress and progress.step is not None else 0.0
+
+    wait_for(lambda: step() >= 0.5, 120, "progress past t=0.5")
+    # freeze: every process of the run is stopped on both nodes (the ranks on nodeb found by their tag)
+    client.pause(job_id, freeze=True)
+    wait_for(lambda: _proc_states(backend, nodeb, tag) and set(_proc_states(backend, nodeb, tag)) == {"T"},
+             30, "the rank on nodeb to be stopped")
+    wait_for(lambda: set(_proc_states(backend, nodea, tag)) == {"T"}, 30, "the processes on nodea to be stopped")
+    client.resume(job_id)
+    wait_for(lambda: "T" not in _proc_states(backend, nodeb, tag) + _proc_states(backend, nodea, tag), 30,
+             "every process to run again")
+    # graceful pause: the solver writes its time and exits; restart continues from that checkpoint
+    client.pause(job_id)
+    doc = wait_for(lambda: (d := client.status(job_id))["runs_detail"][0]["state"] is RunState.PAUSED and d,
+                   120, "the run to pause")
+    paused_at = step()
+    assert 0.5 <= paused_at < 10
+    assert backend.tagged_processes(nodeb, tag) == [] and backend.tagged_processes(nodea, tag) == []
+    client.restart(job_id)
+    doc = ssh_engine.wait_run(job_id, timeout=300)
+    run = doc["runs_detail"][0]
+    assert run["state"] is RunState.COMPLETED, run
+    assert run["attempt"] == 2
+    run_dir = ssh_engine.settings.root / "jobs" / job_id / "runs" / "run-001"
+    log = (run_dir / "log.icoFoam").read_text()
+    attempts = log.split("Starting time loop")[1:]  # the restart appends its attempt to the log
+    assert len(attempts) == 2 and "nodeb" in log
+    resumed_from = float(re.search(r"^Time = (\S+)$", attempts[1], re.M).group(1))
+    assert resumed_from >= 0.5, "the restart began at t=0 again"
+    client.terminate(job_id)
+    assert ssh_engine.wait_job_terminal(job_id, timeout=120)["state"] is JobState.TERMINATED
+    results = ssh_engine.settings.root / "results" / job_id / "runs" / "run-001"
+
+    serial = client.submit_data(_spec("cavity-serial", tmp_path / "cavity", "local", 1, endTime=10, writeInterval=20))
+    assert ssh_engine.wait_run(serial, timeout=300)["runs_detail"][0]["state"] is RunState.COMPLETED
+    local = ssh_engine.settings.root / "jobs" / serial / "runs" / "run-001"
+    for name in ("U", "p"):
+        distributed, reference = internal_field(results / "10" / name), internal_field(local / "10" / name)
+        assert len(distributed) == len(reference) > 100
+        scale = max(abs(v) for v in reference)
+        assert max(abs(a - b) for a, b in zip(distributed, reference)) <= 1e-4 * scale, name
+    client.terminate(serial)
+    ssh_engine.wait_job_terminal(serial, timeout=60)
