@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages: the solver and MPI really run here; redis-server is the tests' real Redis.
 DEMO_PACKAGES := openfoam openfoam-examples openmpi-bin util-linux
-TEST_PACKAGES := $(DEMO_PACKAGES) redis-server
+# ssh backend tests: one sshd per node in network namespaces (iproute2), rsync for staging.
+SSH_PACKAGES := openssh-server openssh-client rsync iproute2
+TEST_PACKAGES := $(DEMO_PACKAGES) redis-server $(SSH_PACKAGES)
 
 .PHONY: demo test unit integration bench setup system-deps-demo system-deps-test clean
 
@@ -24,6 +26,7 @@ integration: system-deps-test $(STAMP)
 
 bench: system-deps-test $(STAMP)
 	$(PY) bench/latency.py --jobs 200
+	$(PY) bench/ssh.py
 
 setup: system-deps-test $(STAMP)
 

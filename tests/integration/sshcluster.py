@@ -68,6 +68,7 @@ class TestCluster:
     nodes: list[TestNode] = field(default_factory=list)
     bridge: str | None = None
     user: str = "root"
+    network: str = "auto"   # "netns" (a bridge, one namespace per node), "loopback" (127.0.0.x), or auto
 
     # -- paths
     @property
@@ -91,7 +92,7 @@ class TestCluster:
         authorized = "".join((self.base / "keys" / f"{k}.pub").read_text() for k in ("engine", "node"))
         (self.base / "keys" / self.user).write_text(authorized)
         Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None
-        use_netns = namespaces_available()
+        use_netns = self.network == "netns" or (self.network == "auto" and namespaces_available())
         if use_netns:
             self._network()
         for i in range(self.count):
@@ -170,14 +171,16 @@ class TestCluster:
     def start_sshd(self, node: TestNode) -> None:
         cfg = self.sshd_config(node)
         command = [SSHD, "-D", "-f", str(cfg), "-E", str(node.dir / "sshd.log")]
-        if node.netns:
-            # Own network, hostname and process table (sshd is its pid 1 and reaps orphans); the filesystem
-            # stays shared like an NFS mount, except an empty home so no login script of this machine runs.
+        if os.geteuid() == 0:
+            # Own hostname and process table (sshd is its pid 1 and reaps orphans), in the node's own network
+            # namespace when there is one; the filesystem stays shared like an NFS mount, except an empty
+            # home, so no login script of this machine runs in the nodes' sessions.
             home = node.dir / "home"
             home.mkdir(exist_ok=True)
-            command = ["ip", "netns", "exec", node.netns, "unshare", "--uts", "--pid", "--fork", "--mount-proc",
-                       "sh", "-c", f'hostname {node.name} && mount --bind "$0" "$HOME" && exec "$@"', str(home),
-                       *command]
+            command = ["unshare", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c",
+                       f'hostname {node.name} && mount --bind "$0" "$HOME" && exec "$@"', str(home), *command]
+            if node.netns:
+                command = ["ip", "netns", "exec", node.netns, *command]
         node.proc = subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -194,11 +197,34 @@ class TestCluster:
                 time.sleep(0.02)
 
     def cut(self, node: TestNode) -> None:
-        """The node stops answering: its link goes down (packets vanish, nothing is refused)."""
+        """The node stops answering: its link goes down (packets vanish, nothing is refused), or without
+        namespaces every process of the node is stopped (its connections stay open and silent)."""
         if node.veth:
             _sh("ip", "link", "set", node.veth, "down")
-        elif node.proc:
-            os.killpg(node.proc.pid, signal.SIGSTOP)
+            return
+        for pid in self.node_pids(node):
+            os.kill(pid, signal.SIGSTOP)
+
+    def node_pids(self, node: TestNode) -> list[int]:
+        """The node's processes: its pid namespace (as root), else its sshd's process group."""
+        if node.proc is None:
+            return []
+        try:
+            children = Path(f"/proc/{node.proc.pid}/task/{node.proc.pid}/children").read_text().split()
+            ns = os.readlink(f"/proc/{children[0]}/ns/pid") if os.geteuid() == 0 and children else None
+        except OSError:
+            ns = None
+        if ns is None:
+            return [node.proc.pid]
+        found = []
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    if os.readlink(f"/proc/{entry.name}/ns/pid") == ns:
+                        found.append(int(entry.name))
+                except OSError:
+                    pass
+        return found
 
     def stop(self) -> None:
         """Everything goes, whatever state it is in: processes in each namespace, sshds, links, bridge."""
@@ -206,8 +232,7 @@ class TestCluster:
             pids: list[int] = []
             if node.netns:
                 pids = [int(p) for p in _sh("ip", "netns", "pids", node.netns, check=False).stdout.split()]
-            if node.proc:
-                pids.append(node.proc.pid)
+            pids += self.node_pids(node)
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGCONT)
