@@ -33,7 +33,7 @@ from orchestrator.cluster import sshconn  # noqa: E402
 from orchestrator.cluster.ssh import SSHBackend  # noqa: E402
 from orchestrator.cluster.transfer import push_tree, ssh_command  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
-from tests.integration.sshcluster import TestCluster  # noqa: E402
+from tests.integration.sshcluster import NodeCluster  # noqa: E402
 
 TARGET_P50_MS = 5.0
 
@@ -82,7 +82,7 @@ def once(label: str, fn, mib: float | None = None) -> float:
 def main() -> None:
     args = parse_args()
     base = Path(tempfile.mkdtemp(prefix="e2essh-bench-"))
-    cluster = TestCluster(base, network=args.network)
+    cluster = NodeCluster(base, network=args.network)
     try:
         cluster.start()
         backend = SSHBackend(Settings(home=base / "home", inventory=cluster.inventory(), _env_file=None))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -46,7 +47,7 @@ def namespaces_available() -> bool:
 
 
 @dataclass
-class TestNode:
+class ClusterNode:
     name: str
     address: str
     port: int
@@ -61,14 +62,15 @@ class TestNode:
 
 
 @dataclass
-class TestCluster:
+class NodeCluster:
     base: Path
     count: int = 3
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
-    nodes: list[TestNode] = field(default_factory=list)
+    nodes: list[ClusterNode] = field(default_factory=list)
     bridge: str | None = None
     user: str = "root"
     network: str = "auto"   # "netns" (a bridge, one namespace per node), "loopback" (127.0.0.x), or auto
+    private: list[Path] = field(default_factory=list)  # head paths each node sees as its own empty directory
 
     # -- paths
     @property
@@ -84,7 +86,7 @@ class TestCluster:
         return self.base / "known_hosts"
 
     # -- life
-    def start(self) -> TestCluster:
+    def start(self) -> NodeCluster:
         (self.base / "keys").mkdir(parents=True, exist_ok=True)
         for key in ("engine", "node", "stranger"):
             _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", key, "-f", str(self.base / "keys" / key))
@@ -100,11 +102,11 @@ class TestCluster:
             node_dir = self.base / name
             node_dir.mkdir()
             if use_netns:
-                node = TestNode(name, f"{self.subnet}.{11 + i}", 22, node_dir,
+                node = ClusterNode(name, f"{self.subnet}.{11 + i}", 22, node_dir,
                                 netns=f"{PREFIX}{self.tag}{chr(ord('a') + i)}",
                                 veth=f"e2es{self.tag}{chr(ord('a') + i)}")
             else:
-                node = TestNode(name, f"127.0.0.{2 + i}", free_port(), node_dir)
+                node = ClusterNode(name, f"127.0.0.{2 + i}", free_port(), node_dir)
             self.nodes.append(node)
             _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(node_dir / "ssh_host_ed25519_key"))
             trust(self.known_hosts, node.address, node.port, node.host_key)
@@ -129,7 +131,7 @@ class TestCluster:
         _sh("ip", "addr", "add", f"{subnet}.1/24", "dev", self.bridge)
         _sh("ip", "link", "set", self.bridge, "up")
 
-    def _link(self, node: TestNode) -> None:
+    def _link(self, node: ClusterNode) -> None:
         _sh("ip", "netns", "add", node.netns)
         _sh("ip", "link", "add", node.veth, "type", "veth", "peer", "name", "eth0", "netns", node.netns)
         _sh("ip", "link", "set", node.veth, "master", self.bridge, "up")
@@ -151,7 +153,7 @@ class TestCluster:
                   "  LogLevel ERROR", ""]
         (client / "ssh_config").write_text("\n".join(lines))
 
-    def sshd_config(self, node: TestNode) -> Path:
+    def sshd_config(self, node: ClusterNode) -> Path:
         cfg = node.dir / "sshd_config"
         cfg.write_text("\n".join([
             f"Port {node.port}", f"ListenAddress {node.address}",
@@ -168,7 +170,7 @@ class TestCluster:
         ]))
         return cfg
 
-    def start_sshd(self, node: TestNode) -> None:
+    def start_sshd(self, node: ClusterNode) -> None:
         cfg = self.sshd_config(node)
         command = [SSHD, "-D", "-f", str(cfg), "-E", str(node.dir / "sshd.log")]
         if os.geteuid() == 0:
@@ -177,14 +179,20 @@ class TestCluster:
             # home, so no login script of this machine runs in the nodes' sessions.
             home = node.dir / "home"
             home.mkdir(exist_ok=True)
+            mounts = [("mount", "--bind", str(home), os.environ.get("HOME", "/root"))]
+            for i, path in enumerate(self.private):  # storage that is not shared with the head node
+                own = node.dir / f"private{i}"
+                own.mkdir(exist_ok=True)
+                mounts.append(("mount", "--bind", str(own), str(path)))
+            script = " && ".join([f"hostname {node.name}", *(shlex.join(m) for m in mounts), 'exec "$@"'])
             command = ["unshare", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c",
-                       f'hostname {node.name} && mount --bind "$0" "$HOME" && exec "$@"', str(home), *command]
+                       script, "sh", *command]
             if node.netns:
                 command = ["ip", "netns", "exec", node.netns, *command]
         node.proc = subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def wait_listening(self, node: TestNode, timeout: float = 15) -> None:
+    def wait_listening(self, node: ClusterNode, timeout: float = 15) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -196,7 +204,7 @@ class TestCluster:
                     raise RuntimeError(f"sshd of {node.name} did not start: {log[-2000:]}") from None
                 time.sleep(0.02)
 
-    def cut(self, node: TestNode) -> None:
+    def cut(self, node: ClusterNode) -> None:
         """The node stops answering: its link goes down (packets vanish, nothing is refused), or without
         namespaces every process of the node is stopped (its connections stay open and silent)."""
         if node.veth:
@@ -205,7 +213,7 @@ class TestCluster:
         for pid in self.node_pids(node):
             os.kill(pid, signal.SIGSTOP)
 
-    def node_pids(self, node: TestNode) -> list[int]:
+    def node_pids(self, node: ClusterNode) -> list[int]:
         """The node's processes: its pid namespace (as root), else its sshd's process group."""
         if node.proc is None:
             return []
@@ -252,7 +260,8 @@ class TestCluster:
             _sh("ip", "link", "del", self.bridge, check=False)
 
     # -- what the engine is given
-    def inventory(self, path: Path | None = None, nodes: list[TestNode] | None = None, **overrides) -> Path:
+    def inventory(self, path: Path | None = None, nodes: list[ClusterNode] | None = None, shared_storage: bool = True,
+                  **overrides) -> Path:
         path = path or self.base / "inventory.yaml"
         head = self.subnet + ".1" if self.bridge else "127.0.0.1"
         data = {
@@ -260,7 +269,8 @@ class TestCluster:
             "known_hosts": str(self.known_hosts),
             "connect_timeout": 5, "command_timeout": 10, "keepalive": 2,
             "nodes": [{"name": n.name, "address": n.address, "port": n.port, "user": self.user,
-                       "key_file": str(self.engine_key), "cores": 1, "scratch": str(n.dir / "scratch")}
+                       "key_file": str(self.engine_key), "cores": 1, "scratch": str(n.dir / "scratch"),
+                       "shared_storage": shared_storage}
                       for n in (nodes or self.nodes)],
         }
         data.update(overrides)

@@ -8,12 +8,12 @@ from orchestrator.cluster import sshconn
 from orchestrator.cluster.ssh import SSHBackend
 from orchestrator.settings import Settings
 from tests.conftest import require
-from tests.integration.sshcluster import TestCluster, sshd_available
+from tests.integration.sshcluster import NodeCluster, sshd_available
 
 
 def _cluster(base):
     require(sshd_available(), "sshd and ssh-keygen (apt-get install openssh-server openssh-client)")
-    cluster = TestCluster(base)
+    cluster = NodeCluster(base)
     try:
         cluster.start()
     except BaseException:
@@ -44,7 +44,7 @@ def own_cluster(tmp_path):
         cluster.stop()
 
 
-def backend_for(cluster: TestCluster, home, **inventory) -> SSHBackend:
+def backend_for(cluster: NodeCluster, home, **inventory) -> SSHBackend:
     path = cluster.inventory(home / "inventory.yaml", **inventory) if inventory else cluster.inventory()
     return SSHBackend(Settings(home=home, inventory=path))
 
