@@ -8,7 +8,9 @@ STAMP := $(VENV)/.installed
 DEMO_PACKAGES := openfoam openfoam-examples openmpi-bin util-linux
 # ssh backend tests: one sshd per node in network namespaces (iproute2), rsync for staging.
 SSH_PACKAGES := openssh-server openssh-client rsync iproute2
-TEST_PACKAGES := $(DEMO_PACKAGES) redis-server $(SSH_PACKAGES)
+# slurm backend tests: a private munged + slurmctld + slurmd (no accounting database needed).
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge
+TEST_PACKAGES := $(DEMO_PACKAGES) redis-server $(SSH_PACKAGES) $(SLURM_PACKAGES)
 
 .PHONY: demo test unit integration bench setup system-deps-demo system-deps-test clean
 

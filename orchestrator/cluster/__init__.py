@@ -17,4 +17,8 @@ def get_backend(name: str, settings: Settings) -> ClusterBackend:
         from .ssh import SSHBackend
 
         return SSHBackend(settings)
-    raise UserError(f"unknown cluster backend {name!r}; known backends: local, ssh")
+    if name == "slurm":
+        from .slurm import SlurmBackend
+
+        return SlurmBackend(settings)
+    raise UserError(f"unknown cluster backend {name!r}; known backends: local, ssh, slurm")
