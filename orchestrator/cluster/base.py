@@ -6,6 +6,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import BackendError
+
+
+class NodeUnreachable(BackendError):
+    """The node did not answer (refused, timed out, or a call ran past its deadline): a node fault."""
+
 
 @dataclass(frozen=True)
 class Node:

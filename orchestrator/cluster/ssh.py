@@ -12,9 +12,9 @@ import paramiko
 
 from ..errors import BackendError, InfrastructureError
 from ..settings import Settings
-from .base import ClusterBackend, Node
+from .base import ClusterBackend, Node, NodeUnreachable
 from .inventory import ComputeNode, Inventory, load_inventory
-from .sshconn import Completed, Connection, NodeUnreachable, connection
+from .sshconn import Completed, Connection, connection
 from .transfer import pull_tree, push_tree
 
 PROBE_TIMEOUT = 5.0

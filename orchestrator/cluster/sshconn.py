@@ -13,12 +13,9 @@ from pathlib import Path
 import paramiko
 
 from ..errors import BackendError
+from .base import NodeUnreachable
 from .hostkeys import HostKeyError, trusted_keys, verify
 from .inventory import ComputeNode, Inventory
-
-
-class NodeUnreachable(BackendError):
-    """The node did not answer (connection refused or timed out, or a call ran past its deadline)."""
 
 
 class NodeAuthFailed(BackendError):

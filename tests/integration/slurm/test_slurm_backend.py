@@ -60,6 +60,7 @@ def test_allocation_run_step_suspend_resume_and_cancel(slurm, tmp_path):
     assert tagged and pid not in tagged  # children carry the tag (bash's own environ predates its export)
     steps = backend.slurm("squeue", "--noheader", "--steps", f"--jobs={slurm_id}", "--format=%i").stdout.split()
     assert f"{slurm_id}.0" in steps  # the run really is a step of the allocation
+    wait_for(lambda: (run_dir / "ticks").exists(), 10, "the first tick")
     # freeze: scontrol suspend stops every process of the job; resume continues them
     backend.suspend("job1")
     assert backend.allocation_state("job1") == "SUSPENDED"
