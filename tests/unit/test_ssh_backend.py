@@ -206,3 +206,26 @@ def test_verify_refuses_unknown_and_changed_keys_and_trust_needs_replace(tmp_pat
     verify(known, "n1", "10.0.0.11", 2222, keys[1])
     with pytest.raises(HostKeyUnknown):  # port 22 is another entry than port 2222
         verify(known, "n1", "10.0.0.11", 22, keys[1])
+
+
+# -- `e2e nodes` rows
+def test_node_rows_show_leases_load_and_unreachable_nodes(tmp_path):
+    from orchestrator.cli_nodes import node_rows
+    from orchestrator.cluster.base import NodeUnreachable
+
+    class Pool(SSHBackend):
+        def __init__(self):
+            pass
+
+        def inventory(self):
+            return [Node("n1", "10.0.0.11", 4, tmp_path), Node("n2", "10.0.0.12", 8, tmp_path)]
+
+        def load(self, node, timeout=None):
+            if node.name == "n2":
+                raise NodeUnreachable("node n2 (root@10.0.0.12:22) did not answer within 3s")
+            return (0.5, 0.25, 0.125)
+
+    rows = node_rows(Pool(), {"n1": "job-7", "n2": ""})
+    assert [(r["name"], r["state"], r["job"], r["load"], r["reachable"]) for r in rows] == \
+        [("n1", "leased", "job-7", 0.5, True), ("n2", "free", None, None, False)]
+    assert "did not answer" in rows[1]["problem"]
