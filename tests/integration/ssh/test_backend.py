@@ -8,6 +8,7 @@ import pytest
 
 from orchestrator.cluster import sshconn
 from orchestrator.cluster.hostkeys import HostKeyChanged, HostKeyUnknown, fingerprint
+from orchestrator.cluster.base import NodeUnreachable
 from orchestrator.cluster.sshconn import NodeAuthFailed
 from orchestrator.cluster.transfer import pull_tree, push_tree
 
@@ -148,3 +149,10 @@ def test_a_node_that_stops_answering_is_reported_by_probe(own_cluster, tmp_path)
     reason = wait_for(lambda: backend.probe(victim.name, 5), 15, "the probe to report the dead node")
     assert victim.name in reason
     assert backend.probe("nodea", 5) is None  # the others are unaffected
+
+
+def test_a_command_past_its_deadline_is_abandoned_and_the_connection_still_works(ssh_backend):
+    conn = ssh_backend.conn("nodec")
+    with pytest.raises(NodeUnreachable, match="did not (finish 'sleep' in time|answer within 1s)"):
+        conn.run("sleep 30", timeout=1)
+    assert conn.run("echo still-here", timeout=5).stdout == b"still-here\n"
