@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -189,3 +190,30 @@ def test_two_node_run_freezes_pauses_restarts_and_completes_like_a_serial_run(
         assert max(abs(a - b) for a, b in zip(distributed, reference)) <= 1e-4 * scale, name
     client.terminate(serial)
     ssh_engine.wait_job_terminal(serial, timeout=60)
+
+
+def test_jobs_wait_for_free_ssh_nodes_in_submission_order(ssh_engine):
+    client = ssh_engine.client
+
+    def sleeper(name, nodes):
+        return client.submit_data({"name": name, "cluster": {"backend": "ssh", "nodes": nodes},
+                                   "solver": {"name": "command", "command": ["sleep", "600"]}})
+
+    def state(job_id):
+        return client.status(job_id)["state"]
+
+    first = sleeper("first", 2)
+    wait_for(lambda: state(first) is JobState.UP, 60, "the first job to be up")
+    second, third = sleeper("second", 2), sleeper("third", 1)  # 1 node is free: enough for third, not second
+    wait_for(lambda: client.store.leases("ssh") and state(second) is JobState.QUEUED, 10, "second queued")
+    time.sleep(5 * ssh_engine.settings.reconcile_interval)  # several reconcile passes could have placed it
+    assert state(third) is JobState.QUEUED  # first in, first out: third may not overtake second
+    client.terminate(first)
+    wait_for(lambda: state(second) is JobState.UP, 60, "the second job to get the freed nodes")
+    wait_for(lambda: state(third) is JobState.UP, 60, "the third job to get the last node")
+    held = client.store.leases("ssh")
+    assert sorted(held.values()) == sorted([second, second, third])
+    for job_id in (second, third):
+        client.terminate(job_id)
+    for job_id in (first, second, third):
+        assert ssh_engine.wait_job_terminal(job_id, timeout=60)["state"] is JobState.TERMINATED
