@@ -186,7 +186,7 @@ INVALID = [
      ("unknown field", "command", "env", "inputs")),
     ("extra top-level field", edit("priority", 1), "priority",
      ("unknown field", "name", "solver", "cluster", "limits")),
-    ("backend not local", edit("cluster.backend", "slurm"), "cluster.backend", ("'local'",)),
+    ("unknown backend", edit("cluster.backend", "pbs"), "cluster.backend", ("'local'", "'slurm'")),
     ("zero nodes", edit("cluster.nodes", 0), "cluster.nodes", ("greater than or equal to 1",)),
     ("too many nodes", edit("cluster.nodes", 5000), "cluster.nodes", ("less than or equal to 1024",)),
     ("nodes not a number", edit("cluster.nodes", "two"), "cluster.nodes", ("integer",)),
@@ -275,7 +275,7 @@ def test_several_problems_are_reported_one_per_field(spec_dir):
 def test_error_message_lists_every_problem_under_the_source(spec_dir):
     spec = canonical()
     spec["name"] = "bad name"
-    spec["cluster"]["backend"] = "slurm"
+    spec["cluster"]["backend"] = "pbs"
     path = write_spec(spec_dir, spec)
     with pytest.raises(SpecError) as info:
         load_spec(path)
