@@ -14,7 +14,7 @@ from rich.table import Table
 
 from .cli_common import JSON_OPT, _age, _client, _duration, _dump, _job_doc, _state, app, err, out
 from .client import run_finished
-from .errors import E2EError, InfrastructureError
+from .errors import E2EError, InfrastructureError, UserError
 from .settings import get_settings
 from .stack import Stack
 from .states import JOB_TERMINAL
@@ -59,10 +59,17 @@ def down() -> None:
 @app.command()
 def submit(spec: Path = typer.Argument(..., help="job spec (YAML or JSON)"),
            wait: bool = typer.Option(False, "--wait", help="follow the run until it ends"),
+           sweep: Optional[list[str]] = typer.Option(None, "--sweep", help="KEY=v1,v2,...: one job per value "
+                                                     "(repeatable: every combination); see also `sweep:` in the spec"),
            as_json: bool = JSON_OPT) -> None:
-    """Validate a job spec and queue it; prints the job id."""
+    """Validate a job spec and queue it; prints the job id (or a sweep's id and its jobs)."""
     from .spec import load_spec
+    from .sweeps import plan_from_file
 
+    plan = plan_from_file(spec, sweep or [])  # every member validated before anything is created
+    if plan is not None:
+        from .cli_sweeps import submit_sweep
+        return submit_sweep(plan, wait, as_json)
     parsed = load_spec(spec)  # before connecting: a bad spec is reported even with no engine running
     client = _client()
     job_id = client.submit(parsed)
@@ -157,10 +164,17 @@ def logs(job: str, follow: bool = typer.Option(False, "-f", "--follow", help="ke
 
 
 @app.command()
-def terminate(job: str, wait: bool = typer.Option(False, "--wait", help="wait until TERMINATED"),
+def terminate(job: Optional[str] = typer.Argument(None, help="job id (or a unique start of it)"),
+              wait: bool = typer.Option(False, "--wait", help="wait until TERMINATED"),
               timeout: float = typer.Option(300, help="seconds to wait with --wait"),
+              sweep: Optional[str] = typer.Option(None, "--sweep", help="terminate every job of this sweep"),
               as_json: bool = JSON_OPT) -> None:
     """Stop the solver (gracefully first), copy the job's files to results, release the nodes."""
+    if (job is None) == (sweep is None):
+        raise UserError("give either a job id or --sweep SWEEP_ID")
+    if sweep is not None:
+        from .cli_sweeps import terminate_sweep
+        return terminate_sweep(sweep, wait, timeout, as_json)
     client = _client()
     doc = client.terminate(job)
     if wait:
@@ -221,6 +235,7 @@ def demo(keep: bool = typer.Option(False, "--keep", help="leave the engine runni
 # Each area's commands live in their own module and add themselves to `app` when imported.
 from . import cli_control  # noqa: E402,F401  (pause, resume, edit, restart, rerun, history)
 from . import cli_nodes  # noqa: E402,F401  (nodes, nodes trust)
+from . import cli_sweeps  # noqa: E402,F401  (sweep ls, sweep status)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
@@ -26,8 +27,11 @@ def _default_backend() -> str:
     return "ssh" if get_settings().inventory else "local"
 
 
-def node_rows(backend: ClusterBackend, leases: dict[str, str]) -> list[dict[str, Any]]:
-    """One row per node: name, address, cores, state (free/leased), job, load, reachable, problem."""
+def node_rows(backend: ClusterBackend, leases: dict[str, str],
+              drained: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per node: name, address, cores, state (free/leased/drained), job, load, reachable, problem,
+    and for a drained node why (`drained`)."""
+    drained = drained or {}
     def row(node: Node) -> dict[str, Any]:
         load, problem = None, None
         try:
@@ -35,9 +39,10 @@ def node_rows(backend: ClusterBackend, leases: dict[str, str]) -> list[dict[str,
         except BackendError as exc:
             problem = exc.message
         job = leases.get(node.name) or None  # the pool stores free nodes with an empty job
+        note = drained.get(node.name)
         return {"name": node.name, "address": node.address, "cores": node.cores,
-                "state": "leased" if job else "free", "job": job, "load": load,
-                "reachable": problem is None, "problem": problem}
+                "state": "drained" if note else "leased" if job else "free", "job": job, "load": load,
+                "reachable": problem is None, "problem": problem, "drained": note}
     nodes = backend.inventory()
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as pool:
         return list(pool.map(row, nodes))
@@ -51,7 +56,8 @@ def nodes(ctx: typer.Context,
     if ctx.invoked_subcommand is not None:
         return
     chosen = get_backend(backend or _default_backend(), get_settings())
-    rows = node_rows(chosen, _client().store.leases(chosen.name))
+    store = _client().store
+    rows = node_rows(chosen, store.leases(chosen.name), store.drained(chosen.name))
     if as_json:
         _dump(rows)
         return
@@ -61,6 +67,38 @@ def nodes(ctx: typer.Context,
                       f"{r['load']:.2f}" if r["load"] is not None else "-",
                       "yes" if r["reachable"] else f"[red]no[/] {r['problem']}")
     out.print(table)
+    for r in rows:
+        if r["drained"]:
+            out.print(f"[yellow]{r['name']} drained[/] (job {r['drained'].get('job')}): {r['drained'].get('reason')}"
+                      f"; `e2e nodes undrain {r['name']}` puts it back")
+
+
+@nodes_app.command("undrain")
+def undrain_node(node: str = typer.Argument(..., help="node name"),
+                 backend: Optional[str] = typer.Option(None, help="local or ssh; default ssh when E2E_INVENTORY is set"),
+                 force: bool = typer.Option(False, "--force", help="undrain even if the node does not answer"),
+                 ) -> None:
+    """Put a node drained after a fault back into service, once it answers again; leftover processes of
+    the run that lost it are killed first, so they cannot compete with the next job."""
+    chosen = get_backend(backend or _default_backend(), get_settings())
+    by_name = {n.name: n for n in chosen.inventory()}
+    if node not in by_name:
+        raise UserError(f"node {node!r} is not in the {chosen.name} inventory; known nodes: {', '.join(by_name)}")
+    store = _client().store
+    note = store.drained(chosen.name).get(node)
+    if note is None:
+        raise UserError(f"node {node} is not drained")
+    try:
+        killed = chosen.signal_tagged(by_name[node], f"{note.get('job')}/{note.get('run')}", signal.SIGKILL)
+    except BackendError as exc:
+        if not force:
+            raise UserError(f"node {node} still does not answer ({exc.message}); nothing changed "
+                            "(--force undrains it anyway)") from None
+        killed = 0
+        err.print(f"[yellow]warning:[/] node {node} does not answer: {exc.message}")
+    store.undrain(chosen.name, node)
+    out.print(f"node {node} undrained" + (f"; killed {killed} leftover process(es) of job {note.get('job')}"
+                                          if killed else ""))
 
 
 @nodes_app.command("trust")

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .attempts import next_attempt
 from .celery_app import make_app
 from .cluster import get_backend
 from .commands import TERMINABLE_JOBS, Command, allowed_commands, check_allowed
@@ -46,8 +47,31 @@ class Client:
     def submit_data(self, data: dict[str, Any], base_dir: Path | None = None) -> str:
         return self.submit(validate_spec(data, base_dir=base_dir))
 
-    def submit(self, spec) -> str:
+    def submit(self, spec, extra: dict[str, Any] | None = None) -> str:
         """Queue a validated spec; checks it fits the backend before anything is created."""
+        backend = self._check_fits(spec)
+        job_id = self.store.create_job(name=spec.name, owner=self.user, spec=spec_for_store(spec),
+                                       backend=backend, solver=spec.solver.name, extra=extra)
+        self.celery.send_task("e2e.provision", args=[job_id])
+        return job_id
+
+    def submit_sweep(self, plan) -> tuple[str, list[str]]:
+        """Queue every member of a sweep (sweeps.SweepPlan) as its own job, in order, under one new sweep id;
+        every member is checked against the backend before the first is created."""
+        from .sweeps import new_sweep_id
+
+        for member in plan.members:
+            self._check_fits(member.spec)
+        sweep_id = new_sweep_id()
+        job_ids = []
+        for member in plan.members:
+            job_id = self.submit(member.spec, extra={"sweep": sweep_id, "sweep_index": member.index,
+                                                     "sweep_values": member.values})
+            job_ids.append(job_id)
+        return sweep_id, job_ids
+
+    def _check_fits(self, spec) -> str:
+        """The backend's name, once the spec's node and core counts fit it; SpecError otherwise."""
         backend = get_backend(spec.cluster.backend, self.settings)
         nodes = backend.inventory()
         problems = []
@@ -60,10 +84,7 @@ class Client:
                                                        f"{backend.name} nodes have {max_cores} cores"))
         if problems:
             raise SpecError(problems)
-        job_id = self.store.create_job(name=spec.name, owner=self.user, spec=spec_for_store(spec),
-                                       backend=backend.name, solver=spec.solver.name)
-        self.celery.send_task("e2e.provision", args=[job_id])
-        return job_id
+        return backend.name
 
     # -- read
     def resolve(self, job: str) -> str:
@@ -129,6 +150,13 @@ class Client:
         self.celery.send_task("e2e.terminate", args=[job_id])
         return self.store.get_job(job_id)
 
+    def terminate_sweep(self, sweep: str) -> tuple[str, list[dict[str, Any]]]:
+        """Terminate every member job of a sweep (those already terminated stay as they are)."""
+        from .sweeps import resolve_sweep
+
+        sweep_id = resolve_sweep(self.store, sweep)
+        return sweep_id, [self.terminate(job_id) for job_id in self.store.sweep_members(sweep_id)]
+
     def _current(self, job: str) -> tuple[dict[str, Any], dict[str, Any]]:
         record = self.job(job)
         return record, self.store.get_run(record["id"], record["current_run"])
@@ -174,26 +202,13 @@ class Client:
 
     def restart(self, job: str) -> dict[str, Any]:
         """Continue the current run from its latest checkpoint, with the edits so far, as its next attempt."""
-        from solvers.base import registry
-
         record, run = self._current(job)
         job_id = record["id"]
         check_allowed(Command.RESTART, record, run)
-        run_dir = JobPaths.for_job(self.settings.root, job_id).run(run["id"]).root
-        checkpoint = registry().get(record["solver"]).latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise InvalidState(f"cannot restart: {run['id']} has no checkpoint to continue from; "
-                               "`e2e rerun` starts a new run from the inputs")
-        attempt = (run.get("attempt") or 1) + 1
-        cleared = dict.fromkeys(("pid", "exit_code", "reason", "stop_intent", "stop_requested_at", "stop_sent_at",
-                                 "term_sent_at", "kill_sent_at", "signals", "frozen_at", "ended_at",
-                                 "launch_requested_at"))
-        if not self.store.transition_run(job_id, run["id"], RunState.PENDING, expect=[run["state"]],
-                                         data={"attempt": attempt, "from": checkpoint, "by": self.user},
-                                         attempt=attempt, mode="restart", revision=record.get("revision") or 1,
-                                         **cleared):
+        started = next_attempt(self.store, self.settings.root, record, run, by=self.user)
+        if started is None:
             raise self._race(job_id, Command.RESTART)
-        self._audit(job_id, "restart", run=run["id"], attempt=attempt, checkpoint=checkpoint)
+        self._audit(job_id, "restart", run=run["id"], **started)
         self.celery.send_task("e2e.launch", args=[job_id, run["id"]])
         return self.status(job_id)
 

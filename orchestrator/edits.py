@@ -21,20 +21,22 @@ IMMUTABLE = ("name", "cluster", "solver.name")
 MAX_FILE_BYTES = 64 << 20
 
 
-def parse_assignments(items: list[str]) -> list[tuple[str, Any]]:
+def parse_assignments(items: list[str], fixed: tuple[str, ...] = IMMUTABLE,
+                      option: str = "--set") -> list[tuple[str, Any]]:
     """'solver.parameters.endTime=0.5' -> ('solver.parameters.endTime', 0.5). A key that does not start
     with a top-level spec field is taken as a solver option ('parameters.endTime' = 'solver.parameters...').
-    Values are YAML scalars/lists/maps, so 0.5 is a number and "0.5" a string."""
+    Values are YAML scalars/lists/maps, so 0.5 is a number and "0.5" a string. Keys under `fixed` are
+    refused (an edit cannot change the allocation; a sweep may)."""
     problems, parsed = [], []
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not KEY.match(key):
-            problems.append(("--set", f"{item!r} is not key=value with a dotted key (e.g. parameters.endTime=0.5)"))
+            problems.append((option, f"{item!r} is not key=value with a dotted key (e.g. parameters.endTime=0.5)"))
             continue
         if key.split(".")[0] not in TOP_LEVEL:
             key = f"solver.{key}"
-        if any(key == fixed or key.startswith(fixed + ".") for fixed in IMMUTABLE):
+        if any(key == pinned or key.startswith(pinned + ".") for pinned in fixed):
             problems.append((key, "cannot change once the job exists; submit a new job instead"))
             continue
         try:

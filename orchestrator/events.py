@@ -16,6 +16,8 @@ class EventKind(str, Enum):
     RUN_STATE = "run.state"
     PROGRESS = "run.progress"
     CONTROL = "control"      # a user or a guard asked for something (terminate, ...)
+    NODE_FAILED = "node.failed"      # a node of the job stopped answering
+    NODE_REPLACED = "node.replaced"  # restart_on_node_failure leased another node in its place
     WARNING = "warning"
     ERROR = "error"
 

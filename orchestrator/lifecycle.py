@@ -19,7 +19,7 @@ from .events import EventKind
 from .faults import fault_point
 from .limits import check_limits
 from .materialize import materialize_run
-from .node_health import fail_on_node_fault
+from .node_health import answering_nodes, fail_on_node_fault, restart_on_replacement, wants_recovery
 from .paths import JobPaths, RunPaths, results_dir
 from .runctl import RunControl, signal_run
 from .services import ServiceContext, services
@@ -211,6 +211,8 @@ class Lifecycle:
         backend = self.backend_of(job)
         nodes = self.nodes_of(job, backend)
         if not nodes or state in RUN_ENDED:
+            if wants_recovery(job, run):
+                self.recover_node_fault(job_id, run_id)  # one a crashed worker left undone
             return
         head = nodes[0]
         paths = self.paths(job_id).run(run_id, run.get("attempt") or 1)
@@ -224,6 +226,7 @@ class Lifecycle:
             return
         plugin = self.plugin_of(job)
         if fail_on_node_fault(self.store, job, run, backend, nodes):
+            self.recover_node_fault(job_id, run_id)
             return
         self._follow_log(job_id, run, plugin, backend, head, paths)
         code = backend.read_bytes(head, paths.exit_code)
@@ -243,6 +246,12 @@ class Lifecycle:
                 self.control.stop(plugin, backend, nodes, job_id, run, paths.root)  # the stop task was lost
             else:
                 self.control.escalate(backend, nodes, job_id, run)
+
+    def recover_node_fault(self, job_id: str, run_id: str) -> None:
+        """restart_on_node_failure: the run failed by a node fault restarts on replacement nodes."""
+        job = self.store.get_job(job_id)
+        if restart_on_replacement(self.store, self.settings, job_id, run_id, self.backend_of(job)):
+            self.launch(job_id, run_id)
 
     def _follow_log(self, job_id: str, run: dict[str, Any], plugin: SolverPlugin, backend: ClusterBackend,
                     head: Node, paths: RunPaths) -> None:
@@ -351,7 +360,7 @@ class Lifecycle:
         if not self._each_service(job, "stop"):
             return  # a service (the final sync) is still finishing
         backend = self.backend_of(job)
-        nodes = self.nodes_of(job, backend)
+        nodes = answering_nodes(self.store, job_id, backend, self.nodes_of(job, backend), "terminate")
         fault_point("terminate.before_kill")
         for r in self.store.list_runs(job_id):  # no process of any run may outlive the cluster
             if r.get("pid") and nodes:

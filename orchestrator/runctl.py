@@ -47,8 +47,13 @@ def signal_run(backend: ClusterBackend, nodes: list[Node], job_id: str, run: dic
     """Signal every process of the run: the wrapper's process group on the head node (wrapper, launcher,
     local ranks) and every tagged process on every node (remote ranks). Idempotent for STOP/CONT."""
     count = 0
-    if run.get("pid") and nodes:
-        count += int(backend.signal_group(nodes[0], run["pid"], signum))
+    # The pid is a process group on the node the wrapper started on: nodes[0] only when that is still it
+    # (a silent head is left out by the caller, and another node's group with that number is not ours).
+    if run.get("pid") and nodes and run.get("node") in (None, nodes[0].name):
+        try:
+            count += int(backend.signal_group(nodes[0], run["pid"], signum))
+        except NodeUnreachable:
+            pass  # silent: the node-fault check names it
     seen: set[str] = set()
     for node in nodes:
         if node.address in seen and backend.name == "local":

@@ -70,6 +70,8 @@ class ClusterSpec(StrictModel):
     backend: Literal["local", "ssh", "slurm"] = "local"
     nodes: int = Field(1, ge=1, le=1024)
     cores_per_node: int = Field(1, ge=1, le=1024)
+    restart_on_node_failure: bool = Field(False, description="when a node stops answering, restart the run from "
+                                                             "its latest checkpoint on a replacement node")
 
     @property
     def total_cores(self) -> int:
@@ -143,6 +145,12 @@ def spec_for_store(spec: JobSpecBase) -> dict[str, Any]:
 
 def load_spec(path: str | Path):
     """Read and validate a YAML or JSON spec file; relative paths inside resolve against its folder."""
+    data, base_dir = read_spec_file(path)
+    return validate_spec(data, base_dir=base_dir, source=str(path))
+
+
+def read_spec_file(path: str | Path) -> tuple[Any, Path]:
+    """The parsed (not yet validated) content of a YAML or JSON spec file, and the folder it is in."""
     path = Path(path).expanduser()
     try:
         text = path.read_text()
@@ -154,7 +162,7 @@ def load_spec(path: str | Path):
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise SpecError([("", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}")], str(path)) from None
-    return validate_spec(data, base_dir=path.resolve().parent, source=str(path))
+    return data, path.resolve().parent
 
 
 def _describe(err: dict[str, Any], model: type[BaseModel]) -> tuple[str, str]:

@@ -43,7 +43,8 @@ if head[1] ~= ARGV[1] then return {'!queued'} end
 local want = tonumber(ARGV[2])
 local free = {}
 for i = 3, #ARGV do
-  if #free < want and redis.call('HGET', KEYS[1], ARGV[i]) == '' then table.insert(free, ARGV[i]) end
+  if #free < want and redis.call('HGET', KEYS[1], ARGV[i]) == '' and redis.call('HEXISTS', KEYS[3], ARGV[i]) == 0
+  then table.insert(free, ARGV[i]) end
 end
 if #free < want then return {'!nodes'} end
 for _, n in ipairs(free) do redis.call('HSET', KEYS[1], n, ARGV[1]) end
@@ -61,6 +62,38 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return n
 """
 
+# A job's silent nodes: drain them (no job gets them until an admin undrains) and swap each one's lease for a
+# free node, in place in the job's node list (a new head stays first). All or nothing unless ARGV[3] is '1'
+# (then a dead node without a replacement is just dropped). A second call finds nothing left to swap.
+# KEYS: pool, drained, job; ARGV: job id, drain note, allow fewer, dead count, dead..., inventory...
+_REPLACE = """
+local nodes = cjson.decode(redis.call('HGET', KEYS[3], 'nodes') or '[]')
+local ndead = tonumber(ARGV[4])
+local dead = {}
+for i = 5, 4 + ndead do dead[ARGV[i]] = true; redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[2]) end
+local free = {}
+for i = 5 + ndead, #ARGV do
+  local n = ARGV[i]
+  if not dead[n] and redis.call('HGET', KEYS[1], n) == '' and redis.call('HEXISTS', KEYS[2], n) == 0 then
+    table.insert(free, n) end
+end
+local kept, swaps, missing = {}, {}, 0
+for _, n in ipairs(nodes) do
+  if dead[n] then
+    local r = table.remove(free, 1) or ''
+    if r == '' then missing = missing + 1 else table.insert(kept, r) end
+    table.insert(swaps, n); table.insert(swaps, r)
+  else table.insert(kept, n) end
+end
+if #swaps == 0 then return {'!none'} end
+if (missing > 0 and ARGV[3] ~= '1') or #kept == 0 then return {'!nofree'} end
+for i = 1, #swaps, 2 do
+  if redis.call('HGET', KEYS[1], swaps[i]) == ARGV[1] then redis.call('HSET', KEYS[1], swaps[i], '') end
+  if swaps[i + 1] ~= '' then redis.call('HSET', KEYS[1], swaps[i + 1], ARGV[1]) end
+end
+redis.call('HSET', KEYS[3], 'nodes', cjson.encode(kept))
+return swaps
+"""
 
 # HSETNX, except that an empty string (a cleared field) also counts as unset.
 _SET_ONCE = """
@@ -97,6 +130,7 @@ class JobStore:
         self._transition = client.register_script(_TRANSITION)
         self._allocate = client.register_script(_ALLOCATE)
         self._release = client.register_script(_RELEASE)
+        self._replace = client.register_script(_REPLACE)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> JobStore:
@@ -131,9 +165,17 @@ class JobStore:
     def _pool(self, backend: str) -> str:
         return f"{self.prefix}:nodes:{backend}"
 
+    def _drained(self, backend: str) -> str:
+        return f"{self.prefix}:nodes:{backend}:drained"
+
+    def _sweep(self, sweep_id: str) -> str:
+        return f"{self.prefix}:sweep:{sweep_id}"
+
     # -- jobs
-    def create_job(self, *, name: str, owner: str, spec: dict[str, Any], backend: str, solver: str) -> str:
-        """Store a new QUEUED job with its first run, queue it, and record the creation event."""
+    def create_job(self, *, name: str, owner: str, spec: dict[str, Any], backend: str, solver: str,
+                   extra: dict[str, Any] | None = None) -> str:
+        """Store a new QUEUED job with its first run, queue it, and record the creation event; `extra`
+        fields (a sweep member's sweep, index and values) are stored on the job too."""
         while True:
             job_id = secrets.token_hex(4)
             if not self.r.exists(self._job(job_id)):
@@ -145,7 +187,7 @@ class JobStore:
         pipe.hset(self._job(job_id), mapping=_encode({
             "id": job_id, "name": name, "owner": owner, "state": JobState.QUEUED, "version": 1,
             "spec": spec, "backend": backend, "solver": solver, "created_at": now, "updated_at": now,
-            "runs": 1, "current_run": run_id, "nodes": [], "seq": seq, "revision": 1,
+            "runs": 1, "current_run": run_id, "nodes": [], "seq": seq, "revision": 1, **(extra or {}),
         }))
         pipe.hset(self._run(job_id, run_id), mapping=_encode({
             "id": run_id, "job_id": job_id, "state": RunState.PENDING, "version": 1, "created_at": now,
@@ -156,6 +198,9 @@ class JobStore:
         pipe.zadd(self._index, {job_id: float(now)})
         pipe.sadd(self._active, job_id)
         pipe.zadd(self._queue, {job_id: seq})
+        if (extra or {}).get("sweep"):
+            pipe.rpush(self._sweep(extra["sweep"]), job_id)
+            pipe.zadd(f"{self.prefix}:sweeps", {extra["sweep"]: float(now)}, nx=True)
         pipe.execute()
         return job_id
 
@@ -308,7 +353,8 @@ class JobStore:
     # -- node leases
     def allocate(self, backend: str, job_id: str, count: int, inventory: list[str]) -> list[str] | str:
         """Lease `count` nodes to the job (the head of the queue only); the node names, or why not."""
-        reply = self._allocate(keys=[self._pool(backend), self._queue], args=[job_id, count, *inventory])
+        reply = self._allocate(keys=[self._pool(backend), self._queue, self._drained(backend)],
+                               args=[job_id, count, *inventory])
         if reply and reply[0].startswith("!"):
             return reply[0][1:]
         return list(reply)
@@ -319,6 +365,36 @@ class JobStore:
 
     def leases(self, backend: str) -> dict[str, str]:
         return self.r.hgetall(self._pool(backend))
+
+    def replace_nodes(self, backend: str, job_id: str, dead: list[str], inventory: list[str],
+                      note: dict[str, Any], allow_fewer: bool = False) -> dict[str, str | None] | str:
+        """Drain the job's dead nodes and lease a free node in place of each (see _REPLACE): {dead: new or
+        None (dropped)}, or 'nofree' (nothing changed but the drain) or 'none' (nothing left to replace)."""
+        reply = self._replace(keys=[self._pool(backend), self._drained(backend), self._job(job_id)],
+                              args=[job_id, json.dumps(note, default=str), "1" if allow_fewer else "",
+                                    len(dead), *dead, *inventory])
+        if reply and reply[0].startswith("!"):
+            return reply[0][1:]
+        return {reply[i]: reply[i + 1] or None for i in range(0, len(reply), 2)}
+
+    def drained(self, backend: str) -> dict[str, dict[str, Any]]:
+        """Nodes taken out of service after a fault, with why, when and during which job's run."""
+        return {name: json.loads(note) for name, note in self.r.hgetall(self._drained(backend)).items()}
+
+    def undrain(self, backend: str, node: str) -> dict[str, Any] | None:
+        """Put a drained node back into service; its drain note, or None if it was not drained."""
+        note = self.r.hget(self._drained(backend), node)
+        if note is None or not self.r.hdel(self._drained(backend), node):
+            return None
+        return json.loads(note)
+
+    # -- sweeps: member jobs sharing a sweep id (create_job adds each, from its `sweep` field)
+    def sweep_members(self, sweep_id: str) -> list[str]:
+        return self.r.lrange(self._sweep(sweep_id), 0, -1)
+
+    def sweeps(self, limit: int = 100) -> list[str]:
+        """Sweep ids, newest first."""
+        return self.r.zrevrange(f"{self.prefix}:sweeps", 0, limit - 1)
 
     # -- internals
     def _cas(self, key: str, job_id: str, sources: frozenset, to, kind: EventKind,
@@ -344,12 +420,12 @@ class JobStore:
         }, maxlen=self.events_maxlen, approximate=True)
 
 
-_JSON_FIELDS = {"spec", "nodes", "progress", "info", "desktop", "sync", "limits"}
+_JSON_FIELDS = {"spec", "nodes", "progress", "info", "desktop", "sync", "limits", "failed_nodes", "sweep_values"}
 _FLOAT_FIELDS = {"created_at", "updated_at", "started_at", "ended_at", "terminate_requested_at",
                  "launch_requested_at", "stop_requested_at", "stop_sent_at", "term_sent_at", "kill_sent_at",
                  "progress_total", "up_at", "frozen_at", "walltime_warned_at", "idle_shutdown_warned_at",
                  "desktop_activity_at"}
-_INT_FIELDS = {"version", "runs", "seq", "pid", "exit_code", "log_offset", "attempt", "revision"}
+_INT_FIELDS = {"version", "runs", "seq", "pid", "exit_code", "log_offset", "attempt", "revision", "sweep_index"}
 
 
 def _decode(raw: dict[str, str]) -> dict[str, Any]:

@@ -54,6 +54,6 @@ def watch_job(client: Client, job_id: str, console: Console, quiet: bool = False
                 data = event.data
                 bar.console.print(f"[cyan]{data.get('action')}[/] by {data.get('by')}"
                                   + (f" ({data['reason']})" if data.get("reason") else ""))
-            elif event.kind in (EventKind.WARNING, EventKind.ERROR):
+            elif event.kind in (EventKind.WARNING, EventKind.ERROR, EventKind.NODE_FAILED, EventKind.NODE_REPLACED):
                 bar.console.print(f"[yellow]{event.kind.value}:[/] {event.data.get('message')}")
     return client.status(job_id)

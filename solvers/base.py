@@ -129,6 +129,9 @@ class SolverPlugin(ABC):
     # Glob patterns (relative to the run directory) of lock and trigger files that a previous attempt may
     # have left behind; the engine deletes them before every restart and rerun.
     cleanup_patterns: ClassVar[tuple[str, ...]] = ()
+    # Whether a restart may continue on fewer nodes than the run started with (after a node fault with no
+    # replacement free); False where the checkpoint is tied to the process count (a decomposed case).
+    runs_on_fewer_nodes: ClassVar[bool] = False
 
     @abstractmethod
     def prepare(self, options: SolverOptions, ctx: LaunchContext) -> Prepared:

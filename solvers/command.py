@@ -53,6 +53,7 @@ class Command(SolverPlugin):
     name = "command"
     Options = CommandOptions
     summary = "any command; $E2E_HOSTFILE and $E2E_NPROCS describe the allocation"
+    runs_on_fewer_nodes = True  # the command reads the allocation from $E2E_HOSTFILE on every attempt
 
     def prepare(self, options: CommandOptions, ctx: LaunchContext) -> Prepared:
         restart = ctx.mode is RunMode.RESTART
