@@ -60,7 +60,9 @@ def down() -> None:
 def submit(spec: Path = typer.Argument(..., help="job spec (YAML or JSON)"),
            wait: bool = typer.Option(False, "--wait", help="follow the run until it ends"),
            sweep: Optional[list[str]] = typer.Option(None, "--sweep", help="KEY=v1,v2,...: one job per value "
-                                                     "(repeatable: every combination); see also `sweep:` in the spec"),
+                                                     "(repeatable: every combination); see also `sweep:` in the spec. "
+                                                     "Members free their nodes 30s after their run ends "
+                                                     "unless limits.idle_shutdown says otherwise"),
            as_json: bool = JSON_OPT) -> None:
     """Validate a job spec and queue it; prints the job id (or a sweep's id and its jobs)."""
     from .spec import load_spec

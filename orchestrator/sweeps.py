@@ -14,6 +14,10 @@ from .spec import read_spec_file, validate_spec
 from .store import JobStore
 
 MAX_MEMBERS = 256
+# A member keeps its nodes this long after its run ends (time to look, or to restart it after an edit), then
+# terminates, collecting its results and freeing the nodes for the members queued behind it. A spec's own
+# limits.idle_shutdown wins.
+MEMBER_IDLE_SHUTDOWN = "30s"
 # The members' identities: each is named <name>-<index>, and one sweep runs one solver.
 SWEEP_FIXED = ("name", "solver.name")
 
@@ -104,6 +108,9 @@ def expand(data: Any, axes: dict[str, list[Any]], base_dir: Path | None = None,
         try:
             member = apply_assignments(data, list(values.items()))
             member["name"] = f"{name}-{index}"
+            limits = member.get("limits")
+            if limits is None or isinstance(limits, dict) and limits.get("idle_shutdown") is None:
+                member["limits"] = {**(limits or {}), "idle_shutdown": MEMBER_IDLE_SHUTDOWN}
             members.append(Member(index, values, validate_spec(member, base_dir=base_dir, source=source)))
         except SpecError as exc:
             for field, msg in exc.problems:  # a problem of the base spec is the same in every member: once
@@ -158,9 +165,15 @@ def member_rows(store: JobStore, sweep_id: str) -> list[dict[str, Any]]:
 
 
 def summary(rows: list[dict[str, Any]]) -> str:
-    """'2 COMPLETED, 1 RUNNING' over the members' current runs (job state once they are no longer UP)."""
+    """'2 COMPLETED, 1 RUNNING, 1 QUEUED' over the members' current runs; for a member past UP, its job state
+    with its run's outcome, e.g. 'TERMINATED (COMPLETED)'."""
     counts: dict[str, int] = {}
     for row in rows:
-        shown = row["run_state"] if row["state"] == "UP" else row["state"]
+        if row["state"] == "UP":
+            shown = row["run_state"]
+        elif row["state"] in ("QUEUED", "PROVISIONING"):
+            shown = row["state"]
+        else:
+            shown = f"{row['state']} ({row['run_state']})"
         counts[shown] = counts.get(shown, 0) + 1
     return ", ".join(f"{n} {state}" for state, n in sorted(counts.items(), key=lambda kv: -kv[1]))

@@ -213,6 +213,14 @@ class NodeCluster:
         for pid in self.node_pids(node):
             os.kill(pid, signal.SIGSTOP)
 
+    def mend(self, node: ClusterNode) -> None:
+        """Undo cut: the link comes back up, or the node's processes continue."""
+        if node.veth:
+            _sh("ip", "link", "set", node.veth, "up")
+            return
+        for pid in self.node_pids(node):
+            os.kill(pid, signal.SIGCONT)
+
     def node_pids(self, node: ClusterNode) -> list[int]:
         """The node's processes: its pid namespace (as root), else its sshd's process group."""
         if node.proc is None:

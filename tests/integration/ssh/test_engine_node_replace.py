@@ -11,6 +11,7 @@ from orchestrator.events import EventKind
 from orchestrator.states import JobState, RunState
 
 from ..conftest import Engine, make_settings, redis_flush, wait_for
+from .test_engine_ssh import e2e
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +86,15 @@ def test_a_silent_node_is_replaced_and_the_run_continues_from_its_checkpoint(own
             str(STEPS)
         assert client.store.drained("ssh")[victim]["run"] == "run-001"
         assert client.store.leases("ssh")[victim] == ""
+
+        # An admin undrains the node once it answers again (refused while it does not)
+        victim_node = next(n for n in own_cluster.nodes if n.name == victim)
+        refused = e2e(engine.settings, "nodes", "undrain", victim)
+        assert refused.returncode == 2 and "does not answer" in refused.stderr and victim in client.store.drained("ssh")
+        own_cluster.mend(victim_node)
+        undrained = e2e(engine.settings, "nodes", "undrain", victim)
+        assert undrained.returncode == 0, undrained.stderr
+        assert client.store.drained("ssh") == {}
     finally:
         engine.close()
 
