@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator
 
 from .celery_app import make_app
 from .cluster import get_backend
+from .desktop.access import resolve_for_submit
 from .errors import InvalidState, SpecError
 from .events import Event, EventKind
 from .paths import JobPaths
@@ -57,6 +58,7 @@ class Client:
                                                        f"{backend.name} nodes have {max_cores} cores"))
         if problems:
             raise SpecError(problems)
+        spec = resolve_for_submit(spec, self.store, self.user)  # desktop.access: user default, my-ip
         job_id = self.store.create_job(name=spec.name, owner=self.user, spec=spec_for_store(spec),
                                        backend=backend.name, solver=spec.solver.name)
         self.celery.send_task("e2e.provision", args=[job_id])

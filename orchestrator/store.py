@@ -280,7 +280,7 @@ class JobStore:
         }, maxlen=self.events_maxlen, approximate=True)
 
 
-_JSON_FIELDS = {"spec", "nodes", "progress"}
+_JSON_FIELDS = {"spec", "nodes", "progress", "desktop", "access"}
 _FLOAT_FIELDS = {"created_at", "updated_at", "started_at", "ended_at", "terminate_requested_at",
                  "launch_requested_at", "stop_requested_at", "term_sent_at", "kill_sent_at", "progress_total"}
 _INT_FIELDS = {"version", "runs", "seq", "pid", "exit_code", "log_offset"}
