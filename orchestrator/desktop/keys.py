@@ -55,6 +55,8 @@ def _strings(blob: bytes) -> list[bytes]:
 
 def parse_public_key(text: str) -> PublicKey:
     """One OpenSSH public key line ('TYPE BASE64 [comment]'); UserError saying what is wrong otherwise."""
+    if "PRIVATE KEY" in text:
+        raise UserError("this is a private key: register the .pub file, and keep the private key to yourself")
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and not ln.strip().startswith("#")]
     if len(lines) != 1:
         raise UserError(f"expected one public key line, found {len(lines)}")
@@ -63,8 +65,6 @@ def parse_public_key(text: str) -> PublicKey:
         raise UserError("not an OpenSSH public key: expected 'TYPE BASE64 [comment]' (a .pub file)")
     kind, b64 = parts[0], parts[1]
     comment = parts[2] if len(parts) > 2 else ""
-    if "PRIVATE KEY" in text:
-        raise UserError("this is a private key: register the .pub file, and keep the private key to yourself")
     if kind not in ALLOWED_TYPES:
         why = " (DSA keys are insecure and refused by OpenSSH)" if kind == "ssh-dss" else ""
         raise UserError(f"key type {kind!r} is not accepted{why}; use one of: {', '.join(ALLOWED_TYPES)}")

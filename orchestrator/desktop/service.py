@@ -34,6 +34,14 @@ REFUSALS_PER_PASS = 20    # refusal events per reconcile pass; the rest are coun
 _SESSION_FILES = ("pgid", "vnc.port", "gateway.port", "display", "failed")
 
 
+def nftables_rules(job_id: str, port: int, cidrs: list[str]) -> str:
+    """An nftables file letting only the CIDRs reach the gateway port (CIDRs are validated networks)."""
+    v4, v6 = split_families(cidrs)
+    return render((TEMPLATES,), "desktop/nftables.conf.j2", {
+        "job_id": job_id, "port": port, "v4": Raw(", ".join(v4)), "v6": Raw(", ".join(v6)),
+        "everywhere": is_everywhere(cidrs)})
+
+
 def desktop_record(job: dict[str, Any]) -> dict[str, Any]:
     value = job.get("desktop")
     if isinstance(value, str):  # a store that does not decode the field
@@ -237,10 +245,7 @@ class DesktopService(JobService):
 
     def _firewall(self, ctx: ServiceContext, port: int, cidrs: list[str]) -> None:
         """nftables rules for the gateway port, rendered always and loaded where the backend can (real nodes)."""
-        v4, v6 = split_families(cidrs)
-        text = render((TEMPLATES,), "desktop/nftables.conf.j2", {
-            "job_id": ctx.job_id, "port": port, "v4": Raw(", ".join(v4)), "v6": Raw(", ".join(v6)),
-            "everywhere": is_everywhere(cidrs)})
+        text = nftables_rules(ctx.job_id, port, cidrs)
         path = self.folder(ctx) / "nftables.conf"
         ctx.backend.write_bytes(ctx.head, path, text.encode())
         try:
