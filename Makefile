@@ -7,6 +7,11 @@ STAMP := $(VENV)/.installed
 # Debian packages: the solver and MPI really run here; redis-server is the tests' real Redis.
 DEMO_PACKAGES := openfoam openfoam-examples openmpi-bin util-linux
 TEST_PACKAGES := $(DEMO_PACKAGES) redis-server
+# The desktop, installed without recommends (a third of the size and time): TigerVNC, the X fonts xterm
+# needs (only a Recommends of TigerVNC), openbox, noVNC over websockify; the tests also load noVNC in
+# chromium, check firewall rules with nft and open SSH tunnels to a test sshd.
+DESKTOP_PACKAGES := tigervnc-standalone-server tigervnc-tools xfonts-base openbox xterm novnc websockify
+DESKTOP_TEST_PACKAGES := $(DESKTOP_PACKAGES) chromium chromium-driver nftables openssh-client openssh-server
 
 .PHONY: demo test unit integration bench setup system-deps-demo system-deps-test clean
 
@@ -24,6 +29,7 @@ integration: system-deps-test $(STAMP)
 
 bench: system-deps-test $(STAMP)
 	$(PY) bench/latency.py --jobs 200
+	$(PY) bench/desktop.py --jobs 10
 
 setup: system-deps-test $(STAMP)
 
@@ -32,8 +38,10 @@ system-deps-demo:
 
 system-deps-test:
 	@$(MAKE) --no-print-directory _apt PKGS="$(TEST_PACKAGES)"
+	@$(MAKE) --no-print-directory _apt PKGS="$(DESKTOP_TEST_PACKAGES)" APT_FLAGS=--no-install-recommends
 
 # Installs only the packages that are missing, as root or through sudo, and says which.
+APT_FLAGS ?=
 _apt:
 	@missing=""; for p in $(PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; done; \
 	if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then missing="$$missing python3-venv"; fi; \
@@ -41,7 +49,8 @@ _apt:
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; \
 	  else echo "need root or sudo to install:$$missing" >&2; exit 1; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get -o DPkg::Lock::Timeout=600 \
+	    install -y -qq $(APT_FLAGS) $$missing >/dev/null; \
 	  echo "installed:$$missing"; \
 	fi
 
