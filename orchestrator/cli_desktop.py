@@ -173,7 +173,10 @@ def keys_ls(as_json: bool = JSON_OPT) -> None:
     if as_json:
         _dump([{k: v for k, v in r.items() if k != "blob"} for r in rows])
         return
-    table = Table("FINGERPRINT", "TYPE", "BITS", "COMMENT", box=None)
+    table = Table(box=None)
+    table.add_column("FINGERPRINT", no_wrap=True, min_width=50)  # whole: `e2e keys rm` takes it
+    for name in ("TYPE", "BITS", "COMMENT"):
+        table.add_column(name)
     for r in rows:
         table.add_row(r["fingerprint"], r["type"], str(r["bits"]), r["comment"])
     out.print(table)

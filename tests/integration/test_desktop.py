@@ -28,6 +28,17 @@ def _tools():
     require_desktop_tools()
 
 
+@pytest.fixture(autouse=True)
+def _no_desktop_outlives_its_test(engine):
+    """A failing test must not leave its job's desktop running: terminate whatever it submitted."""
+    before = {j["id"] for j in engine.client.jobs(1000)}
+    yield
+    for job in engine.client.jobs(1000):
+        if job["id"] not in before and job["state"].value not in ("TERMINATING", "TERMINATED"):
+            engine.client.terminate(job["id"])
+            engine.wait_job_terminal(job["id"], timeout=60)
+
+
 def _pgid(engine, job_id: str) -> int:
     return int((JobPaths.for_job(engine.settings.root, job_id).root / "desktop" / "pgid").read_text())
 
