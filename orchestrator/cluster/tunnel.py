@@ -14,16 +14,20 @@ from ..errors import BackendError
 
 
 def connect(host: str, port: int, user: str, known_hosts: Path | None = None,
-            key_filename: str | None = None, timeout: float = 15) -> paramiko.SSHClient:
+            key_filename: str | None = None, timeout: float = 15,
+            sock: socket.socket | None = None) -> paramiko.SSHClient:
     """An SSH connection whose host key must already be known (never added on the fly)."""
     client = paramiko.SSHClient()
     client.load_system_host_keys()
     if known_hosts is not None:
-        client.load_host_keys(str(known_hosts))
+        try:
+            client.load_host_keys(str(known_hosts))
+        except OSError as exc:
+            raise BackendError(f"cannot read known_hosts {str(known_hosts)!r}: {exc.strerror or exc}") from None
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     try:
         client.connect(host, port=port, username=user, key_filename=key_filename, timeout=timeout,
-                       allow_agent=True, look_for_keys=key_filename is None)
+                       allow_agent=key_filename is None, look_for_keys=key_filename is None, sock=sock)
     except paramiko.SSHException as exc:
         client.close()
         raise BackendError(f"ssh to {user}@{host}:{port} failed: {exc} (is the host key in known_hosts, "
