@@ -17,6 +17,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 import time
 from http.server import HTTPServer
 from socketserver import TCPServer, ThreadingMixIn
@@ -30,6 +31,30 @@ def client_ip(text: str):
     if addr.version == 6 and addr.ipv4_mapped is not None:  # a dual-stack socket reports IPv4 clients so
         return addr.ipv4_mapped
     return addr
+
+
+def viewers(vnc_port: int) -> int:
+    """Established TCP connections to Xvnc's port (web viewers through us, native ones through tunnels)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:
+                rows = fh.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 3 and fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == vnc_port:
+                count += 1
+    return count
+
+
+def watch_viewers(vnc_port: int, activity_file: str, every: float) -> None:
+    """Record when someone last used the desktop: the engine's idle shutdown counts that as activity."""
+    while True:
+        if viewers(vnc_port):
+            write_atomic(activity_file, f"{time.time():.3f}\n")
+        time.sleep(every)
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -63,6 +88,7 @@ def build(config: dict, vnc_port: int):
                 refuse(self.client_address[0], "wrong or missing session token")
                 self.send_error(403, "wrong or missing session token")
                 return
+            write_atomic(config["activity_file"], f"{time.time():.3f}\n")
             super().handle_upgrade()
 
         def do_GET(self):
@@ -117,6 +143,8 @@ def main(argv: list[str]) -> int:
         return 3
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # even if started with SIGTERM ignored
     os.chdir(config["web"])  # noVNC's files; SimpleHTTPRequestHandler serves the working directory
+    threading.Thread(target=watch_viewers, args=(int(argv[2]), config["activity_file"], config["activity_every"]),
+                     daemon=True).start()
     write_atomic(config["port_file"], f"{server.server_address[1]}\n")
     logging.info("gateway on %s port %s -> VNC port %s", config["listen"], server.server_address[1], argv[2])
     server.serve_forever()

@@ -30,6 +30,7 @@ MAX_RESTARTS = 5          # restarts after deaths while the job is up, before gi
 STOP_GRACE = 5.0          # seconds between SIGTERM and SIGKILL on stop
 BLACKLIST_THRESHOLD = 10  # failed logins before Xvnc shuns an address; every web viewer arrives from 127.0.0.1
 REFUSALS_PER_PASS = 20    # refusal events per reconcile pass; the rest are counted in one event
+ACTIVITY_EVERY = 30.0     # seconds between the gateway's looks for connected viewers (idle shutdown input)
 # Written empty before a (re)start, so a reader never takes a previous session's files for this one's.
 _SESSION_FILES = ("pgid", "vnc.port", "gateway.port", "display", "failed")
 
@@ -85,6 +86,7 @@ class DesktopService(JobService):
             if state in (FAILED, STOPPED):
                 return
             self._report_refusals(ctx, rec)
+            self._report_activity(ctx)
             if state == STARTING:
                 self._check_starting(ctx, rec)
             elif not self._alive(ctx, rec):
@@ -133,7 +135,8 @@ class DesktopService(JobService):
         write("gateway.json", json.dumps({
             "listen": nodes.listen_host(ctx.head), "token": secret.token, "allowed": cidrs, "web": NOVNC_DIR,
             "port_file": str(desk / "gateway.port"), "refused_file": str(desk / "refused.log"),
-            "failed_file": str(desk / "failed"),
+            "failed_file": str(desk / "failed"), "activity_file": str(desk / "activity"),
+            "activity_every": ACTIVITY_EVERY,
         }).encode())
         write("session.sh", self.session_script(ctx, desk).encode())
         restarts = rec.get("restarts", 0)
@@ -242,6 +245,16 @@ class DesktopService(JobService):
             ctx.store.append_event(ctx.job_id, EventKind.ACCESS_REFUSED, {
                 "entry": "web gateway", "message": f"{len(lines) - REFUSALS_PER_PASS} more refusals"})
         self._save(ctx, refused_offset=offset + cut)
+
+    def _report_activity(self, ctx: ServiceContext) -> None:
+        """A viewer connected lately: the job is in use, whatever its runs do (limits.idle_shutdown reads this)."""
+        text = self._read(ctx, self.folder(ctx) / "activity")
+        try:
+            seen = float(text)
+        except ValueError:
+            return
+        if seen > (ctx.store.get_job(ctx.job_id).get("desktop_activity_at") or 0):
+            ctx.store.update_job(ctx.job_id, desktop_activity_at=seen)
 
     def _firewall(self, ctx: ServiceContext, port: int, cidrs: list[str]) -> None:
         """nftables rules for the gateway port, rendered always and loaded where the backend can (real nodes)."""

@@ -91,6 +91,9 @@ def test_desktop_logs_in_with_its_password_only_and_shows_connected_in_chromium(
         shot = tmp_path / "desktop.png"
         driver.save_screenshot(str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # a connected viewer counts as activity (for limits.idle_shutdown)
+        wait_for(lambda: (client.job(job_id).get("desktop_activity_at") or 0) > rec["ready_at"], 15,
+                 "desktop activity recorded")
     finally:
         close_chromium(driver)
 
