@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from ..errors import UserError
+from ..events import EventKind
 from ..services import JobService, ServiceContext
 from . import nodes
 from .access import EVERYWHERE, resolve
@@ -30,11 +32,19 @@ class SshKeysService(JobService):
 
     def _sync(self, ctx: ServiceContext, force: bool) -> None:
         keys = KeyRegistry(ctx.store).keys(ctx.job["owner"])
-        cidrs = resolve(ctx.spec.desktop.access or [EVERYWHERE])
+        try:
+            cidrs = resolve(ctx.spec.desktop.access or [EVERYWHERE])
+        except UserError as exc:  # an unresolvable rule: no key gets in rather than every address
+            cidrs, keys, why = [], [], exc.message
+        else:
+            why = None
         block = authorized_keys_block(keys, cidrs) if keys else ""
         digest = hashlib.sha256(block.encode()).hexdigest()[:16]
         if not force and ctx.store.get_job(ctx.job_id).get("ssh_keys") == digest:
             return
+        if why:
+            ctx.store.append_event(ctx.job_id, EventKind.WARNING, {"service": self.name,
+                                                                   "message": f"SSH keys not installed: {why}"})
         self._write(ctx, block)
         ctx.store.update_job(ctx.job_id, ssh_keys=digest)
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import BackendError
+from ..errors import BackendError, UserError
 from ..events import EventKind
 from ..rendering import Raw, render
 from ..services import JobService, ServiceContext
@@ -122,7 +122,15 @@ class DesktopService(JobService):
 
     # -- steps
     def _launch(self, ctx: ServiceContext, rec: dict[str, Any]) -> None:
-        """Write the session's files on the head node and start session.sh detached."""
+        """Write the session's files on the head node and start session.sh detached (ending any old one)."""
+        try:
+            cidrs = resolve(ctx.spec.desktop.access or [EVERYWHERE])  # concrete already, unless submitted around
+        except UserError as exc:
+            self._fail(ctx, rec, exc.message, permanent=True)
+            return
+        old = self._pgid(ctx, rec)
+        if old and ctx.backend.group_alive(ctx.head, old):  # half-dead: e.g. Xvnc up but its display never came
+            ctx.backend.signal_group(ctx.head, old, signal.SIGKILL)
         secret = DesktopSecrets(ctx.store).ensure(ctx.job_id)
         desk = self.folder(ctx)
         write = lambda name, data: ctx.backend.write_bytes(ctx.head, desk / name, data)  # noqa: E731
@@ -131,7 +139,6 @@ class DesktopService(JobService):
             write(name, b"")
         write("passwd", passwd_file(secret.password, secret.view_password))
         write("gateway.py", GATEWAY_SOURCE.read_bytes())
-        cidrs = resolve(ctx.spec.desktop.access or [EVERYWHERE])  # concrete already, unless submitted around
         write("gateway.json", json.dumps({
             "listen": nodes.listen_host(ctx.head), "token": secret.token, "allowed": cidrs, "web": NOVNC_DIR,
             "port_file": str(desk / "gateway.port"), "refused_file": str(desk / "refused.log"),

@@ -45,7 +45,8 @@ def test_keys_access_and_desktop_commands(e2e, engine, tmp_path):
     assert "not accepted" in e2e("keys", "add", str(tmp_path / "bad.pub"), code=2)
     assert fingerprint in e2e("keys", "ls")
 
-    # access: a default for this user, used by the job below (which sets none)
+    # access: my-ip is the address the engine sees now; a default for this user, used by the job below
+    assert "127.0.0.1/32" in e2e("access", "set", "my-ip")
     assert "127.0.0.0/8" in e2e("access", "set", "127.0.0.0/8", "2001:db8::/32")
     assert "not an IPv4 or IPv6" in e2e("access", "set", "10.0.0.0/40", code=2)
     spec = tmp_path / "job.yaml"
