@@ -64,7 +64,7 @@ class DesktopService(JobService):
             if not mine:
                 return
             rec = self._record(ctx)
-            if rec.get("state") in (STARTING, READY) and self._alive(ctx, rec):
+            if rec.get("state") in (STARTING, READY) and self._alive(ctx):
                 return  # adopt the session that already runs (a re-delivered provision)
             if rec.get("state") == FAILED and rec.get("permanent"):
                 return
@@ -89,7 +89,7 @@ class DesktopService(JobService):
             self._report_activity(ctx)
             if state == STARTING:
                 self._check_starting(ctx, rec)
-            elif not self._alive(ctx, rec):
+            elif not self._alive(ctx):
                 self._restart(ctx, rec, "the desktop session exited")
             else:
                 self._apply_password(ctx, rec)
@@ -101,7 +101,7 @@ class DesktopService(JobService):
             rec = self._record(ctx)
             if not rec or rec.get("state") == STOPPED:
                 return True
-            pgid = self._pgid(ctx, rec)
+            pgid = self._pgid(ctx)
             if pgid and ctx.backend.group_alive(ctx.head, pgid):
                 now = time.time()
                 if not rec.get("term_sent_at"):
@@ -126,9 +126,9 @@ class DesktopService(JobService):
         try:
             cidrs = resolve(ctx.spec.desktop.access or [EVERYWHERE])  # concrete already, unless submitted around
         except UserError as exc:
-            self._fail(ctx, rec, exc.message, permanent=True)
+            self._fail(ctx, exc.message, permanent=True)
             return
-        old = self._pgid(ctx, rec)
+        old = self._pgid(ctx)
         if old and ctx.backend.group_alive(ctx.head, old):  # half-dead: e.g. Xvnc up but its display never came
             ctx.backend.signal_group(ctx.head, old, signal.SIGKILL)
         secret = DesktopSecrets(ctx.store).ensure(ctx.job_id)
@@ -174,7 +174,7 @@ class DesktopService(JobService):
         if failed:
             kind, _, reason = failed.partition(":")
             if kind == "missing":  # a component to install: restarting cannot help
-                return self._fail(ctx, rec, reason.strip(), permanent=True)
+                return self._fail(ctx, reason.strip(), permanent=True)
             self._restart(ctx, rec, reason.strip() or failed)
             return self._record(ctx).get("state", STARTING)
         vnc_port, web_port = self._read(ctx, desk / "vnc.port"), self._read(ctx, desk / "gateway.port")
@@ -186,10 +186,10 @@ class DesktopService(JobService):
                             ssh=list(nodes.ssh_endpoint(ctx.backend, ctx.head)))
             self._firewall(ctx, int(web_port), rec.get("access") or [])
             return READY
-        alive = self._alive(ctx, rec)
+        alive = self._alive(ctx)
         if time.time() - (rec.get("started_at") or time.time()) > START_TIMEOUT:
-            return self._fail(ctx, rec, f"no VNC login possible within {START_TIMEOUT:.0f}s; see {desk}/xvnc.log")
-        if not alive and self._pgid(ctx, rec):
+            return self._fail(ctx, f"no VNC login possible within {START_TIMEOUT:.0f}s; see {desk}/xvnc.log")
+        if not alive and self._pgid(ctx):
             self._restart(ctx, rec, "the desktop session exited while starting")
         return STARTING
 
@@ -210,14 +210,14 @@ class DesktopService(JobService):
     def _restart(self, ctx: ServiceContext, rec: dict[str, Any], why: str) -> None:
         restarts = rec.get("restarts", 0) + 1
         if restarts > MAX_RESTARTS:
-            self._fail(ctx, rec, f"{why}, {MAX_RESTARTS} restarts did not help; see {self.folder(ctx)}")
+            self._fail(ctx, f"{why}, {MAX_RESTARTS} restarts did not help; see {self.folder(ctx)}")
             return
         ctx.store.append_event(ctx.job_id, EventKind.WARNING, {"service": self.name,
                                                                "message": f"{why}; restarting ({restarts})"})
         self._launch(ctx, {**rec, "restarts": restarts})
 
-    def _fail(self, ctx: ServiceContext, rec: dict[str, Any], reason: str, permanent: bool = False) -> str:
-        pgid = self._pgid(ctx, rec)
+    def _fail(self, ctx: ServiceContext, reason: str, permanent: bool = False) -> str:
+        pgid = self._pgid(ctx)
         if pgid and ctx.backend.group_alive(ctx.head, pgid):
             ctx.backend.signal_group(ctx.head, pgid, signal.SIGKILL)
         self._set_state(ctx, FAILED, {"reason": reason}, reason=reason, permanent=permanent, url=None)
@@ -292,12 +292,12 @@ class DesktopService(JobService):
     def _read(self, ctx: ServiceContext, path: Path) -> str:
         return (ctx.backend.read_bytes(ctx.head, path) or b"").decode(errors="replace").strip()
 
-    def _pgid(self, ctx: ServiceContext, rec: dict[str, Any]) -> int | None:
+    def _pgid(self, ctx: ServiceContext) -> int | None:
         text = self._read(ctx, self.folder(ctx) / "pgid")
         return int(text) if text.isdigit() else None
 
-    def _alive(self, ctx: ServiceContext, rec: dict[str, Any]) -> bool:
-        pgid = self._pgid(ctx, rec)
+    def _alive(self, ctx: ServiceContext) -> bool:
+        pgid = self._pgid(ctx)
         return bool(pgid) and ctx.backend.group_alive(ctx.head, pgid)
 
     @contextlib.contextmanager
