@@ -67,7 +67,7 @@ def test_desktop_logs_in_with_its_password_only_and_shows_connected_in_chromium(
     procs = session_processes(pgid)
     assert {"Xvnc", "openbox", "xterm"} <= set(procs.values()), procs
     xterm = wait_for(lambda: next((p for p, c in session_processes(pgid).items() if c == "xterm"), None),
-                     10, "the xterm")
+                     30, "the xterm")
     assert Path(os.readlink(f"/proc/{xterm}/cwd")) == JobPaths.for_job(engine.settings.root, job_id).work
     with pytest.raises(OSError):
         socket.create_connection((_non_loopback_address(), d.vnc_port), timeout=2).close()
@@ -92,7 +92,7 @@ def test_desktop_logs_in_with_its_password_only_and_shows_connected_in_chromium(
         driver.save_screenshot(str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         # a connected viewer counts as activity (for limits.idle_shutdown)
-        wait_for(lambda: (client.job(job_id).get("desktop_activity_at") or 0) > rec["ready_at"], 15,
+        wait_for(lambda: (client.job(job_id).get("desktop_activity_at") or 0) > rec["ready_at"], 30,
                  "desktop activity recorded")
     finally:
         close_chromium(driver)
@@ -108,8 +108,8 @@ def test_desktop_logs_in_with_its_password_only_and_shows_connected_in_chromium(
     assert doc["desktop"]["state"] == "stopped"
     assert session_processes(pgid) == {}
     assert DesktopSecrets(client.store).read(job_id) is None
-    kinds = [(e.kind, e.data.get("state")) for e in client.events(job_id) if e.kind is EventKind.DESKTOP]
-    assert kinds == [(EventKind.DESKTOP, "starting"), (EventKind.DESKTOP, "ready"), (EventKind.DESKTOP, "stopped")]
+    states = [e.data for e in client.events(job_id) if e.kind in (EventKind.DESKTOP, EventKind.WARNING)]
+    assert [s.get("state") for s in states] == ["starting", "ready", "stopped"], states
 
 
 def _non_loopback_address() -> str:
