@@ -108,7 +108,8 @@ def test_desktop_logs_in_with_its_password_only_and_shows_connected_in_chromium(
     assert doc["desktop"]["state"] == "stopped"
     assert session_processes(pgid) == {}
     assert DesktopSecrets(client.store).read(job_id) is None
-    states = [e.data for e in client.events(job_id) if e.kind in (EventKind.DESKTOP, EventKind.WARNING)]
+    states = [e.data for e in client.events(job_id)
+              if e.kind is EventKind.DESKTOP or e.data.get("service") == "desktop"]
     assert [s.get("state") for s in states] == ["starting", "ready", "stopped"], states
 
 
