@@ -151,9 +151,7 @@ class DesktopService(JobService):
                         started_at=time.time(),
                         access=cidrs, password_version=secret.version, url=None, reason=None,
                         term_sent_at=None, refused_offset=rec.get("refused_offset", 0))
-        # env --default-signal: a Celery pool process ignores SIGTERM/SIGINT/SIGQUIT, and ignored signals
-        # survive exec, so without it the session's programs would shrug off the stop.
-        ctx.backend.spawn_detached(ctx.head, ["env", "--default-signal", "bash", str(desk / "session.sh")], cwd=desk)
+        ctx.backend.spawn_detached(ctx.head, ["bash", str(desk / "session.sh")], cwd=desk)
 
     def session_script(self, ctx: ServiceContext, desk: Path) -> str:
         spec = ctx.spec.desktop
