@@ -70,14 +70,16 @@ class Mechanical(SolverPlugin):
         original = ctx.run_dir / safe_name(options.input.name)
         times = _TIME_CMD.findall(original.read_text(errors="replace")) if original.is_file() else []
         total = float(times[-1]) if times else None
-        # -machines host:cores:host:cores, summed per host (DMP runs its own MPI over ssh).
-        machines = ":".join(f"{h.address}:{h.slots}" for h in hosts(ctx))
+        # -machines host:processes:host:processes, per host (DMP runs its own MPI over ssh); with -nt each
+        # process also runs threads, so a host's cores are split between them.
+        spread = [(h.address, max(1, h.slots // options.threads_per_process)) for h in hosts(ctx)]
+        machines = ":".join(f"{address}:{procs}" for address, procs in spread)
         log_file = attempt_name(job, ".out", ctx.attempt)
         return Prepared(
             template="mechanical/run.sh.j2",
-            context={"executable": f"ansys{options.version}", "nprocs": ctx.nprocs, "machines": machines,
+            context={"executable": f"ansys{options.version}", "nprocs": sum(n for _, n in spread), "machines": machines,
                      "mpi": options.mpi, "jobname": job, "input": input_name, "log_file": log_file,
-                     "product": options.product, "threads": options.threads_per_process,
+                     "stdout": attempt_name(job, ".stdout", ctx.attempt), "product": options.product, "threads": options.threads_per_process,
                      "memory": options.memory_mb, "extra_args": list(options.extra_args)},
             log_file=log_file,
             progress_total=total,

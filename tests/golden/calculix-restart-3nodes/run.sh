@@ -1,0 +1,23 @@
+#!/bin/bash
+# CalculiX run, rendered by the engine; every value is shell-quoted. Shared memory: one node, OpenMP threads.
+export OMP_NUM_THREADS=3
+rm -f e2e-stop  # a stop left from an earlier attempt would end this one at its first step
+ccx -i job_r2 > ccx-2.log 2>&1 &
+ccx_pid=$!
+# ccx reads no control file, so a graceful stop is done here: once the stop file appears, let the current
+# step end (its restart record is then written to the .rout) and stop ccx as the next step begins.
+stop_step=""
+while kill -0 "$ccx_pid" 2>/dev/null; do
+  if [ -e e2e-stop ]; then
+    step=$(awk 'NR > 2 && NF == 7 { s = $1 } END { print s + 0 }' job_r2.sta 2>/dev/null)
+    if [ -z "$stop_step" ]; then
+      stop_step=$(( ${step:-0} > 1 ? ${step:-0} : 1 ))
+    elif [ "${step:-0}" -gt "$stop_step" ]; then
+      kill -TERM "$ccx_pid"
+      echo " stopped on request after step $stop_step (restart record written)" >> ccx-2.log
+      break
+    fi
+  fi
+  sleep 0.2
+done
+wait "$ccx_pid"
