@@ -4,6 +4,8 @@ script-checking and hostile-rendering tests."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -12,6 +14,17 @@ from solvers.base import RunMode, registry
 from solvers.contract import launch_context, prepare_and_render
 
 DATA = Path(__file__).resolve().parents[2] / "examples" / "data"
+EMULATORS = Path(__file__).resolve().parents[1] / "emulators"
+
+
+def run_emulated(run_dir: Path, wait: bool = True, **env: str) -> subprocess.Popen | subprocess.CompletedProcess:
+    """Run a rendered run.sh with the emulators first on PATH (fast pacing unless told otherwise)."""
+    full = {**os.environ, "PATH": f"{EMULATORS}:{os.environ['PATH']}", "E2E_EMULATOR_DELAY": "0.01",
+            "E2E_RUN_TAG": "job0001/run-001", **env}
+    argv = ["bash", "run.sh"]
+    if wait:
+        return subprocess.run(argv, cwd=run_dir, env=full, capture_output=True, text=True, timeout=60)
+    return subprocess.Popen(argv, cwd=run_dir, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _fluent_autosave(run_dir: Path) -> None:
