@@ -20,8 +20,8 @@ AUTOSAVE_ROOT = f"{AUTOSAVE_DIR}/run"
 LICENCE_VARS = ("ANSYSLMD_LICENSE_FILE", "ANSYSLI_SERVERS")
 _CASE_SUFFIXES = (".cas.h5", ".cas.gz", ".cas")
 _DATA_SUFFIXES = (".dat.h5", ".dat.gz", ".dat")
-_HEADER = re.compile(r"^\s*iter\s+(.*?)\s+time/iter\s*$", re.M)
-_ROW = re.compile(r"^\s*(\d+)\s+((?:[-+0-9.eE]+\s+)+)(\d+:\d\d:\d\d)\s+(\d+)\s*$", re.M)
+_HEADER = re.compile(r"^[ \t]*iter[ \t]+(.*?)[ \t]+time/iter[ \t]*$", re.M)
+_ROW = re.compile(r"^[ \t]*(\d+)[ \t]+((?:[-+0-9.eE]+[ \t]+)+)(\d+:\d\d:\d\d)[ \t]+(\d+)[ \t]*$", re.M)
 _TIME_STEP = re.compile(r"Flow time = ([-+0-9.eE]+)\s*s?, time step = (\d+)")
 _CONVERGED = re.compile(r"^!\s*(\d+) solution is converged", re.M)
 _FAILURES = (re.compile(r"Divergence detected in AMG solver[^\n]*"),

@@ -20,7 +20,8 @@ LICENCE_VARS = ("ANSYSLMD_LICENSE_FILE", "ANSYSLI_SERVERS")
 _SUBSTEP = re.compile(r"\*\*\* LOAD STEP\s+(\d+)\s+SUBSTEP\s+(\d+)\s+COMPLETED\.\s+CUM ITER =\s+(\d+)")
 _TIME = re.compile(r"\*\*\* TIME =\s+([-+0-9.eE]+)")
 _FORCE = re.compile(r"FORCE CONVERGENCE VALUE\s+=\s+([-+0-9.eE]+)\s+CRITERION=\s+([-+0-9.eE]+)")
-_MNTR_ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([-+0-9.eE]+)\s+([-+0-9.eE]+)\s+([-+0-9.eE]+)",
+# .mntr: LOAD STEP, SUB-STEP, NO.ATTMP, NO.ITER, TOTL.ITER, INCREMENT TIME/LFACT, TOTAL TIME/LFACT, VARIAB...
+_MNTR_ROW = re.compile(r"^[ \t]*(\d+)[ \t]+(\d+)[ \t]+(\d+)[ \t]+(\d+)[ \t]+(\d+)[ \t]+([-+0-9.eE]+)[ \t]+([-+0-9.eE]+)",
                        re.M)
 _ABORTED = re.compile(r"[^\n]*abort file[^\n]*", re.I)
 _ERROR = re.compile(r"\*\*\* ERROR \*\*\*[^\n]*\n\s*([^\n]+)")
@@ -100,7 +101,7 @@ class Mechanical(SolverPlugin):
             progress.message, found = f"load step {step} substep {sub} (cumulative iterations {cum})", True
         if not found:  # a .mntr table: TOTAL TIME/LFACT is the 8th column
             for row in _MNTR_ROW.findall(text):
-                progress.step, found = float(row[7]), True
+                progress.step, found = float(row[6]), True
         for rx in (_ABORTED, _NOT_CONVERGED):
             if (m := rx.search(text)):
                 progress.message, found = m.group(0).strip(), True

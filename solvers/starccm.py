@@ -16,8 +16,8 @@ from .vendor import ExtraArg, InputFile, attempt_name, copy_input, hosts, licenc
 STOP_FILE = "ABORT"            # the automatic "Stop File" criterion: stop at the end of the step, save the .sim
 CHECKPOINT_FILE = "CHECKPOINT"  # the Auto Save trigger file: save and carry on
 MACRO = "e2e_run.java"
-_HEADER = re.compile(r"^\s*Iteration((?:\s+\S+)+)\s*$", re.M)
-_ROW = re.compile(r"^\s*(\d+)((?:\s+[-+]?\d\.\d+[eE][-+]\d+)+)\s*$", re.M)
+_HEADER = re.compile(r"^[ \t]*Iteration((?:[ \t]+\S+)+)[ \t]*$", re.M)
+_ROW = re.compile(r"^[ \t]*(\d+)((?:[ \t]+[-+]?\d\.\d+[eE][-+]\d+)+)[ \t]*$", re.M)
 _STOPPED = re.compile(r"^\s*Stopping criterion (.+?) satisfied\.?", re.M)
 _SAVED = re.compile(r"Simulation saved to (\S+)")
 _SERVER = re.compile(r"Server::start -host (\S+)")

@@ -24,7 +24,9 @@ def run_emulated(run_dir: Path, wait: bool = True, **env: str) -> subprocess.Pop
     argv = ["bash", "run.sh"]
     if wait:
         return subprocess.run(argv, cwd=run_dir, env=full, capture_output=True, text=True, timeout=60)
-    return subprocess.Popen(argv, cwd=run_dir, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # its own session, like the engine's wrapper: the whole tree can be signalled as one group
+    return subprocess.Popen(argv, cwd=run_dir, env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
 
 
 def _fluent_autosave(run_dir: Path) -> None:
