@@ -20,6 +20,7 @@ _RESIDUAL = re.compile(r"largest residual force=\s*([-+0-9.eE]+)")
 _INCREMENT = re.compile(r"^ increment (\d+) attempt (\d+)", re.M)
 _FINISHED = re.compile(r"^ Job finished", re.M)
 _ERROR = re.compile(r"^\s*\*ERROR[^\n]*", re.M)
+_STOPPED = re.compile(r"^ stopped on request after step (\d+)[^\n]*", re.M)
 _PROCEDURES = ("STATIC", "DYNAMIC", "HEAT TRANSFER", "COUPLED TEMPERATURE-DISPLACEMENT", "VISCO",
                "UNCOUPLED TEMPERATURE-DISPLACEMENT", "CFD")
 
@@ -97,6 +98,8 @@ class CalculiX(SolverPlugin):
             return Outcome(False, f"{m.group(0).strip()} (exit code {exit_code})")
         if _FINISHED.search(log_tail):
             return Outcome(True, "Job finished")
+        if (m := _STOPPED.search(log_tail)):
+            return Outcome(True, m.group(0).strip())
         return Outcome(False, f"ccx ended without 'Job finished' (exit code {exit_code})")
 
     def request_stop(self, files: RunFiles) -> bool:

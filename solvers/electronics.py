@@ -8,15 +8,17 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import LaunchContext, Outcome, Prepared, Progress, RunMode, Secret, SolverOptions, SolverPlugin
-from .vendor import InputFile, attempt_name, copy_input, hosts, licence_env, safe_name
+from .base import LaunchContext, Outcome, Prepared, Progress, RunFiles, RunMode, Secret, SolverOptions, SolverPlugin
+from .vendor import InputFile, attempt_name, copy_input, hosts, licence_env, safe_name, touch
 
 LICENCE_VARS = ("ANSYSLMD_LICENSE_FILE", "ANSYSLI_SERVERS")
+STOP_FILE = "e2e-stop"   # batch mode reads no stop file: run.sh ends the solve after the current pass
 _PASS = re.compile(r"Adaptive Pass (\d+)(?: of (\d+))?(?:[^\n]*?Delta S(?: =|:)\s*([-+0-9.eE]+))?")
 _FREQ = re.compile(r"Frequency (?:point|sweep) (\d+) of (\d+)")
 _DONE = re.compile(r"[^\n]*Normal completion of simulation[^\n]*")
 _CONVERGED = re.compile(r"[^\n]*Adaptive Passes converged[^\n]*")
 _ERROR = re.compile(r"^\[error\][^\n]*", re.M)
+_STOPPED = re.compile(r"[^\n]*e2e: stopped on request[^\n]*")
 _SETUP = r"^[A-Za-z0-9_][A-Za-z0-9_ .-]{0,63}$"
 
 
@@ -43,7 +45,7 @@ class Electronics(SolverPlugin):
     Options = ElectronicsOptions
     summary = "Ansys Electronics Desktop: ansysedt -ng -monitor -distributed -machinelist list=... -batchsolve"
     # A killed solve leaves the lock behind, and the next open of the project refuses it.
-    cleanup_patterns = ("*.aedt.lock", "*.aedt.q", "*.aedt.q.completed")
+    cleanup_patterns = ("*.aedt.lock", "*.aedt.q", "*.aedt.q.completed", STOP_FILE)
 
     def prepare(self, options: ElectronicsOptions, ctx: LaunchContext) -> Prepared:
         project = safe_name(options.project.name)
@@ -68,7 +70,7 @@ class Electronics(SolverPlugin):
             template="electronics/run.sh.j2",
             context={"executable": options.executable, "machinelist": "list=" + ",".join(entries),
                      "batch_options": " ".join(batch_options), "target": target, "project": project,
-                     "log_file": log_file},
+                     "log_file": log_file, "stop_file": STOP_FILE},
             log_file=log_file,
             env=licence_env(ctx, LICENCE_VARS, ANSYSLMD_LICENSE_FILE=options.license_file,
                             ANSYSLI_SERVERS=options.li_servers),
@@ -98,13 +100,17 @@ class Electronics(SolverPlugin):
             return Outcome(False, f"{m.group(0).strip()} (exit code {exit_code})")
         if exit_code != 0:
             return Outcome(False, f"exit code {exit_code}")
+        if (m := _STOPPED.search(log_tail)):
+            return Outcome(True, m.group(0).replace("[info] e2e: ", "").strip())
         if not _DONE.search(log_tail):
             # batchsolve has been seen to exit 0 without solving; the completion line is the proof
             return Outcome(False, "ansysedt exited without 'Normal completion of simulation'")
         return Outcome(True, "Normal completion of simulation")
 
-    # No stop file in plain batch mode: pause falls back to the engine's signals; the solved
-    # adaptive passes stay in <project>.aedtresults, which a restart's -batchsolve picks up.
+    def request_stop(self, files: RunFiles) -> bool:
+        # No stop file in plain batch mode: run.sh ends the solve once the current pass is solved; the solved
+        # data stays in <project>.aedtresults, which a restart's -batchsolve picks up.
+        return touch(files, STOP_FILE)
 
     def latest_checkpoint(self, run_dir: Path) -> str | None:
         for results in sorted(run_dir.glob("*.aedtresults")):

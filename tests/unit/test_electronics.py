@@ -39,9 +39,22 @@ def test_machine_list_and_options(tmp_path):
     assert "HFSS/NumCoresPerDistributedTask=4" in script and "-batchsolve D1:Nominal:S1 patch.aedt" in script
 
 
-def test_no_stop_file_in_batch_mode(tmp_path):
-    files = MemoryFiles(tmp_path)
-    assert Electronics().request_stop(files) is False and not files.written
+def test_stop_ends_the_solve_after_the_current_pass_and_keeps_the_passes(tmp_path):
+    ctx = launch_context(tmp_path / "run", 1)
+    prepare_and_render(Electronics(), options(), ctx)
+    proc = run_emulated(ctx.run_dir, wait=False, E2E_EMULATOR_DELAY="0.02")
+    log = ctx.run_dir / "ansysedt-1.log"
+    deadline = time.monotonic() + 20
+    while not (log.exists() and "Adaptive Pass 2" in log.read_text()):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    files = MemoryFiles(ctx.run_dir)
+    assert Electronics().request_stop(files) and files.written == ["e2e-stop"]
+    assert proc.wait(30) == 0
+    text = log.read_text()
+    outcome = Electronics().judge_exit(0, text)
+    assert outcome.ok and "stopped on request" in outcome.reason and "Normal completion" not in text
+    assert Electronics().latest_checkpoint(ctx.run_dir).startswith("solved data in patch.aedtresults")
 
 
 def test_killed_solve_leaves_a_lock_the_restart_cleans_and_passes_are_reused(tmp_path):

@@ -14,8 +14,9 @@ while kill -0 "$ccx_pid" 2>/dev/null; do
       stop_step=$(( ${step:-0} > 1 ? ${step:-0} : 1 ))
     elif [ "${step:-0}" -gt "$stop_step" ]; then
       kill -TERM "$ccx_pid"
+      wait "$ccx_pid"
       echo " stopped on request after step $stop_step (restart record written)" >> ccx-2.log
-      break
+      exit 0
     fi
   fi
   sleep 0.2

@@ -3,4 +3,25 @@
 # -monitor prints solve progress to stdout (the log). AEDT starts its remote engines itself (Intel MPI/ssh),
 # which pass the environment on; the run tag is exported for Open MPI-based engines too.
 export OMPI_MCA_mca_base_env_list="E2E_RUN_TAG${OMPI_MCA_mca_base_env_list:+;$OMPI_MCA_mca_base_env_list}"
-ansysedt -ng -monitor -distributed -machinelist list=localhost:1:4:90% -batchoptions 'HFSS/HPCLicenseType=pool HFSS/MPIVendor=Intel HFSS/NumCoresPerDistributedTask=4 TempDirectory=./aedt-tmp' -batchsolve patch.aedt > ansysedt-1.log 2>&1
+rm -f e2e-stop  # a stop left from an earlier attempt would end this one at once
+ansysedt -ng -monitor -distributed -machinelist list=localhost:1:4:90% -batchoptions 'HFSS/HPCLicenseType=pool HFSS/MPIVendor=Intel HFSS/NumCoresPerDistributedTask=4 TempDirectory=./aedt-tmp' -batchsolve patch.aedt > ansysedt-1.log 2>&1 &
+solver=$!
+# Batch mode reads no stop file, so a graceful stop is done here: once the stop file appears, let the
+# current adaptive pass or frequency point finish (solved data stays in the .aedtresults folder, which the
+# next -batchsolve continues from), then end the solve.
+done_at_stop=""
+while kill -0 "$solver" 2>/dev/null; do
+  if [ -e e2e-stop ]; then
+    done_now=$(grep -cE "Adaptive Pass [0-9]+|Frequency point [0-9]+" ansysedt-1.log)
+    if [ -z "$done_at_stop" ]; then
+      done_at_stop=$done_now
+    elif [ "$done_now" -gt "$done_at_stop" ]; then
+      kill -TERM "$solver"
+      wait "$solver"
+      echo "[info] e2e: stopped on request after a completed solve step (solved data kept)" >> ansysedt-1.log
+      exit 0
+    fi
+  fi
+  sleep 0.2
+done
+wait "$solver"
