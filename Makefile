@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages: the solver and MPI really run here; redis-server is the tests' real Redis.
 DEMO_PACKAGES := openfoam openfoam-examples openmpi-bin util-linux
-TEST_PACKAGES := $(DEMO_PACKAGES) redis-server
+TEST_PACKAGES := $(DEMO_PACKAGES) redis-server calculix-ccx shellcheck
 
 .PHONY: demo test unit integration bench setup system-deps-demo system-deps-test clean
 
