@@ -18,8 +18,8 @@ from solvers.base import registry
 from solvers.contract import launch_context
 from tests.conftest import require
 from tests.unit.solver_cases import CASES, DATA
-from tests.unit.test_rendering import (PAYLOAD_IDS, PAYLOADS, bash_syntax_ok, hostile, modes, recorded_argv,
-                                       run_script)
+from tests.unit.test_rendering import (PAYLOAD_IDS, PAYLOADS, REAL_PATH, bash_syntax_ok, hostile, modes,
+                                       recorded_argv, run_script)
 
 VENDOR = ["fluent", "mechanical", "electronics", "starccm", "calculix"]
 LAUNCHERS = ["fluent", "ansys222", "ansys231", "ansys232", "ansys241", "ansys242", "ansys251", "ansys252",
@@ -134,6 +134,7 @@ def test_hostile_template_values_stay_one_argument(case, payload, launcher_stubs
     prepared, _ = case.render(tmp_path / "base")
     plugin = registry().get(case.solver)
     base = {**prepared.context, "ctx": launch_context(tmp_path / "ctx", case.nodes)}
+    started = []
     for n, (label, fields) in enumerate(modes(base)):
         context = {**base}
         for field in fields:
@@ -151,8 +152,16 @@ def test_hostile_template_values_stay_one_argument(case, payload, launcher_stubs
         for name in ("log_file", "stdout"):
             if isinstance(context.get(name), str):
                 (cwd / context[name]).parent.mkdir(parents=True, exist_ok=True)
-        result = run_script(script, cwd, launcher_stubs, calls)
-        why = f"{case.id} field {label}\n--- script ---\n{script}\n--- stderr ---\n{result.stderr}"
+        (cwd / "run.sh").write_text(script)
+        # all modes at once: the stop-watching templates poll, and one by one they would take seconds
+        proc = subprocess.Popen(["bash", "run.sh"], cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True,
+                                env={"PATH": f"{launcher_stubs}:{REAL_PATH}", "STUB_CALLS": str(calls),
+                                     "HOME": str(cwd / "home"), "LC_ALL": "C"})
+        started.append((label, fields, script, calls, proc))
+    for label, fields, script, calls, proc in started:
+        stderr = proc.communicate(timeout=60)[1]
+        why = f"{case.id} field {label}\n--- script ---\n{script}\n--- stderr ---\n{stderr}"
         assert not mark.exists(), f"INJECTION: MARK was created via {why}"
         argv = next((recorded_argv(calls, p.name) for p in calls.iterdir()), None)
         if argv is None:
