@@ -19,6 +19,7 @@ _DONE = re.compile(r"[^\n]*Normal completion of simulation[^\n]*")
 _CONVERGED = re.compile(r"[^\n]*Adaptive Passes converged[^\n]*")
 _ERROR = re.compile(r"^\[error\][^\n]*", re.M)
 _STOPPED = re.compile(r"[^\n]*e2e: stopped on request[^\n]*")
+_MARKER = re.compile(r"e2e: completion marker (\S+) present")
 _SETUP = r"^[A-Za-z0-9_][A-Za-z0-9_ .-]{0,63}$"
 
 
@@ -102,9 +103,11 @@ class Electronics(SolverPlugin):
             return Outcome(False, f"exit code {exit_code}")
         if (m := _STOPPED.search(log_tail)):
             return Outcome(True, m.group(0).replace("[info] e2e: ", "").strip())
+        if (m := _MARKER.search(log_tail)):
+            return Outcome(True, f"{m.group(1)} written")
         if not _DONE.search(log_tail):
-            # batchsolve has been seen to exit 0 without solving; the completion line is the proof
-            return Outcome(False, "ansysedt exited without 'Normal completion of simulation'")
+            # batchsolve has been seen to exit 0 without solving: the marker or the completion line is the proof
+            return Outcome(False, "ansysedt exited without its .q.completed marker or 'Normal completion'")
         return Outcome(True, "Normal completion of simulation")
 
     def request_stop(self, files: RunFiles) -> bool:

@@ -39,7 +39,8 @@ class FluentOptions(SolverOptions):
     data: InputFile(*_DATA_SUFFIXES) | None = Field(None, description="read case+data; no initialisation")
     journal: InputFile(".jou", ".journal") | None = Field(
         None, description="your own journal instead of the generated one (checkpoint names are still set first)")
-    initialize: Literal["hybrid", "standard", "none"] = "hybrid"
+    initialize: Literal["hybrid", "standard", "none"] = Field(
+        "hybrid", description="how a fresh run starts when no data is read (data and restarts skip it)")
     iterations: int = Field(100, ge=1, le=10_000_000, description="steady: /solve/iterate N")
     time_steps: int | None = Field(None, ge=1, le=10_000_000, description="transient: dual-time-iterate steps")
     max_iterations_per_step: int = Field(20, ge=1, le=10_000)

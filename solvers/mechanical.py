@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from orchestrator.errors import UserError
 
@@ -47,9 +47,12 @@ class MechanicalOptions(SolverOptions):
     license_file: Secret | None = Field(None, description="ANSYSLMD_LICENSE_FILE, e.g. 1055@licserver")
     li_servers: Secret | None = Field(None, description="ANSYSLI_SERVERS, e.g. 2325@licserver")
 
-    def model_post_init(self, _context) -> None:
-        if "\x00" in self.restart_commands:
-            raise ValueError("restart_commands must not contain NUL characters")
+    @field_validator("restart_commands")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class Mechanical(SolverPlugin):

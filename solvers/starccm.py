@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from orchestrator.errors import UserError
 
@@ -40,6 +40,12 @@ class StarCCMOptions(SolverOptions):
     podkey: Secret | None = None
     license_path: Secret | None = Field(None, description="CDLMD_LICENSE_FILE, e.g. 1999@flex.cd-adapco.com")
     extra_args: list[ExtraArg] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_way_to_run(self) -> StarCCMOptions:
+        if self.macro is not None and self.max_steps is not None:
+            raise ValueError("macro and max_steps exclude each other: set the steps in your macro")
+        return self
 
 
 class StarCCM(SolverPlugin):

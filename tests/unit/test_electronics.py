@@ -82,3 +82,4 @@ def test_killed_solve_leaves_a_lock_the_restart_cleans_and_passes_are_reused(tmp
     text = (again.run_dir / "ansysedt-2.log").read_text()
     assert "Reusing" in text and "Adaptive Pass 1 " not in text and Electronics().judge_exit(0, text).ok
     assert (again.run_dir / "patch.aedt.q.completed").exists()
+    assert Electronics().judge_exit(0, text).reason == "patch.aedt.q.completed written"

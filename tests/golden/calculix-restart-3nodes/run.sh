@@ -14,6 +14,9 @@ while kill -0 "$ccx_pid" 2>/dev/null; do
       stop_step=$(( ${step:-0} > 1 ? ${step:-0} : 1 ))
     elif [ "${step:-0}" -gt "$stop_step" ]; then
       kill -TERM "$ccx_pid"
+      # the launching service may have left SIGTERM ignored (inherited through exec): KILL if it stays
+      for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$ccx_pid" 2>/dev/null || break; sleep 0.2; done
+      kill -KILL "$ccx_pid" 2>/dev/null
       wait "$ccx_pid"
       echo " stopped on request after step $stop_step (restart record written)" >> ccx-2.log
       exit 0

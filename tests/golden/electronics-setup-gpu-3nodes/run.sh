@@ -17,6 +17,9 @@ while kill -0 "$solver" 2>/dev/null; do
       done_at_stop=$done_now
     elif [ "$done_now" -gt "$done_at_stop" ]; then
       kill -TERM "$solver"
+      # the launching service may have left SIGTERM ignored (inherited through exec): KILL if it stays
+      for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$solver" 2>/dev/null || break; sleep 0.2; done
+      kill -KILL "$solver" 2>/dev/null
       wait "$solver"
       echo "[info] e2e: stopped on request after a completed solve step (solved data kept)" >> ansysedt-1.log
       exit 0
@@ -25,3 +28,9 @@ while kill -0 "$solver" 2>/dev/null; do
   sleep 0.2
 done
 wait "$solver"
+rc=$?
+# The queue marker is AEDT's own word that the batch job ended (PyAEDT waits for it too).
+if [ -e patch.aedt.q.completed ]; then
+  echo "[info] e2e: completion marker patch.aedt.q.completed present" >> ansysedt-1.log
+fi
+exit "$rc"
