@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from solvers.base import LaunchContext, NodeSlots, Prepared, Registry, RunMode, SolverPlugin, registry
+from solvers.base import Registry, RunMode, SolverPlugin, registry
 
 from .cluster import get_backend
 from .cluster.base import ClusterBackend, Node
@@ -19,8 +18,8 @@ from .events import EventKind
 from .faults import fault_point
 from .limits import check_limits
 from .paths import JobPaths, RunPaths, results_dir
-from .rendering import render
-from .runctl import RunControl, run_tag, signal_run
+from .materialize import materialize_run
+from .runctl import RunControl, signal_run
 from .services import ServiceContext, services
 from .settings import Settings
 from .spec import validate_spec
@@ -273,7 +272,8 @@ class Lifecycle:
         outcome = plugin.judge_exit(code, tail.decode(errors="replace")[-8192:])
         if run["state"] is RunState.STOPPING:
             to = _stopped_state(run) if outcome.ok or run.get("stop_intent") != "pause" else RunState.FAILED
-            reason = f"{'paused' if to is RunState.PAUSED else 'stopped'} on request ({outcome.reason})"
+            verb = {RunState.PAUSED: "paused on request", RunState.STOPPED: "stopped on request"}.get(to, "pause failed")
+            reason = f"{verb} ({outcome.reason})"
         else:
             to, reason = (RunState.COMPLETED if outcome.ok else RunState.FAILED), outcome.reason
         ended = backend.read_bytes(head, paths.ended_at) or b""
@@ -406,34 +406,3 @@ class Lifecycle:
 
 def _stopped_state(run: dict[str, Any]) -> RunState:
     return RunState.PAUSED if run.get("stop_intent") == "pause" else RunState.STOPPED
-
-
-def openmpi_hostfile(nodes: tuple[NodeSlots, ...]) -> str:
-    """Open MPI hostfile: one line per address with the slots summed (virtual nodes may share a host)."""
-    slots: dict[str, int] = {}
-    for node in nodes:
-        slots[node.address] = slots.get(node.address, 0) + node.slots
-    return "".join(f"{address} slots={count}\n" for address, count in slots.items())
-
-
-def materialize_run(spec, plugin: SolverPlugin, job_id: str, run_id: str, nodes: list[Node],
-                    paths: RunPaths, mode: RunMode = RunMode.FRESH,
-                    site_env: dict[str, str] | None = None) -> Prepared:
-    """Write everything a run needs into its directory: inputs, hostfile, run.sh and the wrapper."""
-    paths.meta.mkdir(parents=True, exist_ok=True)
-    slots = tuple(NodeSlots(n.name, n.address, spec.cluster.cores_per_node) for n in nodes)
-    paths.hostfile.write_text(openmpi_hostfile(slots))
-    ctx = LaunchContext(job_id=job_id, run_id=run_id, run_dir=paths.root, nodes=slots,
-                        hostfile=paths.hostfile.name, as_root=os.geteuid() == 0, mode=mode,
-                        attempt=paths.attempt, site_env=dict(site_env or {}))
-    prepared = plugin.prepare(spec.solver, ctx)
-    script = render((plugin.templates_root,), prepared.template, {**prepared.context, "ctx": ctx})
-    wrapper = render((plugin.templates_root,), "common/wrapper.sh.j2", {
-        "run_dir": str(paths.root), "job_id": job_id, "run_id": run_id, "hostfile": str(paths.hostfile),
-        "nprocs": ctx.nprocs, "env": prepared.env, "run_tag": run_tag(job_id, run_id),
-        "meta": paths.relative(paths.meta), "attempt": paths.attempt, "mode": mode.value,
-    })
-    paths.script.write_text(script)
-    paths.wrapper.write_text(wrapper)
-    paths.wrapper.chmod(0o700)  # it may export licence settings
-    return prepared
