@@ -135,3 +135,21 @@ def _check_continued(solver: str, run_dir: Path, paused_at: float) -> None:
         assert "stopped on request after step" in (run_dir / "ccx-1.log").read_text()
         assert "*RESTART,READ" in (run_dir / "job_r2.inp").read_text()
         assert " Job finished" in (run_dir / "ccx-2.log").read_text()
+
+
+def test_terminate_while_running_stops_through_the_exit_file(vendor_engine, tmp_path):
+    shutil.copy(DATA / "elbow.cas.h5", tmp_path / "elbow.cas.h5")
+    client = vendor_engine.client
+    job_id = client.submit_data({"name": "e2e-fluent-terminate", "solver": {
+        "name": "fluent", "case": str(tmp_path / "elbow.cas.h5"), "iterations": 5000, "autosave_every": 1000},
+        "cluster": {"backend": "local", "nodes": 3, "cores_per_node": 1}})
+    wait_for(lambda: _step(client, job_id) >= 10, 60, "fluent progress past 10")
+    client.terminate(job_id)
+    doc = vendor_engine.wait_job_terminal(job_id, timeout=60)
+    run = doc["runs_detail"][0]
+    assert doc["state"] is JobState.TERMINATED and run["state"] is RunState.STOPPED
+    assert run.get("term_sent_at") is None, "exit-fluent did not stop the run: SIGTERM was needed"
+    results = vendor_engine.settings.root / "results" / job_id / "runs" / "run-001"
+    assert "exit requested" in (results / "fluent-1.trn").read_text()
+    assert list((results / "autosave").glob("run-*.dat.h5")), "no checkpoint was written at the stop"
+    assert (results / "fluent.hosts").read_text().count("\n") == 3

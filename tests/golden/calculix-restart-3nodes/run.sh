@@ -4,6 +4,8 @@ export OMP_NUM_THREADS=3
 rm -f e2e-stop  # a stop left from an earlier attempt would end this one at its first step
 ccx -i job_r2 > ccx-2.log 2>&1 &
 ccx_pid=$!
+# a stop signal for the run goes to the solver; this script stays to report its exit code
+trap 'kill -TERM "$ccx_pid" 2>/dev/null' TERM INT
 # ccx reads no control file, so a graceful stop is done here: once the stop file appears, let the current
 # step end (its restart record is then written to the .rout) and stop ccx as the next step begins.
 stop_step=""
@@ -25,3 +27,6 @@ while kill -0 "$ccx_pid" 2>/dev/null; do
   sleep 0.2
 done
 wait "$ccx_pid"
+rc=$?
+while kill -0 "$ccx_pid" 2>/dev/null; do wait "$ccx_pid"; rc=$?; done  # a trapped signal cuts `wait` short
+exit "$rc"

@@ -6,6 +6,8 @@ export OMPI_MCA_mca_base_env_list="E2E_RUN_TAG${OMPI_MCA_mca_base_env_list:+;$OM
 rm -f e2e-stop  # a stop left from an earlier attempt would end this one at once
 ansysedt -ng -monitor -distributed -machinelist list=localhost:1:4:90% -batchoptions 'HFSS/HPCLicenseType=pool HFSS/MPIVendor=Intel HFSS/NumCoresPerDistributedTask=4 TempDirectory=./aedt-tmp' -batchsolve patch.aedt > ansysedt-1.log 2>&1 &
 solver=$!
+# a stop signal for the run goes to the solver; this script stays to report its exit code
+trap 'kill -TERM "$solver" 2>/dev/null' TERM INT
 # Batch mode reads no stop file, so a graceful stop is done here: once the stop file appears, let the
 # current adaptive pass or frequency point finish (solved data stays in the .aedtresults folder, which the
 # next -batchsolve continues from), then end the solve.
@@ -29,6 +31,7 @@ while kill -0 "$solver" 2>/dev/null; do
 done
 wait "$solver"
 rc=$?
+while kill -0 "$solver" 2>/dev/null; do wait "$solver"; rc=$?; done  # a trapped signal cuts `wait` short
 # The queue marker is AEDT's own word that the batch job ended (PyAEDT waits for it too).
 if [ -e patch.aedt.q.completed ]; then
   echo "[info] e2e: completion marker patch.aedt.q.completed present" >> ansysedt-1.log
