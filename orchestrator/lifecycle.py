@@ -6,6 +6,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from solvers.base import Registry, RunMode, SolverPlugin, registry
@@ -17,8 +18,8 @@ from .errors import E2EError
 from .events import EventKind
 from .faults import fault_point
 from .limits import check_limits
-from .paths import JobPaths, RunPaths, results_dir
 from .materialize import materialize_run
+from .paths import JobPaths, RunPaths, results_dir
 from .runctl import RunControl, signal_run
 from .services import ServiceContext, services
 from .settings import Settings
@@ -168,10 +169,7 @@ class Lifecycle:
         mode = RunMode(run.get("mode") or RunMode.FRESH.value)
         plugin = self.plugin_of(job)
         if paths.attempt > 1 or run["id"] != "run-001":
-            for pattern in plugin.cleanup_patterns:  # stale lock/trigger files would stop or block the solver
-                for stale in paths.root.glob(pattern):
-                    if stale.is_file() or stale.is_symlink():
-                        stale.unlink()
+            remove_stale_files(plugin, paths.root)  # a leftover stop file would stop the new attempt at once
         # Edited input files go in first: a fresh prepare copies inputs without overwriting them, and a
         # restart's prepare applies the spec's parameters on top of them.
         paths.root.mkdir(parents=True, exist_ok=True)
@@ -360,6 +358,9 @@ class Lifecycle:
         for r in self.store.list_runs(job_id):
             if nodes and r.get("pid"):  # runs that started wrote on the nodes: gather them first
                 backend.stage_out(nodes, paths.run(r["id"]).root)
+        plugin = self.plugin_of(job)
+        for r in self.store.list_runs(job_id):  # locks and stop files must not block reopening the results
+            remove_stale_files(plugin, paths.run(r["id"]).root)
         fault_point("terminate.before_collect")
         if paths.root.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -402,6 +403,14 @@ class Lifecycle:
                 log.exception("reconcile %s failed", job_id)
             count += 1
         return count
+
+
+def remove_stale_files(plugin: SolverPlugin, root: Path) -> None:
+    """Delete the lock and trigger files the plugin names (cleanup_patterns) from a run directory."""
+    for pattern in plugin.cleanup_patterns:
+        for stale in root.glob(pattern):
+            if stale.is_file() or stale.is_symlink():
+                stale.unlink()
 
 
 def _stopped_state(run: dict[str, Any]) -> RunState:
