@@ -17,7 +17,9 @@ _PASS = re.compile(r"Adaptive Pass (\d+)(?: of (\d+))?(?:[^\n]*?Delta S(?: =|:)\
 _FREQ = re.compile(r"Frequency (?:point|sweep) (\d+) of (\d+)")
 _DONE = re.compile(r"[^\n]*Normal completion of simulation[^\n]*")
 _CONVERGED = re.compile(r"[^\n]*Adaptive Passes converged[^\n]*")
-_ERROR = re.compile(r"^\[error\][^\n]*", re.M)
+# AEDT message-manager failures (PyAEDT-based runners treat these as fatal too)
+_ERROR = re.compile(r"^\[(?:error|fatal)\][^\n]*|[^\n]*(?:Simulation aborted|Simulation failed|solver process "
+                    r"terminated)[^\n]*", re.M | re.I)
 _STOPPED = re.compile(r"[^\n]*e2e: stopped on request[^\n]*")
 _MARKER = re.compile(r"e2e: completion marker (\S+) present")
 _SETUP = r"^[A-Za-z0-9_][A-Za-z0-9_ .-]{0,63}$"

@@ -19,7 +19,10 @@ VERSIONS = ("222", "231", "232", "241", "242", "251", "252")
 LICENCE_VARS = ("ANSYSLMD_LICENSE_FILE", "ANSYSLI_SERVERS")
 _SUBSTEP = re.compile(r"\*\*\* LOAD STEP\s+(\d+)\s+SUBSTEP\s+(\d+)\s+COMPLETED\.\s+CUM ITER =\s+(\d+)")
 _TIME = re.compile(r"\*\*\* TIME =\s+([-+0-9.eE]+)")
-_FORCE = re.compile(r"FORCE CONVERGENCE VALUE\s+=\s+([-+0-9.eE]+)\s+CRITERION=\s+([-+0-9.eE]+)")
+# e.g. "FORCE CONVERGENCE VALUE  =   3478.      CRITERION=   17.39" (also MOMENT, DISP, HEAT FLOW)
+_CONVERGENCE = re.compile(r"(FORCE|MOMENT|DISP|HEAT FLOW) CONVERGENCE VALUE\s*=\s*([-+0-9.eE]+)\s+CRITERION=\s*"
+                          r"([-+0-9.eE]+)")
+_LABELS = {"FORCE": "F", "MOMENT": "M", "DISP": "U", "HEAT FLOW": "HEAT"}
 # .mntr: LOAD STEP, SUB-STEP, NO.ATTMP, NO.ITER, TOTL.ITER, INCREMENT TIME/LFACT, TOTAL TIME/LFACT, VARIAB...
 _MNTR_ROW = re.compile(r"^[ \t]*(\d+)[ \t]+(\d+)[ \t]+(\d+)[ \t]+(\d+)[ \t]+(\d+)[ \t]+([-+0-9.eE]+)[ \t]+([-+0-9.eE]+)",
                        re.M)
@@ -94,8 +97,11 @@ class Mechanical(SolverPlugin):
     def parse_progress(self, text: str, last: Progress | None) -> Progress | None:
         progress = (last or Progress()).model_copy(deep=True)
         found = False
-        for value, criterion in _FORCE.findall(text):
-            progress.residuals = {"F": float(value), "F_criterion": float(criterion)}
+        for label, value, criterion in _CONVERGENCE.findall(text):
+            key = _LABELS[label]
+            if key == "F":  # FORCE opens each equilibrium iteration's block of convergence values
+                progress.residuals = {}
+            progress.residuals.update({key: float(value), f"{key}_criterion": float(criterion)})
             found = True
         for value in _TIME.findall(text):
             progress.step, found = float(value), True

@@ -15,8 +15,7 @@ from solvers.electronics import Electronics, ElectronicsOptions
 from tests.unit.solver_cases import DATA, run_emulated
 
 PASS = "[info] Project:patch, Design:HFSSDesign1 (DrivenModal), Setup1 : Adaptive Pass 4 of 10, Delta S: 0.04536\n"
-DONE = ("[success] Project:patch, Design:HFSSDesign1 (DrivenModal), Setup1 : Normal completion of simulation on "
-        "server: Local Machine.\n")
+DONE = "[info] Normal completion of simulation on server: Local Machine. (12:36:57 PM  Jul 20, 2026)\n"
 
 
 def options(**extra) -> ElectronicsOptions:
@@ -30,6 +29,7 @@ def test_progress_and_completion():
     # batchsolve may exit 0 without solving: no completion line, no success
     assert not Electronics().judge_exit(0, PASS).ok
     assert not Electronics().judge_exit(0, "[error] Project:patch: license checkout failed\n").ok
+    assert not Electronics().judge_exit(0, PASS + "[info] Fatal solver process terminated\n" + DONE).ok
 
 
 def test_machine_list_and_options(tmp_path):

@@ -14,6 +14,7 @@ from solvers.mechanical import Mechanical, MechanicalOptions
 from tests.unit.solver_cases import DATA, run_emulated
 
 OUT = """    FORCE CONVERGENCE VALUE   =  0.8208E+02  CRITERION=  0.5000E+00
+         MOMENT CONVERGENCE VALUE =   0.000      CRITERION=   15.96
     EQUIL ITER   3 COMPLETED.  NEW TRIANG MATRIX.  MAX DOF INC=  0.5531E-03
     >>> SOLUTION CONVERGED AFTER EQUILIBRIUM ITERATION   3
  *** LOAD STEP     1   SUBSTEP     4  COMPLETED.    CUM ITER =     12
@@ -29,6 +30,7 @@ def options(**extra) -> MechanicalOptions:
 def test_progress_from_the_output_and_the_monitor_file():
     progress = Mechanical().parse_progress(OUT, None)
     assert progress.step == pytest.approx(0.2) and progress.residuals["F"] == pytest.approx(82.08)
+    assert progress.residuals["M"] == 0 and progress.residuals["M_criterion"] == pytest.approx(15.96)
     assert "substep 4" in progress.message
     assert Mechanical().parse_progress(MNTR, None).step == pytest.approx(3.0)
 
