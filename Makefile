@@ -6,7 +6,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages: the solver and MPI really run here; redis-server is the tests' real Redis.
 DEMO_PACKAGES := openfoam openfoam-examples openmpi-bin util-linux
-TEST_PACKAGES := $(DEMO_PACKAGES) redis-server calculix-ccx shellcheck
+# ssh backend tests: one sshd per node in network namespaces (iproute2), rsync for staging.
+SSH_PACKAGES := openssh-server openssh-client rsync iproute2
+# slurm backend tests: a private munged + slurmctld + slurmd (no accounting database needed).
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge
+# solver plugin tests: CalculiX runs for real; shellcheck checks every rendered launch script.
+PLUGIN_PACKAGES := calculix-ccx shellcheck
+TEST_PACKAGES := $(DEMO_PACKAGES) redis-server
+# installed without recommends (openssh-server would pull in systemd through libpam-systemd)
+LEAN_TEST_PACKAGES := $(SSH_PACKAGES) $(SLURM_PACKAGES) $(PLUGIN_PACKAGES)
 
 .PHONY: demo test unit integration bench setup system-deps-demo system-deps-test clean
 
@@ -24,6 +32,7 @@ integration: system-deps-test $(STAMP)
 
 bench: system-deps-test $(STAMP)
 	$(PY) bench/latency.py --jobs 200
+	$(PY) bench/ssh.py
 
 setup: system-deps-test $(STAMP)
 
@@ -32,6 +41,7 @@ system-deps-demo:
 
 system-deps-test:
 	@$(MAKE) --no-print-directory _apt PKGS="$(TEST_PACKAGES)"
+	@$(MAKE) --no-print-directory _apt PKGS="$(LEAN_TEST_PACKAGES)" APT_OPTS=--no-install-recommends
 
 # Installs only the packages that are missing, as root or through sudo, and says which.
 _apt:
@@ -41,7 +51,7 @@ _apt:
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; \
 	  else echo "need root or sudo to install:$$missing" >&2; exit 1; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_OPTS) $$missing >/dev/null; \
 	  echo "installed:$$missing"; \
 	fi
 

@@ -67,7 +67,7 @@ class StrictModel(BaseModel):
 class ClusterSpec(StrictModel):
     """How many nodes, of how many cores, from which backend."""
 
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "ssh"] = "local"
     nodes: int = Field(1, ge=1, le=1024)
     cores_per_node: int = Field(1, ge=1, le=1024)
 
