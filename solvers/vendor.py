@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 
 from orchestrator.spec import resolve_input_path
 
-from .base import LaunchContext, NodeSlots, RunFiles
+from .base import LaunchContext, NodeSlots, RunFiles, copy_if_absent
 
 # Names the plugins give files inside the run directory: they also appear in journals and decks,
 # so they stay plain words (no quotes, spaces or slashes for a solver's own parser to trip over).
@@ -40,9 +40,9 @@ def copy_input(src: Path, run_dir: Path, name: str | None = None) -> str:
     """Copy an input into the run directory under a safe name; the name used."""
     target = name or safe_name(src.name)
     if src.is_dir():
-        shutil.copytree(src, run_dir / target, dirs_exist_ok=True)
+        shutil.copytree(src, run_dir / target, dirs_exist_ok=True, copy_function=copy_if_absent)
     else:
-        shutil.copy2(src, run_dir / target)
+        copy_if_absent(str(src), str(run_dir / target))
     return target
 
 
