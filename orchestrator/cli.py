@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import time
@@ -116,6 +117,10 @@ def status(job: str, as_json: bool = JSON_OPT) -> None:
         return
     out.print(f"[bold]{doc['id']}[/] {doc['name']}  solver {doc['solver']}  owner {doc['owner']}")
     out.print(f"  job      {_state(doc['state'].value)}  nodes {', '.join(doc['nodes']) or '-'}")
+    if doc.get("desktop"):
+        desk = doc["desktop"]
+        detail = desk.get("url") or desk.get("reason") or ""
+        out.print(f"  desktop  {desk.get('state', '-')}  {detail}  (e2e desktop {doc['id']})", highlight=False)
     for run in doc["runs_detail"]:
         prog = run.get("progress")
         line = f"  {run['id']}  {_state(run['state'].value)}"
@@ -195,6 +200,8 @@ def solvers(as_json: bool = JSON_OPT) -> None:
     reg = registry()
     rows = [{"name": p.name, "summary": p.summary, "options": sorted(p.Options.model_fields)} for p in reg]
     if as_json:
+        for row, plugin in zip(rows, reg):  # the full options schema, for plugin authors and tooling
+            row["schema"] = plugin.Options.model_json_schema()
         _dump({"solvers": rows, "broken": reg.broken})
         return
     table = Table("SOLVER", "OPTIONS", "WHAT", box=None)
@@ -206,18 +213,28 @@ def solvers(as_json: bool = JSON_OPT) -> None:
 
 
 @app.command()
-def render(spec: Path, out_dir: Path = typer.Option(..., "--out", help="folder to write the rendered run into")) -> None:
+def render(spec: Path, out_dir: Path = typer.Option(..., "--out", help="folder to write the rendered run into"),
+           hosts: str | None = typer.Option(None, "--hosts", help="render for these hosts (h1,h2,h3), each with the "
+                                                                  "spec's cores_per_node, instead of the allocation")) -> None:
     """Dry run: write every file a run would get (inputs, hostfile, run.sh, wrapper.sh); start nothing."""
     from solvers.base import registry
 
     from .cluster import get_backend
+    from .cluster.base import Node
     from .materialize import materialize_run
     from .paths import RunPaths
     from .spec import load_spec
 
     settings = get_settings()
     parsed = load_spec(spec)
-    nodes = get_backend(parsed.cluster.backend, settings).inventory()[: parsed.cluster.nodes]
+    if hosts is not None:
+        names = [h.strip() for h in hosts.split(",")]
+        if not all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}", h) for h in names):
+            raise UserError(f"--hosts {hosts!r}: give host names separated by commas, e.g. node1,node2,node3")
+        root = out_dir.resolve()
+        nodes = [Node(h, h, parsed.cluster.cores_per_node, root) for h in names]
+    else:
+        nodes = get_backend(parsed.cluster.backend, settings).inventory()[: parsed.cluster.nodes]
     paths = RunPaths(out_dir.resolve())
     prepared = materialize_run(parsed, registry().get(parsed.solver.name), "dry-run", "run-001", nodes, paths)
     for path in sorted(p for p in paths.root.rglob("*") if p.is_file() and ".e2e" not in p.parts)[:50]:
@@ -236,6 +253,7 @@ def demo(keep: bool = typer.Option(False, "--keep", help="leave the engine runni
 
 # Each area's commands live in their own module and add themselves to `app` when imported.
 from . import cli_control  # noqa: E402,F401  (pause, resume, edit, restart, rerun, history)
+from . import cli_desktop  # noqa: E402,F401  (desktop, keys, access)
 from . import cli_nodes  # noqa: E402,F401  (nodes, nodes trust)
 from . import cli_sweeps  # noqa: E402,F401  (sweep ls, sweep status)
 

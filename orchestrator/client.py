@@ -11,6 +11,7 @@ from .attempts import next_attempt
 from .celery_app import make_app
 from .cluster import get_backend
 from .commands import TERMINABLE_JOBS, Command, allowed_commands, check_allowed
+from .desktop.access import resolve_for_submit
 from .edits import apply_assignments, check_files, diff, parse_assignments, save_files
 from .errors import InvalidState, SpecError, UserError
 from .events import Event, EventKind
@@ -50,6 +51,7 @@ class Client:
     def submit(self, spec, extra: dict[str, Any] | None = None) -> str:
         """Queue a validated spec; checks it fits the backend before anything is created."""
         backend = self._check_fits(spec)
+        spec = resolve_for_submit(spec, self.store, self.user)  # desktop.access: user default, my-ip
         job_id = self.store.create_job(name=spec.name, owner=self.user, spec=spec_for_store(spec),
                                        backend=backend, solver=spec.solver.name, extra=extra)
         self.celery.send_task("e2e.provision", args=[job_id])
@@ -62,6 +64,7 @@ class Client:
 
         for member in plan.members:
             self._check_fits(member.spec)
+            resolve_for_submit(member.spec, self.store, self.user)  # raises before any job exists
         sweep_id = new_sweep_id()
         job_ids = []
         for member in plan.members:

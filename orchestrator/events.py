@@ -18,6 +18,8 @@ class EventKind(str, Enum):
     CONTROL = "control"      # a user or a guard asked for something (terminate, ...)
     NODE_FAILED = "node.failed"      # a node of the job stopped answering
     NODE_REPLACED = "node.replaced"  # restart_on_node_failure leased another node in its place
+    DESKTOP = "desktop"      # the desktop's state: starting, ready (with URL), failed (with reason), stopped
+    ACCESS_REFUSED = "access.refused"  # a connection from outside the job's CIDR rules, or without its token
     WARNING = "warning"
     ERROR = "error"
 

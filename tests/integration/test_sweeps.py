@@ -34,7 +34,7 @@ def test_a_three_value_sweep_runs_one_job_per_value_and_terminates_as_one(redis_
     try:
         spec = tmp_path / "scan.yaml"
         spec.write_text(yaml.safe_dump({
-            "name": "scan", "cluster": {"nodes": 1},
+            "name": "scan", "cluster": {"nodes": 1}, "desktop": {"enabled": False},
             "solver": {"name": "command", "env": {"GAIN": "none"}, "command": [
                 "sh", "-c", 'for i in 1 2 3; do sleep 0.2; echo "progress: $i/3"; done; '
                             'echo "gain=$GAIN node=$(cut -d" " -f1 "$E2E_HOSTFILE")" > out.txt']}}))
@@ -81,7 +81,7 @@ def test_members_beyond_the_pool_queue_and_start_as_earlier_members_free_their_n
     try:
         spec = tmp_path / "scan.yaml"
         spec.write_text(yaml.safe_dump({
-            "name": "pool", "limits": {"idle_shutdown": "1s"}, "sweep": {"env.K": ["a", "b", "c"]},
+            "name": "pool", "desktop": {"enabled": False}, "limits": {"idle_shutdown": "1s"}, "sweep": {"env.K": ["a", "b", "c"]},
             "solver": {"name": "command", "command": ["sh", "-c", "sleep 0.5; echo $K > out.txt"]}}))
         sent = e2e(engine.settings, "submit", str(spec), "--json")
         assert sent.returncode == 0, sent.stderr

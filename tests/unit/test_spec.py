@@ -107,7 +107,7 @@ def test_defaults_of_a_minimal_command_spec(tmp_path):
     spec = validate_spec({"name": "m", "solver": {"name": "command", "command": ["true"]}}, base_dir=tmp_path)
     assert spec.solver.name == "command" and spec.solver.command == ["true"]
     assert (spec.cluster.backend, spec.cluster.nodes, spec.cluster.cores_per_node) == ("local", 1, 1)
-    assert spec.desktop.enabled is False
+    assert spec.desktop.enabled is True and spec.desktop.access is None  # a desktop unless asked otherwise
     assert spec.limits.walltime is None
 
 
@@ -175,8 +175,8 @@ def command_solver(**extra):
 
 
 INVALID = [
-    ("unknown solver", edit("solver", {"name": "fluent", "application": "x"}), "solver.name",
-     ("'fluent'", "openfoam", "command")),
+    ("unknown solver", edit("solver", {"name": "nastran", "application": "x"}), "solver.name",
+     ("'nastran'", "openfoam", "command")),
     ("solver without name", edit("solver.name", delete=True), "solver.name", ("missing", "openfoam", "command")),
     ("unknown field in cluster", edit("cluster.gpus", 4), "cluster.gpus",
      ("unknown field", "backend", "cores_per_node", "nodes")),
@@ -200,7 +200,8 @@ INVALID = [
      ("'forever'", "not a duration", "1h30m")),
     ("walltime zero", edit("limits.walltime", "0s"), "limits.walltime", ("greater than 0",)),
     ("negative idle shutdown", edit("limits.idle_shutdown", "-5m"), "limits.idle_shutdown", ("not a duration",)),
-    pytest.param("desktop enabled", edit("desktop.enabled", True), "desktop.enabled", ("not available",), id="desktop enabled"),
+    ("desktop access not a CIDR", edit("desktop.access", ["10.0.0.0/33"]), "desktop.access",
+     ("'10.0.0.0/33'", "CIDR")),
     ("desktop depth", edit("desktop.depth", 8), "desktop.depth", ("16, 24 or 32",)),
     ("application with a space", edit("solver.application", "simple Foam"), "solver.application",
      ("pattern",)),
@@ -293,14 +294,12 @@ def test_parameter_value_with_shell_characters_is_rejected(spec_dir):
     assert problems and all(f.startswith("solver.parameters.endTime") for f, _ in problems)
 
 
-def test_desktop_enabled_is_refused_with_a_clear_message(spec_dir):
+def test_desktop_enabled_with_access_rules_validates(spec_dir):
     spec = canonical()
-    spec["desktop"]["enabled"] = True
-    problems = problems_of(spec_dir, spec)
-    assert len(problems) == 1
-    field, message = problems[0]
-    assert field.startswith("desktop")
-    assert "not available" in message and "desktop.enabled: false" in message
+    spec["desktop"] = {"enabled": True, "access": ["everywhere", "192.0.2.7", "2001:db8::/32"]}
+    parsed = load_spec(write_spec(spec_dir, spec))
+    assert parsed.desktop.enabled is True
+    assert parsed.desktop.access == ["everywhere", "192.0.2.7/32", "2001:db8::/32"]
 
 
 def test_validate_spec_rejects_non_mappings_directly():
@@ -337,7 +336,7 @@ def test_cli_submit_of_an_invalid_spec_exits_2_without_redis(tmp_path, redis_url
     # no REDIS_URL and no stack.json, where merely building a client would be a StackError, exit 3)
     home = tmp_path / "home"
     home.mkdir()
-    bad = write_spec(tmp_path, {"name": "my job", "solver": {"name": "fluent"}}, name="bad.yaml")
+    bad = write_spec(tmp_path, {"name": "my job", "solver": {"name": "nastran"}}, name="bad.yaml")
 
     # When it is submitted
     result = _run_cli(["submit", str(bad)], tmp_path, home, redis_url)
@@ -348,7 +347,7 @@ def test_cli_submit_of_an_invalid_spec_exits_2_without_redis(tmp_path, redis_url
     assert "Traceback" not in result.stderr + result.stdout
     assert "is invalid (2 problems)" in err
     assert "name: must start with a letter or digit" in err
-    assert "solver.name: unknown solver 'fluent'" in err
+    assert "solver.name: unknown solver 'nastran'" in err
     assert "Redis" not in err
     assert list(home.iterdir()) == []
     assert result.stdout.strip() == ""

@@ -29,7 +29,7 @@ done
 
 
 def _spec(name: str, **cluster) -> dict:
-    return {"name": name, "cluster": {"backend": "ssh", "nodes": 2, **cluster},
+    return {"name": name, "desktop": {"enabled": False}, "cluster": {"backend": "ssh", "nodes": 2, **cluster},
             "solver": {"name": "command", "command": ["sh", "-c", COUNTER]}}
 
 

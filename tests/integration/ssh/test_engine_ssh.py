@@ -26,7 +26,7 @@ DB = "/7"  # this module's own Redis database
 def _spec(name, case, backend, nodes, **params):
     return {"name": name, "solver": {"name": "openfoam", "application": "icoFoam", "case": str(case),
                                      "parameters": params},
-            "cluster": {"backend": backend, "nodes": nodes, "cores_per_node": 1}}
+            "desktop": {"enabled": False}, "cluster": {"backend": backend, "nodes": nodes, "cores_per_node": 1}}
 
 
 def internal_field(path) -> list[float]:
@@ -196,7 +196,7 @@ def test_jobs_wait_for_free_ssh_nodes_in_submission_order(ssh_engine):
     client = ssh_engine.client
 
     def sleeper(name, nodes):
-        return client.submit_data({"name": name, "cluster": {"backend": "ssh", "nodes": nodes},
+        return client.submit_data({"name": name, "desktop": {"enabled": False}, "cluster": {"backend": "ssh", "nodes": nodes},
                                    "solver": {"name": "command", "command": ["sleep", "600"]}})
 
     def state(job_id):
