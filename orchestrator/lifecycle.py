@@ -230,9 +230,13 @@ class Lifecycle:
             return
         self._follow_log(job_id, run, plugin, backend, head, paths)
         code = backend.read_bytes(head, paths.exit_code)
+        gone = False
+        if not (code or b"").strip() and not backend.group_alive(head, run["pid"]):
+            code = backend.read_bytes(head, paths.exit_code)  # the wrapper may have ended between the looks
+            gone = not (code or b"").strip()
         if code is not None and code.strip():
             self._finish(job_id, run, plugin, int(code), backend, head, paths)
-        elif not backend.group_alive(head, run["pid"]):
+        elif gone:
             reason = "the run's processes are gone and no exit code was recorded (killed?)"
             to = _stopped_state(run) if state is RunState.STOPPING else RunState.FAILED
             self.store.transition_run(job_id, run_id, to, expect=[state], data={"reason": reason},

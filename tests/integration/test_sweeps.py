@@ -87,7 +87,7 @@ def test_members_beyond_the_pool_queue_and_start_as_earlier_members_free_their_n
         assert sent.returncode == 0, sent.stderr
         jobs = json.loads(sent.stdout)["jobs"]
         docs = [engine.wait_job_terminal(job_id, timeout=120) for job_id in jobs]
-        assert [d["runs_detail"][0]["state"] for d in docs] == [RunState.COMPLETED] * 3
+        assert [d["runs_detail"][0]["state"] for d in docs] == [RunState.COMPLETED] * 3, [d["runs_detail"][0] for d in docs]
         # the third waited for a node: it came up only after one of the first two had released theirs
         released = min(e.ts for j in jobs[:2] for e in engine.client.events(j)
                        if e.kind.value == "job.state" and e.data["state"] == "TERMINATED")

@@ -1,4 +1,4 @@
-"""restart_on_node_failure without nodes: the store's drain-and-swap, and the restart on replacement nodes."""
+"""Node faults without nodes: the store's drain-and-swap, the restart on replacement nodes, and observe seeing a run end."""
 
 from __future__ import annotations
 
@@ -151,3 +151,39 @@ def test_the_flag_is_a_cluster_field_defaulting_to_false():
     assert validate_spec(base).cluster.restart_on_node_failure is False
     spec = validate_spec({**base, "cluster": {"nodes": 2, "restart_on_node_failure": True}})
     assert spec.cluster.restart_on_node_failure is True
+
+
+# -- a run ending between observe's two looks (the exit code read, then the process group)
+
+class EndsBetweenLooks(LocalBackend):
+    """The wrapper records exit code 0 and exits just after the first read of the exit code."""
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.reads = 0
+
+    def read_bytes(self, node, path, offset=0, limit=None):
+        if path.name == "exit_code":
+            self.reads += 1
+            return None if self.reads == 1 else b"0\n"
+        return None
+
+    def group_alive(self, node, pgid):
+        return False
+
+
+def test_a_run_that_ends_between_the_looks_completes_rather_than_fails(store, settings):
+    from orchestrator.lifecycle import Lifecycle
+
+    job_id = leased_job(store)
+    assert store.transition_job(job_id, JobState.UP)
+    for to in (RunState.LAUNCHING, RunState.RUNNING):
+        assert store.transition_run(job_id, "run-001", to, pid=4321)
+    lc = Lifecycle.create(store, settings)
+    backend = EndsBetweenLooks(settings)
+    lc.backend_of = lambda job: backend
+
+    lc.observe(store.get_job(job_id), store.get_run(job_id, "run-001"))
+
+    assert backend.reads == 2
+    assert store.get_run(job_id, "run-001")["state"] is RunState.COMPLETED
