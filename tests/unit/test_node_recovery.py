@@ -1,4 +1,4 @@
-"""Node faults without nodes: the store's drain-and-swap, the restart on replacement nodes, and observe seeing a run end."""
+"""Node faults without nodes: drain-and-swap in the store, restart on replacement nodes, observe seeing a run end."""
 
 from __future__ import annotations
 
