@@ -75,7 +75,7 @@ def nodes(ctx: typer.Context,
 
 @nodes_app.command("undrain")
 def undrain_node(node: str = typer.Argument(..., help="node name"),
-                 backend: Optional[str] = typer.Option(None, help="local or ssh; default ssh when E2E_INVENTORY is set"),
+                 backend: Optional[str] = typer.Option(None, help="local or ssh; default ssh with E2E_INVENTORY"),
                  force: bool = typer.Option(False, "--force", help="undrain even if the node does not answer"),
                  ) -> None:
     """Put a node drained after a fault back into service, once it answers again; leftover processes of

@@ -28,7 +28,8 @@ def submit_sweep(plan: SweepPlan, wait: bool, as_json: bool) -> None:
         for job_id in job_ids:
             client.wait(job_id, run_finished, timeout=24 * 3600, poll=1.0)
     if as_json:
-        _dump({"sweep": sweep_id, "jobs": job_ids, **({"members": member_rows(client.store, sweep_id)} if wait else {})})
+        members = {"members": member_rows(client.store, sweep_id)} if wait else {}
+        _dump({"sweep": sweep_id, "jobs": job_ids, **members})
         return
     out.print(f"sweep [bold]{sweep_id}[/]: {len(job_ids)} jobs ({' x '.join(str(len(v)) for v in plan.axes.values())} "
               f"over {', '.join(k.removeprefix('solver.') for k in plan.axes)})")

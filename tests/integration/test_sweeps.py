@@ -81,13 +81,15 @@ def test_members_beyond_the_pool_queue_and_start_as_earlier_members_free_their_n
     try:
         spec = tmp_path / "scan.yaml"
         spec.write_text(yaml.safe_dump({
-            "name": "pool", "desktop": {"enabled": False}, "limits": {"idle_shutdown": "1s"}, "sweep": {"env.K": ["a", "b", "c"]},
+            "name": "pool", "desktop": {"enabled": False}, "limits": {"idle_shutdown": "1s"},
+            "sweep": {"env.K": ["a", "b", "c"]},
             "solver": {"name": "command", "command": ["sh", "-c", "sleep 0.5; echo $K > out.txt"]}}))
         sent = e2e(engine.settings, "submit", str(spec), "--json")
         assert sent.returncode == 0, sent.stderr
         jobs = json.loads(sent.stdout)["jobs"]
         docs = [engine.wait_job_terminal(job_id, timeout=120) for job_id in jobs]
-        assert [d["runs_detail"][0]["state"] for d in docs] == [RunState.COMPLETED] * 3, [d["runs_detail"][0] for d in docs]
+        runs = [d["runs_detail"][0] for d in docs]
+        assert [r["state"] for r in runs] == [RunState.COMPLETED] * 3, runs
         # the third waited for a node: it came up only after one of the first two had released theirs
         released = min(e.ts for j in jobs[:2] for e in engine.client.events(j)
                        if e.kind.value == "job.state" and e.data["state"] == "TERMINATED")
