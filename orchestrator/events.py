@@ -18,6 +18,11 @@ class EventKind(str, Enum):
     CONTROL = "control"      # a user or a guard asked for something (terminate, ...)
     WARNING = "warning"
     ERROR = "error"
+    SYNC_FILE = "sync.file"          # a file added, updated, appended or deleted by the live sync
+    SYNC_CONFLICT = "sync.conflict"  # both sides changed: both versions kept
+    SYNC_SKIP = "sync.skip"          # a path the sync refuses (escaping symlink, permissions)
+    SYNC_STATS = "sync.stats"        # one sync pass: files, bytes, lag
+    SYNC_STATE = "sync.state"        # the sync process started, stopped, was restarted
 
 
 class Event(BaseModel):

@@ -1,0 +1,233 @@
+"""One sync pass between a run directory and its work subfolder: what changed on which side, and the rule.
+
+The state remembers, per path, both sides' signature (kind, size, mtime, link target) after the last sync.
+A side changed when its signature differs from that. Then:
+- changed on one side only: the change (new file, new content, deletion, new folder, link) goes across;
+- changed on both: same content is simply recorded; different content is a conflict: the run directory's
+  version keeps the name (it is what the solver uses), the desktop's is kept beside it as
+  `<name>.conflict-desktop-<time><ext>` (and reaches the run directory too), with a sync.conflict event;
+  a deletion against a modification: the modification wins.
+A file younger than `quiet` seconds is left for a later pass (it is probably still being written), unless it
+keeps changing for longer than `max_defer` (a growing log): then a consistent snapshot goes across.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+from ..errors import UserError
+from .confine import link_stays_inside
+from .copy import LocalCopier
+from .tree import Entry, LocalSide, temp_name
+
+log = logging.getLogger(__name__)
+
+RUN, WORK = "run", "work"
+MAX_FILE_EVENTS = 20    # per pass; beyond that one summary event (a restart can touch thousands of files)
+
+Emit = Callable[[str, dict], None]
+
+
+@dataclass
+class PassResult:
+    files: int = 0
+    bytes: int = 0
+    deleted: int = 0
+    conflicts: int = 0
+    lag_max: float = 0.0
+    due: float | None = None          # when a deferred file should be looked at again (time.time())
+    changes: list[dict] = field(default_factory=list)
+
+
+class SyncPair:
+    """Keeps one run directory and its work subfolder in step, pass by pass; state persisted to a file."""
+
+    def __init__(self, label: str, run: LocalSide, work: LocalSide, state_file: Path, emit: Emit,
+                 quiet: float = 0.25, max_defer: float = 2.0, copier: LocalCopier | None = None) -> None:
+        self.label, self.sides, self.state_file, self.emit = label, {RUN: run, WORK: work}, state_file, emit
+        self.quiet, self.max_defer = quiet, max_defer
+        self.copier = copier or LocalCopier()
+        self.state: dict[str, list] = self._load()
+        self._changing_since: dict[str, float] = {}
+        self._warned: set[tuple[str, str]] = set()
+
+    # -- state
+    def _load(self) -> dict[str, list]:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self) -> None:
+        tmp = self.state_file.with_name(temp_name(self.state_file.name))
+        tmp.write_text(json.dumps(self.state, separators=(",", ":")))
+        os.replace(tmp, self.state_file)
+
+    def _record(self, rel: str, run: Entry | None, work: Entry | None) -> None:
+        if run is None and work is None:
+            self.state.pop(rel, None)
+        else:
+            self.state[rel] = [run.sig if run else None, work.sig if work else None]
+        self._changing_since.pop(rel, None)
+
+    # -- one pass
+    def sync_once(self, final: bool = False) -> PassResult:
+        """Bring both sides in step once. `final`: take files still being written as they are now."""
+        result = PassResult()
+        now = time.time()
+        self.sides[WORK].root.mkdir(parents=True, exist_ok=True)
+        seen = {RUN: self.sides[RUN].scan(), WORK: self.sides[WORK].scan()}
+        removed_dirs: list[tuple[str, str]] = []
+        for rel in sorted(set(seen[RUN]) | set(seen[WORK]) | set(self.state)):
+            entries = {RUN: seen[RUN].get(rel), WORK: seen[WORK].get(rel)}
+            last = self.state.get(rel, [None, None])
+            changed = {side: (e.sig if e else None) != last[i] for i, (side, e) in enumerate(entries.items())}
+            if not changed[RUN] and not changed[WORK]:
+                continue
+            try:
+                if changed[RUN] and changed[WORK]:
+                    self._both_changed(rel, entries, now, final, result, removed_dirs)
+                else:
+                    src = RUN if changed[RUN] else WORK
+                    self._one_changed(rel, src, entries, now, final, result, removed_dirs)
+            except (OSError, UserError) as exc:
+                # One bad path (permissions, a symlinked folder on the way) must not stop the others.
+                self._warn(rel, f"not synced: {exc}")
+        for src, rel in sorted(removed_dirs, key=lambda item: -item[1].count("/")):
+            dst = WORK if src == RUN else RUN
+            if self.sides[dst].rmdir(rel):
+                self._record(rel, None, None)
+        if result.files or result.deleted or result.conflicts or removed_dirs:
+            self._save()
+            self._report(result)
+        return result
+
+    def _one_changed(self, rel: str, src: str, entries: dict, now: float, final: bool, result: PassResult,
+                     removed_dirs: list) -> None:
+        dst = WORK if src == RUN else RUN
+        e_src, e_dst = entries[src], entries[dst]
+        if e_src is None:  # deleted on src
+            if e_dst is None:
+                self._record(rel, None, None)
+            elif e_dst.kind == "d":
+                removed_dirs.append((src, rel))
+            else:
+                self.sides[dst].remove(rel)
+                self._record(rel, None, None)
+                result.deleted += 1
+                result.changes.append({"run": self.label, "path": rel, "action": "deleted", "on": dst})
+            return
+        self._send(rel, src, e_src, e_dst, dst_is_ours=True, now=now, final=final, result=result)
+
+    def _both_changed(self, rel: str, entries: dict, now: float, final: bool, result: PassResult,
+                      removed_dirs: list) -> None:
+        run, work = entries[RUN], entries[WORK]
+        if run is None and work is None:
+            self._record(rel, None, None)
+        elif run is None or work is None:  # deleted on one side, changed on the other: the change wins
+            src = RUN if run is not None else WORK
+            self._send(rel, src, entries[src], None, dst_is_ours=False, now=now, final=final, result=result)
+        elif run.kind == work.kind == "d":
+            self._record(rel, run, work)
+        elif run.kind == work.kind == "l" and run.target == work.target:
+            self._record(rel, run, work)
+        elif run.kind == work.kind == "f" and run.size == work.size \
+                and self.sides[RUN].sha256(rel) == self.sides[WORK].sha256(rel):
+            self._record(rel, run, work)
+        else:
+            if not final and any(e.kind == "f" and now - e.mtime_ns / 1e9 < self.quiet for e in (run, work)):
+                self._defer(rel, now, result)
+                return
+            saved = self._conflict_name(rel)
+            self.sides[WORK].rename(rel, saved)
+            result.conflicts += 1
+            self.emit("sync.conflict", {"run": self.label, "path": rel, "kept": "run directory",
+                                        "desktop_copy": saved})
+            self._send(rel, RUN, run, None, dst_is_ours=False, now=now, final=final, result=result)
+
+    def _send(self, rel: str, src: str, e_src: Entry, e_dst: Entry | None, dst_is_ours: bool, now: float,
+              final: bool, result: PassResult) -> None:
+        dst = WORK if src == RUN else RUN
+        sides = self.sides
+        if e_src.kind == "d":
+            sides[dst].mkdir(rel)
+            self._record_pair(rel, src, e_src, sides[dst].stat(rel))
+            return
+        if e_src.kind == "l":
+            if not link_stays_inside(sides[src].root, rel, e_src.target):
+                self._warn(rel, f"symlink to {e_src.target!r} leads outside the folder: not synced")
+                return
+            if e_dst is not None and e_dst.kind == "d":
+                self._warn(rel, "a symlink on one side is a folder on the other: not synced")
+                return
+            self._record_pair(rel, src, e_src, sides[dst].symlink(rel, e_src.target))
+            result.files += 1
+            return
+        age = now - e_src.mtime_ns / 1e9
+        first = self._changing_since.setdefault(rel, now)
+        force = final or now - first >= self.max_defer
+        if age < self.quiet and not force:
+            self._defer(rel, now, result, at=e_src.mtime_ns / 1e9 + self.quiet)
+            return
+        if e_dst is not None and e_dst.kind == "l":
+            sides[dst].remove(rel)
+            e_dst = None
+        copied = self.copier.copy(sides[src], sides[dst], rel, e_src, e_dst, dst_is_ours, force=force)
+        if copied is None:  # still being written: look again soon
+            self._defer(rel, now, result)
+            return
+        self._record_pair(rel, src, copied.src, copied.dst)
+        result.files += 1
+        result.bytes += copied.sent
+        lag = max(0.0, time.time() - copied.src.mtime_ns / 1e9)
+        result.lag_max = max(result.lag_max, lag)
+        result.changes.append({"run": self.label, "path": rel, "action": "appended" if copied.appended else
+                               ("updated" if e_dst is not None else "added"), "to": dst,
+                               "bytes": copied.sent, "size": copied.src.size, "lag": round(lag, 3)})
+
+    def _record_pair(self, rel: str, src: str, e_src: Entry, e_dst: Entry | None) -> None:
+        if src == RUN:
+            self._record(rel, e_src, e_dst)
+        else:
+            self._record(rel, e_dst, e_src)
+
+    def _defer(self, rel: str, now: float, result: PassResult, at: float | None = None) -> None:
+        self._changing_since.setdefault(rel, now)
+        at = max(at or now + self.quiet, now + 0.02)
+        result.due = at if result.due is None else min(result.due, at)
+
+    def _conflict_name(self, rel: str) -> str:
+        pure = PurePosixPath(rel)
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        suffix = pure.suffix if len(pure.suffix) <= 12 else ""
+        stem = pure.name[: len(pure.name) - len(suffix)] if suffix else pure.name
+        for n in range(1000):
+            extra = f"-{n}" if n else ""
+            name = str(pure.with_name(f"{stem}.conflict-desktop-{stamp}{extra}{suffix}"))
+            if self.sides[WORK].stat(name) is None and self.sides[RUN].stat(name) is None:
+                return name
+        raise UserError(f"too many conflict copies of {rel!r}")
+
+    def _warn(self, rel: str, message: str) -> None:
+        if (rel, message) in self._warned:
+            return
+        self._warned.add((rel, message))
+        self.emit("sync.skip", {"run": self.label, "path": rel, "message": message})
+
+    def _report(self, result: PassResult) -> None:
+        changes = result.changes
+        if len(changes) <= MAX_FILE_EVENTS:
+            for change in changes:
+                self.emit("sync.file", change)
+        else:
+            self.emit("sync.file", {"run": self.label, "action": "many", "count": len(changes),
+                                    "paths": [c["path"] for c in changes[:MAX_FILE_EVENTS]]})
+        self.emit("sync.stats", {"run": self.label, "files": result.files, "bytes": result.bytes,
+                                 "deleted": result.deleted, "conflicts": result.conflicts,
+                                 "lag_max": round(result.lag_max, 3)})

@@ -1,0 +1,118 @@
+"""The sync as a per-job service: starts the job's sync process, restarts it, forwards its events, stops it.
+
+Every call is short: the process runs detached on the head node and is controlled through small files in
+the job's .sync/ folder, read and written through the backend (so the same code drives a remote node).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from ..events import EventKind
+from ..services import JobService, ServiceContext
+
+log = logging.getLogger(__name__)
+
+SPAWN_GRACE = 10.0      # seconds a just-spawned process has to write its pid before another is spawned
+STOP_TIMEOUT = 600.0    # a final sync that takes longer is abandoned (with a warning) so terminate finishes
+FORWARD_CHUNK = 1 << 20
+
+
+class SyncService(JobService):
+    name = "sync"
+
+    # -- the contract
+    def start(self, ctx: ServiceContext) -> None:
+        sp = ctx.paths.sync
+        ctx.paths.work.mkdir(parents=True, exist_ok=True)
+        sp.root.mkdir(parents=True, exist_ok=True)
+        if self._alive(ctx):
+            return
+        # A fresh start while the job is UP: forget a stop asked of an earlier process.
+        ctx.backend.write_bytes(ctx.head, sp.stop_request, b"")
+        ctx.backend.write_bytes(ctx.head, sp.done, b"")
+        self._spawn(ctx)
+
+    def supervise(self, ctx: ServiceContext) -> None:
+        self.forward_events(ctx)
+        if self._alive(ctx) or self._stop_requested_at(ctx) is not None or self._recently_spawned(ctx):
+            return
+        ctx.store.append_event(ctx.job_id, EventKind.SYNC_STATE, {"state": "restarted",
+                                                                  "message": "the sync process had died"})
+        self._spawn(ctx)
+
+    def stop(self, ctx: ServiceContext) -> bool:
+        sp = ctx.paths.sync
+        self.forward_events(ctx)
+        alive = self._alive(ctx)
+        if self._done(ctx) and not alive:
+            self.forward_events(ctx)
+            return True
+        asked = self._stop_requested_at(ctx)
+        if asked is None:
+            ctx.backend.write_bytes(ctx.head, sp.stop_request, f"{time.time():.3f}".encode())
+            asked = time.time()
+        if time.time() - asked > STOP_TIMEOUT:
+            ctx.store.append_event(ctx.job_id, EventKind.WARNING, {
+                "service": self.name, "message": f"final sync not finished after {STOP_TIMEOUT:.0f}s: given up"})
+            return True
+        if not alive and not self._done(ctx) and not self._recently_spawned(ctx):
+            self._spawn(ctx)  # it died: a new one sees the stop request and does the final pass
+        return False
+
+    # -- events: the process appends JSON lines; forwarded once each (offset and a short lock in Redis)
+    def forward_events(self, ctx: ServiceContext) -> int:
+        store = ctx.store
+        key = f"{store.prefix}:sync:{{{ctx.job_id}}}"
+        if not store.r.set(f"{key}:lock", "1", nx=True, px=10_000):
+            return 0  # another worker is forwarding right now
+        try:
+            offset = int(store.r.get(f"{key}:offset") or 0)
+            data = ctx.backend.read_bytes(ctx.head, ctx.paths.sync.events, offset, FORWARD_CHUNK) or b""
+            cut = data.rfind(b"\n") + 1
+            sent = 0
+            for line in data[:cut].splitlines():
+                try:
+                    entry = json.loads(line)
+                    kind = EventKind(entry["kind"])
+                except (ValueError, KeyError):
+                    log.warning("skipping a malformed sync event line of job %s", ctx.job_id)
+                    continue
+                store.append_event(ctx.job_id, kind, entry["data"])
+                sent += 1
+            if cut:
+                store.r.set(f"{key}:offset", offset + cut)
+            return sent
+        finally:
+            store.r.delete(f"{key}:lock")
+
+    # -- helpers
+    def _spawn(self, ctx: ServiceContext) -> None:
+        sp = ctx.paths.sync
+        ctx.backend.write_bytes(ctx.head, sp.root / "spawned_at", f"{time.time():.3f}".encode())
+        argv = [sys.executable, "-m", "orchestrator.sync.daemon", "--job-dir", str(ctx.paths.root)]
+        ctx.backend.spawn_detached(ctx.head, argv, cwd=ctx.paths.root)
+
+    def _alive(self, ctx: ServiceContext) -> bool:
+        pid = (ctx.backend.read_bytes(ctx.head, ctx.paths.sync.pid) or b"").strip()
+        return pid.isdigit() and ctx.backend.group_alive(ctx.head, int(pid))
+
+    def _recently_spawned(self, ctx: ServiceContext) -> bool:
+        when = _number(ctx.backend.read_bytes(ctx.head, ctx.paths.sync.root / "spawned_at"))
+        return when is not None and time.time() - when < SPAWN_GRACE
+
+    def _stop_requested_at(self, ctx: ServiceContext) -> float | None:
+        return _number(ctx.backend.read_bytes(ctx.head, ctx.paths.sync.stop_request))
+
+    def _done(self, ctx: ServiceContext) -> bool:
+        return _number(ctx.backend.read_bytes(ctx.head, ctx.paths.sync.done)) is not None
+
+
+def _number(data: bytes | None) -> float | None:
+    try:
+        return float(data) if data and data.strip() else None
+    except ValueError:
+        return None

@@ -1,0 +1,179 @@
+"""One side of a sync pair (a folder tree): scanning with excludes, and the file operations the engine needs.
+
+`Side` is the transport interface. `LocalSide` is the filesystem implementation used when both folders
+are reachable from the sync process (the local backend, shared storage). A remote side (the run directory
+on an ssh node) implements the same methods over the backend's read/write and rsync-over-ssh.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import re
+import secrets
+import stat as stat_mode
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from .confine import confined
+
+# Never synced: the engine's bookkeeping (and wrapper.sh, which may export licence settings) at the top of
+# a run directory, and anywhere: our own temp files, editor/lock files, core dumps and scratch files.
+ROOT_EXCLUDES = frozenset({".e2e", "wrapper.sh"})
+NAME_EXCLUDES = (".*.e2e-sync.*", ".*.e2e-tmp", "core", "core.[0-9]*", "*.lock", "*.lck", ".~lock.*#",
+                 ".#*", "*.swp", "*.swx", "*~", ".nfs*", "*.tmp", "*.scratch")
+_NAME_RE = re.compile("|".join(fnmatch.translate(p) for p in NAME_EXCLUDES), re.S)
+TEMP_MARK = ".e2e-sync."
+
+
+def excluded(rel_parent: str, name: str) -> bool:
+    """Whether a directory entry named `name` inside `rel_parent` ("" for the root) is left out."""
+    return (not rel_parent and name in ROOT_EXCLUDES) or _NAME_RE.fullmatch(name) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What one path is on one side: a file, a directory or a symlink (whose target is kept)."""
+
+    kind: str          # "f", "d" or "l"
+    size: int = 0
+    mtime_ns: int = 0
+    target: str = ""
+
+    @property
+    def sig(self) -> list:
+        """What the state remembers to notice a change; a directory's mtime changes with its content, so it
+        is left out."""
+        if self.kind == "d":
+            return ["d"]
+        return [self.kind, self.size, self.mtime_ns, self.target]
+
+
+class Side(ABC):
+    """A folder tree the sync engine reads and writes by relative paths only (each confined to the root)."""
+
+    root: Path
+
+    @abstractmethod
+    def scan(self) -> dict[str, Entry]:
+        """Every synced path under the root (excludes applied, symlinks not followed)."""
+
+    @abstractmethod
+    def stat(self, rel: str) -> Entry | None:
+        """The entry at rel now, or None."""
+
+    @abstractmethod
+    def sha256(self, rel: str) -> str:
+        """Hex sha256 of a file's content."""
+
+    @abstractmethod
+    def mkdir(self, rel: str) -> None: ...
+
+    @abstractmethod
+    def remove(self, rel: str) -> None:
+        """Remove a file or symlink (a missing one is fine)."""
+
+    @abstractmethod
+    def rmdir(self, rel: str) -> bool:
+        """Remove an empty directory; False when it is not empty."""
+
+    @abstractmethod
+    def rename(self, rel: str, new_rel: str) -> None: ...
+
+    @abstractmethod
+    def symlink(self, rel: str, target: str) -> Entry: ...
+
+
+class LocalSide(Side):
+    """A tree on this machine's filesystem."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, rel: str) -> Path:
+        return confined(self.root, rel)
+
+    def scan(self) -> dict[str, Entry]:
+        found: dict[str, Entry] = {}
+        stack = [("", str(self.root))]
+        while stack:
+            rel_dir, abs_dir = stack.pop()
+            try:
+                entries = os.scandir(abs_dir)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with entries:
+                for de in entries:
+                    if excluded(rel_dir, de.name):
+                        continue
+                    rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
+                    try:
+                        st = de.stat(follow_symlinks=False)
+                        if de.is_symlink():
+                            found[rel] = Entry("l", 0, st.st_mtime_ns, os.readlink(de.path))
+                        elif de.is_dir(follow_symlinks=False):
+                            found[rel] = Entry("d")
+                            stack.append((rel, de.path))
+                        elif de.is_file(follow_symlinks=False):
+                            found[rel] = Entry("f", st.st_size, st.st_mtime_ns)
+                    except FileNotFoundError:
+                        continue  # deleted while we looked: the next pass sees it gone
+        return found
+
+    def stat(self, rel: str) -> Entry | None:
+        try:
+            st = os.lstat(self.path(rel))
+        except FileNotFoundError:
+            return None
+        if stat_mode.S_ISLNK(st.st_mode):
+            return Entry("l", 0, st.st_mtime_ns, os.readlink(self.path(rel)))
+        if stat_mode.S_ISDIR(st.st_mode):
+            return Entry("d")
+        return Entry("f", st.st_size, st.st_mtime_ns)
+
+    def sha256(self, rel: str) -> str:
+        return file_sha256(self.path(rel))
+
+    def mkdir(self, rel: str) -> None:
+        self.path(rel).mkdir(parents=True, exist_ok=True)
+
+    def remove(self, rel: str) -> None:
+        try:
+            os.unlink(self.path(rel))
+        except FileNotFoundError:
+            pass
+
+    def rmdir(self, rel: str) -> bool:
+        try:
+            os.rmdir(self.path(rel))
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+
+    def rename(self, rel: str, new_rel: str) -> None:
+        os.rename(self.path(rel), self.path(new_rel))
+
+    def symlink(self, rel: str, target: str) -> Entry:
+        dest = self.path(rel)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(temp_name(dest.name))
+        os.symlink(target, tmp)
+        os.replace(tmp, dest)
+        return self.stat(rel)
+
+
+def temp_name(name: str) -> str:
+    """A hidden temp name beside the final one (excluded from scans), unique per writer."""
+    return f".{name[:200]}{TEMP_MARK}{secrets.token_hex(4)}"
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
