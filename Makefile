@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages: the solver and MPI really run here; redis-server is the tests' real Redis.
 DEMO_PACKAGES := openfoam openfoam-examples openmpi-bin util-linux
-TEST_PACKAGES := $(DEMO_PACKAGES) redis-server
+# rsync: the baseline of bench/sync.py and the transfer tool the sync delegates to over ssh.
+TEST_PACKAGES := $(DEMO_PACKAGES) redis-server rsync
 
 .PHONY: demo test unit integration bench setup system-deps-demo system-deps-test clean
 

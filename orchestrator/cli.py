@@ -211,6 +211,7 @@ def demo(keep: bool = typer.Option(False, "--keep", help="leave the engine runni
 
 # Each area's commands live in their own module and add themselves to `app` when imported.
 from . import cli_control  # noqa: E402,F401  (pause, resume, edit, restart, rerun, history)
+from . import cli_files  # noqa: E402,F401  (files, download)
 
 
 def main() -> None:

@@ -105,6 +105,14 @@ class SyncPaths:
         return self.root / "done"
 
     @property
+    def heartbeat(self) -> Path:
+        return self.root / "heartbeat"
+
+    @property
+    def spawned_at(self) -> Path:
+        return self.root / "spawned_at"
+
+    @property
     def events(self) -> Path:
         return self.root / "events.jsonl"
 

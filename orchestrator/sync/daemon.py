@@ -31,6 +31,8 @@ log = logging.getLogger("orchestrator.sync")
 RESCAN = 3.0        # seconds between safety-net rescans when inotify reports nothing
 DEBOUNCE = 0.03     # a burst of writes becomes one pass
 FINAL_PASSES = 5    # the final sync repeats until nothing moves (a conflict copy needs a second pass)
+STATS_EVERY = 5.0   # seconds between sync.stats events (totals of the passes in between)
+ORPHAN_AFTER = 120.0  # no heartbeat from the engine for this long: leave (the service restarts us later)
 
 
 class _Wake(FileSystemEventHandler):
@@ -53,6 +55,9 @@ class JobSync:
         self.quiet, self.max_defer = quiet, max_defer
         self.pairs: dict[str, SyncPair] = {}
         self._events = open(self.sp.events, "a", encoding="utf-8")
+        self._totals = {"files": 0, "bytes": 0, "deleted": 0, "conflicts": 0, "passes": 0}
+        self._lags: list[float] = []
+        self._stats_at = time.monotonic()
 
     def emit(self, kind: str, data: dict) -> None:
         line = json.dumps({"kind": kind, "ts": time.time(), "data": data}, ensure_ascii=True)
@@ -79,10 +84,27 @@ class JobSync:
             moved += result.files + result.deleted + result.conflicts
             if result.due is not None:
                 due = result.due if due is None else min(due, result.due)
+            for name in ("files", "bytes", "deleted", "conflicts"):
+                self._totals[name] += getattr(result, name)
+            self._lags += [c["lag"] for c in result.changes if "lag" in c]
+        self._totals["passes"] += 1
+        if final or time.monotonic() - self._stats_at >= STATS_EVERY:
+            self.flush_stats()
         return moved, due
 
+    def flush_stats(self) -> None:
+        """One sync.stats event for the passes since the last: totals, and the write-to-visible lag."""
+        self._stats_at = time.monotonic()
+        if not (self._totals["files"] or self._totals["deleted"] or self._totals["conflicts"]):
+            return
+        lags = sorted(self._lags)
+        self.emit("sync.stats", {**self._totals, "lag_p50": round(lags[len(lags) // 2], 3) if lags else None,
+                                 "lag_max": round(lags[-1], 3) if lags else None})
+        self._totals = dict.fromkeys(self._totals, 0)
+        self._lags = []
 
-def run(job_dir: Path, rescan: float = RESCAN) -> int:
+
+def run(job_dir: Path, rescan: float = RESCAN, orphan_after: float = ORPHAN_AFTER) -> int:
     """The daemon's life: lock, watch, sync until asked to stop, final pass, done marker."""
     paths = JobPaths(job_dir)
     sp = paths.sync
@@ -110,6 +132,10 @@ def run(job_dir: Path, rescan: float = RESCAN) -> int:
             if not sp.root.is_dir():
                 log.warning("%s vanished: the job is gone; leaving", sp.root)
                 return 0
+            if _silent_for(sp.heartbeat) > orphan_after:
+                log.warning("no heartbeat from the engine for %.0fs; leaving", orphan_after)
+                job.emit("sync.state", {"state": "paused", "message": "the engine stopped looking after this job"})
+                return 0
             timeout = rescan if due is None else max(0.0, min(rescan, due - time.time()))
             if wake.wait(timeout):
                 time.sleep(DEBOUNCE)
@@ -127,6 +153,13 @@ def run(job_dir: Path, rescan: float = RESCAN) -> int:
         observer.join(5)
 
 
+def _silent_for(heartbeat: Path) -> float:
+    try:
+        return time.time() - heartbeat.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0  # an older service that writes none: never orphaned
+
+
 def _asked_to_stop(marker: Path) -> bool:
     """The service writes a timestamp to ask for a stop (and empties the file on a fresh start)."""
     try:
@@ -139,13 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.sync.daemon", description=__doc__.splitlines()[0])
     parser.add_argument("--job-dir", type=Path, required=True, help="the job directory ($E2E_HOME/jobs/<id>)")
     parser.add_argument("--rescan", type=float, default=RESCAN, help="seconds between safety-net rescans")
+    parser.add_argument("--orphan-after", type=float, default=ORPHAN_AFTER,
+                        help="leave after this many seconds without a heartbeat from the engine")
     args = parser.parse_args(argv)
     job_dir = args.job_dir.resolve()
     (job_dir / ".sync").mkdir(parents=True, exist_ok=True)
     logging.basicConfig(filename=JobPaths(job_dir).sync.log, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
-        return run(job_dir, args.rescan)
+        return run(job_dir, args.rescan, args.orphan_after)
     except Exception:  # noqa: BLE001 - logged with its traceback for the operator; the service restarts us
         log.exception("sync daemon failed")
         return 1

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 RUN, WORK = "run", "work"
 MAX_FILE_EVENTS = 20    # per pass; beyond that one summary event (a restart can touch thousands of files)
+FILE_EVENT_EVERY = 60.0  # seconds between sync.file events for the same, still changing file
 
 Emit = Callable[[str, dict], None]
 
@@ -56,6 +57,7 @@ class SyncPair:
         self.state: dict[str, list] = self._load()
         self._changing_since: dict[str, float] = {}
         self._warned: set[tuple[str, str]] = set()
+        self._reported: dict[str, float] = {}
 
     # -- state
     def _load(self) -> dict[str, list]:
@@ -221,13 +223,20 @@ class SyncPair:
         self.emit("sync.skip", {"run": self.label, "path": rel, "message": message})
 
     def _report(self, result: PassResult) -> None:
-        changes = result.changes
-        if len(changes) <= MAX_FILE_EVENTS:
-            for change in changes:
+        """sync.file events: every addition and deletion; a file that keeps changing (a log) at most once per
+        FILE_EVENT_EVERY seconds, so a long run does not flood the job's event stream. Totals and lag go
+        out as sync.stats from the daemon."""
+        now = time.time()
+        shown = []
+        for change in result.changes:
+            if change["action"] in ("updated", "appended"):
+                if now - self._reported.get(change["path"], 0.0) < FILE_EVENT_EVERY:
+                    continue
+                self._reported[change["path"]] = now
+            shown.append(change)
+        if len(shown) <= MAX_FILE_EVENTS:
+            for change in shown:
                 self.emit("sync.file", change)
         else:
-            self.emit("sync.file", {"run": self.label, "action": "many", "count": len(changes),
-                                    "paths": [c["path"] for c in changes[:MAX_FILE_EVENTS]]})
-        self.emit("sync.stats", {"run": self.label, "files": result.files, "bytes": result.bytes,
-                                 "deleted": result.deleted, "conflicts": result.conflicts,
-                                 "lag_max": round(result.lag_max, 3)})
+            self.emit("sync.file", {"run": self.label, "action": "many", "count": len(shown),
+                                    "paths": [c["path"] for c in shown[:MAX_FILE_EVENTS]]})

@@ -29,7 +29,8 @@ class SyncService(JobService):
         sp = ctx.paths.sync
         ctx.paths.work.mkdir(parents=True, exist_ok=True)
         sp.root.mkdir(parents=True, exist_ok=True)
-        if self._alive(ctx):
+        self._heartbeat(ctx)
+        if not self._needs_spawn(ctx):
             return
         # A fresh start while the job is UP: forget a stop asked of an earlier process.
         ctx.backend.write_bytes(ctx.head, sp.stop_request, b"")
@@ -37,8 +38,9 @@ class SyncService(JobService):
         self._spawn(ctx)
 
     def supervise(self, ctx: ServiceContext) -> None:
+        self._heartbeat(ctx)
         self.forward_events(ctx)
-        if self._alive(ctx) or self._stop_requested_at(ctx) is not None or self._recently_spawned(ctx):
+        if self._stop_requested_at(ctx) is not None or not self._needs_spawn(ctx):
             return
         ctx.store.append_event(ctx.job_id, EventKind.SYNC_STATE, {"state": "restarted",
                                                                   "message": "the sync process had died"})
@@ -46,6 +48,7 @@ class SyncService(JobService):
 
     def stop(self, ctx: ServiceContext) -> bool:
         sp = ctx.paths.sync
+        self._heartbeat(ctx)
         self.forward_events(ctx)
         alive = self._alive(ctx)
         if self._done(ctx) and not alive:
@@ -59,7 +62,7 @@ class SyncService(JobService):
             ctx.store.append_event(ctx.job_id, EventKind.WARNING, {
                 "service": self.name, "message": f"final sync not finished after {STOP_TIMEOUT:.0f}s: given up"})
             return True
-        if not alive and not self._done(ctx) and not self._recently_spawned(ctx):
+        if not self._done(ctx) and self._needs_spawn(ctx):
             self._spawn(ctx)  # it died: a new one sees the stop request and does the final pass
         return False
 
@@ -92,17 +95,33 @@ class SyncService(JobService):
     # -- helpers
     def _spawn(self, ctx: ServiceContext) -> None:
         sp = ctx.paths.sync
-        ctx.backend.write_bytes(ctx.head, sp.root / "spawned_at", f"{time.time():.3f}".encode())
-        argv = [sys.executable, "-m", "orchestrator.sync.daemon", "--job-dir", str(ctx.paths.root)]
+        ctx.backend.write_bytes(ctx.head, sp.pid, b"")  # the new process writes its own
+        ctx.backend.write_bytes(ctx.head, sp.spawned_at, f"{time.time():.3f}".encode())
+        # The shell hands the process its log as stdout/stderr at once: a spawner waiting for its stderr
+        # to close (to report start-up errors) returns immediately. Paths travel as arguments, never as code.
+        argv = ["/bin/sh", "-c", 'log=$1; shift; exec "$@" >>"$log" 2>&1 </dev/null', "e2e-sync", str(sp.log),
+                sys.executable, "-m", "orchestrator.sync.daemon", "--job-dir", str(ctx.paths.root)]
         ctx.backend.spawn_detached(ctx.head, argv, cwd=ctx.paths.root)
 
-    def _alive(self, ctx: ServiceContext) -> bool:
-        pid = (ctx.backend.read_bytes(ctx.head, ctx.paths.sync.pid) or b"").strip()
-        return pid.isdigit() and ctx.backend.group_alive(ctx.head, int(pid))
+    def _heartbeat(self, ctx: ServiceContext) -> None:
+        """The process leaves when the engine stops calling (no orphans once the engine is gone)."""
+        ctx.backend.write_bytes(ctx.head, ctx.paths.sync.heartbeat, f"{time.time():.3f}".encode())
 
-    def _recently_spawned(self, ctx: ServiceContext) -> bool:
-        when = _number(ctx.backend.read_bytes(ctx.head, ctx.paths.sync.root / "spawned_at"))
-        return when is not None and time.time() - when < SPAWN_GRACE
+    def _pid(self, ctx: ServiceContext) -> int | None:
+        pid = (ctx.backend.read_bytes(ctx.head, ctx.paths.sync.pid) or b"").strip()
+        return int(pid) if pid.isdigit() else None
+
+    def _alive(self, ctx: ServiceContext) -> bool:
+        pid = self._pid(ctx)
+        return pid is not None and ctx.backend.group_alive(ctx.head, pid)
+
+    def _needs_spawn(self, ctx: ServiceContext) -> bool:
+        """Nothing runs: no live process, and none just spawned that has not written its pid yet."""
+        pid = self._pid(ctx)
+        if pid is not None:
+            return not ctx.backend.group_alive(ctx.head, pid)
+        when = _number(ctx.backend.read_bytes(ctx.head, ctx.paths.sync.spawned_at))
+        return when is None or time.time() - when > SPAWN_GRACE
 
     def _stop_requested_at(self, ctx: ServiceContext) -> float | None:
         return _number(ctx.backend.read_bytes(ctx.head, ctx.paths.sync.stop_request))

@@ -30,7 +30,12 @@ TEMP_MARK = ".e2e-sync."
 
 def excluded(rel_parent: str, name: str) -> bool:
     """Whether a directory entry named `name` inside `rel_parent` ("" for the root) is left out."""
-    return (not rel_parent and name in ROOT_EXCLUDES) or _NAME_RE.fullmatch(name) is not None
+    return (not rel_parent and name in ROOT_EXCLUDES) or scratch_name(name)
+
+
+def scratch_name(name: str) -> bool:
+    """Temp, lock, editor, core-dump and scratch file names (never synced, never kept as results)."""
+    return _NAME_RE.fullmatch(name) is not None
 
 
 @dataclass(frozen=True, slots=True)
