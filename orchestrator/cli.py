@@ -198,6 +198,7 @@ def render(spec: Path, out_dir: Path = typer.Option(..., "--out", help="folder t
     prepared = materialize_run(parsed, registry().get(parsed.solver.name), "dry-run", "run-001", nodes, paths)
     for path in sorted(p for p in paths.root.rglob("*") if p.is_file() and ".e2e" not in p.parts)[:50]:
         out.print(f"  {path.relative_to(paths.root)}")
+    out.print(f"  {paths.relative(paths.wrapper)} (the engine's wrapper)")
     out.print(f"rendered into {paths.root}; the solver log would be {prepared.log_file}")
 
 

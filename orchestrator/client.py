@@ -9,15 +9,18 @@ from typing import Any, Callable, Iterator
 
 from .celery_app import make_app
 from .cluster import get_backend
-from .errors import InvalidState, SpecError
+from .commands import TERMINABLE_JOBS, Command, allowed_commands, check_allowed
+from .edits import apply_assignments, check_files, diff, parse_assignments, save_files
+from .errors import InvalidState, SpecError, UserError
 from .events import Event, EventKind
+from .limits import deadlines
 from .paths import JobPaths
 from .settings import Settings, get_settings
 from .spec import load_spec, spec_for_store, validate_spec
-from .states import JOB_TERMINAL, RUN_TERMINAL, JobState
+from .states import JOB_TERMINAL, RUN_ENDED, JobState, RunState
 from .store import JobStore
 
-TERMINABLE = (JobState.QUEUED, JobState.PROVISIONING, JobState.UP, JobState.FAILED)
+TERMINABLE = tuple(TERMINABLE_JOBS)
 
 
 class Client:
@@ -70,10 +73,21 @@ class Client:
         return self.store.get_job(self.resolve(job))
 
     def status(self, job: str) -> dict[str, Any]:
-        """The job with its runs, as one document."""
+        """The job with its runs, the commands it accepts now and its limits' deadlines, as one document."""
         record = self.job(job)
         record["runs_detail"] = self.store.list_runs(record["id"])
+        current = next((r for r in record["runs_detail"] if r["id"] == record["current_run"]), None)
+        record["allowed"] = [c.value for c in allowed_commands(record["state"], current and current["state"])]
+        record["deadlines"] = deadlines(record, current)
+        record["spec"] = self._masked_spec(record)
         return record
+
+    def _masked_spec(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The spec as users see it: licence keys and other secrets masked."""
+        try:
+            return validate_spec(record["spec"], check_paths=False).model_dump(mode="json")
+        except SpecError:
+            return {"name": record["spec"].get("name"), "solver": {"name": record["solver"]}}
 
     def jobs(self, limit: int = 100) -> list[dict[str, Any]]:
         return self.store.list_jobs(limit)
@@ -108,12 +122,149 @@ class Client:
         if record["state"] in (JobState.TERMINATING, JobState.TERMINATED):
             return record
         if record["state"] not in TERMINABLE:
-            raise InvalidState(f"job {job_id} is {record['state'].value} and cannot be terminated")
+            check_allowed(Command.TERMINATE, record, None)
         if self.store.transition_job(job_id, JobState.TERMINATING, expect=TERMINABLE,
                                      terminate_requested_at=time.time()):
-            self.store.append_event(job_id, EventKind.CONTROL, {"action": "terminate", "by": self.user})
+            self._audit(job_id, "terminate")
         self.celery.send_task("e2e.terminate", args=[job_id])
         return self.store.get_job(job_id)
+
+    def _current(self, job: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        record = self.job(job)
+        return record, self.store.get_run(record["id"], record["current_run"])
+
+    def _audit(self, job_id: str, action: str, **data: Any) -> None:
+        self.store.append_event(job_id, EventKind.CONTROL, {"action": action, "by": self.user, **data})
+
+    def _race(self, job_id: str, command: Command) -> InvalidState:
+        record, run = self._current(job_id)
+        check_allowed(command, record, run)  # raises with the state that won the race
+        return InvalidState(f"cannot {command.value}: job {job_id} changed meanwhile; try again")
+
+    def pause(self, job: str, freeze: bool = False) -> dict[str, Any]:
+        """Graceful: the solver writes a checkpoint and exits (run PAUSED; cluster stays up).
+        freeze=True: every process of the run is suspended on every node (run FROZEN) until resume()."""
+        record, run = self._current(job)
+        job_id = record["id"]
+        command = Command.FREEZE if freeze else Command.PAUSE
+        check_allowed(command, record, run)
+        if freeze:
+            ok = self.store.transition_run(job_id, run["id"], RunState.FROZEN, expect=[RunState.RUNNING],
+                                           data={"by": self.user}, frozen_at=time.time())
+        else:
+            ok = self.store.transition_run(job_id, run["id"], RunState.STOPPING, expect=ALLOWED_PAUSE,
+                                           data={"intent": "pause", "by": self.user}, stop_intent="pause",
+                                           stop_requested_at=time.time())
+        if not ok:
+            raise self._race(job_id, command)
+        self._audit(job_id, command.value, run=run["id"])
+        self.celery.send_task("e2e.signals", args=[job_id, run["id"]])
+        return self.status(job_id)
+
+    def resume(self, job: str) -> dict[str, Any]:
+        """Continue a frozen run where it stood."""
+        record, run = self._current(job)
+        check_allowed(Command.RESUME, record, run)
+        if not self.store.transition_run(record["id"], run["id"], RunState.RUNNING, expect=[RunState.FROZEN],
+                                         data={"by": self.user}, frozen_at=None):
+            raise self._race(record["id"], Command.RESUME)
+        self._audit(record["id"], "resume", run=run["id"])
+        self.celery.send_task("e2e.signals", args=[record["id"], run["id"]])
+        return self.status(record["id"])
+
+    def restart(self, job: str) -> dict[str, Any]:
+        """Continue the current run from its latest checkpoint, with the edits so far, as its next attempt."""
+        from solvers.base import registry
+
+        record, run = self._current(job)
+        job_id = record["id"]
+        check_allowed(Command.RESTART, record, run)
+        run_dir = JobPaths.for_job(self.settings.root, job_id).run(run["id"]).root
+        checkpoint = registry().get(record["solver"]).latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise InvalidState(f"cannot restart: {run['id']} has no checkpoint to continue from; "
+                               "`e2e rerun` starts a new run from the inputs")
+        attempt = (run.get("attempt") or 1) + 1
+        cleared = dict.fromkeys(("pid", "exit_code", "reason", "stop_intent", "stop_requested_at", "stop_sent_at",
+                                 "term_sent_at", "kill_sent_at", "signals", "frozen_at", "ended_at",
+                                 "launch_requested_at"))
+        if not self.store.transition_run(job_id, run["id"], RunState.PENDING, expect=[run["state"]],
+                                         data={"attempt": attempt, "from": checkpoint, "by": self.user},
+                                         attempt=attempt, mode="restart", revision=record.get("revision") or 1,
+                                         **cleared):
+            raise self._race(job_id, Command.RESTART)
+        self._audit(job_id, "restart", run=run["id"], attempt=attempt, checkpoint=checkpoint)
+        self.celery.send_task("e2e.launch", args=[job_id, run["id"]])
+        return self.status(job_id)
+
+    def rerun(self, job: str) -> dict[str, Any]:
+        """A new run (run-00N) from the original inputs plus the edits so far; earlier runs are kept."""
+        record, run = self._current(job)
+        job_id = record["id"]
+        check_allowed(Command.RERUN, record, run)
+        run_id = self.store.add_run(job_id, after=run["id"], revision=record.get("revision") or 1, mode="fresh")
+        if run_id is None:
+            raise self._race(job_id, Command.RERUN)
+        self._audit(job_id, "rerun", run=run_id, after=run["id"])
+        self.celery.send_task("e2e.launch", args=[job_id, run_id])
+        return self.status(job_id)
+
+    def edit(self, job: str, sets: list[str] | tuple[str, ...] = (), files: dict[str, str] | None = None,
+             live: bool = False, message: str = "") -> dict[str, Any]:
+        """Record a new spec revision (and replaced input files) after validating it whole; with live=True,
+        also apply it to the running solver. Invalid edits raise SpecError and change nothing."""
+        record, run = self._current(job)
+        job_id = record["id"]
+        check_allowed(Command.EDIT_LIVE if live else Command.EDIT, record, run)
+        assignments = parse_assignments(list(sets))
+        checked_files = check_files(files or {})
+        if not assignments and not checked_files:
+            raise UserError("nothing to edit: give --set key=value and/or --file LOCAL=RELPATH")
+        for _ in range(5):  # optimistic: retry if another edit lands in between
+            old_spec = validate_spec(record["spec"], check_paths=False, source=f"job {job_id} spec")
+            new_spec = validate_spec(apply_assignments(record["spec"], assignments), source="edit")
+            changes = diff(old_spec.model_dump(mode="json"), new_spec.model_dump(mode="json"))
+            if not changes and not checked_files:
+                raise UserError("the edit changes nothing")
+            if live:
+                applied = self._apply_live(record, run, old_spec, new_spec, checked_files)
+            revision_now = record.get("revision") or 1
+            entry = {"by": self.user, "changes": changes, "files": sorted(map(str, checked_files)),
+                     "live": live, "run": run["id"], "message": message}
+            if live:
+                entry["applied_live"] = applied
+            if checked_files:
+                save_files(JobPaths.for_job(self.settings.root, job_id), revision_now + 1, checked_files)
+            revision = self.store.add_revision(job_id, revision_now, spec_for_store(new_spec), entry)
+            if revision is not None:
+                return {**entry, "revision": revision}
+            record, run = self._current(job)
+            check_allowed(Command.EDIT_LIVE if live else Command.EDIT, record, run)
+        raise InvalidState(f"cannot edit job {job_id}: other edits keep landing; try again")
+
+    def _apply_live(self, record, run, old_spec, new_spec, files) -> list[str]:
+        from .lifecycle import Lifecycle
+        from .runctl import RunFilesOnNode
+
+        lc = Lifecycle.create(self.store, self.settings)
+        backend = lc.backend_of(record)
+        nodes = lc.nodes_of(record, backend)
+        root = lc.paths(record["id"]).run(run["id"]).root
+        run_files = RunFilesOnNode(backend, nodes[0], root)
+        applied = lc.plugin_of(record).apply_live(old_spec.solver, new_spec.solver, run_files)
+        for rel, src in files.items():
+            run_files.write_text(str(rel), src.read_text())
+            applied.append(str(rel))
+        return applied
+
+    def history(self, job: str) -> dict[str, Any]:
+        """The job's spec revisions (who, when, what changed) and its runs with their attempts."""
+        record = self.job(job)
+        revisions = [{"revision": 1, "at": record["created_at"], "by": record["owner"], "changes": [],
+                      "files": [], "message": "submitted"}] + self.store.revisions(record["id"])
+        runs = [{k: r.get(k) for k in ("id", "state", "attempt", "revision", "mode", "started_at", "ended_at",
+                                       "reason")} for r in self.store.list_runs(record["id"])]
+        return {"id": record["id"], "revision": record.get("revision") or 1, "revisions": revisions, "runs": runs}
 
     # -- waiting
     def wait(self, job: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 600,
@@ -134,4 +285,7 @@ def run_finished(doc: dict[str, Any]) -> bool:
     if doc["state"] in JOB_TERMINAL or doc["state"] is JobState.FAILED:
         return True
     current = next((r for r in doc["runs_detail"] if r["id"] == doc["current_run"]), None)
-    return current is not None and current["state"] in RUN_TERMINAL
+    return current is not None and current["state"] in RUN_ENDED
+
+
+ALLOWED_PAUSE = (RunState.RUNNING, RunState.FROZEN)

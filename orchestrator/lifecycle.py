@@ -7,50 +7,30 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
 from typing import Any
 
-from solvers.base import LaunchContext, NodeSlots, Prepared, Registry, SolverPlugin, registry
+from solvers.base import LaunchContext, NodeSlots, Prepared, Registry, RunMode, SolverPlugin, registry
 
 from .cluster import get_backend
 from .cluster.base import ClusterBackend, Node
-from .errors import E2EError, UserError
+from .edits import apply_overlay, overlay
+from .errors import E2EError
 from .events import EventKind
 from .faults import fault_point
+from .limits import check_limits
 from .paths import JobPaths, RunPaths, results_dir
 from .rendering import render
+from .runctl import RunControl, run_tag, signal_run
 from .services import ServiceContext, services
 from .settings import Settings
 from .spec import validate_spec
-from .states import JobState, RunState
+from .states import RUN_ENDED, JobState, RunState
 from .store import JobStore
 
 log = logging.getLogger(__name__)
 
 PID_WAIT = 2.0          # seconds launch waits for the wrapper's pid before leaving it to reconcile
 LOG_CHUNK = 1 << 20     # bytes of solver log parsed per observation
-
-
-class RunFilesOnNode:
-    """A plugin's window onto a live run directory: relative paths only, routed through the backend."""
-
-    def __init__(self, backend: ClusterBackend, node: Node, root: Path) -> None:
-        self._backend, self._node, self._root = backend, node, root
-
-    def _path(self, rel: str) -> Path:
-        pure = PurePosixPath(rel)
-        if pure.is_absolute() or ".." in pure.parts:
-            raise UserError(f"path {rel!r} must stay inside the run directory")
-        return self._root / pure
-
-    def read_text(self, rel: str) -> str:
-        data = self._backend.read_bytes(self._node, self._path(rel))
-        if data is None:
-            raise FileNotFoundError(rel)
-        return data.decode()
-
-    def write_text(self, rel: str, text: str) -> None:
-        self._backend.write_bytes(self._node, self._path(rel), text.encode())
 
 
 @dataclass
@@ -64,6 +44,10 @@ class Lifecycle:
     @classmethod
     def create(cls, store: JobStore, settings: Settings) -> Lifecycle:
         return cls(store, settings, registry())
+
+    @property
+    def control(self) -> RunControl:
+        return RunControl(self.store, self.settings)
 
     # -- helpers
     def backend_of(self, job: dict[str, Any]) -> ClusterBackend:
@@ -135,34 +119,40 @@ class Lifecycle:
             self.store.transition_job(job_id, JobState.FAILED, expect=[JobState.PROVISIONING], error=str(exc))
             self.store.release(backend.name, job_id)
             return
-        if self.store.transition_job(job_id, JobState.UP, expect=[JobState.PROVISIONING]):
+        if self.store.transition_job(job_id, JobState.UP, expect=[JobState.PROVISIONING], up_at=time.time()):
             self._each_service(self.store.get_job(job_id), "start")
             self.launch(job_id, job["current_run"])
 
     # -- launch
-    def launch(self, job_id: str, run_id: str) -> None:
-        """PENDING -> LAUNCHING -> RUNNING. A second delivery never starts a second solver: the wrapper
-        claims the run with an atomic mkdir, and only an unclaimed run is (re)spawned."""
+    def launch(self, job_id: str, run_id: str, redrive: bool = False) -> None:
+        """PENDING -> LAUNCHING -> RUNNING, for the run's current attempt. Only the caller that moved the run
+        to LAUNCHING spawns it (or reconcile, re-driving a launch that stalled); and a second spawn never
+        starts a second solver: the wrapper claims its attempt with an atomic mkdir."""
         job = self.store.get_job(job_id)
         if job["state"] is not JobState.UP:
             return
         run = self.store.get_run(job_id, run_id)
         if run["state"] is RunState.PENDING:
-            self.store.transition_run(job_id, run_id, RunState.LAUNCHING, expect=[RunState.PENDING],
-                                      launch_requested_at=time.time())
+            if not self.store.transition_run(job_id, run_id, RunState.LAUNCHING, expect=[RunState.PENDING],
+                                             data={"attempt": run.get("attempt") or 1},
+                                             launch_requested_at=time.time()):
+                return
             run = self.store.get_run(job_id, run_id)
+        elif not redrive:
+            return
         if run["state"] is not RunState.LAUNCHING:
             return
         backend = self.backend_of(job)
         nodes = self.nodes_of(job, backend)
-        paths = self.paths(job_id).run(run_id)
+        paths = self.paths(job_id).run(run_id, run.get("attempt") or 1)
         head = nodes[0]
         if not backend.exists(head, paths.claim):
             try:
-                self._write_run_files(job, run_id, nodes, paths)
-            except E2EError as exc:
+                self._write_run_files(job, run, nodes, paths)
+            except (E2EError, OSError) as exc:
+                reason = getattr(exc, "message", None) or str(exc)
                 self.store.transition_run(job_id, run_id, RunState.FAILED, expect=[RunState.LAUNCHING],
-                                          data={"reason": exc.message}, reason=exc.message, ended_at=time.time())
+                                          data={"reason": reason}, reason=reason, ended_at=time.time())
                 return
             backend.stage_in(nodes, paths.root)
             fault_point("launch.before_spawn")
@@ -174,10 +164,27 @@ class Lifecycle:
                 return
             time.sleep(0.002)
 
-    def _write_run_files(self, job: dict[str, Any], run_id: str, nodes: list[Node], paths: RunPaths) -> None:
-        prepared = materialize_run(self.spec_of(job), self.plugin_of(job), job["id"], run_id, nodes, paths)
-        self.store.update_run(job["id"], run_id, log_file=prepared.log_file,
-                              progress_total=prepared.progress_total, node=nodes[0].name)
+    def _write_run_files(self, job: dict[str, Any], run: dict[str, Any], nodes: list[Node], paths: RunPaths) -> None:
+        mode = RunMode(run.get("mode") or RunMode.FRESH.value)
+        plugin = self.plugin_of(job)
+        if paths.attempt > 1 or run["id"] != "run-001":
+            for pattern in plugin.cleanup_patterns:  # stale lock/trigger files would stop or block the solver
+                for stale in paths.root.glob(pattern):
+                    if stale.is_file() or stale.is_symlink():
+                        stale.unlink()
+        # Edited input files go in first: a fresh prepare copies inputs without overwriting them, and a
+        # restart's prepare applies the spec's parameters on top of them.
+        paths.root.mkdir(parents=True, exist_ok=True)
+        apply_overlay(overlay(self.paths(job["id"]), run.get("revision") or job.get("revision") or 1), paths.root)
+        prepared = materialize_run(self.spec_of(job), plugin, job["id"], run["id"], nodes, paths, mode=mode,
+                                   site_env=self.settings.solver_env)
+        previous = run.get("log_file")
+        offset = run.get("log_offset") or 0
+        log_path = paths.root / prepared.log_file
+        if previous != prepared.log_file or not log_path.exists() or log_path.stat().st_size < offset:
+            offset = 0  # a new log (or one the solver will overwrite): parse it from the start
+        self.store.update_run(job["id"], run["id"], log_file=prepared.log_file, log_offset=offset,
+                              progress_total=prepared.progress_total, node=nodes[0].name, info=prepared.info)
 
     def _adopt_started(self, job_id: str, run_id: str, backend: ClusterBackend, head: Node,
                        paths: RunPaths) -> bool:
@@ -193,24 +200,27 @@ class Lifecycle:
 
     # -- observe
     def observe(self, job: dict[str, Any], run: dict[str, Any]) -> None:
-        """Move an active run along: adopt a started wrapper, parse new log, notice the exit, escalate stops."""
+        """Move an active run along: launch or adopt it, parse new log, notice the exit, apply pending
+        freeze/stop effects, escalate slow stops."""
         job_id, run_id = job["id"], run["id"]
+        state = run["state"]
+        if state is RunState.PENDING:
+            if job["state"] is JobState.UP and time.time() - run["updated_at"] > self.settings.launch_timeout / 2:
+                self.launch(job_id, run_id)  # the launch task was lost
+            return
         backend = self.backend_of(job)
         nodes = self.nodes_of(job, backend)
-        if not nodes:
+        if not nodes or state in RUN_ENDED:
             return
         head = nodes[0]
-        paths = self.paths(job_id).run(run_id)
-        state = run["state"]
+        paths = self.paths(job_id).run(run_id, run.get("attempt") or 1)
         if state is RunState.LAUNCHING:
             if self._adopt_started(job_id, run_id, backend, head, paths):
                 return
             if time.time() - (run.get("launch_requested_at") or 0) > self.settings.launch_timeout:
                 log.warning("re-driving launch of %s/%s", job_id, run_id)
                 self.store.update_run(job_id, run_id, launch_requested_at=time.time())
-                self.launch(job_id, run_id)
-            return
-        if state not in (RunState.RUNNING, RunState.STOPPING):
+                self.launch(job_id, run_id, redrive=True)
             return
         plugin = self.plugin_of(job)
         self._follow_log(job_id, run, plugin, backend, head, paths)
@@ -219,11 +229,18 @@ class Lifecycle:
             self._finish(job_id, run, plugin, int(code), backend, head, paths)
         elif not backend.group_alive(head, run["pid"]):
             reason = "the run's processes are gone and no exit code was recorded (killed?)"
-            to = RunState.STOPPED if state is RunState.STOPPING else RunState.FAILED
+            to = _stopped_state(run) if state is RunState.STOPPING else RunState.FAILED
             self.store.transition_run(job_id, run_id, to, expect=[state], data={"reason": reason},
                                       reason=reason, ended_at=time.time())
+        elif state is RunState.FROZEN and run.get("signals") != "frozen":
+            self.control.freeze(backend, nodes, job_id, run)   # the freeze task was lost
+        elif state is RunState.RUNNING and run.get("signals") == "frozen":
+            self.control.thaw(backend, nodes, job_id, run)     # the resume task was lost
         elif state is RunState.STOPPING:
-            self._escalate(job_id, run, backend, head)
+            if run.get("stop_sent_at") is None:
+                self.control.stop(plugin, backend, nodes, job_id, run, paths.root)  # the stop task was lost
+            else:
+                self.control.escalate(backend, nodes, job_id, run)
 
     def _follow_log(self, job_id: str, run: dict[str, Any], plugin: SolverPlugin, backend: ClusterBackend,
                     head: Node, paths: RunPaths) -> None:
@@ -254,31 +271,19 @@ class Lifecycle:
             tail = backend.read_bytes(head, paths.root / run["log_file"], size_hint) or b""
         outcome = plugin.judge_exit(code, tail.decode(errors="replace")[-8192:])
         if run["state"] is RunState.STOPPING:
-            to, reason = RunState.STOPPED, f"stopped on request ({outcome.reason})"
+            to = _stopped_state(run) if outcome.ok or run.get("stop_intent") != "pause" else RunState.FAILED
+            reason = f"{'paused' if to is RunState.PAUSED else 'stopped'} on request ({outcome.reason})"
         else:
             to, reason = (RunState.COMPLETED if outcome.ok else RunState.FAILED), outcome.reason
-        ended = backend.read_bytes(head, paths.meta / "ended_at") or b""
+        ended = backend.read_bytes(head, paths.ended_at) or b""
         self.store.transition_run(job_id, run["id"], to, expect=[run["state"]],
                                   data={"exit_code": code, "reason": reason}, exit_code=code, reason=reason,
                                   ended_at=float(ended or time.time()))
 
-    def _escalate(self, job_id: str, run: dict[str, Any], backend: ClusterBackend, head: Node) -> None:
-        now = time.time()
-        asked = run.get("stop_requested_at") or now
-        if run.get("term_sent_at") is None and now - asked > self.settings.stop_grace:
-            backend.signal_group(head, run["pid"], signal.SIGTERM)
-            self.store.update_run(job_id, run["id"], term_sent_at=now)
-            self.store.append_event(job_id, EventKind.WARNING, {
-                "run": run["id"], "message": f"graceful stop took over {self.settings.stop_grace:.0f}s: sent SIGTERM"})
-        elif run.get("term_sent_at") and run.get("kill_sent_at") is None \
-                and now - run["term_sent_at"] > self.settings.kill_grace:
-            backend.signal_group(head, run["pid"], signal.SIGKILL)
-            self.store.update_run(job_id, run["id"], kill_sent_at=now)
-            self.store.append_event(job_id, EventKind.WARNING, {"run": run["id"], "message": "sent SIGKILL"})
-
-    # -- terminate
-    def stop_run(self, job: dict[str, Any], run: dict[str, Any]) -> None:
-        """Ask an active run to stop: graceful through its plugin, else SIGTERM at once."""
+    # -- stop
+    def stop_run(self, job: dict[str, Any], run: dict[str, Any], intent: str = "terminate") -> None:
+        """Ask an active run to stop (intent 'pause' ends it PAUSED, 'terminate' STOPPED); a run that has
+        not started yet is stopped before it can."""
         job_id, run_id = job["id"], run["id"]
         state = run["state"]
         if state is RunState.PENDING:
@@ -286,11 +291,11 @@ class Lifecycle:
             return
         backend = self.backend_of(job)
         nodes = self.nodes_of(job, backend)
-        paths = self.paths(job_id).run(run_id)
+        paths = self.paths(job_id).run(run_id, run.get("attempt") or 1)
         if state is RunState.LAUNCHING and nodes:
             if self._adopt_started(job_id, run_id, backend, nodes[0], paths):
-                return self.stop_run(job, self.store.get_run(job_id, run_id))
-            try:  # take the claim ourselves, so no wrapper can start this run any more
+                return self.stop_run(job, self.store.get_run(job_id, run_id), intent)
+            try:  # take the claim ourselves, so no wrapper can start this attempt any more
                 paths.meta.mkdir(parents=True, exist_ok=True)
                 paths.claim.mkdir()
             except FileExistsError:
@@ -298,47 +303,63 @@ class Lifecycle:
             self.store.transition_run(job_id, run_id, RunState.STOPPED, expect=[state], reason="stopped before start",
                                       ended_at=time.time())
             return
-        if state is not RunState.RUNNING:
-            return
-        if not self.store.transition_run(job_id, run_id, RunState.STOPPING, expect=[RunState.RUNNING],
-                                         stop_requested_at=time.time()):
-            return
-        head = nodes[0]
-        graceful = False
-        try:
-            graceful = self.plugin_of(job).request_stop(RunFilesOnNode(backend, head, paths.root))
-        except (OSError, E2EError) as exc:
-            self.store.append_event(job_id, EventKind.WARNING, {"run": run_id, "message": f"graceful stop failed: {exc}"})
-        if not graceful:
-            backend.signal_group(head, run["pid"], signal.SIGTERM)
-            self.store.update_run(job_id, run_id, term_sent_at=time.time())
+        if state in (RunState.RUNNING, RunState.FROZEN):
+            if not self.store.transition_run(job_id, run_id, RunState.STOPPING, expect=[state],
+                                             data={"intent": intent}, stop_intent=intent,
+                                             stop_requested_at=time.time()):
+                return
+            run = self.store.get_run(job_id, run_id)
+        if run["state"] is RunState.STOPPING and run.get("stop_sent_at") is None and nodes:
+            self.control.stop(self.plugin_of(job), backend, nodes, job_id, run, paths.root)
 
+    def apply_signals(self, job_id: str, run_id: str) -> None:
+        """Bring the run's processes in line with its state: FROZEN stopped, RUNNING continued, STOPPING
+        asked to stop. The control task runs this right after a command; reconcile repeats it if lost."""
+        job = self.store.get_job(job_id)
+        run = self.store.get_run(job_id, run_id)
+        backend = self.backend_of(job)
+        nodes = self.nodes_of(job, backend)
+        if not nodes or not run.get("pid"):
+            return
+        if run["state"] is RunState.FROZEN:
+            self.control.freeze(backend, nodes, job_id, run)
+        elif run["state"] is RunState.RUNNING and run.get("signals") == "frozen":
+            self.control.thaw(backend, nodes, job_id, run)
+        elif run["state"] is RunState.STOPPING and run.get("stop_sent_at") is None:
+            paths = self.paths(job_id).run(run_id, run.get("attempt") or 1)
+            self.control.stop(self.plugin_of(job), backend, nodes, job_id, run, paths.root)
+
+    # -- terminate
     def drive_termination(self, job_id: str) -> None:
-        """TERMINATING: stop the run, wait for it (across passes), then collect results and release nodes."""
+        """TERMINATING: stop the run, wait for it (across passes), stop the services, then collect
+        results and release the nodes."""
         job = self.store.get_job(job_id)
         if job["state"] is not JobState.TERMINATING:
             return
         run = self.store.get_run(job_id, job["current_run"])
-        if run["state"] in (RunState.PENDING, RunState.LAUNCHING, RunState.RUNNING):
+        if run["state"] in (RunState.PENDING, RunState.LAUNCHING, RunState.RUNNING, RunState.FROZEN):
             self.stop_run(job, run)
             run = self.store.get_run(job_id, run["id"])
         if run["state"] is RunState.STOPPING:
             self.observe(job, run)
             run = self.store.get_run(job_id, run["id"])
-        if run["state"] in (RunState.PENDING, RunState.LAUNCHING, RunState.RUNNING, RunState.STOPPING):
+        if run["state"] not in RUN_ENDED:
             return  # not yet: the next pass looks again
         if not self._each_service(job, "stop"):
             return  # a service (the final sync) is still finishing
         backend = self.backend_of(job)
         nodes = self.nodes_of(job, backend)
+        fault_point("terminate.before_kill")
         for r in self.store.list_runs(job_id):  # no process of any run may outlive the cluster
             if r.get("pid") and nodes:
-                backend.signal_group(nodes[0], r["pid"], signal.SIGKILL)
+                signal_run(backend, nodes, job_id, r, signal.SIGCONT)
+                signal_run(backend, nodes, job_id, r, signal.SIGKILL)
         dest = results_dir(self.settings.root, job_id)
         paths = self.paths(job_id)
         for r in self.store.list_runs(job_id):
-            if nodes and r["state"] is not RunState.PENDING:
+            if nodes and r.get("pid"):  # runs that started wrote on the nodes: gather them first
                 backend.stage_out(nodes, paths.run(r["id"]).root)
+        fault_point("terminate.before_collect")
         if paths.root.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
             if nodes:
@@ -358,8 +379,10 @@ class Lifecycle:
             if time.time() - job["updated_at"] > self.settings.launch_timeout:
                 self.provision(job_id)
         elif state is JobState.UP:
-            self.observe(job, self.store.get_run(job_id, job["current_run"]))
+            run = self.store.get_run(job_id, job["current_run"])
+            self.observe(job, run)
             self._each_service(job, "supervise")
+            check_limits(self.store, job, self.store.get_run(job_id, run["id"]))
         elif state is JobState.TERMINATING:
             self.drive_termination(job_id)
 
@@ -380,6 +403,10 @@ class Lifecycle:
         return count
 
 
+def _stopped_state(run: dict[str, Any]) -> RunState:
+    return RunState.PAUSED if run.get("stop_intent") == "pause" else RunState.STOPPED
+
+
 def openmpi_hostfile(nodes: tuple[NodeSlots, ...]) -> str:
     """Open MPI hostfile: one line per address with the slots summed (virtual nodes may share a host)."""
     slots: dict[str, int] = {}
@@ -389,18 +416,21 @@ def openmpi_hostfile(nodes: tuple[NodeSlots, ...]) -> str:
 
 
 def materialize_run(spec, plugin: SolverPlugin, job_id: str, run_id: str, nodes: list[Node],
-                    paths: RunPaths) -> Prepared:
+                    paths: RunPaths, mode: RunMode = RunMode.FRESH,
+                    site_env: dict[str, str] | None = None) -> Prepared:
     """Write everything a run needs into its directory: inputs, hostfile, run.sh and the wrapper."""
     paths.meta.mkdir(parents=True, exist_ok=True)
     slots = tuple(NodeSlots(n.name, n.address, spec.cluster.cores_per_node) for n in nodes)
     paths.hostfile.write_text(openmpi_hostfile(slots))
     ctx = LaunchContext(job_id=job_id, run_id=run_id, run_dir=paths.root, nodes=slots,
-                        hostfile=paths.hostfile.name, as_root=os.geteuid() == 0)
+                        hostfile=paths.hostfile.name, as_root=os.geteuid() == 0, mode=mode,
+                        attempt=paths.attempt, site_env=dict(site_env or {}))
     prepared = plugin.prepare(spec.solver, ctx)
     script = render((plugin.templates_root,), prepared.template, {**prepared.context, "ctx": ctx})
     wrapper = render((plugin.templates_root,), "common/wrapper.sh.j2", {
         "run_dir": str(paths.root), "job_id": job_id, "run_id": run_id, "hostfile": str(paths.hostfile),
-        "nprocs": ctx.nprocs, "env": prepared.env, "run_tag": f"{job_id}/{run_id}",
+        "nprocs": ctx.nprocs, "env": prepared.env, "run_tag": run_tag(job_id, run_id),
+        "meta": paths.relative(paths.meta), "attempt": paths.attempt, "mode": mode.value,
     })
     paths.script.write_text(script)
     paths.wrapper.write_text(wrapper)

@@ -8,17 +8,22 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class RunPaths:
-    """The run directory: the solver's working directory, with engine bookkeeping under .e2e/."""
+    """The run directory: the solver's working directory, with engine bookkeeping per launch attempt
+    under .e2e/attempt-N/ (a restart is a new attempt in the same directory, with its own claim)."""
 
     root: Path
+    attempt: int = 1
+
+    def for_attempt(self, attempt: int) -> RunPaths:
+        return RunPaths(self.root, attempt)
 
     @property
     def meta(self) -> Path:
-        return self.root / ".e2e"
+        return self.root / ".e2e" / f"attempt-{self.attempt}"
 
     @property
     def wrapper(self) -> Path:
-        return self.root / "wrapper.sh"
+        return self.meta / "wrapper.sh"
 
     @property
     def script(self) -> Path:
@@ -45,6 +50,10 @@ class RunPaths:
         return self.meta / "exit_code"
 
     @property
+    def ended_at(self) -> Path:
+        return self.meta / "ended_at"
+
+    @property
     def wrapper_log(self) -> Path:
         return self.meta / "wrapper.log"
 
@@ -66,8 +75,13 @@ class JobPaths:
     def work(self) -> Path:
         return self.root / "work"
 
-    def run(self, run_id: str) -> RunPaths:
-        return RunPaths(self.root / "runs" / run_id)
+    @property
+    def edits(self) -> Path:
+        """Input files replaced by `e2e edit --file`, one folder per spec revision."""
+        return self.root / "edits"
+
+    def run(self, run_id: str, attempt: int = 1) -> RunPaths:
+        return RunPaths(self.root / "runs" / run_id, attempt)
 
     @property
     def runs(self) -> Path:

@@ -22,10 +22,12 @@ class RunState(str, Enum):
     PENDING = "PENDING"      # created, not launched yet
     LAUNCHING = "LAUNCHING"  # launch claimed; wrapper being spawned
     RUNNING = "RUNNING"      # wrapper started and recorded its pid
-    STOPPING = "STOPPING"    # a stop was requested; waiting for the solver to exit
+    FROZEN = "FROZEN"        # every process of the run suspended (SIGSTOP) on every node; resume continues it
+    STOPPING = "STOPPING"    # a stop (pause or terminate) was requested; waiting for the solver to exit
+    PAUSED = "PAUSED"        # stopped on a pause request after writing a checkpoint; restart continues it
     COMPLETED = "COMPLETED"  # solver exited and the plugin judged it a success
     FAILED = "FAILED"        # solver exited badly, or its processes vanished
-    STOPPED = "STOPPED"      # stopped on request before finishing
+    STOPPED = "STOPPED"      # stopped because the job terminates; final
 
 
 JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
@@ -37,20 +39,25 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.TERMINATED: frozenset(),
 }
 
+# A restart moves an ended run (PAUSED, COMPLETED, FAILED) back to PENDING as its next attempt, in the
+# same run directory; a rerun is a new run. STOPPED is final: it only happens while the job terminates.
 RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.PENDING: frozenset({RunState.LAUNCHING, RunState.STOPPED}),
     RunState.LAUNCHING: frozenset({RunState.RUNNING, RunState.FAILED, RunState.STOPPED}),
-    RunState.RUNNING: frozenset({RunState.COMPLETED, RunState.FAILED, RunState.STOPPING}),
-    RunState.STOPPING: frozenset({RunState.STOPPED, RunState.COMPLETED, RunState.FAILED}),
-    RunState.COMPLETED: frozenset(),
-    RunState.FAILED: frozenset(),
+    RunState.RUNNING: frozenset({RunState.COMPLETED, RunState.FAILED, RunState.STOPPING, RunState.FROZEN}),
+    RunState.FROZEN: frozenset({RunState.RUNNING, RunState.STOPPING, RunState.COMPLETED, RunState.FAILED}),
+    RunState.STOPPING: frozenset({RunState.STOPPED, RunState.PAUSED, RunState.COMPLETED, RunState.FAILED}),
+    RunState.PAUSED: frozenset({RunState.PENDING, RunState.STOPPED}),
+    RunState.COMPLETED: frozenset({RunState.PENDING}),
+    RunState.FAILED: frozenset({RunState.PENDING}),
     RunState.STOPPED: frozenset(),
 }
 
 JOB_TERMINAL = frozenset(s for s, nxt in JOB_TRANSITIONS.items() if not nxt)
-RUN_TERMINAL = frozenset(s for s, nxt in RUN_TRANSITIONS.items() if not nxt)
 # States in which solver processes may exist on nodes.
-RUN_ACTIVE = frozenset({RunState.LAUNCHING, RunState.RUNNING, RunState.STOPPING})
+RUN_ACTIVE = frozenset({RunState.LAUNCHING, RunState.RUNNING, RunState.FROZEN, RunState.STOPPING})
+# States with no process and nothing left to observe (a restart may still continue the run).
+RUN_ENDED = frozenset({RunState.PAUSED, RunState.COMPLETED, RunState.FAILED, RunState.STOPPED})
 
 
 def job_sources(target: JobState) -> frozenset[JobState]:

@@ -13,7 +13,7 @@ from solvers.base import Progress
 
 from .errors import InvalidState, NotFound
 from .events import Event, EventKind
-from .states import JOB_TERMINAL, JobState, RunState, job_sources, run_sources
+from .states import JOB_TERMINAL, RUN_ENDED, JobState, RunState, job_sources, run_sources
 
 # One atomic compare-and-set: check the current state is one of the expected ones, bump the version,
 # write state plus extra fields, append the typed event to the job's stream, and (for a terminal job
@@ -62,6 +62,15 @@ return n
 """
 
 
+# HSETNX, except that an empty string (a cleared field) also counts as unset.
+_SET_ONCE = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and cur ~= '' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
 def _now() -> str:
     return f"{time.time():.6f}"
 
@@ -104,6 +113,9 @@ class JobStore:
     def _events(self, job_id: str) -> str:
         return f"{self._job(job_id)}:events"
 
+    def _revisions(self, job_id: str) -> str:
+        return f"{self._job(job_id)}:revisions"
+
     @property
     def _index(self) -> str:
         return f"{self.prefix}:jobs"
@@ -133,11 +145,11 @@ class JobStore:
         pipe.hset(self._job(job_id), mapping=_encode({
             "id": job_id, "name": name, "owner": owner, "state": JobState.QUEUED, "version": 1,
             "spec": spec, "backend": backend, "solver": solver, "created_at": now, "updated_at": now,
-            "runs": 1, "current_run": run_id, "nodes": [], "seq": seq,
+            "runs": 1, "current_run": run_id, "nodes": [], "seq": seq, "revision": 1,
         }))
         pipe.hset(self._run(job_id, run_id), mapping=_encode({
             "id": run_id, "job_id": job_id, "state": RunState.PENDING, "version": 1, "created_at": now,
-            "updated_at": now, "log_offset": 0,
+            "updated_at": now, "log_offset": 0, "attempt": 1, "revision": 1,
         }))
         self._xadd(pipe, job_id, EventKind.JOB_CREATED, {"name": name, "owner": owner, "state": "QUEUED"}, now)
         self._xadd(pipe, job_id, EventKind.RUN_CREATED, {"run": run_id, "state": "PENDING"}, now)
@@ -211,12 +223,64 @@ class JobStore:
             raise ValueError("state changes go through transition_run")
         self.r.hset(self._run(job_id, run_id), mapping=_encode(fields))
 
+    def set_run_once(self, job_id: str, run_id: str, field: str, value: Any) -> bool:
+        """Set a run field only if it is unset; True for the one caller that set it (send-once guards)."""
+        return bool(self.r.eval(_SET_ONCE, 1, self._run(job_id, run_id), field, _encode({field: value})[field]))
+
     def transition_run(self, job_id: str, run_id: str, to: RunState, *, expect: Iterable[RunState] | None = None,
                        data: dict[str, Any] | None = None, **fields: Any) -> bool:
         """Atomically move a run to `to`; False when it is not in an expected state."""
         sources = run_sources(to) if expect is None else frozenset(expect) & run_sources(to)
         event = {"run": run_id, **(data or {})}
         return self._cas(self._run(job_id, run_id), job_id, sources, to, EventKind.RUN_STATE, event, fields)
+
+    def add_run(self, job_id: str, after: str, **fields: Any) -> str | None:
+        """Create the next run (PENDING) and make it current, if `after` is still the current run and has
+        ended; its id, or None when someone changed the job first."""
+        job_key = self._job(job_id)
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(job_key, self._run(job_id, after))
+                current, count = pipe.hmget(job_key, "current_run", "runs")
+                state = pipe.hget(self._run(job_id, after), "state")
+                if current != after or state not in {s.value for s in RUN_ENDED}:
+                    return None
+                run_id = f"run-{int(count) + 1:03d}"
+                now = _now()
+                pipe.multi()
+                pipe.hset(self._run(job_id, run_id), mapping=_encode({
+                    "id": run_id, "job_id": job_id, "state": RunState.PENDING, "version": 1, "created_at": now,
+                    "updated_at": now, "log_offset": 0, "attempt": 1, **fields}))
+                pipe.hset(job_key, mapping={"current_run": run_id, "runs": int(count) + 1})
+                self._xadd(pipe, job_id, EventKind.RUN_CREATED, {"run": run_id, "state": "PENDING", **fields}, now)
+                pipe.execute()
+                return run_id
+            except redis.WatchError:
+                return None
+
+    def add_revision(self, job_id: str, expected: int, spec: dict[str, Any], entry: dict[str, Any]) -> int | None:
+        """Store a new spec revision if the job is still at revision `expected`; the new number, or None."""
+        job_key = self._job(job_id)
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(job_key)
+                if int(pipe.hget(job_key, "revision") or 1) != expected:
+                    return None
+                revision = expected + 1
+                now = _now()
+                record = {"revision": revision, "at": float(now), **entry}
+                pipe.multi()
+                pipe.hset(job_key, mapping=_encode({"spec": spec, "revision": revision, "updated_at": now}))
+                pipe.rpush(self._revisions(job_id), json.dumps(record, separators=(",", ":"), default=str))
+                self._xadd(pipe, job_id, EventKind.CONTROL, {"action": "edit", **record}, now)
+                pipe.execute()
+                return revision
+            except redis.WatchError:
+                return None
+
+    def revisions(self, job_id: str) -> list[dict[str, Any]]:
+        """Every edit of the job's spec, oldest first (revision 1, the submitted spec, has no entry)."""
+        return [json.loads(raw) for raw in self.r.lrange(self._revisions(job_id), 0, -1)]
 
     def record_progress(self, job_id: str, run_id: str, progress: Progress, log_offset: int) -> None:
         """Store the latest progress and append it to the stream, together."""
@@ -280,10 +344,12 @@ class JobStore:
         }, maxlen=self.events_maxlen, approximate=True)
 
 
-_JSON_FIELDS = {"spec", "nodes", "progress"}
+_JSON_FIELDS = {"spec", "nodes", "progress", "info", "desktop", "sync", "limits"}
 _FLOAT_FIELDS = {"created_at", "updated_at", "started_at", "ended_at", "terminate_requested_at",
-                 "launch_requested_at", "stop_requested_at", "term_sent_at", "kill_sent_at", "progress_total"}
-_INT_FIELDS = {"version", "runs", "seq", "pid", "exit_code", "log_offset"}
+                 "launch_requested_at", "stop_requested_at", "stop_sent_at", "term_sent_at", "kill_sent_at",
+                 "progress_total", "up_at", "frozen_at", "walltime_warned_at", "idle_shutdown_warned_at",
+                 "desktop_activity_at"}
+_INT_FIELDS = {"version", "runs", "seq", "pid", "exit_code", "log_offset", "attempt", "revision"}
 
 
 def _decode(raw: dict[str, str]) -> dict[str, Any]:

@@ -33,6 +33,12 @@ def launch(job_id: str, run_id: str) -> None:
     lifecycle().launch(job_id, run_id)
 
 
+@app.task(name="e2e.signals", **RETRIES)
+def signals(job_id: str, run_id: str) -> None:
+    """Apply a control command's effect on the nodes (freeze, resume, graceful stop)."""
+    lifecycle().apply_signals(job_id, run_id)
+
+
 @app.task(name="e2e.terminate", **RETRIES)
 def terminate(job_id: str) -> None:
     lifecycle().drive_termination(job_id)

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .client import Client
 from .events import EventKind
-from .states import JOB_TERMINAL, RUN_TERMINAL, JobState, RunState
+from .states import JOB_TERMINAL, RUN_ENDED, JobState, RunState
 
 
 def watch_job(client: Client, job_id: str, console: Console, quiet: bool = False,
@@ -21,7 +21,7 @@ def watch_job(client: Client, job_id: str, console: Console, quiet: bool = False
     def done(event) -> bool:
         state = event.data.get("state")
         if event.kind is EventKind.RUN_STATE and event.data.get("run") == run_id:
-            return RunState(state) in RUN_TERMINAL
+            return RunState(state) in RUN_ENDED
         return event.kind is EventKind.JOB_STATE and (JobState(state) in JOB_TERMINAL or state == "FAILED")
 
     if quiet:

@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, field_validator
 
 from orchestrator.spec import resolve_input_path
 
-from .base import LaunchContext, Prepared, Progress, SolverOptions, SolverPlugin
+from .base import LaunchContext, Prepared, Progress, RunMode, SolverOptions, SolverPlugin
 
 _FRACTION = re.compile(r"^progress[:=\s]+([0-9.]+)\s*/\s*([0-9.]+)\s*$", re.M | re.I)
 _PERCENT = re.compile(r"^progress[:=\s]+([0-9.]+)\s*%\s*$", re.M | re.I)
@@ -55,14 +55,19 @@ class Command(SolverPlugin):
     summary = "any command; $E2E_HOSTFILE and $E2E_NPROCS describe the allocation"
 
     def prepare(self, options: CommandOptions, ctx: LaunchContext) -> Prepared:
-        for src in options.inputs:
+        restart = ctx.mode is RunMode.RESTART
+        for src in [] if restart else options.inputs:  # a restart keeps the directory as it was left
             dest = ctx.run_dir / src.name
             if src.is_dir():
-                shutil.copytree(src, dest, dirs_exist_ok=True)
-            else:
+                shutil.copytree(src, dest, dirs_exist_ok=True, copy_function=_copy_if_absent)
+            elif not dest.exists():  # an edited input (e2e edit --file) is already there and wins
                 shutil.copy2(src, dest)
-        return Prepared(template="command/run.sh.j2", context={"command": options.command},
+        return Prepared(template="command/run.sh.j2", context={"command": options.command, "append_log": restart},
                         log_file="output.log", env=dict(options.env))
+
+    def latest_checkpoint(self, run_dir: Path) -> str | None:
+        # The command itself decides what to continue from: it sees E2E_RUN_MODE=restart and E2E_ATTEMPT.
+        return "the run directory as the command left it" if run_dir.is_dir() else None
 
     def parse_progress(self, text: str, last: Progress | None) -> Progress | None:
         fractions = _FRACTION.findall(text)
@@ -76,3 +81,9 @@ class Command(SolverPlugin):
         else:
             progress.step, progress.total = float(percents[-1]), 100.0
         return progress
+
+
+def _copy_if_absent(src: str, dest: str) -> str:
+    if not Path(dest).exists():
+        shutil.copy2(src, dest)
+    return dest

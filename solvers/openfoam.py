@@ -13,7 +13,9 @@ from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator, fie
 
 from orchestrator.spec import check_input_dir, resolve_input_path
 
-from .base import LaunchContext, Outcome, Prepared, Progress, RunFiles, SolverOptions, SolverPlugin
+from orchestrator.errors import SpecError
+
+from .base import LaunchContext, Outcome, Prepared, Progress, RunFiles, RunMode, SolverOptions, SolverPlugin
 
 WORD = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 FOAM_DIR = "/usr/share/openfoam"   # Debian's package; WM_PROJECT_DIR is all its binaries need
@@ -73,10 +75,16 @@ class OpenFOAM(SolverPlugin):
     summary = "OpenFOAM (Debian build): blockMesh, decomposePar, mpirun <application> -parallel, reconstructPar"
 
     def prepare(self, options: OpenFOAMOptions, ctx: LaunchContext) -> Prepared:
-        copy_case(options.case, ctx.run_dir)
+        restart = ctx.mode is RunMode.RESTART
+        if not restart:
+            copy_case(options.case, ctx.run_dir)
         control = ctx.run_dir / "system" / "controlDict"
         text = control.read_text()
+        # A restart continues from the newest time written (in processor*/ when decomposed); stopAt goes
+        # back to endTime, or a leftover writeNow from the pause would stop the new attempt after one step.
         settings = {**{k: str(v) for k, v in options.parameters.items()}, "stopAt": "endTime"}
+        if restart:
+            settings["startFrom"] = "latestTime"
         for key, value in settings.items():
             text = set_entry(text, key, value)
         if "OptimisationSwitches" not in text:
@@ -86,11 +94,12 @@ class OpenFOAM(SolverPlugin):
                      "    writeNowSignal 10;\n    stopAtWriteNowSignal 12;\n}\n")
         control.write_text(text)
         nprocs = ctx.nprocs
-        if nprocs > 1:
+        decompose = nprocs > 1 and not (restart and (ctx.run_dir / "processor0").is_dir())
+        if decompose:
             (ctx.run_dir / "system" / "decomposeParDict").write_text(decompose_dict(nprocs))
-        needs_mesh = options.mesh == "blockMesh" or (
+        needs_mesh = not restart and (options.mesh == "blockMesh" or (
             options.mesh == "auto" and not (ctx.run_dir / "constant" / "polyMesh" / "points").exists()
-            and (ctx.run_dir / "system" / "blockMeshDict").exists())
+            and (ctx.run_dir / "system" / "blockMeshDict").exists()))
         flags = list(options.mpi_args)
         if ctx.as_root:
             flags.insert(0, "--allow-run-as-root")
@@ -101,8 +110,8 @@ class OpenFOAM(SolverPlugin):
         return Prepared(
             template="openfoam/run.sh.j2",
             context={"application": options.application, "nprocs": nprocs, "hostfile": ctx.hostfile,
-                     "mesh": needs_mesh, "reconstruct": options.reconstruct, "mpi_flags": flags,
-                     "log_file": log_file},
+                     "mesh": needs_mesh, "decompose": decompose, "reconstruct": options.reconstruct,
+                     "mpi_flags": flags, "log_file": log_file, "append_log": restart},
             log_file=log_file,
             progress_total=_float(end),
             env={"WM_PROJECT_DIR": os.environ.get("WM_PROJECT_DIR", FOAM_DIR)},
@@ -140,6 +149,35 @@ class OpenFOAM(SolverPlugin):
         files.write_text("system/controlDict", set_entry(text, "stopAt", "writeNow"))
         return True
 
+    def latest_checkpoint(self, run_dir: Path) -> str | None:
+        where = run_dir / "processor0" if (run_dir / "processor0").is_dir() else run_dir
+        times = [t for t in (_float(p.name) for p in where.iterdir() if p.is_dir()) if t] if where.is_dir() else []
+        if not times or not (run_dir / "system" / "controlDict").is_file():
+            return None
+        return f"time {max(times):g}"
+
+    def apply_live(self, old: OpenFOAMOptions, new: OpenFOAMOptions, files: RunFiles) -> list[str]:
+        # Only controlDict entries are re-read by a running solver; everything else needs a restart.
+        fixed = [f for f in ("application", "case", "mesh", "reconstruct", "mpi_args")
+                 if getattr(old, f) != getattr(new, f)]
+        if fixed:
+            raise SpecError([(f"solver.{f}", "cannot change while the solver runs; pause, edit, then restart")
+                             for f in fixed])
+        text = files.read_text("system/controlDict")
+        if (read_entry(text, "runTimeModifiable") or "true").strip() not in ("true", "yes", "on", "1"):
+            raise SpecError([("solver.parameters", "the case sets runTimeModifiable false, so the solver "
+                                                   "never re-reads controlDict; pause, edit, then restart")])
+        changed = {k: str(v) for k, v in new.parameters.items() if old.parameters.get(k) != v}
+        if not changed:
+            return []
+        merged = text
+        for key, value in changed.items():
+            merged = set_entry(merged, key, value)
+        if "endTime" in changed:
+            _check_end_is_written(merged)
+        files.write_text("system/controlDict", merged)
+        return [f"parameters.{k}" for k in changed]
+
 
 def _fold(progress: Progress, text: str) -> bool:
     found = False
@@ -152,10 +190,36 @@ def _fold(progress: Progress, text: str) -> bool:
     return found
 
 
+def _check_end_is_written(text: str) -> None:
+    """A live endTime the solver would stop at without writing it (not on the write interval) loses the
+    final fields: refuse it, naming a value that works."""
+    end, interval = _float(read_entry(text, "endTime")), _float(read_entry(text, "writeInterval"))
+    start, dt = _float(read_entry(text, "startTime")) or 0.0, _float(read_entry(text, "deltaT"))
+    control = read_entry(text, "writeControl") or "timeStep"
+    if end is None or not interval:
+        return
+    step = interval * (dt or 1.0) if control == "timeStep" else interval
+    if control not in ("timeStep", "runTime", "adjustableRunTime") or step <= 0:
+        return
+    ratio = (end - start) / step
+    if abs(ratio - round(ratio)) > 1e-9:
+        aligned = start + max(1, round(ratio)) * step
+        raise SpecError([("solver.parameters.endTime",
+                          f"{end:g} is not on the write interval ({step:g}), so the solver would stop there "
+                          f"without writing the final fields; use e.g. {aligned:g}")])
+
+
+def _copy_if_absent(src: str, dest: str) -> str:
+    # Edited inputs (e2e edit --file) are placed in the run directory first; they win over the case's.
+    if not os.path.exists(dest):
+        shutil.copy2(src, dest)
+    return dest
+
+
 def copy_case(src: Path, dest: Path) -> None:
     """Copy the case (not earlier results or decompositions) and unpack gzipped tutorial files."""
     ignore = shutil.ignore_patterns("processor*", "log.*", ".e2e")
-    shutil.copytree(src, dest, dirs_exist_ok=True, ignore=ignore, symlinks=False)
+    shutil.copytree(src, dest, dirs_exist_ok=True, ignore=ignore, symlinks=False, copy_function=_copy_if_absent)
     for packed in dest.rglob("*.gz"):
         target = packed.with_suffix("")
         if not target.exists():

@@ -13,7 +13,7 @@ import redis
 from orchestrator.client import Client
 from orchestrator.settings import Settings
 from orchestrator.stack import Stack, free_port, wait_for_redis
-from orchestrator.states import JOB_TERMINAL, RUN_TERMINAL
+from orchestrator.states import JOB_TERMINAL, RUN_ENDED
 from tests.conftest import require
 
 TUTORIALS = Path("/usr/share/doc/openfoam-examples/examples/incompressible")
@@ -58,7 +58,7 @@ class Engine:
         """Wait until the job's current run has ended; the job document."""
         def ended(doc):
             run = next(r for r in doc["runs_detail"] if r["id"] == doc["current_run"])
-            return run["state"] in RUN_TERMINAL
+            return run["state"] in RUN_ENDED
         return self.client.wait(job_id, ended, timeout=timeout)
 
     def wait_job_terminal(self, job_id: str, timeout: float = 120) -> dict:

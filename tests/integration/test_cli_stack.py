@@ -90,6 +90,7 @@ def test_render_writes_the_run_without_starting_anything(tmp_path, openfoam):
     assert "mpirun" in script and "-np 2" in script and "icoFoam -parallel" in script
     assert (out / "hostfile").read_text() == "localhost slots=2\n"
     assert "numberOfSubdomains 2" in (out / "system" / "decomposeParDict").read_text()
-    assert (out / "wrapper.sh").is_file() and not (out / ".e2e" / "pid").exists()
+    meta = out / ".e2e" / "attempt-1"
+    assert (meta / "wrapper.sh").is_file() and not (meta / "pid").exists()
     subprocess.run(["bash", "-n", str(out / "run.sh")], check=True)
-    subprocess.run(["bash", "-n", str(out / "wrapper.sh")], check=True)
+    subprocess.run(["bash", "-n", str(meta / "wrapper.sh")], check=True)

@@ -411,6 +411,6 @@ def test_command_prepare_copies_inputs_and_passes_env(command, tmp_path):
     assert (run_dir / "in" / "data.txt").read_text() == "42\n"
     assert (run_dir / "script.sh").read_text() == "echo hi\n"
     assert prepared.template == "command/run.sh.j2"
-    assert prepared.context == {"command": ["bash", "script.sh"]}
+    assert prepared.context == {"command": ["bash", "script.sh"], "append_log": False}
     assert prepared.env == {"LICENSE_SERVER": "27000@lic"}
     assert prepared.log_file == "output.log"

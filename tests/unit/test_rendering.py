@@ -262,7 +262,8 @@ def wrapper_context(run_dir: Path) -> dict[str, Any]:
     """The wrapper context exactly as lifecycle.materialize_run builds it."""
     return {"run_dir": str(run_dir), "job_id": "abcd1234", "run_id": "run-001",
             "hostfile": str(run_dir / "hostfile"), "nprocs": 2,
-            "env": {"WM_PROJECT_DIR": "/usr/share/openfoam", "E2E_PROBE": "probe"}, "run_tag": "abcd1234/run-001"}
+            "env": {"WM_PROJECT_DIR": "/usr/share/openfoam", "E2E_PROBE": "probe"}, "run_tag": "abcd1234/run-001",
+            "meta": ".e2e/attempt-1", "attempt": 1, "mode": "fresh"}
 
 
 @pytest.mark.parametrize("payload", PAYLOADS, ids=PAYLOAD_IDS)
@@ -271,15 +272,18 @@ def test_wrapper_resists_hostile_values(payload, tmp_path):
     value = hostile(payload, mark)
     base = wrapper_context(tmp_path / "placeholder")
     for n, (label, fields) in enumerate(modes(base)):
+        if label == "meta":
+            continue  # the engine's own attempt folder (".e2e/attempt-N"), never a user value
         # a hostile run_dir is still a real folder: the wrapper must cd into exactly that path
         run_dir = tmp_path / f"runs-{n}" / value if ("run_dir",) in fields else tmp_path / f"runs-{n}" / "r"
-        context = with_values(wrapper_context(run_dir), [f for f in fields if f != ("run_dir",)], value)
+        context = with_values(wrapper_context(run_dir), [f for f in fields if f not in (("run_dir",), ("meta",))],
+                              value)
         if ("run_dir",) in fields:
             assert context["run_dir"].endswith(value)
         script = render(ROOTS, "common/wrapper.sh.j2", context)
         bash_syntax_ok(script, tmp_path)
 
-        (run_dir / ".e2e").mkdir(parents=True)
+        (run_dir / ".e2e" / "attempt-1").mkdir(parents=True)
         (run_dir / "run.sh").write_text(WRAPPER_PROBE)
         (tmp_path / "wrapper.sh").write_text(script)
         result = subprocess.run([BASH, str(tmp_path / "wrapper.sh")], cwd=tmp_path, capture_output=True,
@@ -289,8 +293,8 @@ def test_wrapper_resists_hostile_values(payload, tmp_path):
 
         assert not mark.exists(), f"INJECTION: MARK was created via {why}"
         assert result.returncode == 0, why
-        assert (run_dir / ".e2e" / "exit_code").read_text().strip() == "0", why
-        assert (run_dir / ".e2e" / "pid").read_text().strip().isdigit(), why
+        assert (run_dir / ".e2e" / "attempt-1" / "exit_code").read_text().strip() == "0", why
+        assert (run_dir / ".e2e" / "attempt-1" / "pid").read_text().strip().isdigit(), why
         seen = (run_dir / "seen.bin").read_bytes().decode().split("\0")[:-1]
         env = context["env"]
         assert seen == [context["job_id"], context["run_id"], context["hostfile"], str(context["nprocs"]),
@@ -299,7 +303,7 @@ def test_wrapper_resists_hostile_values(payload, tmp_path):
 
 def test_wrapper_claims_a_run_only_once(tmp_path):
     run_dir = tmp_path / "run"
-    (run_dir / ".e2e").mkdir(parents=True)
+    (run_dir / ".e2e" / "attempt-1").mkdir(parents=True)
     (run_dir / "run.sh").write_text("#!/bin/bash\necho ran >> runs.txt\n")
     script = tmp_path / "wrapper.sh"
     script.write_text(render(ROOTS, "common/wrapper.sh.j2", wrapper_context(run_dir)))
@@ -343,7 +347,7 @@ def test_a_reserved_word_as_first_word_is_still_a_command(tmp_path):
         cwd = tmp_path / f"run-{word}"
         calls = cwd / ".calls"
         calls.mkdir(parents=True)
-        script = render(ROOTS, "command/run.sh.j2", {"command": [word, "-v", "x"]})
+        script = render(ROOTS, "command/run.sh.j2", {"command": [word, "-v", "x"], "append_log": False})
         result = run_script(script, cwd, stubs, calls)
         if recorded_argv(calls, word) != ["-v", "x"]:
             failures.append((word, result.returncode, result.stderr.strip()))

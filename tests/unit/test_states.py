@@ -8,7 +8,7 @@ from orchestrator.states import (
     JOB_TERMINAL,
     JOB_TRANSITIONS,
     RUN_ACTIVE,
-    RUN_TERMINAL,
+    RUN_ENDED,
     RUN_TRANSITIONS,
     JobState,
     RunState,
@@ -16,9 +16,10 @@ from orchestrator.states import (
     run_sources,
 )
 
+RUN_FINAL = frozenset({RunState.STOPPED})  # the only run state nothing leaves (restart leaves the others)
 MACHINES = [
     pytest.param(JobState, JOB_TRANSITIONS, JOB_TERMINAL, job_sources, id="job"),
-    pytest.param(RunState, RUN_TRANSITIONS, RUN_TERMINAL, run_sources, id="run"),
+    pytest.param(RunState, RUN_TRANSITIONS, RUN_FINAL, run_sources, id="run"),
 ]
 
 
@@ -75,7 +76,10 @@ def test_every_non_initial_state_is_reachable(states, table, terminal, sources):
                 reached.add(nxt)
                 frontier.append(nxt)
     assert reached == set(states)
-    assert not sources(initial), "nothing may move back to the initial state"
+    if states is RunState:  # only a restart re-enters PENDING, and only from a run with no process
+        assert sources(initial) <= RUN_ENDED
+    else:
+        assert not sources(initial), "nothing may move back to the initial state"
 
 
 @pytest.mark.parametrize("states, table, terminal, sources", MACHINES)
@@ -98,8 +102,21 @@ def test_values_are_the_enum_names(enum):
         assert isinstance(member, str) and member == member.name
 
 
-def test_run_active_states_are_live_and_not_terminal():
-    assert RUN_ACTIVE.isdisjoint(RUN_TERMINAL)
+def test_restart_leaves_only_ended_runs_and_ended_runs_have_no_process():
+    assert run_sources(RunState.PENDING) == {RunState.PAUSED, RunState.COMPLETED, RunState.FAILED}
+    assert RUN_ENDED == {RunState.PAUSED, RunState.COMPLETED, RunState.FAILED, RunState.STOPPED}
+    assert RunState.PENDING not in RUN_ENDED
+
+
+def test_freeze_and_pause_paths():
+    assert RunState.FROZEN in RUN_TRANSITIONS[RunState.RUNNING]
+    assert RunState.RUNNING in RUN_TRANSITIONS[RunState.FROZEN]          # resume
+    assert RunState.STOPPING in RUN_TRANSITIONS[RunState.FROZEN]         # terminate a frozen run
+    assert RunState.PAUSED in RUN_TRANSITIONS[RunState.STOPPING]
+
+
+def test_run_active_states_are_live_and_not_ended():
+    assert RUN_ACTIVE.isdisjoint(RUN_ENDED)
     assert RunState.PENDING not in RUN_ACTIVE
     for state in RUN_ACTIVE:
         assert RUN_TRANSITIONS[state], state

@@ -143,7 +143,7 @@ def test_an_expect_set_outside_the_table_is_an_invalid_state(store):
     with pytest.raises(InvalidState):
         store.transition_job(job_id, JobState.PROVISIONING, expect=[JobState.UP])
     with pytest.raises(InvalidState):
-        store.transition_run(job_id, "run-001", RunState.PENDING)  # nothing ever moves back to PENDING
+        store.transition_run(job_id, "run-001", RunState.PENDING, expect=[RunState.RUNNING])  # no such edge
     assert store.get_job(job_id)["version"] == 1
 
 
