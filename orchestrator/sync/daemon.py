@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from watchdog.events import FileSystemEventHandler
@@ -175,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orphan-after", type=float, default=ORPHAN_AFTER,
                         help="leave after this many seconds without a heartbeat from the engine")
     args = parser.parse_args(argv)
+    # watchdog 7 warns on every re-added watch of a recreated folder (harmless; it would flood the log)
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"watchdog\.")
     job_dir = args.job_dir.resolve()
     (job_dir / ".sync").mkdir(parents=True, exist_ok=True)
     logging.basicConfig(filename=JobPaths(job_dir).sync.log, level=logging.INFO,
