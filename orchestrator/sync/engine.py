@@ -58,6 +58,8 @@ class SyncPair:
         self._changing_since: dict[str, float] = {}
         self._warned: set[tuple[str, str]] = set()
         self._reported: dict[str, float] = {}
+        self._scanned_at: float | None = None
+        self._changed_after = 0.0
 
     # -- state
     def _load(self) -> dict[str, list]:
@@ -83,6 +85,10 @@ class SyncPair:
         """Bring both sides in step once. `final`: take files still being written as they are now."""
         result = PassResult()
         now = time.time()
+        # A change seen now happened after the previous scan: that bounds the lag of files whose mtime
+        # was kept from elsewhere (copied inputs, `cp -p`).
+        self._changed_after = self._scanned_at if self._scanned_at is not None else now
+        self._scanned_at = now
         self.sides[WORK].root.mkdir(parents=True, exist_ok=True)
         seen = {RUN: self.sides[RUN].scan(), WORK: self.sides[WORK].scan()}
         removed_dirs: list[tuple[str, str]] = []
@@ -187,7 +193,7 @@ class SyncPair:
         self._record_pair(rel, src, copied.src, copied.dst)
         result.files += 1
         result.bytes += copied.sent
-        lag = max(0.0, time.time() - copied.src.mtime_ns / 1e9)
+        lag = max(0.0, time.time() - max(copied.src.mtime_ns / 1e9, self._changed_after))
         result.lag_max = max(result.lag_max, lag)
         result.changes.append({"run": self.label, "path": rel, "action": "appended" if copied.appended else
                                ("updated" if e_dst is not None else "added"), "to": dst,

@@ -23,6 +23,7 @@ from .confine import check_rel, confined, link_stays_inside
 from .tree import scratch_name, temp_name
 
 MANIFEST = "manifest.json"
+SECRET_BEARING = frozenset({"wrapper.sh"})  # the engine's run wrapper exports licence settings
 CHUNK = 1 << 20
 
 
@@ -101,7 +102,7 @@ class LocalResultsStore(ResultsStore):
 
 def _walk(root: Path) -> Iterator[tuple[str, str, str]]:
     """(relative path, "f" or "l", link target) of every file and inner symlink under root, sorted.
-    Left out: wrapper.sh at the top (it may export licence settings), temp, lock, core and scratch files,
+    Left out: the run wrapper (top level or under .e2e/; it may export licence settings), temp, lock, core and scratch files,
     and symlinks that lead outside the folder."""
     stack = [("", root)]
     while stack:
@@ -111,7 +112,7 @@ def _walk(root: Path) -> Iterator[tuple[str, str, str]]:
         except FileNotFoundError:
             continue
         for de in entries:
-            if (not rel_dir and de.name == "wrapper.sh") or scratch_name(de.name):
+            if de.name in SECRET_BEARING and (not rel_dir or rel_dir.startswith(".e2e")) or scratch_name(de.name):
                 continue
             rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
             if de.is_symlink():

@@ -71,6 +71,9 @@ def test_live_sync_both_ways_then_final_sync_and_checksummed_results(ctx, tmp_pa
     (run_dir / "system").mkdir()
     (run_dir / "system" / "controlDict").write_text("endTime 10;\n")
     (run_dir / "wrapper.sh").write_text("export LICENCE=secret\n")
+    (run_dir / ".e2e" / "attempt-1").mkdir()
+    (run_dir / ".e2e" / "attempt-1" / "wrapper.sh").write_text("export LICENCE=secret\n")
+    (run_dir / ".e2e" / "attempt-1" / "exit_code").write_text("0\n")
     # Given the sync service started for the job, and a solver writing a file every quarter second
     service.start(ctx)
     wait_for(lambda: service._alive(ctx), 15, "the sync process to start")
@@ -112,7 +115,8 @@ def test_live_sync_both_ways_then_final_sync_and_checksummed_results(ctx, tmp_pa
     assert all(listed[name]["sha256"] == _sha(path) for name, path in expected.items())
     stored = Path(summary["location"])
     assert all(_sha(stored / name) == entry["sha256"] for name, entry in listed.items())
-    assert "runs/run-001/wrapper.sh" not in listed, "wrapper.sh may hold licence settings"
+    assert "runs/run-001/.e2e/attempt-1/exit_code" in listed
+    assert not any(b"LICENCE" in (stored / name).read_bytes() for name in listed), "the wrapper holds licences"
     # And a download of one folder gets those files, checked
     got = download(results_store(ctx.settings.root), ctx.job_id, "work/run-001/postProcessing", tmp_path / "dl")
     assert len(got) == steps
