@@ -12,8 +12,7 @@ def check_rel(rel: str) -> str:
     """A relative path as the sync engine names it (POSIX separators); raises UserError when it could escape."""
     if not rel or "\x00" in rel:
         raise UserError(f"path {rel!r} is empty or holds a NUL byte")
-    pure = PurePosixPath(rel)
-    if pure.is_absolute() or any(part in ("..", "") for part in pure.parts) or rel != str(pure):
+    if rel.startswith("/") or any(part in ("..", ".", "") for part in rel.split("/")):
         raise UserError(f"path {rel!r} must be relative and stay inside its folder (no '..', no absolute path)")
     return rel
 

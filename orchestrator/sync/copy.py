@@ -18,6 +18,9 @@ APPEND_MIN = 1 << 20        # smaller files are simply rewritten (cheaper than c
 PROBE = 1 << 16             # bytes compared before the old end to recognise an append
 SAMPLES = 16                # evenly spaced 4 KiB blocks compared too (catches a rewrite with the same tail)
 SMALL = 1 << 16
+# Never follow a symlink planted where a file was scanned; never open a FIFO or device by accident.
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -39,70 +42,88 @@ class LocalCopier:
         (it is still being written): nothing on dst changed then. `dst_is_ours`: dst still holds what the
         last pass wrote, so an append may be written in place. `force` accepts a snapshot of a file
         that never stops changing."""
-        s_path, d_path = src.path(rel), dst.path(rel)
-        d_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(s_path, "rb") as fin:
-            before = os.fstat(fin.fileno())
+        s_path = src.fspath(rel)
+        dst.ensure_parent(rel)
+        d_path = dst.fspath(rel)
+        fin = os.open(s_path, READ_FLAGS)
+        try:
+            before = os.fstat(fin)
+            if not stat_mode.S_ISREG(before.st_mode):
+                raise IsADirectoryError(f"{rel!r} is no longer a regular file")
             if (before.st_size, before.st_mtime_ns) != (src_entry.size, src_entry.mtime_ns) and not force:
                 return None
             size = before.st_size
             old = dst_entry.size if dst_entry is not None and dst_entry.kind == "f" else -1
             if dst_is_ours and APPEND_MIN <= old < size and _is_append(fin, d_path, old):
-                with open(d_path, "r+b") as fout:
+                fout = os.open(d_path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
                     sent = _copy_range(fin, fout, old, size - old)
-                os.utime(d_path, ns=(before.st_atime_ns, before.st_mtime_ns))
+                    os.utime(fout, ns=(before.st_atime_ns, before.st_mtime_ns))
+                    after = os.fstat(fout)
+                finally:
+                    os.close(fout)
                 # An append is written in place, so it is kept even if the source moved on meanwhile:
                 # dst now equals the source's first `size` bytes, which is what we record.
-                return Copied(sent, Entry("f", size, before.st_mtime_ns), dst.stat(rel), appended=True)
-            tmp = d_path.with_name(temp_name(d_path.name))
+                return Copied(sent, Entry("f", size, before.st_mtime_ns),
+                              Entry("f", after.st_size, after.st_mtime_ns), appended=True)
+            if dst_entry is not None and dst_entry.kind == "d":
+                raise IsADirectoryError(f"{rel!r} is a directory on the other side")
+            tmp = d_path[: len(d_path) - len(rel.rpartition("/")[2])] + temp_name(rel.rpartition("/")[2])
+            fout = os.open(tmp, TEMP_FLAGS, 0o600)
             try:
-                with open(tmp, "wb") as fout:
-                    sent = _copy_range(fin, fout, 0, size)
-                after = os.fstat(fin.fileno())
-                if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) and not force:
+                sent = _copy_range(fin, fout, 0, size)
+                moved = os.fstat(fin)
+                if (moved.st_size, moved.st_mtime_ns) != (before.st_size, before.st_mtime_ns) and not force:
+                    os.close(fout)
+                    fout = -1
                     os.unlink(tmp)
                     return None
-                os.chmod(tmp, stat_mode.S_IMODE(before.st_mode))
-                os.utime(tmp, ns=(before.st_atime_ns, before.st_mtime_ns))
-                if dst_entry is not None and dst_entry.kind == "d":
-                    raise IsADirectoryError(f"{rel!r} is a directory on the other side")
+                os.fchmod(fout, stat_mode.S_IMODE(before.st_mode))
+                os.utime(fout, ns=(before.st_atime_ns, before.st_mtime_ns))
+                after = os.fstat(fout)
+                os.close(fout)
+                fout = -1
                 os.replace(tmp, d_path)
             except BaseException:
+                if fout >= 0:
+                    os.close(fout)
                 try:
                     os.unlink(tmp)
                 except FileNotFoundError:
                     pass
                 raise
-        return Copied(sent, Entry("f", size, before.st_mtime_ns), dst.stat(rel))
+        finally:
+            os.close(fin)
+        return Copied(sent, Entry("f", size, before.st_mtime_ns), Entry("f", after.st_size, after.st_mtime_ns))
 
 
-def _is_append(fin, d_path, old: int) -> bool:
+def _is_append(fin: int, d_path: str, old: int) -> bool:
     """Whether the destination's content is the source's first `old` bytes (sampled, not read whole)."""
     try:
-        with open(d_path, "rb") as fold:
-            if os.fstat(fold.fileno()).st_size != old:
-                return False
-            offsets = {0, max(0, old - PROBE)} | {old * i // SAMPLES for i in range(1, SAMPLES)}
-            for off in sorted(offsets):
-                length = min(PROBE if off == max(0, old - PROBE) else 4096, old - off)
-                if os.pread(fin.fileno(), length, off) != os.pread(fold.fileno(), length, off):
-                    return False
-        return True
+        fold = os.open(d_path, READ_FLAGS)
     except OSError:
         return False
+    try:
+        if os.fstat(fold).st_size != old:
+            return False
+        tail = max(0, old - PROBE)
+        spots = {0: min(4096, old), tail: old - tail}
+        spots.update({old * i // SAMPLES: 4096 for i in range(1, SAMPLES) if old * i // SAMPLES + 4096 <= tail})
+        return all(os.pread(fin, n, off) == os.pread(fold, n, off) for off, n in spots.items())
+    finally:
+        os.close(fold)
 
 
-def _copy_range(fin, fout, offset: int, length: int) -> int:
+def _copy_range(fin: int, fout: int, offset: int, length: int) -> int:
     """Copy length bytes from fin@offset to fout@offset, in the kernel where it can; bytes copied."""
     if length <= SMALL:
-        data = os.pread(fin.fileno(), length, offset)
-        os.pwrite(fout.fileno(), data, offset)
+        data = os.pread(fin, length, offset)
+        os.pwrite(fout, data, offset)
         return len(data)
     done = 0
-    in_fd, out_fd = fin.fileno(), fout.fileno()
     try:
         while done < length:
-            n = os.copy_file_range(in_fd, out_fd, length - done, offset + done, offset + done)
+            n = os.copy_file_range(fin, fout, length - done, offset + done, offset + done)
             if n == 0:
                 break  # the source shrank under us
             done += n
@@ -110,9 +131,9 @@ def _copy_range(fin, fout, offset: int, length: int) -> int:
     except OSError:
         pass  # e.g. EXDEV on older kernels or unsupported filesystems: plain reads and writes
     while done < length:
-        block = os.pread(in_fd, min(1 << 20, length - done), offset + done)
+        block = os.pread(fin, min(1 << 20, length - done), offset + done)
         if not block:
             break
-        os.pwrite(out_fd, block, offset + done)
+        os.pwrite(fout, block, offset + done)
         done += len(block)
     return done

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from .confine import confined
+from .confine import check_rel, confined
 
 # Never synced: the engine's bookkeeping (and wrapper.sh, which may export licence settings) at the top of
 # a run directory, and anywhere: our own temp files, editor/lock files, core dumps and scratch files.
@@ -96,13 +96,37 @@ class LocalSide(Side):
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._root = str(self.root)
+        # Folders known to be real folders (not symlinks) inside the root: from the last scan, plus those we
+        # created since. Paths under them skip the per-component symlink check (thousands of files per pass).
+        self._dirs: set[str] = set()
 
     def path(self, rel: str) -> Path:
-        return confined(self.root, rel)
+        return Path(self.fspath(rel))
+
+    def fspath(self, rel: str) -> str:
+        """root/rel as a string, refusing any path that could lead outside the root."""
+        check_rel(rel)
+        parent = rel.rpartition("/")[0]
+        if parent and parent not in self._dirs:
+            confined(self.root, rel)
+        return f"{self._root}/{rel}"
+
+    def ensure_parent(self, rel: str) -> None:
+        """Create rel's folder (and those above it) if needed, refusing symlinked folders on the way."""
+        parent = rel.rpartition("/")[0]
+        if not parent or parent in self._dirs:
+            return
+        confined(self.root, rel)
+        os.makedirs(f"{self._root}/{parent}", exist_ok=True)
+        confined(self.root, rel)  # nothing swapped a folder for a symlink meanwhile
+        while parent:
+            self._dirs.add(parent)
+            parent = parent.rpartition("/")[0]
 
     def scan(self) -> dict[str, Entry]:
         found: dict[str, Entry] = {}
-        stack = [("", str(self.root))]
+        stack = [("", self._root)]
         while stack:
             rel_dir, abs_dir = stack.pop()
             try:
@@ -115,16 +139,18 @@ class LocalSide(Side):
                         continue
                     rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
                     try:
-                        st = de.stat(follow_symlinks=False)
                         if de.is_symlink():
-                            found[rel] = Entry("l", 0, st.st_mtime_ns, os.readlink(de.path))
+                            found[rel] = Entry("l", 0, de.stat(follow_symlinks=False).st_mtime_ns,
+                                               os.readlink(de.path))
                         elif de.is_dir(follow_symlinks=False):
                             found[rel] = Entry("d")
                             stack.append((rel, de.path))
                         elif de.is_file(follow_symlinks=False):
+                            st = de.stat(follow_symlinks=False)
                             found[rel] = Entry("f", st.st_size, st.st_mtime_ns)
                     except FileNotFoundError:
                         continue  # deleted while we looked: the next pass sees it gone
+        self._dirs = {rel for rel, entry in found.items() if entry.kind == "d"}
         return found
 
     def stat(self, rel: str) -> Entry | None:
@@ -142,7 +168,9 @@ class LocalSide(Side):
         return file_sha256(self.path(rel))
 
     def mkdir(self, rel: str) -> None:
-        self.path(rel).mkdir(parents=True, exist_ok=True)
+        self.ensure_parent(rel)
+        os.makedirs(self.fspath(rel), exist_ok=True)
+        self._dirs.add(rel)
 
     def remove(self, rel: str) -> None:
         try:
@@ -151,6 +179,7 @@ class LocalSide(Side):
             pass
 
     def rmdir(self, rel: str) -> bool:
+        self._dirs.discard(rel)
         try:
             os.rmdir(self.path(rel))
             return True
@@ -161,10 +190,11 @@ class LocalSide(Side):
 
     def rename(self, rel: str, new_rel: str) -> None:
         os.rename(self.path(rel), self.path(new_rel))
+        self._dirs = {d for d in self._dirs if d != rel and not d.startswith(rel + "/")}
 
     def symlink(self, rel: str, target: str) -> Entry:
+        self.ensure_parent(rel)
         dest = self.path(rel)
-        dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(temp_name(dest.name))
         os.symlink(target, tmp)
         os.replace(tmp, dest)
