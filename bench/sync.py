@@ -31,9 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.paths import JobPaths  # noqa: E402
-from orchestrator.sync.engine import SyncPair  # noqa: E402
-from orchestrator.sync.tree import LocalSide  # noqa: E402
+from orchestrator.paths import JobPaths
+from orchestrator.sync.engine import SyncPair
+from orchestrator.sync.tree import LocalSide
 
 RATIO_TARGET, APPEND_BYTES_TARGET, P50_TARGET, P99_TARGET = 1.25, 2 << 20, 0.5, 1.0
 
@@ -107,8 +107,7 @@ def bench_transfers(base: Path, args) -> list[dict]:
     src.mkdir()
     big = src / "big.bin"
     with open(big, "wb") as fh:
-        for _ in range(args.big_mb):
-            fh.write(os.urandom(1 << 20))
+        fh.writelines(os.urandom(1 << 20) for _ in range(args.big_mb))
     results = []
     ours_dst, rs_dst, state = base / "ours", base / "rsync", base / "state.json"
 

@@ -9,7 +9,10 @@ sees the old content and then more, never a torn file.
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import stat as stat_mode
+import subprocess
 from dataclasses import dataclass
 
 from .tree import Entry, LocalSide, temp_name
@@ -137,3 +140,47 @@ def _copy_range(fin: int, fout: int, offset: int, length: int) -> int:
         os.pwrite(fout, block, offset + done)
         done += len(block)
     return done
+
+
+class RsyncCopier:
+    """Delegates a file to rsync: the transfer for a run directory on another node (rsync over ssh sends only
+    changed blocks of a modified file, and `--append-verify` only the new bytes of a grown one), and usable
+    locally for the same behaviour. The destination is still replaced atomically (rsync's temp + rename),
+    except for verified appends. `remote_shell`/`host` come from the backend (e.g. ["ssh", "-F", cfg]);
+    None means both sides are local."""
+
+    def __init__(self, rsync: str = "rsync", remote_shell: list[str] | None = None, host: str | None = None,
+                 remote: str = "dst") -> None:
+        self.rsync, self.remote_shell, self.host, self.remote = rsync, remote_shell, host, remote
+
+    def argv(self, src_path: str, dst_path: str, append: bool) -> list[str]:
+        argv = [self.rsync, "--times", "--perms", "--stats", "-s", "--no-whole-file"]
+        argv += ["--append-verify"] if append else []
+        if self.remote_shell:
+            argv += ["-e", shlex.join(self.remote_shell)]
+        if self.host:  # -s (secluded/protected args): the remote path is never split by a remote shell
+            src_path = f"{self.host}:{src_path}" if self.remote == "src" else src_path
+            dst_path = f"{self.host}:{dst_path}" if self.remote == "dst" else dst_path
+        return [*argv, "--", src_path, dst_path]
+
+    def copy(self, src: LocalSide, dst: LocalSide, rel: str, src_entry: Entry, dst_entry: Entry | None,
+             dst_is_ours: bool, force: bool = False) -> Copied | None:
+        if dst_entry is not None and dst_entry.kind == "d":
+            raise IsADirectoryError(f"{rel!r} is a directory on the other side")
+        dst.ensure_parent(rel)
+        append = dst_is_ours and dst_entry is not None and dst_entry.kind == "f" and dst_entry.size < src_entry.size
+        proc = subprocess.run(self.argv(src.fspath(rel), dst.fspath(rel), append), capture_output=True, text=True,
+                              check=False)
+        if proc.returncode == 24 or (proc.returncode == 23 and "vanished" in proc.stderr):
+            return None  # the file changed or vanished while rsync read it: look again later
+        if proc.returncode != 0:
+            raise OSError(f"rsync of {rel!r} failed ({proc.returncode}): {proc.stderr.strip()[-300:]}")
+        now_src, now_dst = src.stat(rel), dst.stat(rel)
+        if now_dst is None:
+            return None
+        literal = re.search(r"Literal data: ([\d,.]+)", proc.stdout)
+        sent = int(re.sub(r"[,.]", "", literal.group(1))) if literal else src_entry.size
+        # dst changed, so it is recorded either way; a source that moved on during the transfer is recorded
+        # as it was scanned, so the next pass sends it again (never mistaken for a conflict).
+        same = now_src is not None and (now_src.size, now_src.mtime_ns) == (now_dst.size, now_dst.mtime_ns)
+        return Copied(sent, now_src if same else src_entry, now_dst, appended=append)

@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
         return run(job_dir, args.rescan, args.orphan_after)
-    except Exception:  # noqa: BLE001 - logged with its traceback for the operator; the service restarts us
+    except Exception:  # logged with its traceback for the operator; the service starts a new process
         log.exception("sync daemon failed")
         return 1
 

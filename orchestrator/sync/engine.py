@@ -17,9 +17,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from ..errors import UserError
 from .confine import link_stays_inside
@@ -141,12 +141,7 @@ class SyncPair:
         elif run is None or work is None:  # deleted on one side, changed on the other: the change wins
             src = RUN if run is not None else WORK
             self._send(rel, src, entries[src], None, dst_is_ours=False, now=now, final=final, result=result)
-        elif run.kind == work.kind == "d":
-            self._record(rel, run, work)
-        elif run.kind == work.kind == "l" and run.target == work.target:
-            self._record(rel, run, work)
-        elif run.kind == work.kind == "f" and run.size == work.size \
-                and self.sides[RUN].sha256(rel) == self.sides[WORK].sha256(rel):
+        elif self._same(rel, run, work):
             self._record(rel, run, work)
         else:
             if not final and any(e.kind == "f" and now - e.mtime_ns / 1e9 < self.quiet for e in (run, work)):
@@ -158,6 +153,14 @@ class SyncPair:
             self.emit("sync.conflict", {"run": self.label, "path": rel, "kept": "run directory",
                                         "desktop_copy": saved})
             self._send(rel, RUN, run, None, dst_is_ours=False, now=now, final=final, result=result)
+
+    def _same(self, rel: str, run: Entry, work: Entry) -> bool:
+        """Both sides hold the same thing (the same change made twice is no conflict)."""
+        if run.kind != work.kind:
+            return False
+        if run.kind == "f":
+            return run.size == work.size and self.sides[RUN].sha256(rel) == self.sides[WORK].sha256(rel)
+        return run.kind == "d" or run.target == work.target
 
     def _send(self, rel: str, src: str, e_src: Entry, e_dst: Entry | None, dst_is_ours: bool, now: float,
               final: bool, result: PassResult) -> None:

@@ -13,8 +13,9 @@ import os
 import shutil
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 from ..errors import InfrastructureError, NotFound
 from ..paths import results_dir
@@ -112,7 +113,8 @@ def _walk(root: Path) -> Iterator[tuple[str, str, str]]:
         except FileNotFoundError:
             continue
         for de in entries:
-            if de.name in SECRET_BEARING and (not rel_dir or rel_dir.startswith(".e2e")) or scratch_name(de.name):
+            secret = de.name in SECRET_BEARING and (not rel_dir or rel_dir.startswith(".e2e"))
+            if secret or scratch_name(de.name):
                 continue
             rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
             if de.is_symlink():

@@ -24,7 +24,7 @@ from .confine import check_rel, confined
 ROOT_EXCLUDES = frozenset({".e2e", "wrapper.sh"})
 NAME_EXCLUDES = (".*.e2e-sync.*", ".*.e2e-tmp", "core", "core.[0-9]*", "*.lock", "*.lck", ".~lock.*#",
                  ".#*", "*.swp", "*.swx", "*~", ".nfs*", "*.tmp", "*.scratch")
-_NAME_RE = re.compile("|".join(fnmatch.translate(p) for p in NAME_EXCLUDES), re.S)
+_NAME_RE = re.compile("|".join(fnmatch.translate(p) for p in NAME_EXCLUDES), re.DOTALL)
 TEMP_MARK = ".e2e-sync."
 
 
