@@ -155,9 +155,10 @@ class Lifecycle:
                                           data={"reason": reason}, reason=reason, ended_at=time.time())
                 return
             backend.stage_in(nodes, paths.root)
-            fault_point("launch.before_spawn")
+            step = "launch" if paths.attempt == 1 else "restart"  # drills can target either
+            fault_point(f"{step}.before_spawn")
             backend.spawn_detached(head, ["bash", str(paths.wrapper)], cwd=paths.root)
-            fault_point("launch.after_spawn")
+            fault_point(f"{step}.after_spawn")
         deadline = time.monotonic() + PID_WAIT
         while time.monotonic() < deadline:
             if self._adopt_started(job_id, run_id, backend, head, paths):

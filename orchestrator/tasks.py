@@ -48,8 +48,10 @@ def terminate(job_id: str) -> None:
 def reconcile() -> int:
     lc = lifecycle()
     # A lease, not a correctness lock (transitions are compare-and-set): it only keeps two passes
-    # from doing the same work at once when a pass runs longer than the beat interval.
-    lock = lc.store.r.lock(f"{lc.store.prefix}:lock:reconcile", timeout=60, blocking=False)
+    # from doing the same work at once when a pass runs longer than the beat interval. Short, because a
+    # worker killed mid-pass holds it until it expires, and nothing is reconciled meanwhile.
+    lease = max(10.0, 5 * lc.settings.reconcile_interval)
+    lock = lc.store.r.lock(f"{lc.store.prefix}:lock:reconcile", timeout=lease, blocking=False)
     if not lock.acquire():
         return 0
     try:
