@@ -31,20 +31,41 @@ log = logging.getLogger("orchestrator.sync")
 
 RESCAN = 3.0        # seconds between safety-net rescans when inotify reports nothing
 DEBOUNCE = 0.03     # a burst of writes becomes one pass
+MIN_GAP = 0.1       # seconds between passes at the most busy
 FINAL_PASSES = 5    # the final sync repeats until nothing moves (a conflict copy needs a second pass)
 STATS_EVERY = 5.0   # seconds between sync.stats events (totals of the passes in between)
 ORPHAN_AFTER = 120.0  # no heartbeat from the engine for this long: leave (the service restarts us later)
 
 
-class _Wake(FileSystemEventHandler):
-    """Any change under the watched folders wakes the loop (our own temp files excepted)."""
+class _Changes(FileSystemEventHandler):
+    """Collects the folders inotify reports changes in (our own temp files excepted) and wakes the loop."""
 
-    def __init__(self, wake: threading.Event) -> None:
-        self.wake = wake
+    def __init__(self) -> None:
+        self.wake = threading.Event()
+        self._lock = threading.Lock()
+        self._folders: set[str] = set()
 
     def on_any_event(self, event) -> None:
-        if TEMP_MARK not in os.path.basename(str(event.src_path)):
+        paths = [os.fsdecode(event.src_path)]
+        if getattr(event, "dest_path", ""):
+            paths.append(os.fsdecode(event.dest_path))
+        folders = set()
+        for path in paths:
+            if TEMP_MARK in os.path.basename(path):
+                continue
+            folders.add(os.path.dirname(path))
+            if event.is_directory:
+                folders.add(path)
+        if folders:
+            with self._lock:
+                self._folders |= folders
             self.wake.set()
+
+    def take(self) -> set[str]:
+        with self._lock:
+            folders, self._folders = self._folders, set()
+        self.wake.clear()
+        return folders
 
 
 class JobSync:
@@ -55,6 +76,7 @@ class JobSync:
         self.sp = self.paths.sync
         self.quiet, self.max_defer = quiet, max_defer
         self.pairs: dict[str, SyncPair] = {}
+        self.seen: set[str] = set()     # runs listed whole at least once by this process
         self._events = open(self.sp.events, "a", encoding="utf-8")
         self._totals = {"files": 0, "bytes": 0, "deleted": 0, "conflicts": 0, "passes": 0}
         self._lags: list[float] = []
@@ -76,12 +98,33 @@ class JobSync:
                     run_id, LocalSide(self.paths.run(run_id).root), LocalSide(self.paths.work_of(run_id)),
                     self.sp.state(run_id), self.emit, quiet=self.quiet, max_defer=self.max_defer)
 
-    def sync_all(self, final: bool = False) -> tuple[int, float | None]:
-        """One pass over every run; (files and deletions moved, earliest time a deferred file is due)."""
+    def dirty_by_run(self, folders: set[str]) -> dict[str, set[str] | None]:
+        """Changed absolute folders -> per run, the changed folders relative to it (None: list it whole)."""
+        by_run: dict[str, set[str] | None] = {}
+        for base in (str(self.paths.runs), str(self.paths.work)):
+            for folder in folders:
+                if folder != base and not folder.startswith(base + "/"):
+                    continue
+                run_id, _, rel = folder[len(base) + 1:].partition("/")
+                if not run_id:  # runs/ or work/ itself: a run appeared or went
+                    by_run.update(dict.fromkeys(self.pairs, None))
+                elif by_run.get(run_id, set()) is not None:
+                    by_run.setdefault(run_id, set()).add(rel)
+        return by_run
+
+    def sync_all(self, final: bool = False, dirty: dict[str, set[str] | None] | None = None) -> tuple[int, float | None]:
+        """One pass over every run (or, with `dirty`, over the changed folders of the runs that changed);
+        (files and deletions moved, earliest time a deferred file is due)."""
         self._discover()
         moved, due = 0, None
-        for pair in self.pairs.values():
-            result = pair.sync_once(final=final)
+        for run_id, pair in self.pairs.items():
+            if dirty is None or run_id not in self.seen:
+                result = pair.sync_once(final=final)
+                self.seen.add(run_id)
+            elif run_id in dirty or pair.has_pending:
+                result = pair.sync_once(final=final, dirty=dirty.get(run_id) or set())
+            else:
+                continue
             moved += result.files + result.deleted + result.conflicts
             if result.due is not None:
                 due = result.due if due is None else min(due, result.due)
@@ -121,14 +164,14 @@ def run(job_dir: Path, rescan: float = RESCAN, orphan_after: float = ORPHAN_AFTE
     paths.work.mkdir(parents=True, exist_ok=True)
     paths.runs.mkdir(parents=True, exist_ok=True)
     job = JobSync(job_dir)
-    wake = threading.Event()
+    changes = _Changes()
     observer = Observer()
     for folder in (paths.runs, paths.work):
-        observer.schedule(_Wake(wake), str(folder), recursive=True)
+        observer.schedule(changes, str(folder), recursive=True)
     observer.start()
     job.emit("sync.state", {"state": "started", "pid": os.getpid()})
     try:
-        due = None
+        due, full_at, last_pass = None, 0.0, 0.0
         while not _asked_to_stop(sp.stop_request):
             if not sp.root.is_dir():
                 log.warning("%s vanished: the job is gone; leaving", sp.root)
@@ -138,10 +181,17 @@ def run(job_dir: Path, rescan: float = RESCAN, orphan_after: float = ORPHAN_AFTE
                 job.emit("sync.state", {"state": "paused", "message": "the engine stopped looking after this job"})
                 return 0
             timeout = rescan if due is None else max(0.0, min(rescan, due - time.time()))
-            if wake.wait(timeout):
-                time.sleep(DEBOUNCE)
-            wake.clear()
-            _, due = job.sync_all()
+            if changes.wake.wait(timeout):
+                # A burst of writes becomes one pass, and a solver writing all the time gets a pass at most
+                # every MIN_GAP seconds rather than one per write.
+                time.sleep(max(DEBOUNCE, last_pass + MIN_GAP - time.monotonic()))
+            folders = changes.take()
+            last_pass = time.monotonic()
+            if last_pass - full_at >= rescan:
+                full_at = last_pass
+                _, due = job.sync_all()
+            else:
+                _, due = job.sync_all(dirty=job.dirty_by_run(folders))
         for _ in range(FINAL_PASSES):
             moved, _ = job.sync_all(final=True)
             if not moved:

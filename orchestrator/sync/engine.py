@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 RUN, WORK = "run", "work"
 MAX_FILE_EVENTS = 20    # per pass; beyond that one summary event (a restart can touch thousands of files)
+MAX_DIRTY = 256          # more changed folders than this in one pass: list both trees whole instead
 FILE_EVENT_EVERY = 60.0  # seconds between sync.file events for the same, still changing file
 
 Emit = Callable[[str, dict], None]
@@ -59,6 +60,7 @@ class SyncPair:
         self._warned: set[tuple[str, str]] = set()
         self._reported: dict[str, float] = {}
         self._scanned_at: float | None = None
+        self._pending_dirs: set[str] = set()    # folders of files left for a later look
         self._changed_after = 0.0
 
     # -- state
@@ -81,8 +83,15 @@ class SyncPair:
         self._changing_since.pop(rel, None)
 
     # -- one pass
-    def sync_once(self, final: bool = False) -> PassResult:
-        """Bring both sides in step once. `final`: take files still being written as they are now."""
+    @property
+    def has_pending(self) -> bool:
+        """Files were left for a later look (still being written)."""
+        return bool(self._pending_dirs)
+
+    def sync_once(self, final: bool = False, dirty: set[str] | None = None) -> PassResult:
+        """Bring both sides in step once. `final`: take files still being written as they are now.
+        `dirty`: only these folders ("" = the top) changed, as inotify reported: only they are listed (plus
+        new folders inside them, whole); None lists both trees whole (the periodic safety net)."""
         result = PassResult()
         now = time.time()
         # A change seen now happened after the previous scan: that bounds the lag of files whose mtime
@@ -90,9 +99,17 @@ class SyncPair:
         self._changed_after = self._scanned_at if self._scanned_at is not None else now
         self._scanned_at = now
         self.sides[WORK].root.mkdir(parents=True, exist_ok=True)
-        seen = {RUN: self.sides[RUN].scan(), WORK: self.sides[WORK].scan()}
+        if dirty is None or len(dirty) > MAX_DIRTY:
+            seen = {RUN: self.sides[RUN].scan(), WORK: self.sides[WORK].scan()}
+            names = set(seen[RUN]) | set(seen[WORK]) | set(self.state)
+        else:
+            dirs = dirty | self._pending_dirs
+            known = {rel for rel, (r, w) in self.state.items() if r == ["d"] or w == ["d"]}
+            seen = {side: self.sides[side].scan_dirs(dirs, known) for side in (RUN, WORK)}
+            names = set(seen[RUN]) | set(seen[WORK]) | {rel for rel in self.state if rel.rpartition("/")[0] in dirs}
+        self._pending_dirs = set()
         removed_dirs: list[tuple[str, str]] = []
-        for rel in sorted(set(seen[RUN]) | set(seen[WORK]) | set(self.state)):
+        for rel in sorted(names):
             entries = {RUN: seen[RUN].get(rel), WORK: seen[WORK].get(rel)}
             last = self.state.get(rel, [None, None])
             changed = {side: (e.sig if e else None) != last[i] for i, (side, e) in enumerate(entries.items())}
@@ -210,6 +227,7 @@ class SyncPair:
 
     def _defer(self, rel: str, now: float, result: PassResult, at: float | None = None) -> None:
         self._changing_since.setdefault(rel, now)
+        self._pending_dirs.add(rel.rpartition("/")[0])
         at = max(at or now + self.quiet, now + 0.02)
         result.due = at if result.due is None else min(result.due, at)
 

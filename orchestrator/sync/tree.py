@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from .confine import check_rel, confined
 
 # Never synced: the engine's bookkeeping (and wrapper.sh, which may export licence settings) at the top of
@@ -31,6 +32,16 @@ TEMP_MARK = ".e2e-sync."
 def excluded(rel_parent: str, name: str) -> bool:
     """Whether a directory entry named `name` inside `rel_parent` ("" for the root) is left out."""
     return (not rel_parent and name in ROOT_EXCLUDES) or scratch_name(name)
+
+
+def _under_excluded(rel_dir: str) -> bool:
+    """Whether a folder lies in an excluded one (e.g. .e2e/attempt-1): its changes are never synced."""
+    parent = ""
+    for part in rel_dir.split("/"):
+        if excluded(parent, part):
+            return True
+        parent = f"{parent}/{part}" if parent else part
+    return False
 
 
 def scratch_name(name: str) -> bool:
@@ -125,8 +136,34 @@ class LocalSide(Side):
             parent = parent.rpartition("/")[0]
 
     def scan(self) -> dict[str, Entry]:
+        found = self._walk("", lambda rel: True)
+        self._dirs = {rel for rel, entry in found.items() if entry.kind == "d"}
+        return found
+
+    def scan_dirs(self, dirs: set[str], known_dirs: set[str]) -> dict[str, Entry]:
+        """The entries directly inside each folder of `dirs` ("" is the root), and everything inside the
+        folders found there that are not in `known_dirs` (new folders: inotify may have missed their files)."""
         found: dict[str, Entry] = {}
-        stack = [("", self._root)]
+        for rel_dir in dirs:
+            if rel_dir and (_under_excluded(rel_dir) or not self._real_dir(rel_dir)):
+                self._dirs.discard(rel_dir)
+                continue
+            found.update(self._walk(rel_dir, lambda rel: rel not in known_dirs))
+        self._dirs.update(rel for rel, entry in found.items() if entry.kind == "d")
+        return found
+
+    def _real_dir(self, rel_dir: str) -> bool:
+        """rel_dir exists and neither it nor a folder above it is a symlink."""
+        try:
+            confined(self.root, f"{rel_dir}/-")
+            return stat_mode.S_ISDIR(os.lstat(f"{self._root}/{rel_dir}").st_mode)
+        except (OSError, UserError):
+            return False
+
+    def _walk(self, start: str, descend) -> dict[str, Entry]:
+        """Entries under the folder `start`, descending into the sub-folders for which descend(rel) holds."""
+        found: dict[str, Entry] = {}
+        stack = [(start, f"{self._root}/{start}" if start else self._root)]
         while stack:
             rel_dir, abs_dir = stack.pop()
             try:
@@ -144,13 +181,13 @@ class LocalSide(Side):
                                                os.readlink(de.path))
                         elif de.is_dir(follow_symlinks=False):
                             found[rel] = Entry("d")
-                            stack.append((rel, de.path))
+                            if descend(rel):
+                                stack.append((rel, de.path))
                         elif de.is_file(follow_symlinks=False):
                             st = de.stat(follow_symlinks=False)
                             found[rel] = Entry("f", st.st_size, st.st_mtime_ns)
                     except FileNotFoundError:
                         continue  # deleted while we looked: the next pass sees it gone
-        self._dirs = {rel for rel, entry in found.items() if entry.kind == "d"}
         return found
 
     def stat(self, rel: str) -> Entry | None:

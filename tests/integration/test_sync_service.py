@@ -43,7 +43,8 @@ WRITER = textwrap.dedent("""
 
 @pytest.fixture
 def ctx(redis_url, tmp_path):
-    settings = make_settings(tmp_path / "home", redis_url + "/0", local_nodes=1)
+    # A database of its own: a job record no engine drives must not sit at the head of the session's queue
+    settings = make_settings(tmp_path / "home", redis_url + "/12", local_nodes=1)
     store = JobStore.from_url(settings.redis_url)
     job_id = store.create_job(name="sync", owner="tester", spec={}, backend="local", solver="command")
     backend = LocalBackend(settings)

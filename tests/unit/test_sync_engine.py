@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import pytest
@@ -232,3 +233,50 @@ def test_state_survives_a_restart_of_the_sync(pair):
     (pair.work / "a").write_text("edited while the sync was down")
     again.sync_once()
     assert (pair.run / "a").read_text() == "edited while the sync was down"
+
+
+def test_a_pass_over_changed_folders_lists_only_those(pair):
+    for folder in ("a", "b"):
+        (pair.run / folder).mkdir()
+        (pair.run / folder / "f").write_text("1")
+    pair.sync_once()
+    (pair.run / "a" / "f").write_text("2")
+    (pair.run / "b" / "f").write_text("2")
+    pair.sync_once(dirty={"a"})
+    assert (pair.work / "a" / "f").read_text() == "2"
+    assert (pair.work / "b" / "f").read_text() == "1", "b was not reported changed: left to the full rescan"
+    pair.sync_once()
+    assert (pair.work / "b" / "f").read_text() == "2"
+
+
+def test_a_new_folder_is_listed_whole_and_a_removed_one_is_removed(pair):
+    (pair.run / "new" / "deep").mkdir(parents=True)
+    (pair.run / "new" / "deep" / "U").write_text("u")   # written before any watch on new/ could exist
+    pair.sync_once(dirty={""})
+    assert (pair.work / "new" / "deep" / "U").read_text() == "u"
+    shutil.rmtree(pair.run / "new")
+    pair.sync_once(dirty={"", "new", "new/deep"})
+    assert not (pair.work / "new").exists()
+
+
+def test_a_changed_folder_that_became_a_symlink_is_not_listed(pair, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("s")
+    (pair.run / "sub").mkdir()
+    pair.sync_once()
+    (pair.run / "sub").rmdir()
+    os.symlink(outside, pair.run / "sub")
+    pair.sync_once(dirty={"", "sub"})
+    assert not (pair.work / "sub" / "secret").exists()
+
+
+def test_a_deferred_file_is_looked_at_again_without_new_events(pair):
+    slow = pair.make(quiet=0.3, max_defer=60.0)
+    (pair.run / "out").mkdir()
+    (pair.run / "out" / "f").write_text("being written")
+    slow.sync_once(dirty={"out"})
+    assert slow.has_pending and not (pair.work / "out" / "f").exists()
+    age(pair.run / "out" / "f")
+    slow.sync_once(dirty=set())
+    assert (pair.work / "out" / "f").read_text() == "being written" and not slow.has_pending
