@@ -12,7 +12,7 @@ import redis
 import typer
 from rich.table import Table
 
-from .cli_common import JSON_OPT, _age, _client, _dump, _job_doc, _state, app, err, out
+from .cli_common import JSON_OPT, _age, _client, _duration, _dump, _job_doc, _state, app, err, out
 from .client import run_finished
 from .errors import E2EError, InfrastructureError
 from .settings import get_settings
@@ -110,11 +110,19 @@ def status(job: str, as_json: bool = JSON_OPT) -> None:
     for run in doc["runs_detail"]:
         prog = run.get("progress")
         line = f"  {run['id']}  {_state(run['state'].value)}"
+        if (run.get("attempt") or 1) > 1:
+            line += f"  attempt {run['attempt']}"
         if prog and prog.step is not None:
             line += f"  step {prog.step:g}" + (f"/{prog.total:g}" if prog.total else "")
         if run.get("reason"):
             line += f"  ({run['reason']})"
         out.print(line)
+    if (doc.get("revision") or 1) > 1:
+        out.print(f"  spec     revision {doc['revision']} (e2e history {doc['id']})")
+    for limit, deadline in doc.get("deadlines", {}).items():
+        out.print(f"  {limit:<8} ends the job in {_duration(deadline - time.time())}")
+    if doc.get("allowed"):
+        out.print(f"  commands {', '.join(doc['allowed'])}")
     if doc.get("results"):
         out.print(f"  results  {doc['results']}")
 
@@ -187,7 +195,7 @@ def render(spec: Path, out_dir: Path = typer.Option(..., "--out", help="folder t
     from solvers.base import registry
 
     from .cluster import get_backend
-    from .lifecycle import materialize_run
+    from .materialize import materialize_run
     from .paths import RunPaths
     from .spec import load_spec
 

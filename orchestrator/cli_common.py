@@ -42,7 +42,11 @@ def _state(value: str) -> str:
 
 
 def _age(ts: float) -> str:
-    secs = max(0, time.time() - ts)
+    return _duration(time.time() - ts)
+
+
+def _duration(secs: float) -> str:
+    secs = max(0.0, secs)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if secs >= size:
             return f"{secs / size:.0f}{unit}"

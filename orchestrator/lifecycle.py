@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from solvers.base import LaunchContext, NodeSlots, Prepared, Registry, RunMode, SolverPlugin, registry
+from solvers.base import Registry, RunMode, SolverPlugin, registry
 
 from .cluster import get_backend
 from .cluster.base import ClusterBackend, Node
@@ -18,9 +18,9 @@ from .errors import E2EError
 from .events import EventKind
 from .faults import fault_point
 from .limits import check_limits
+from .materialize import materialize_run
 from .paths import JobPaths, RunPaths, results_dir
-from .rendering import render
-from .runctl import RunControl, run_tag, signal_run
+from .runctl import RunControl, signal_run
 from .services import ServiceContext, services
 from .settings import Settings
 from .spec import validate_spec
@@ -169,10 +169,7 @@ class Lifecycle:
         mode = RunMode(run.get("mode") or RunMode.FRESH.value)
         plugin = self.plugin_of(job)
         if paths.attempt > 1 or run["id"] != "run-001":
-            for pattern in plugin.cleanup_patterns:  # stale lock/trigger files would stop or block the solver
-                for stale in paths.root.glob(pattern):
-                    if stale.is_file() or stale.is_symlink():
-                        stale.unlink()
+            remove_stale_files(plugin, paths.root)  # a leftover stop file would stop the new attempt at once
         # Edited input files go in first: a fresh prepare copies inputs without overwriting them, and a
         # restart's prepare applies the spec's parameters on top of them.
         paths.root.mkdir(parents=True, exist_ok=True)
@@ -273,7 +270,8 @@ class Lifecycle:
         outcome = plugin.judge_exit(code, tail.decode(errors="replace")[-8192:])
         if run["state"] is RunState.STOPPING:
             to = _stopped_state(run) if outcome.ok or run.get("stop_intent") != "pause" else RunState.FAILED
-            reason = f"{'paused' if to is RunState.PAUSED else 'stopped'} on request ({outcome.reason})"
+            verb = {RunState.PAUSED: "paused on request", RunState.STOPPED: "stopped on request"}.get(to, "pause failed")
+            reason = f"{verb} ({outcome.reason})"
         else:
             to, reason = (RunState.COMPLETED if outcome.ok else RunState.FAILED), outcome.reason
         ended = backend.read_bytes(head, paths.ended_at) or b""
@@ -360,6 +358,9 @@ class Lifecycle:
         for r in self.store.list_runs(job_id):
             if nodes and r.get("pid"):  # runs that started wrote on the nodes: gather them first
                 backend.stage_out(nodes, paths.run(r["id"]).root)
+        plugin = self.plugin_of(job)
+        for r in self.store.list_runs(job_id):  # locks and stop files must not block reopening the results
+            remove_stale_files(plugin, paths.run(r["id"]).root)
         fault_point("terminate.before_collect")
         if paths.root.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -404,36 +405,13 @@ class Lifecycle:
         return count
 
 
+def remove_stale_files(plugin: SolverPlugin, root: Path) -> None:
+    """Delete the lock and trigger files the plugin names (cleanup_patterns) from a run directory."""
+    for pattern in plugin.cleanup_patterns:
+        for stale in root.glob(pattern):
+            if stale.is_file() or stale.is_symlink():
+                stale.unlink()
+
+
 def _stopped_state(run: dict[str, Any]) -> RunState:
     return RunState.PAUSED if run.get("stop_intent") == "pause" else RunState.STOPPED
-
-
-def openmpi_hostfile(nodes: tuple[NodeSlots, ...]) -> str:
-    """Open MPI hostfile: one line per address with the slots summed (virtual nodes may share a host)."""
-    slots: dict[str, int] = {}
-    for node in nodes:
-        slots[node.address] = slots.get(node.address, 0) + node.slots
-    return "".join(f"{address} slots={count}\n" for address, count in slots.items())
-
-
-def materialize_run(spec, plugin: SolverPlugin, job_id: str, run_id: str, nodes: list[Node],
-                    paths: RunPaths, mode: RunMode = RunMode.FRESH,
-                    site_env: dict[str, str] | None = None) -> Prepared:
-    """Write everything a run needs into its directory: inputs, hostfile, run.sh and the wrapper."""
-    paths.meta.mkdir(parents=True, exist_ok=True)
-    slots = tuple(NodeSlots(n.name, n.address, spec.cluster.cores_per_node) for n in nodes)
-    paths.hostfile.write_text(openmpi_hostfile(slots))
-    ctx = LaunchContext(job_id=job_id, run_id=run_id, run_dir=paths.root, nodes=slots,
-                        hostfile=paths.hostfile.name, as_root=os.geteuid() == 0, mode=mode,
-                        attempt=paths.attempt, site_env=dict(site_env or {}))
-    prepared = plugin.prepare(spec.solver, ctx)
-    script = render((plugin.templates_root,), prepared.template, {**prepared.context, "ctx": ctx})
-    wrapper = render((plugin.templates_root,), "common/wrapper.sh.j2", {
-        "run_dir": str(paths.root), "job_id": job_id, "run_id": run_id, "hostfile": str(paths.hostfile),
-        "nprocs": ctx.nprocs, "env": prepared.env, "run_tag": run_tag(job_id, run_id),
-        "meta": paths.relative(paths.meta), "attempt": paths.attempt, "mode": mode.value,
-    })
-    paths.script.write_text(script)
-    paths.wrapper.write_text(wrapper)
-    paths.wrapper.chmod(0o700)  # it may export licence settings
-    return prepared

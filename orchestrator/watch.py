@@ -17,11 +17,16 @@ def watch_job(client: Client, job_id: str, console: Console, quiet: bool = False
     """Follow events until the current run ends (or the job does); returns the final job document."""
     doc = client.status(job_id)
     run_id = doc["current_run"]
+    attempt = next(r.get("attempt") or 1 for r in doc["runs_detail"] if r["id"] == run_id)
+    launched = {"attempt": 0}  # the attempt whose launch the replay has reached
 
     def done(event) -> bool:
         state = event.data.get("state")
         if event.kind is EventKind.RUN_STATE and event.data.get("run") == run_id:
-            return RunState(state) in RUN_ENDED
+            if state == "LAUNCHING":
+                launched["attempt"] = event.data.get("attempt") or 1
+            # an earlier attempt's end (paused, then restarted) is history, not the end of this watch
+            return RunState(state) in RUN_ENDED and launched["attempt"] >= attempt
         return event.kind is EventKind.JOB_STATE and (JobState(state) in JOB_TERMINAL or state == "FAILED")
 
     if quiet:
@@ -45,6 +50,10 @@ def watch_job(client: Client, job_id: str, console: Console, quiet: bool = False
                 bar.console.print(f"{who}: {event.data['state']}{extra}")
                 if event.data.get("run") == run_id and event.data["state"] == "COMPLETED":
                     bar.update(task, completed=1.0)
+            elif event.kind is EventKind.CONTROL:
+                data = event.data
+                bar.console.print(f"[cyan]{data.get('action')}[/] by {data.get('by')}"
+                                  + (f" ({data['reason']})" if data.get("reason") else ""))
             elif event.kind in (EventKind.WARNING, EventKind.ERROR):
                 bar.console.print(f"[yellow]{event.kind.value}:[/] {event.data.get('message')}")
             elif (line := sync_line(event)) is not None:

@@ -32,10 +32,12 @@ class LocalBackend(ClusterBackend):
 
     def spawn_detached(self, node: Node, argv: list[str], cwd: Path) -> None:
         # setsid --fork: the direct child exits at once (reaped here), the program runs in a new session
-        # re-parented to init, so it survives this worker and leaves no zombie behind.
+        # re-parented to init, so it survives this worker and leaves no zombie behind. env --default-signal:
+        # a Celery pool process ignores SIGTERM, and an ignored signal is inherited and cannot even be
+        # trapped by the solver's shell, so a stop request would go unheard.
         try:
             subprocess.run(
-                ["setsid", "--fork", *argv], cwd=cwd, check=True, timeout=30,
+                ["env", "--default-signal", "setsid", "--fork", *argv], cwd=cwd, check=True, timeout=30,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )
         except (OSError, subprocess.SubprocessError) as exc:

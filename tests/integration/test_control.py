@@ -127,6 +127,7 @@ def test_freeze_stops_every_rank_and_resume_continues(engine, openfoam, tmp_path
     assert _run(client, job_id)["state"] is RunState.FROZEN
     wait_for(lambda: _states(tagged_processes(tag)) == {"T"}, 10, "every process of the run stopped")
     log = engine.settings.root / "jobs" / job_id / "runs" / "run-001" / "log.simpleFoam"
+    time.sleep(1.0)  # a reconcile pass parses what was written just before the stop
     size = log.stat().st_size
     step = _step(client, job_id)
     time.sleep(1.0)

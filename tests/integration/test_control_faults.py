@@ -99,7 +99,8 @@ def test_worker_sigkill_at_each_control_step(redis_url, tmp_path, step):
         if step == "launch":
             _wait_running(client, job_id)
         elif step == "pause":
-            assert _wait_state(client, job_id, set(RUN_ENDED))["state"] is RunState.PAUSED
+            run = _wait_state(client, job_id, set(RUN_ENDED))
+            assert run["state"] is RunState.PAUSED and run["exit_code"] == 0, (run.get("reason"), run.get("exit_code"))
         elif step == "restart":
             run = _wait_running(client, job_id)
             assert run["attempt"] == 2

@@ -1,0 +1,43 @@
+"""Writes a run's directory: inputs through the solver plugin, hostfile, run.sh and the engine's wrapper."""
+
+from __future__ import annotations
+
+import os
+
+from solvers.base import LaunchContext, NodeSlots, Prepared, RunMode, SolverPlugin
+
+from .cluster.base import Node
+from .paths import RunPaths
+from .rendering import render
+from .runctl import run_tag
+
+
+def openmpi_hostfile(nodes: tuple[NodeSlots, ...]) -> str:
+    """Open MPI hostfile: one line per address with the slots summed (virtual nodes may share a host)."""
+    slots: dict[str, int] = {}
+    for node in nodes:
+        slots[node.address] = slots.get(node.address, 0) + node.slots
+    return "".join(f"{address} slots={count}\n" for address, count in slots.items())
+
+
+def materialize_run(spec, plugin: SolverPlugin, job_id: str, run_id: str, nodes: list[Node],
+                    paths: RunPaths, mode: RunMode = RunMode.FRESH,
+                    site_env: dict[str, str] | None = None) -> Prepared:
+    """Write everything a run needs into its directory: inputs, hostfile, run.sh and the wrapper."""
+    paths.meta.mkdir(parents=True, exist_ok=True)
+    slots = tuple(NodeSlots(n.name, n.address, spec.cluster.cores_per_node) for n in nodes)
+    paths.hostfile.write_text(openmpi_hostfile(slots))
+    ctx = LaunchContext(job_id=job_id, run_id=run_id, run_dir=paths.root, nodes=slots,
+                        hostfile=paths.hostfile.name, as_root=os.geteuid() == 0, mode=mode,
+                        attempt=paths.attempt, site_env=dict(site_env or {}))
+    prepared = plugin.prepare(spec.solver, ctx)
+    script = render((plugin.templates_root,), prepared.template, {**prepared.context, "ctx": ctx})
+    wrapper = render((plugin.templates_root,), "common/wrapper.sh.j2", {
+        "run_dir": str(paths.root), "job_id": job_id, "run_id": run_id, "hostfile": str(paths.hostfile),
+        "nprocs": ctx.nprocs, "env": prepared.env, "run_tag": run_tag(job_id, run_id),
+        "meta": paths.relative(paths.meta), "attempt": paths.attempt, "mode": mode.value,
+    })
+    paths.script.write_text(script)
+    paths.wrapper.write_text(wrapper)
+    paths.wrapper.chmod(0o700)  # it may export licence settings
+    return prepared
