@@ -112,7 +112,8 @@ class JobSync:
                     by_run.setdefault(run_id, set()).add(rel)
         return by_run
 
-    def sync_all(self, final: bool = False, dirty: dict[str, set[str] | None] | None = None) -> tuple[int, float | None]:
+    def sync_all(self, final: bool = False,
+                 dirty: dict[str, set[str] | None] | None = None) -> tuple[int, float | None]:
         """One pass over every run (or, with `dirty`, over the changed folders of the runs that changed);
         (files and deletions moved, earliest time a deferred file is due)."""
         self._discover()

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import UserError
 from .confine import link_stays_inside
-from .copy import LocalCopier
+from .copy import LocalCopier, RsyncCopier
 from .tree import Entry, LocalSide, temp_name
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,8 @@ class SyncPair:
     """Keeps one run directory and its work subfolder in step, pass by pass; state persisted to a file."""
 
     def __init__(self, label: str, run: LocalSide, work: LocalSide, state_file: Path, emit: Emit,
-                 quiet: float = 0.25, max_defer: float = 2.0, copier: LocalCopier | None = None) -> None:
+                 quiet: float = 0.25, max_defer: float = 2.0,
+                 copier: LocalCopier | RsyncCopier | None = None) -> None:
         self.label, self.sides, self.state_file, self.emit = label, {RUN: run, WORK: work}, state_file, emit
         self.quiet, self.max_defer = quiet, max_defer
         self.copier = copier or LocalCopier()
@@ -184,6 +185,8 @@ class SyncPair:
         dst = WORK if src == RUN else RUN
         sides = self.sides
         if e_src.kind == "d":
+            if e_dst is not None and e_dst.kind != "d" and dst_is_ours:
+                sides[dst].remove(rel)  # a file (or link) we put there became a folder on the other side
             sides[dst].mkdir(rel)
             self._record_pair(rel, src, e_src, sides[dst].stat(rel))
             return

@@ -103,8 +103,8 @@ class LocalResultsStore(ResultsStore):
 
 def _walk(root: Path) -> Iterator[tuple[str, str, str]]:
     """(relative path, "f" or "l", link target) of every file and inner symlink under root, sorted.
-    Left out: the run wrapper (top level or under .e2e/; it may export licence settings), temp, lock, core and scratch files,
-    and symlinks that lead outside the folder."""
+    Left out: the run wrapper (top level or under .e2e/; it may export licence settings), temp, lock, core and
+    scratch files, and symlinks that lead outside the folder."""
     stack = [("", root)]
     while stack:
         rel_dir, folder = stack.pop()

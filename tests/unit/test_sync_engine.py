@@ -280,3 +280,13 @@ def test_a_deferred_file_is_looked_at_again_without_new_events(pair):
     age(pair.run / "out" / "f")
     slow.sync_once(dirty=set())
     assert (pair.work / "out" / "f").read_text() == "being written" and not slow.has_pending
+
+
+def test_a_file_that_becomes_a_folder_follows(pair):
+    (pair.run / "probe").write_text("a file first")
+    pair.sync_once()
+    (pair.run / "probe").unlink()
+    (pair.run / "probe").mkdir()
+    (pair.run / "probe" / "inside").write_text("then a folder")
+    pair.sync_once()
+    assert (pair.work / "probe" / "inside").read_text() == "then a folder"
