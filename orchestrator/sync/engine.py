@@ -18,22 +18,39 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from itertools import zip_longest
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..errors import UserError
 from .confine import link_stays_inside
-from .copy import LocalCopier, RsyncCopier
-from .tree import Entry, LocalSide, temp_name
+from .copy import Copied, LocalCopier, RsyncCopier
+from .tree import DIR, Entry, LocalSide, temp_name
 
 log = logging.getLogger(__name__)
 
 RUN, WORK = "run", "work"
 MAX_FILE_EVENTS = 20    # per pass; beyond that one summary event (a restart can touch thousands of files)
+PARALLEL_MIN = 16        # copies in one pass from which they run in threads
+COPY_THREADS = 4
 MAX_DIRTY = 256          # more changed folders than this in one pass: list both trees whole instead
 FILE_EVENT_EVERY = 60.0  # seconds between sync.file events for the same, still changing file
 
 Emit = Callable[[str, dict], None]
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """A file copy decided on during a pass, done after the decisions (several at once)."""
+
+    rel: str
+    src: str
+    dst: str
+    e_src: Entry
+    e_dst: Entry | None
+    dst_is_ours: bool
+    force: bool
 
 
 @dataclass
@@ -62,14 +79,16 @@ class SyncPair:
         self._reported: dict[str, float] = {}
         self._scanned_at: float | None = None
         self._pending_dirs: set[str] = set()    # folders of files left for a later look
+        self._copies: list[_Copy] = []
         self._changed_after = 0.0
 
     # -- state
     def _load(self) -> dict[str, list]:
         try:
-            return json.loads(self.state_file.read_text())
+            raw = json.loads(self.state_file.read_text())
         except (OSError, ValueError):
             return {}
+        return {rel: [Entry(*r) if r else None, Entry(*w) if w else None] for rel, (r, w) in raw.items()}
 
     def _save(self) -> None:
         tmp = self.state_file.with_name(temp_name(self.state_file.name))
@@ -80,7 +99,7 @@ class SyncPair:
         if run is None and work is None:
             self.state.pop(rel, None)
         else:
-            self.state[rel] = [run.sig if run else None, work.sig if work else None]
+            self.state[rel] = [run, work]
         self._changing_since.pop(rel, None)
 
     # -- one pass
@@ -105,17 +124,21 @@ class SyncPair:
             names = set(seen[RUN]) | set(seen[WORK]) | set(self.state)
         else:
             dirs = dirty | self._pending_dirs
-            known = {rel for rel, (r, w) in self.state.items() if r == ["d"] or w == ["d"]}
+            known = {rel for rel, (r, w) in self.state.items() if r == DIR or w == DIR}
             seen = {side: self.sides[side].scan_dirs(dirs, known) for side in (RUN, WORK)}
             names = set(seen[RUN]) | set(seen[WORK]) | {rel for rel in self.state if rel.rpartition("/")[0] in dirs}
         self._pending_dirs = set()
         removed_dirs: list[tuple[str, str]] = []
-        for rel in sorted(names):
-            entries = {RUN: seen[RUN].get(rel), WORK: seen[WORK].get(rel)}
-            last = self.state.get(rel, [None, None])
-            changed = {side: (e.sig if e else None) != last[i] for i, (side, e) in enumerate(entries.items())}
-            if not changed[RUN] and not changed[WORK]:
-                continue
+        run_seen, work_seen, state, none = seen[RUN], seen[WORK], self.state, (None, None)
+        todo = []
+        for rel in names:  # most paths did not change: find the others cheaply, then handle them in order
+            last = state.get(rel, none)
+            run, work = run_seen.get(rel), work_seen.get(rel)
+            if run != last[0] or work != last[1]:
+                todo.append((rel, run, work, last))
+        for rel, run, work, last in sorted(todo):
+            entries = {RUN: run, WORK: work}
+            changed = {RUN: run != last[0], WORK: work != last[1]}
             try:
                 if changed[RUN] and changed[WORK]:
                     self._both_changed(rel, entries, now, final, result, removed_dirs)
@@ -125,6 +148,7 @@ class SyncPair:
             except (OSError, UserError) as exc:
                 # One bad path (permissions, a symlinked folder on the way) must not stop the others.
                 self._warn(rel, f"not synced: {exc}")
+        self._run_copies(now, result)
         for src, rel in sorted(removed_dirs, key=lambda item: -item[1].count("/")):
             dst = WORK if src == RUN else RUN
             if self.sides[dst].rmdir(rel):
@@ -209,10 +233,39 @@ class SyncPair:
         if e_dst is not None and e_dst.kind == "l":
             sides[dst].remove(rel)
             e_dst = None
-        copied = self.copier.copy(sides[src], sides[dst], rel, e_src, e_dst, dst_is_ours, force=force)
-        if copied is None:  # still being written: look again soon
-            self._defer(rel, now, result)
-            return
+        self._copies.append(_Copy(rel, src, dst, e_src, e_dst, dst_is_ours, force))
+
+    def _run_copies(self, now: float, result: PassResult) -> None:
+        """The file copies this pass decided on; many at once go through a few threads (creating files is
+        slow on some filesystems and the kernel does it without the GIL)."""
+        copies, self._copies = self._copies, []
+        if len(copies) >= PARALLEL_MIN:
+            # Creating files in one folder takes the folder's lock: interleave the folders across threads.
+            by_folder: dict[str, list[_Copy]] = {}
+            for job in copies:
+                by_folder.setdefault(job.rel.rpartition("/")[0], []).append(job)
+            copies = [job for row in zip_longest(*by_folder.values()) for job in row if job is not None]
+            with ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="sync-copy") as pool:
+                outcomes = list(pool.map(self._copy, copies))
+        else:
+            outcomes = [self._copy(job) for job in copies]
+        for job, outcome in zip(copies, outcomes):
+            if isinstance(outcome, Exception):
+                self._warn(job.rel, f"not synced: {outcome}")
+            elif outcome is None:  # still being written: look again soon
+                self._defer(job.rel, now, result)
+            else:
+                self._copied(job, outcome, result)
+
+    def _copy(self, job: _Copy) -> Copied | Exception | None:
+        try:
+            return self.copier.copy(self.sides[job.src], self.sides[job.dst], job.rel, job.e_src, job.e_dst,
+                                    job.dst_is_ours, force=job.force)
+        except (OSError, UserError) as exc:
+            return exc
+
+    def _copied(self, job: _Copy, copied: Copied, result: PassResult) -> None:
+        rel, src, dst, e_dst = job.rel, job.src, job.dst, job.e_dst
         self._record_pair(rel, src, copied.src, copied.dst)
         result.files += 1
         result.bytes += copied.sent

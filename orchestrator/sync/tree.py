@@ -14,8 +14,8 @@ import re
 import secrets
 import stat as stat_mode
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import UserError
 from .confine import check_rel, confined
@@ -49,22 +49,18 @@ def scratch_name(name: str) -> bool:
     return _NAME_RE.fullmatch(name) is not None
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """What one path is on one side: a file, a directory or a symlink (whose target is kept)."""
+class Entry(NamedTuple):
+    """What one path is on one side: a file, a directory or a symlink (whose target is kept). The tuple is
+    also what the state remembers to notice a change: a folder is always ("d", 0, 0, "") since its mtime
+    changes with its content."""
 
     kind: str          # "f", "d" or "l"
     size: int = 0
     mtime_ns: int = 0
     target: str = ""
 
-    @property
-    def sig(self) -> list:
-        """What the state remembers to notice a change; a directory's mtime changes with its content, so it
-        is left out."""
-        if self.kind == "d":
-            return ["d"]
-        return [self.kind, self.size, self.mtime_ns, self.target]
+
+DIR = Entry("d")
 
 
 class Side(ABC):
@@ -176,16 +172,16 @@ class LocalSide(Side):
                         continue
                     rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
                     try:
-                        if de.is_symlink():
-                            found[rel] = Entry("l", 0, de.stat(follow_symlinks=False).st_mtime_ns,
-                                               os.readlink(de.path))
-                        elif de.is_dir(follow_symlinks=False):
-                            found[rel] = Entry("d")
-                            if descend(rel):
-                                stack.append((rel, de.path))
-                        elif de.is_file(follow_symlinks=False):
+                        if de.is_file(follow_symlinks=False):  # the common case first (d_type: no syscall)
                             st = de.stat(follow_symlinks=False)
                             found[rel] = Entry("f", st.st_size, st.st_mtime_ns)
+                        elif de.is_dir(follow_symlinks=False):
+                            found[rel] = DIR
+                            if descend(rel):
+                                stack.append((rel, de.path))
+                        elif de.is_symlink():
+                            found[rel] = Entry("l", 0, de.stat(follow_symlinks=False).st_mtime_ns,
+                                               os.readlink(de.path))
                     except FileNotFoundError:
                         continue  # deleted while we looked: the next pass sees it gone
         return found
@@ -198,7 +194,7 @@ class LocalSide(Side):
         if stat_mode.S_ISLNK(st.st_mode):
             return Entry("l", 0, st.st_mtime_ns, os.readlink(self.path(rel)))
         if stat_mode.S_ISDIR(st.st_mode):
-            return Entry("d")
+            return DIR
         return Entry("f", st.st_size, st.st_mtime_ns)
 
     def sha256(self, rel: str) -> str:
