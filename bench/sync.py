@@ -9,7 +9,7 @@ Each case is repeated --repeat times alternating the tools; medians are compared
 time from the writer's close() to the complete file being visible in the work folder, p50/p99.
 Data lives under a temporary folder in /tmp and is deleted afterwards. Exits 0 whatever the figures.
 
-    .venv/bin/python bench/sync.py [--big-mb 500] [--small 5000] [--repeat 3] [--latency-files 100] [--json]
+    .venv/bin/python bench/sync.py [--big-mb 500] [--small 5000] [--repeat 5] [--latency-files 100] [--json]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--big-mb", type=int, default=500)
     p.add_argument("--small", type=int, default=5000)
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--latency-files", type=int, default=100)
     p.add_argument("--json", action="store_true")
     return p.parse_args()
