@@ -6,8 +6,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages: the solver and MPI really run here; redis-server is the tests' real Redis.
 DEMO_PACKAGES := openfoam openfoam-examples openmpi-bin util-linux
-# rsync: the baseline of bench/sync.py and the transfer tool the sync delegates to over ssh.
-TEST_PACKAGES := $(DEMO_PACKAGES) redis-server rsync
+# ssh backend tests: one sshd per node in network namespaces (iproute2), rsync for staging (and the file sync's
+# transfer to nodes, and the baseline of bench/sync.py).
+SSH_PACKAGES := openssh-server openssh-client rsync iproute2
+# slurm backend tests: a private munged + slurmctld + slurmd (no accounting database needed).
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge
+TEST_PACKAGES := $(DEMO_PACKAGES) redis-server
+# Installed without recommends: openssh-server would pull in systemd through libpam-systemd, and the
+# desktop is a third of the size and time. The desktop: TigerVNC, the X fonts xterm needs (only a
+# Recommends of TigerVNC), openbox, noVNC over websockify; its tests also load noVNC in chromium and check
+# firewall rules with nft.
+DESKTOP_PACKAGES := tigervnc-standalone-server tigervnc-tools xfonts-base openbox xterm novnc websockify
+LEAN_TEST_PACKAGES := $(SSH_PACKAGES) $(SLURM_PACKAGES) $(DESKTOP_PACKAGES) chromium chromium-driver nftables
 
 .PHONY: demo test unit integration bench setup system-deps-demo system-deps-test clean
 
@@ -25,6 +35,9 @@ integration: system-deps-test $(STAMP)
 
 bench: system-deps-test $(STAMP)
 	$(PY) bench/latency.py --jobs 200
+	$(PY) bench/ssh.py
+	$(PY) bench/desktop.py --jobs 10
+	$(PY) bench/sync.py
 
 setup: system-deps-test $(STAMP)
 
@@ -33,8 +46,10 @@ system-deps-demo:
 
 system-deps-test:
 	@$(MAKE) --no-print-directory _apt PKGS="$(TEST_PACKAGES)"
+	@$(MAKE) --no-print-directory _apt PKGS="$(LEAN_TEST_PACKAGES)" APT_FLAGS=--no-install-recommends
 
 # Installs only the packages that are missing, as root or through sudo, and says which.
+APT_FLAGS ?=
 _apt:
 	@missing=""; for p in $(PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; done; \
 	if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then missing="$$missing python3-venv"; fi; \
@@ -42,7 +57,8 @@ _apt:
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; \
 	  else echo "need root or sudo to install:$$missing" >&2; exit 1; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get -o DPkg::Lock::Timeout=600 \
+	    install -y -qq $(APT_FLAGS) $$missing >/dev/null; \
 	  echo "installed:$$missing"; \
 	fi
 

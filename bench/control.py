@@ -69,8 +69,8 @@ def run_state(client: Client, job_id: str) -> RunState:
 
 
 def engine_samples(client: Client, home: Path, samples: int) -> dict[str, list[float]]:
-    job_id = client.submit_data({"name": "bench-control", "solver": {"name": "command",
-                                                                     "command": ["bash", "-c", TREE]}})
+    job_id = client.submit_data({"name": "bench-control", "desktop": {"enabled": False},
+                                 "solver": {"name": "command", "command": ["bash", "-c", TREE]}})
     tag = f"{job_id}/run-001"
     ckpt = home / "jobs" / job_id / "runs" / "run-001" / "ckpt"
     out: dict[str, list[float]] = {"freeze": [], "resume": [], "pause": []}

@@ -164,7 +164,7 @@ def main() -> int:
             worker = BenchWorker(url, home, settings.worker_concurrency)
         client = Client(settings, user="bench")
         spec = validate_spec({"name": "bench-true", "solver": {"name": "command", "command": ["true"]},
-                              "cluster": {"nodes": 1, "cores_per_node": 1}})
+                              "cluster": {"nodes": 1, "cores_per_node": 1}, "desktop": {"enabled": False}})
         reply_key = f"bench:noop:{secrets.token_hex(4)}"
 
         def noop_sample() -> float:

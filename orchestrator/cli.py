@@ -107,6 +107,10 @@ def status(job: str, as_json: bool = JSON_OPT) -> None:
         return
     out.print(f"[bold]{doc['id']}[/] {doc['name']}  solver {doc['solver']}  owner {doc['owner']}")
     out.print(f"  job      {_state(doc['state'].value)}  nodes {', '.join(doc['nodes']) or '-'}")
+    if doc.get("desktop"):
+        desk = doc["desktop"]
+        detail = desk.get("url") or desk.get("reason") or ""
+        out.print(f"  desktop  {desk.get('state', '-')}  {detail}  (e2e desktop {doc['id']})", highlight=False)
     for run in doc["runs_detail"]:
         prog = run.get("progress")
         line = f"  {run['id']}  {_state(run['state'].value)}"
@@ -220,7 +224,9 @@ def demo(keep: bool = typer.Option(False, "--keep", help="leave the engine runni
 
 # Each area's commands live in their own module and add themselves to `app` when imported.
 from . import cli_control  # noqa: E402,F401  (pause, resume, edit, restart, rerun, history)
+from . import cli_desktop  # noqa: E402,F401  (desktop, keys, access)
 from . import cli_files  # noqa: E402,F401  (files, download)
+from . import cli_nodes  # noqa: E402,F401  (nodes, nodes trust)
 
 
 def main() -> None:

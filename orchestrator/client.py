@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator
 from .celery_app import make_app
 from .cluster import get_backend
 from .commands import TERMINABLE_JOBS, Command, allowed_commands, check_allowed
+from .desktop.access import resolve_for_submit
 from .edits import apply_assignments, check_files, diff, parse_assignments, save_files
 from .errors import InvalidState, SpecError, UserError
 from .events import Event, EventKind
@@ -60,6 +61,7 @@ class Client:
                                                        f"{backend.name} nodes have {max_cores} cores"))
         if problems:
             raise SpecError(problems)
+        spec = resolve_for_submit(spec, self.store, self.user)  # desktop.access: user default, my-ip
         job_id = self.store.create_job(name=spec.name, owner=self.user, spec=spec_for_store(spec),
                                        backend=backend.name, solver=spec.solver.name)
         self.celery.send_task("e2e.provision", args=[job_id])

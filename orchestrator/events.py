@@ -16,6 +16,8 @@ class EventKind(str, Enum):
     RUN_STATE = "run.state"
     PROGRESS = "run.progress"
     CONTROL = "control"      # a user or a guard asked for something (terminate, ...)
+    DESKTOP = "desktop"      # the desktop's state: starting, ready (with URL), failed (with reason), stopped
+    ACCESS_REFUSED = "access.refused"  # a connection from outside the job's CIDR rules, or without its token
     WARNING = "warning"
     ERROR = "error"
     SYNC_FILE = "sync.file"          # a file added, updated, appended or deleted by the live sync

@@ -19,6 +19,7 @@ from .events import EventKind
 from .faults import fault_point
 from .limits import check_limits
 from .materialize import materialize_run
+from .node_health import fail_on_node_fault
 from .paths import JobPaths, RunPaths, results_dir
 from .runctl import RunControl, signal_run
 from .services import ServiceContext, services
@@ -109,6 +110,7 @@ class Lifecycle:
         if job["state"] is not JobState.PROVISIONING:
             return
         try:
+            backend.allocate(job_id, self.nodes_of(job, backend), self.spec_of(job).cluster.cores_per_node)
             for node in self.nodes_of(job, backend):
                 backend.prepare_node(node, job_id)
             paths = self.paths(job_id)
@@ -221,6 +223,8 @@ class Lifecycle:
                 self.launch(job_id, run_id, redrive=True)
             return
         plugin = self.plugin_of(job)
+        if fail_on_node_fault(self.store, job, run, backend, nodes):
+            return
         self._follow_log(job_id, run, plugin, backend, head, paths)
         code = backend.read_bytes(head, paths.exit_code)
         if code is not None and code.strip():
@@ -366,6 +370,7 @@ class Lifecycle:
             dest.parent.mkdir(parents=True, exist_ok=True)
             if nodes:
                 backend.collect(nodes[0], paths.root, dest)
+        backend.release(job_id)
         self.store.release(backend.name, job_id)
         self.store.transition_job(job_id, JobState.TERMINATED, expect=[JobState.TERMINATING],
                                   data={"results": str(dest)}, results=str(dest), nodes=[])

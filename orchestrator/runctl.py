@@ -9,7 +9,7 @@ from typing import Any
 
 from solvers.base import SolverPlugin
 
-from .cluster.base import ClusterBackend, Node
+from .cluster.base import ClusterBackend, Node, NodeUnreachable
 from .errors import E2EError, UserError
 from .events import EventKind
 from .faults import fault_point
@@ -54,7 +54,10 @@ def signal_run(backend: ClusterBackend, nodes: list[Node], job_id: str, run: dic
         if node.address in seen and backend.name == "local":
             continue  # virtual nodes share one machine: one scan finds every rank
         seen.add(node.address)
-        count += backend.signal_tagged(node, run_tag(job_id, run["id"]), signum)
+        try:
+            count += backend.signal_tagged(node, run_tag(job_id, run["id"]), signum)
+        except NodeUnreachable:
+            continue  # a silent node (the node-fault check fails its run) cannot be signalled
     return count
 
 
@@ -66,12 +69,14 @@ class RunControl:
 
     def freeze(self, backend: ClusterBackend, nodes: list[Node], job_id: str, run: dict[str, Any]) -> None:
         """SIGSTOP every process of a FROZEN run (again, harmlessly, if it already was)."""
-        signal_run(backend, nodes, job_id, run, signal.SIGSTOP)
+        if not backend.suspend(job_id):
+            signal_run(backend, nodes, job_id, run, signal.SIGSTOP)
         self.store.update_run(job_id, run["id"], signals="frozen")
 
     def thaw(self, backend: ClusterBackend, nodes: list[Node], job_id: str, run: dict[str, Any]) -> None:
         """SIGCONT every process of the run (resume, or before a stop of a frozen run)."""
-        signal_run(backend, nodes, job_id, run, signal.SIGCONT)
+        if not backend.resume(job_id):
+            signal_run(backend, nodes, job_id, run, signal.SIGCONT)
         self.store.update_run(job_id, run["id"], signals="running")
 
     def stop(self, plugin: SolverPlugin, backend: ClusterBackend, nodes: list[Node], job_id: str,

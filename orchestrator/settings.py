@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     visibility_timeout: PositiveInt = Field(600, description="Celery/Redis redelivery timeout (s) for unacked tasks")
     worker_concurrency: PositiveInt = Field(2, description="processes per Celery worker")
     events_maxlen: PositiveInt = Field(10_000, description="events kept per job stream (approximate)")
+    inventory: Path | None = Field(None, description="YAML inventory of the ssh backend's nodes (see `e2e nodes`)")
+    slurm_partition: str | None = Field(None, description="partition the slurm backend allocates from (default: Slurm's)")
     solver_env: dict[str, str] = Field(
         default_factory=dict,
         description="cluster-wide solver settings exported in every run, as JSON "

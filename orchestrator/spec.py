@@ -13,6 +13,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
 
 from solvers.base import Registry, SolverOptions, registry
 
+from .desktop.access import normalise_rules
 from .errors import SpecError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -67,7 +68,7 @@ class StrictModel(BaseModel):
 class ClusterSpec(StrictModel):
     """How many nodes, of how many cores, from which backend."""
 
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "ssh", "slurm"] = "local"
     nodes: int = Field(1, ge=1, le=1024)
     cores_per_node: int = Field(1, ge=1, le=1024)
 
@@ -77,18 +78,18 @@ class ClusterSpec(StrictModel):
 
 
 class DesktopSpec(StrictModel):
-    """The remote desktop on the head node."""
+    """The remote desktop on the head node, and who may reach it."""
 
-    enabled: bool = False
+    enabled: bool = True
     geometry: str = Field("1280x800", pattern=r"^\d{3,5}x\d{3,5}$")
     depth: Literal[16, 24, 32] = 24
+    access: list[str] | None = Field(
+        None, description="everywhere, my-ip, or IPv4/IPv6 CIDRs; unset: the user's default (e2e access)")
 
-    @field_validator("enabled")
+    @field_validator("access", mode="before")
     @classmethod
-    def _not_available_yet(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("desktop sessions are not available in this version yet; set desktop.enabled: false")
-        return value
+    def _access_rules(cls, value: Any) -> Any:
+        return None if value is None else normalise_rules(value)
 
 
 class Limits(StrictModel):

@@ -128,7 +128,7 @@ class Stack:
 
     def _env(self, url: str) -> dict[str, str]:
         """The child processes' environment: these settings, spelled as the E2E_* variables they read."""
-        fields = self.settings.model_dump(mode="json", exclude={"home", "redis_url"})
+        fields = self.settings.model_dump(mode="json", exclude={"home", "redis_url"}, exclude_none=True)
         as_text = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in fields.items()}
         return {**os.environ, **{f"E2E_{k.upper()}": v for k, v in as_text.items()},
                 "E2E_HOME": str(self.home), "E2E_REDIS_URL": url, **self.worker_env}

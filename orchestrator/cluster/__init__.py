@@ -13,4 +13,12 @@ def get_backend(name: str, settings: Settings) -> ClusterBackend:
         from .local import LocalBackend
 
         return LocalBackend(settings)
-    raise UserError(f"unknown cluster backend {name!r}; known backends: local")
+    if name == "ssh":
+        from .ssh import SSHBackend
+
+        return SSHBackend(settings)
+    if name == "slurm":
+        from .slurm import SlurmBackend
+
+        return SlurmBackend(settings)
+    raise UserError(f"unknown cluster backend {name!r}; known backends: local, ssh, slurm")

@@ -6,6 +6,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import BackendError
+
+
+class NodeUnreachable(BackendError):
+    """The node did not answer (refused, timed out, or a call ran past its deadline): a node fault."""
+
 
 @dataclass(frozen=True)
 class Node:
@@ -67,6 +73,21 @@ class ClusterBackend(ABC):
     def signal_tagged(self, node: Node, tag: str, signum: int) -> int:
         """Send signum to every process of the run on the node; how many were signalled."""
         return 0
+
+    # -- allocations from an external scheduler (slurm); static pools (local, ssh) need none of these.
+    def allocate(self, job_id: str, nodes: list[Node], cores_per_node: int) -> object:
+        """Obtain the leased nodes for the job before prepare_node (idempotent)."""
+
+    def release(self, job_id: str) -> None:
+        """Give the job's allocation back when it terminates (idempotent)."""
+
+    def suspend(self, job_id: str) -> bool:
+        """Freeze every process of the job natively; False: not supported, signal the processes instead."""
+        return False
+
+    def resume(self, job_id: str) -> bool:
+        """Undo suspend; False: not supported, signal the processes instead."""
+        return False
 
     def stage_in(self, nodes: list[Node], path: Path) -> None:
         """Make a head-node directory visible at the same path on every node (no-op on shared storage)."""

@@ -30,7 +30,7 @@ def e2e(home: Path, *args: str, check: bool = True, timeout: float = 120) -> sub
 def test_embedded_stack_end_to_end_and_state_survives_a_restart(tmp_path):
     home = tmp_path / "home"
     spec = tmp_path / "job.yaml"
-    spec.write_text("name: counter\nsolver:\n  name: command\n"
+    spec.write_text("name: counter\ndesktop: {enabled: false}\nsolver:\n  name: command\n"
                     "  command: [bash, -c, 'for i in 1 2 3; do echo \"progress: $i/3\"; sleep 0.3; done']\n")
     try:
         # Given the engine started from nothing but the pip-installed packages

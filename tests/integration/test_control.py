@@ -28,7 +28,7 @@ def _spec(name: str, case: Path, **params) -> dict:
     return {"name": name, "solver": {"name": "openfoam", "application": "simpleFoam", "case": str(case),
                                      "parameters": {"endTime": END, "writeInterval": END, "writeFormat": "binary",
                                                     **params}},
-            "cluster": {"backend": "local", "nodes": 2, "cores_per_node": 1}}
+            "cluster": {"backend": "local", "nodes": 2, "cores_per_node": 1}, "desktop": {"enabled": False}}
 
 
 def _run(client, job_id: str) -> dict:

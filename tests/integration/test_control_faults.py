@@ -34,7 +34,7 @@ for i in $(seq 1 {steps}); do echo "progress: $i/{steps}"; sleep 0.1 & wait $!; 
 
 def _job(client, tmp_path: Path, name: str, steps: int = 600) -> tuple[str, Path]:
     starts = tmp_path / f"{name}.starts"
-    job_id = client.submit_data({"name": name, "solver": {
+    job_id = client.submit_data({"name": name, "desktop": {"enabled": False}, "solver": {
         "name": "command", "command": ["bash", "-c", SOLVER.format(starts=starts, steps=steps)]}})
     return job_id, starts
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 def _spec(name, case, app, nodes=2, **params):
     return {"name": name, "solver": {"name": "openfoam", "application": app, "case": str(case),
                                      "parameters": params},
-            "cluster": {"backend": "local", "nodes": nodes, "cores_per_node": 1}}
+            "cluster": {"backend": "local", "nodes": nodes, "cores_per_node": 1}, "desktop": {"enabled": False}}
 
 
 def test_cavity_runs_to_completion_and_terminate_collects_results(engine, openfoam, tmp_path):
@@ -85,7 +85,7 @@ def test_terminate_stops_a_running_solver_gracefully_with_a_checkpoint(engine, o
 def test_terminate_escalates_to_sigkill_when_the_solver_ignores_signals(engine, tmp_path):
     client = engine.client
     # Given a command that ignores SIGTERM (and has no graceful route)
-    job_id = client.submit_data({"name": "stubborn", "solver": {
+    job_id = client.submit_data({"name": "stubborn", "desktop": {"enabled": False}, "solver": {
         "name": "command", "command": ["bash", "-c", "trap '' TERM; echo started; sleep 600"]}})
     wait_for(lambda: client.status(job_id)["runs_detail"][0]["state"] is RunState.RUNNING, 30, "RUNNING")
     pid = client.status(job_id)["runs_detail"][0]["pid"]
@@ -106,7 +106,8 @@ def test_terminate_is_idempotent_and_safe_concurrently(engine, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     client = engine.client
-    job_id = client.submit_data({"name": "short", "solver": {"name": "command", "command": ["sleep", "30"]}})
+    job_id = client.submit_data({"name": "short", "desktop": {"enabled": False},
+                                 "solver": {"name": "command", "command": ["sleep", "30"]}})
     wait_for(lambda: client.status(job_id)["runs_detail"][0]["state"] is RunState.RUNNING, 30, "RUNNING")
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda _: client.terminate(job_id), range(4)))

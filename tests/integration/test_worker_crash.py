@@ -26,7 +26,7 @@ def test_worker_sigkill_during_launch_runs_the_solver_exactly_once(redis_url, tm
         counter = tmp_path / "starts"
         client = engine.client
         # Given a solver that records every start of itself
-        job_id = client.submit_data({"name": "once", "solver": {
+        job_id = client.submit_data({"name": "once", "desktop": {"enabled": False}, "solver": {
             "name": "command", "command": ["bash", "-c", f"echo started >> {counter}; sleep 2"]}})
         # When the worker is killed -9 while the launch task sits at the fault point
         wait_for(marker.exists, 30, f"the worker to reach {point}")

@@ -107,7 +107,7 @@ def test_defaults_of_a_minimal_command_spec(tmp_path):
     spec = validate_spec({"name": "m", "solver": {"name": "command", "command": ["true"]}}, base_dir=tmp_path)
     assert spec.solver.name == "command" and spec.solver.command == ["true"]
     assert (spec.cluster.backend, spec.cluster.nodes, spec.cluster.cores_per_node) == ("local", 1, 1)
-    assert spec.desktop.enabled is False
+    assert spec.desktop.enabled is True and spec.desktop.access is None  # a desktop unless asked otherwise
     assert spec.limits.walltime is None
 
 
@@ -186,7 +186,7 @@ INVALID = [
      ("unknown field", "command", "env", "inputs")),
     ("extra top-level field", edit("priority", 1), "priority",
      ("unknown field", "name", "solver", "cluster", "limits")),
-    ("backend not local", edit("cluster.backend", "slurm"), "cluster.backend", ("'local'",)),
+    ("unknown backend", edit("cluster.backend", "pbs"), "cluster.backend", ("'local'", "'slurm'")),
     ("zero nodes", edit("cluster.nodes", 0), "cluster.nodes", ("greater than or equal to 1",)),
     ("too many nodes", edit("cluster.nodes", 5000), "cluster.nodes", ("less than or equal to 1024",)),
     ("nodes not a number", edit("cluster.nodes", "two"), "cluster.nodes", ("integer",)),
@@ -200,7 +200,8 @@ INVALID = [
      ("'forever'", "not a duration", "1h30m")),
     ("walltime zero", edit("limits.walltime", "0s"), "limits.walltime", ("greater than 0",)),
     ("negative idle shutdown", edit("limits.idle_shutdown", "-5m"), "limits.idle_shutdown", ("not a duration",)),
-    pytest.param("desktop enabled", edit("desktop.enabled", True), "desktop.enabled", ("not available",), id="desktop enabled"),
+    ("desktop access not a CIDR", edit("desktop.access", ["10.0.0.0/33"]), "desktop.access",
+     ("'10.0.0.0/33'", "CIDR")),
     ("desktop depth", edit("desktop.depth", 8), "desktop.depth", ("16, 24 or 32",)),
     ("application with a space", edit("solver.application", "simple Foam"), "solver.application",
      ("pattern",)),
@@ -275,7 +276,7 @@ def test_several_problems_are_reported_one_per_field(spec_dir):
 def test_error_message_lists_every_problem_under_the_source(spec_dir):
     spec = canonical()
     spec["name"] = "bad name"
-    spec["cluster"]["backend"] = "slurm"
+    spec["cluster"]["backend"] = "pbs"
     path = write_spec(spec_dir, spec)
     with pytest.raises(SpecError) as info:
         load_spec(path)
@@ -293,14 +294,12 @@ def test_parameter_value_with_shell_characters_is_rejected(spec_dir):
     assert problems and all(f.startswith("solver.parameters.endTime") for f, _ in problems)
 
 
-def test_desktop_enabled_is_refused_with_a_clear_message(spec_dir):
+def test_desktop_enabled_with_access_rules_validates(spec_dir):
     spec = canonical()
-    spec["desktop"]["enabled"] = True
-    problems = problems_of(spec_dir, spec)
-    assert len(problems) == 1
-    field, message = problems[0]
-    assert field.startswith("desktop")
-    assert "not available" in message and "desktop.enabled: false" in message
+    spec["desktop"] = {"enabled": True, "access": ["everywhere", "192.0.2.7", "2001:db8::/32"]}
+    parsed = load_spec(write_spec(spec_dir, spec))
+    assert parsed.desktop.enabled is True
+    assert parsed.desktop.access == ["everywhere", "192.0.2.7/32", "2001:db8::/32"]
 
 
 def test_validate_spec_rejects_non_mappings_directly():

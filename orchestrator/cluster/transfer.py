@@ -1,0 +1,112 @@
+"""Directory transfer between the head node and a node: rsync over ssh when both have it, SFTP otherwise."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import stat
+import subprocess
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+import paramiko
+
+from ..errors import BackendError
+
+if TYPE_CHECKING:
+    from .base import Node
+    from .ssh import SSHBackend
+
+TRANSFER_TIMEOUT = 6 * 3600   # wall-clock bound of one directory transfer; stalls end sooner via --timeout
+
+
+def ssh_command(backend: SSHBackend, node: Node) -> list[str]:
+    """The OpenSSH client command rsync uses: same key, same managed known_hosts, strict, never prompting."""
+    spec, inv = backend.spec(node), backend.config
+    return ["ssh", "-p", str(spec.port), "-l", spec.user, "-i", str(spec.key_file),
+            "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={inv.known_hosts}",
+            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
+            "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(inv.connect_timeout)}",
+            "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
+
+
+def rsync_usable(backend: SSHBackend, node: Node) -> bool:
+    if shutil.which("rsync") is None or shutil.which("ssh") is None:
+        return False
+    return backend.run(node, ["sh", "-c", "command -v rsync"], check=False).returncode == 0
+
+
+def _remote(backend: SSHBackend, node: Node, path: Path) -> str:
+    # rsync hands the remote path to the remote shell: quote it once more for that shell.
+    address = backend.spec(node).address
+    host = f"[{address}]" if ":" in address else address
+    return f"{host}:{shlex.quote(str(path))}/"
+
+
+def _rsync(backend: SSHBackend, node: Node, src: str, dest: str) -> None:
+    argv = ["rsync", "-a", f"--timeout={int(backend.config.command_timeout)}",
+            "-e", shlex.join(ssh_command(backend, node)), src, dest]
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=TRANSFER_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise BackendError(f"rsync with node {node.name} took longer than {TRANSFER_TIMEOUT}s") from None
+    if done.returncode != 0:
+        raise BackendError(f"rsync with node {node.name} failed (exit {done.returncode}): "
+                           f"{done.stderr.decode(errors='replace').strip()[-500:]}")
+
+
+def push_tree(backend: SSHBackend, node: Node, src: Path, dest: Path) -> None:
+    """Copy a head-node directory to the node (merging into dest)."""
+    backend.run(node, ["mkdir", "-p", "--", dest])
+    if rsync_usable(backend, node):
+        _rsync(backend, node, f"{src}/", _remote(backend, node, dest))
+        return
+    sftp = backend.conn(node).sftp()
+    try:
+        _put(sftp, Path(src), PurePosixPath(dest))
+    except (OSError, paramiko.SSHException, EOFError) as exc:
+        raise BackendError(f"copying {src} to node {node.name} failed: {exc}") from None
+
+
+def pull_tree(backend: SSHBackend, node: Node, src: Path, dest: Path) -> None:
+    """Copy a node's directory into a head-node directory (merging); a missing source copies nothing."""
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    if not backend.exists(node, src):
+        return
+    if rsync_usable(backend, node):
+        _rsync(backend, node, _remote(backend, node, src), f"{dest}/")
+        return
+    sftp = backend.conn(node).sftp()
+    try:
+        _get(sftp, PurePosixPath(src), Path(dest))
+    except (OSError, paramiko.SSHException, EOFError) as exc:
+        raise BackendError(f"copying {src} from node {node.name} failed: {exc}") from None
+
+
+def _put(sftp: paramiko.SFTPClient, src: Path, dest: PurePosixPath) -> None:
+    for entry in os.scandir(src):
+        target = str(dest / entry.name)
+        if entry.is_dir(follow_symlinks=False):
+            try:
+                sftp.mkdir(target)
+            except OSError:
+                pass  # exists already: merge
+            _put(sftp, Path(entry.path), dest / entry.name)
+        elif entry.is_file(follow_symlinks=False):
+            sftp.put(entry.path, target)
+            info = entry.stat()
+            sftp.chmod(target, stat.S_IMODE(info.st_mode))
+            sftp.utime(target, (info.st_atime, info.st_mtime))
+
+
+def _get(sftp: paramiko.SFTPClient, src: PurePosixPath, dest: Path) -> None:
+    for attr in sftp.listdir_attr(str(src)):
+        target = dest / attr.filename
+        if stat.S_ISDIR(attr.st_mode or 0):
+            target.mkdir(exist_ok=True)
+            _get(sftp, src / attr.filename, target)
+        elif stat.S_ISREG(attr.st_mode or 0):
+            sftp.get(str(src / attr.filename), str(target))
+            os.chmod(target, stat.S_IMODE(attr.st_mode))
+            os.utime(target, (attr.st_atime, attr.st_mtime))

@@ -1,0 +1,65 @@
+"""SshKeysService: puts the job owner's registered SSH keys, CIDR-restricted, into the head node's authorized_keys."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from ..errors import UserError
+from ..events import EventKind
+from ..services import JobService, ServiceContext
+from . import nodes
+from .access import EVERYWHERE, resolve
+from .keys import KeyRegistry, authorized_keys_block, merge_block
+
+
+class SshKeysService(JobService):
+    """Keys live in a managed block of the job user's authorized_keys while the cluster is up, and go after.
+    Keys added or removed while the job runs follow within a reconcile pass (as a person would expect)."""
+
+    name = "ssh-keys"
+
+    def start(self, ctx: ServiceContext) -> None:
+        self._sync(ctx, force=True)
+
+    def supervise(self, ctx: ServiceContext) -> None:
+        self._sync(ctx, force=False)
+
+    def stop(self, ctx: ServiceContext) -> bool:
+        self._write(ctx, "")
+        ctx.store.update_job(ctx.job_id, ssh_keys="")
+        return True
+
+    def _sync(self, ctx: ServiceContext, force: bool) -> None:
+        keys = KeyRegistry(ctx.store).keys(ctx.job["owner"])
+        try:
+            cidrs = resolve(ctx.spec.desktop.access or [EVERYWHERE])
+        except UserError as exc:  # an unresolvable rule: no key gets in rather than every address
+            cidrs, keys, why = [], [], exc.message
+        else:
+            why = None
+        block = authorized_keys_block(keys, cidrs) if keys else ""
+        digest = hashlib.sha256(block.encode()).hexdigest()[:16]
+        if not force and ctx.store.get_job(ctx.job_id).get("ssh_keys") == digest:
+            return
+        if why:
+            ctx.store.append_event(ctx.job_id, EventKind.WARNING, {"service": self.name,
+                                                                   "message": f"SSH keys not installed: {why}"})
+        self._write(ctx, block)
+        ctx.store.update_job(ctx.job_id, ssh_keys=digest)
+
+    def _write(self, ctx: ServiceContext, block: str) -> None:
+        ssh_dir = nodes.home_dir(ctx.backend, ctx.head) / ".ssh"
+        path = ssh_dir / "authorized_keys"
+        existing = ctx.backend.read_bytes(ctx.head, path)
+        if existing is None and not block:
+            return
+        nodes.make_dirs(ctx.backend, ctx.head, ssh_dir, 0o700)
+        ctx.backend.write_bytes(ctx.head, path, merge_block((existing or b"").decode(), block).encode())
+        _private(ctx, path)
+
+
+def _private(ctx: ServiceContext, path: Any) -> None:
+    """sshd (StrictModes) ignores an authorized_keys others can write; virtual nodes' files are local."""
+    if getattr(ctx.backend, "make_dirs", None) is None:
+        path.chmod(0o600)

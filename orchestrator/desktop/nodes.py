@@ -1,0 +1,88 @@
+"""What the desktop needs from a head node beyond the backend contract, with the local backend's answers.
+
+A backend may offer these as methods; without them the head node's filesystem is this machine's (the local
+backend: virtual nodes on one host), which is all the engine's other steps assume today too.
+  make_dirs(node, path, mode)   create a directory (and parents) on the node
+  home_dir(node) -> Path        the job user's home on the node (authorized_keys, window-manager settings)
+  open_tcp(node, port)          a stream to 127.0.0.1:port on the node (e.g. a paramiko direct-tcpip channel)
+  ssh_endpoint(node)            (user, host, port) a person's ssh client uses to reach the node
+  apply_firewall(node, path)    load an nftables file on the node (real clusters only)
+"""
+
+from __future__ import annotations
+
+import getpass
+import ipaddress
+import socket
+from pathlib import Path
+from typing import Any
+
+from ..cluster.base import ClusterBackend, Node
+from ..errors import BackendError
+
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+def is_loopback(node: Node) -> bool:
+    """Whether the node is this machine reached over loopback (the local backend's virtual nodes)."""
+    if node.address in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(node.address).is_loopback
+    except ValueError:
+        return False
+
+
+def make_dirs(backend: ClusterBackend, node: Node, path: Path, mode: int = 0o700) -> None:
+    hook = getattr(backend, "make_dirs", None)
+    if hook is not None:
+        hook(node, path, mode)
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(mode)
+
+
+def home_dir(backend: ClusterBackend, node: Node) -> Path:
+    """The job user's home; a virtual node gets its own under its directory, leaving this machine's alone."""
+    hook = getattr(backend, "home_dir", None)
+    return hook(node) if hook is not None else node.root / "home"
+
+
+def own_home(backend: ClusterBackend) -> bool:
+    """Whether sessions on this backend's nodes need HOME pointed at the virtual node's home."""
+    return getattr(backend, "home_dir", None) is None
+
+
+def open_tcp(backend: ClusterBackend, node: Node, port: int, timeout: float = 5.0) -> Any:
+    """A connected stream to a port the node listens on at 127.0.0.1 (Xvnc is bound to localhost)."""
+    hook = getattr(backend, "open_tcp", None)
+    if hook is not None:
+        return hook(node, port)
+    if not is_loopback(node):
+        raise BackendError(f"backend {backend.name} offers no way to reach port {port} on {node.name}")
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def ssh_endpoint(backend: ClusterBackend, node: Node) -> tuple[str, str, int]:
+    hook = getattr(backend, "ssh_endpoint", None)
+    if hook is not None:
+        return hook(node)
+    return getpass.getuser(), public_host(node), 22
+
+
+def listen_host(node: Node) -> str:
+    """Where the web gateway listens: loopback for a virtual node on this machine, else every address."""
+    return "127.0.0.1" if is_loopback(node) else "::"
+
+
+def public_host(node: Node) -> str:
+    """The host part of the desktop's URL."""
+    return "127.0.0.1" if is_loopback(node) else node.address
+
+
+def apply_firewall(backend: ClusterBackend, node: Node, path: Path) -> bool:
+    hook = getattr(backend, "apply_firewall", None)
+    if hook is None:
+        return False  # virtual nodes share this machine's firewall: rules are rendered, never loaded here
+    hook(node, path)
+    return True

@@ -1,0 +1,312 @@
+"""DesktopService: starts, supervises and stops the job's desktop session on its head node."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import BackendError, UserError
+from ..events import EventKind
+from ..rendering import Raw, render
+from ..services import JobService, ServiceContext
+from . import nodes
+from .access import EVERYWHERE, is_everywhere, resolve, split_families
+from .rfb import RFBError, handshake
+from .secrets import DesktopSecret, DesktopSecrets
+from .vncauth import passwd_file
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+GATEWAY_SOURCE = Path(__file__).with_name("gateway.py")
+NOVNC_DIR = "/usr/share/novnc"
+
+STARTING, READY, FAILED, STOPPED = "starting", "ready", "failed", "stopped"
+READY_WAIT = 2.0          # seconds start() waits for the first login before leaving it to supervise
+START_TIMEOUT = 30.0      # seconds a session may take to accept a login before it counts as failed
+MAX_RESTARTS = 5          # restarts after deaths while the job is up, before giving up
+STOP_GRACE = 5.0          # seconds between SIGTERM and SIGKILL on stop
+BLACKLIST_THRESHOLD = 10  # failed logins before Xvnc shuns an address; every web viewer arrives from 127.0.0.1
+REFUSALS_PER_PASS = 20    # refusal events per reconcile pass; the rest are counted in one event
+ACTIVITY_EVERY = 30.0     # seconds between the gateway's looks for connected viewers (idle shutdown input)
+# Written empty before a (re)start, so a reader never takes a previous session's files for this one's.
+_SESSION_FILES = ("pgid", "vnc.port", "gateway.port", "display", "failed")
+
+
+def nftables_rules(job_id: str, port: int, cidrs: list[str]) -> str:
+    """An nftables file letting only the CIDRs reach the gateway port (CIDRs are validated networks)."""
+    v4, v6 = split_families(cidrs)
+    return render((TEMPLATES,), "desktop/nftables.conf.j2", {
+        "job_id": job_id, "port": port, "v4": Raw(", ".join(v4)), "v6": Raw(", ".join(v6)),
+        "everywhere": is_everywhere(cidrs)})
+
+
+def desktop_record(job: dict[str, Any]) -> dict[str, Any]:
+    value = job.get("desktop")
+    if isinstance(value, str):  # a store that does not decode the field
+        value = json.loads(value)
+    return dict(value or {})
+
+
+class DesktopService(JobService):
+    """One session per job: a single process group (session.sh) holding Xvnc, openbox, xterm and the gateway."""
+
+    name = "desktop"
+
+    def wanted(self, ctx: ServiceContext) -> bool:
+        return bool(ctx.spec.desktop.enabled)
+
+    # -- the three hooks
+    def start(self, ctx: ServiceContext) -> None:
+        with self._lock(ctx) as mine:
+            if not mine:
+                return
+            rec = self._record(ctx)
+            if rec.get("state") in (STARTING, READY) and self._alive(ctx):
+                return  # adopt the session that already runs (a re-delivered provision)
+            if rec.get("state") == FAILED and rec.get("permanent"):
+                return
+            self._launch(ctx, rec)
+            deadline = time.monotonic() + READY_WAIT
+            while time.monotonic() < deadline:
+                if self._check_starting(ctx, self._record(ctx)) != STARTING:
+                    return
+                time.sleep(0.02)
+
+    def supervise(self, ctx: ServiceContext) -> None:
+        with self._lock(ctx) as mine:
+            if not mine:
+                return
+            rec = self._record(ctx)
+            state = rec.get("state")
+            if state is None:
+                return self._launch(ctx, rec)
+            if state in (FAILED, STOPPED):
+                return
+            self._report_refusals(ctx, rec)
+            self._report_activity(ctx)
+            if state == STARTING:
+                self._check_starting(ctx, rec)
+            elif not self._alive(ctx):
+                self._restart(ctx, rec, "the desktop session exited")
+            else:
+                self._apply_password(ctx, rec)
+
+    def stop(self, ctx: ServiceContext) -> bool:
+        with self._lock(ctx, wait=5) as mine:
+            if not mine:
+                return False
+            rec = self._record(ctx)
+            if not rec or rec.get("state") == STOPPED:
+                return True
+            pgid = self._pgid(ctx)
+            if pgid and ctx.backend.group_alive(ctx.head, pgid):
+                now = time.time()
+                if not rec.get("term_sent_at"):
+                    ctx.backend.signal_group(ctx.head, pgid, signal.SIGTERM)
+                    self._save(ctx, term_sent_at=now)
+                elif now - rec["term_sent_at"] > STOP_GRACE:
+                    ctx.backend.signal_group(ctx.head, pgid, signal.SIGKILL)
+                for _ in range(50):  # the session usually ends within moments: spare the job a pass
+                    if not ctx.backend.group_alive(ctx.head, pgid):
+                        break
+                    time.sleep(0.02)
+                else:
+                    return False
+            self._report_refusals(ctx, self._record(ctx))
+            self._set_state(ctx, STOPPED, {}, url=None)
+            DesktopSecrets(ctx.store).delete(ctx.job_id)
+            return True
+
+    # -- steps
+    def _launch(self, ctx: ServiceContext, rec: dict[str, Any]) -> None:
+        """Write the session's files on the head node and start session.sh detached (ending any old one)."""
+        try:
+            cidrs = resolve(ctx.spec.desktop.access or [EVERYWHERE])  # concrete already, unless submitted around
+        except UserError as exc:
+            self._fail(ctx, exc.message, permanent=True)
+            return
+        old = self._pgid(ctx)
+        if old and ctx.backend.group_alive(ctx.head, old):  # half-dead: e.g. Xvnc up but its display never came
+            ctx.backend.signal_group(ctx.head, old, signal.SIGKILL)
+        secret = DesktopSecrets(ctx.store).ensure(ctx.job_id)
+        desk = self.folder(ctx)
+        write = lambda name, data: ctx.backend.write_bytes(ctx.head, desk / name, data)  # noqa: E731
+        nodes.make_dirs(ctx.backend, ctx.head, desk, 0o700)
+        for name in _SESSION_FILES:
+            write(name, b"")
+        write("passwd", passwd_file(secret.password, secret.view_password))
+        write("gateway.py", GATEWAY_SOURCE.read_bytes())
+        write("gateway.json", json.dumps({
+            "listen": nodes.listen_host(ctx.head), "token": secret.token, "allowed": cidrs, "web": NOVNC_DIR,
+            "port_file": str(desk / "gateway.port"), "refused_file": str(desk / "refused.log"),
+            "failed_file": str(desk / "failed"), "activity_file": str(desk / "activity"),
+            "activity_every": ACTIVITY_EVERY,
+        }).encode())
+        write("session.sh", self.session_script(ctx, desk).encode())
+        restarts = rec.get("restarts", 0)
+        self._set_state(ctx, STARTING, {"restarts": restarts} if restarts else {}, restarts=restarts,
+                        started_at=time.time(),
+                        access=cidrs, password_version=secret.version, url=None, reason=None,
+                        term_sent_at=None, refused_offset=rec.get("refused_offset", 0))
+        ctx.backend.spawn_detached(ctx.head, ["bash", str(desk / "session.sh")], cwd=desk)
+
+    def session_script(self, ctx: ServiceContext, desk: Path) -> str:
+        spec = ctx.spec.desktop
+        home = nodes.home_dir(ctx.backend, ctx.head) if nodes.own_home(ctx.backend) else None
+        return render((TEMPLATES,), "desktop/session.sh.j2", {
+            "job_id": ctx.job_id, "desktop_dir": str(desk), "work_dir": str(ctx.paths.work),
+            "home": str(home) if home else "", "geometry": spec.geometry, "depth": spec.depth,
+            "title": f"{ctx.job.get('name') or 'job'} ({ctx.job_id})", "novnc_dir": NOVNC_DIR,
+            "blacklist_threshold": BLACKLIST_THRESHOLD,
+            # openbox runs its startup command from $HOME: the terminal changes to the work folder itself
+            "startup": "bash -c 'cd \"$E2E_WORK\" && exec xterm -geometry 100x30+40+40 -title \"$E2E_TITLE\"'",
+        })
+
+    def _check_starting(self, ctx: ServiceContext, rec: dict[str, Any]) -> str:
+        """STARTING -> READY once a VNC login works and the gateway listens; FAILED on a reported failure."""
+        desk = self.folder(ctx)
+        failed = self._read(ctx, desk / "failed")
+        if failed:
+            kind, _, reason = failed.partition(":")
+            if kind == "missing":  # a component to install: restarting cannot help
+                return self._fail(ctx, reason.strip(), permanent=True)
+            self._restart(ctx, rec, reason.strip() or failed)
+            return self._record(ctx).get("state", STARTING)
+        vnc_port, web_port = self._read(ctx, desk / "vnc.port"), self._read(ctx, desk / "gateway.port")
+        secret = DesktopSecrets(ctx.store).read(ctx.job_id)
+        if vnc_port and web_port and secret and self._login_works(ctx, int(vnc_port), secret):
+            url = f"http://{nodes.public_host(ctx.head)}:{int(web_port)}/vnc.html"
+            self._set_state(ctx, READY, {"url": url}, url=url, vnc_port=int(vnc_port), web_port=int(web_port),
+                            display=self._read(ctx, desk / "display"), ready_at=time.time(),
+                            ssh=list(nodes.ssh_endpoint(ctx.backend, ctx.head)))
+            self._firewall(ctx, int(web_port), rec.get("access") or [])
+            return READY
+        alive = self._alive(ctx)
+        if time.time() - (rec.get("started_at") or time.time()) > START_TIMEOUT:
+            return self._fail(ctx, f"no VNC login possible within {START_TIMEOUT:.0f}s; see {desk}/xvnc.log")
+        if not alive and self._pgid(ctx):
+            self._restart(ctx, rec, "the desktop session exited while starting")
+        return STARTING
+
+    def _login_works(self, ctx: ServiceContext, port: int, secret: DesktopSecret) -> bool:
+        """The readiness check: a real VncAuth login with the session password."""
+        try:
+            stream = nodes.open_tcp(ctx.backend, ctx.head, port)
+        except OSError:
+            return False
+        try:
+            handshake(stream, secret.password)
+            return True
+        except (RFBError, OSError):
+            return False
+        finally:
+            stream.close()
+
+    def _restart(self, ctx: ServiceContext, rec: dict[str, Any], why: str) -> None:
+        restarts = rec.get("restarts", 0) + 1
+        if restarts > MAX_RESTARTS:
+            self._fail(ctx, f"{why}, {MAX_RESTARTS} restarts did not help; see {self.folder(ctx)}")
+            return
+        ctx.store.append_event(ctx.job_id, EventKind.WARNING, {"service": self.name,
+                                                               "message": f"{why}; restarting ({restarts})"})
+        self._launch(ctx, {**rec, "restarts": restarts})
+
+    def _fail(self, ctx: ServiceContext, reason: str, permanent: bool = False) -> str:
+        pgid = self._pgid(ctx)
+        if pgid and ctx.backend.group_alive(ctx.head, pgid):
+            ctx.backend.signal_group(ctx.head, pgid, signal.SIGKILL)
+        self._set_state(ctx, FAILED, {"reason": reason}, reason=reason, permanent=permanent, url=None)
+        return FAILED
+
+    def _apply_password(self, ctx: ServiceContext, rec: dict[str, Any]) -> None:
+        """A changed password (e2e desktop --set-password) reaches the passwd file Xvnc reads at every login."""
+        secret = DesktopSecrets(ctx.store).read(ctx.job_id)
+        if secret is None or secret.version == rec.get("password_version"):
+            return
+        ctx.backend.write_bytes(ctx.head, self.folder(ctx) / "passwd",
+                                passwd_file(secret.password, secret.view_password))
+        self._save(ctx, password_version=secret.version)
+        ctx.store.append_event(ctx.job_id, EventKind.DESKTOP, {"state": READY, "message": "VNC password changed"})
+
+    def _report_refusals(self, ctx: ServiceContext, rec: dict[str, Any]) -> None:
+        """Refusals the gateway logged on the head node become ACCESS_REFUSED events."""
+        offset = rec.get("refused_offset") or 0
+        data = ctx.backend.read_bytes(ctx.head, self.folder(ctx) / "refused.log", offset, 1 << 16)
+        if not data:
+            return
+        cut = data.rfind(b"\n") + 1
+        lines = [ln for ln in data[:cut].decode(errors="replace").splitlines() if ln.strip()]
+        for line in lines[:REFUSALS_PER_PASS]:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            ctx.store.append_event(ctx.job_id, EventKind.ACCESS_REFUSED, {
+                "entry": "web gateway", "address": entry.get("address"), "reason": entry.get("reason")})
+        if len(lines) > REFUSALS_PER_PASS:
+            ctx.store.append_event(ctx.job_id, EventKind.ACCESS_REFUSED, {
+                "entry": "web gateway", "message": f"{len(lines) - REFUSALS_PER_PASS} more refusals"})
+        self._save(ctx, refused_offset=offset + cut)
+
+    def _report_activity(self, ctx: ServiceContext) -> None:
+        """A viewer connected lately: the job is in use, whatever its runs do (limits.idle_shutdown reads this)."""
+        text = self._read(ctx, self.folder(ctx) / "activity")
+        try:
+            seen = float(text)
+        except ValueError:
+            return
+        if seen > (ctx.store.get_job(ctx.job_id).get("desktop_activity_at") or 0):
+            ctx.store.update_job(ctx.job_id, desktop_activity_at=seen)
+
+    def _firewall(self, ctx: ServiceContext, port: int, cidrs: list[str]) -> None:
+        """nftables rules for the gateway port, rendered always and loaded where the backend can (real nodes)."""
+        text = nftables_rules(ctx.job_id, port, cidrs)
+        path = self.folder(ctx) / "nftables.conf"
+        ctx.backend.write_bytes(ctx.head, path, text.encode())
+        try:
+            nodes.apply_firewall(ctx.backend, ctx.head, path)
+        except BackendError as exc:
+            ctx.store.append_event(ctx.job_id, EventKind.WARNING, {"service": self.name,
+                                                                   "message": f"firewall rules not loaded: {exc}"})
+
+    # -- record and files
+    @staticmethod
+    def folder(ctx: ServiceContext) -> Path:
+        return ctx.paths.root / "desktop"
+
+    def _record(self, ctx: ServiceContext) -> dict[str, Any]:
+        return desktop_record(ctx.store.get_job(ctx.job_id))
+
+    def _save(self, ctx: ServiceContext, **fields: Any) -> None:
+        ctx.store.update_job(ctx.job_id, desktop={**self._record(ctx), **fields})
+
+    def _set_state(self, ctx: ServiceContext, state: str, event: dict[str, Any], **fields: Any) -> None:
+        self._save(ctx, state=state, **fields)
+        ctx.store.append_event(ctx.job_id, EventKind.DESKTOP, {"state": state, **event})
+
+    def _read(self, ctx: ServiceContext, path: Path) -> str:
+        return (ctx.backend.read_bytes(ctx.head, path) or b"").decode(errors="replace").strip()
+
+    def _pgid(self, ctx: ServiceContext) -> int | None:
+        text = self._read(ctx, self.folder(ctx) / "pgid")
+        return int(text) if text.isdigit() else None
+
+    def _alive(self, ctx: ServiceContext) -> bool:
+        pgid = self._pgid(ctx)
+        return bool(pgid) and ctx.backend.group_alive(ctx.head, pgid)
+
+    @contextlib.contextmanager
+    def _lock(self, ctx: ServiceContext, wait: float = 0) -> Iterator[bool]:
+        """One step at a time per desktop: provision's start and a reconcile pass may overlap."""
+        lock = ctx.store.r.lock(f"{ctx.store.prefix}:lock:desktop:{ctx.job_id}", timeout=60,
+                                blocking=wait > 0, blocking_timeout=wait or None)
+        got = lock.acquire()
+        try:
+            yield bool(got)
+        finally:
+            if got:
+                with contextlib.suppress(Exception):
+                    lock.release()

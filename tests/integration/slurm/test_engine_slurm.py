@@ -1,0 +1,40 @@
+"""The engine on the slurm backend: a job's allocation is a Slurm job; freeze is scontrol suspend; terminate scancels."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.cluster.slurm import SlurmBackend
+from orchestrator.states import JobState, RunState
+
+from ..conftest import Engine, make_settings, redis_flush, wait_for
+from .test_slurm_backend import proc_states, slurm  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.integration
+
+
+def test_job_runs_in_its_slurm_allocation_freezes_and_terminates(slurm, redis_url, tmp_path):  # noqa: F811
+    redis_flush(redis_url + "/10")
+    settings = make_settings(tmp_path / "home", redis_url + "/10", slurm_partition=slurm.partition)
+    engine = Engine(settings, worker_env={"SLURM_CONF": str(slurm.conf)})
+    try:
+        client = engine.client
+        backend = SlurmBackend(settings)
+        job_id = client.submit_data({"name": "in-slurm", "desktop": {"enabled": False}, "cluster": {"backend": "slurm", "nodes": 1},
+                                     "solver": {"name": "command", "command": [
+                                         "sh", "-c", "while :; do sleep 0.2; echo tick >> ticks; done"]}})
+        wait_for(lambda: client.status(job_id)["runs_detail"][0]["state"] is RunState.RUNNING, 60, "RUNNING")
+        assert backend.allocation_state(job_id) == "RUNNING"
+        pid = client.status(job_id)["runs_detail"][0]["pid"]
+        client.pause(job_id, freeze=True)
+        wait_for(lambda: backend.allocation_state(job_id) == "SUSPENDED", 30, "the allocation to be suspended")
+        wait_for(lambda: proc_states([pid]) == {"T"}, 10, "the run to be stopped")
+        client.resume(job_id)
+        wait_for(lambda: backend.allocation_state(job_id) == "RUNNING", 30, "the allocation to run again")
+        assert client.status(job_id)["runs_detail"][0]["state"] is RunState.RUNNING
+        client.terminate(job_id)
+        assert engine.wait_job_terminal(job_id, timeout=120)["state"] is JobState.TERMINATED
+        assert backend.allocation_state(job_id) in ("CANCELLED", "COMPLETED", None)
+        wait_for(lambda: not proc_states([pid]), 20, "the run's processes to be gone")
+    finally:
+        engine.close()

@@ -1,0 +1,89 @@
+"""DesktopService on the local backend with the real session script: a head node without Xvnc fails clearly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cluster.local import LocalBackend
+from orchestrator.desktop.service import DesktopService, desktop_record
+from orchestrator.events import EventKind
+from orchestrator.paths import JobPaths
+from orchestrator.services import ServiceContext
+from orchestrator.settings import Settings
+from orchestrator.spec import spec_for_store, validate_spec
+
+
+@pytest.fixture(scope="module")
+def no_xvnc_path(tmp_path_factory) -> str:
+    return path_without(tmp_path_factory.mktemp("no-xvnc"), "Xvnc")
+
+
+def path_without(folder: Path, *missing: str) -> str:
+    """A PATH with every program of this machine's PATH except `missing` (symlinks in one folder)."""
+    farm = folder / "bin"
+    farm.mkdir()
+    for folder in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(folder):
+            continue
+        for entry in os.scandir(folder):
+            target = farm / entry.name
+            if entry.name not in missing and not target.exists() and os.access(entry.path, os.X_OK):
+                target.symlink_to(entry.path)
+    return str(farm)
+
+
+@pytest.fixture
+def ctx(tmp_path, store):
+    settings = Settings(home=tmp_path / "home", redis_url="redis://unused", local_nodes=1, local_cores_per_node=1)
+    spec = validate_spec({"name": "j", "solver": {"name": "command", "command": ["true"]},
+                          "desktop": {"access": ["192.0.2.0/24"]}})
+    job_id = store.create_job(name="j", owner="ann", spec=spec_for_store(spec), backend="local", solver="command")
+    backend = LocalBackend(settings)
+    paths = JobPaths.for_job(settings.root, job_id)
+    paths.work.mkdir(parents=True)
+    return ServiceContext(job=store.get_job(job_id), spec=spec, backend=backend, nodes=backend.inventory(),
+                          paths=paths, store=store, settings=settings)
+
+
+def test_a_head_node_without_xvnc_fails_the_desktop_with_the_package_to_install(ctx, no_xvnc_path, monkeypatch):
+    monkeypatch.setenv("PATH", no_xvnc_path)
+    service = DesktopService()
+
+    service.start(ctx)
+
+    rec = desktop_record(ctx.store.get_job(ctx.job_id))
+    assert rec["state"] == "failed" and rec["permanent"] is True
+    assert "Xvnc is not installed" in rec["reason"] and "tigervnc-standalone-server" in rec["reason"]
+    events = [e.data for e in ctx.store.events(ctx.job_id) if e.kind is EventKind.DESKTOP]
+    assert events[-1] == {"state": "failed", "reason": rec["reason"]}
+    # nothing is retried, and stopping a failed desktop is immediate
+    service.supervise(ctx)
+    service.start(ctx)
+    assert desktop_record(ctx.store.get_job(ctx.job_id))["state"] == "failed"
+    assert service.stop(ctx) is True
+    assert desktop_record(ctx.store.get_job(ctx.job_id))["state"] == "stopped"
+
+
+def test_session_files_keep_secrets_private_and_the_script_parses(ctx, no_xvnc_path, monkeypatch):
+    monkeypatch.setenv("PATH", no_xvnc_path)
+    DesktopService().start(ctx)
+    desk = ctx.paths.root / "desktop"
+    assert oct(desk.stat().st_mode & 0o777) == "0o700"  # passwd and the gateway's token live in here
+    assert subprocess.run(["bash", "-n", str(desk / "session.sh")]).returncode == 0
+    script = (desk / "session.sh").read_text()
+    assert "-SecurityTypes VncAuth" in script and "-localhost" in script and "-geometry 1280x800" in script
+    assert str(ctx.paths.work) in script
+
+
+def test_session_script_quotes_hostile_paths(ctx, tmp_path):
+    from dataclasses import replace
+
+    hostile = tmp_path / "we ird$(touch pwned)"
+    odd = replace(ctx, paths=JobPaths(hostile))
+    script = DesktopService().session_script(odd, hostile / "desktop")
+    assert subprocess.run(["bash", "-n"], input=script.encode()).returncode == 0
+    assert "'" + str(hostile / "desktop") + "'" in script
