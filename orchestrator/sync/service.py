@@ -10,7 +10,10 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 
+from ..cluster.base import ClusterBackend, Node
+from ..cluster.local import LocalBackend
 from ..events import EventKind
 from ..services import JobService, ServiceContext
 
@@ -19,10 +22,45 @@ log = logging.getLogger(__name__)
 SPAWN_GRACE = 10.0      # seconds a just-spawned process has to write its pid before another is spawned
 STOP_TIMEOUT = 600.0    # a final sync that takes longer is abandoned (with a warning) so terminate finishes
 FORWARD_CHUNK = 1 << 20
+RESCAN_LOCAL = 3.0      # inotify sees every write: the rescan is only a safety net
+RESCAN_SHARED = 1.0     # writes made on other hosts (NFS) raise no inotify event here: rescan often
+
+
+@dataclass(frozen=True)
+class _Host:
+    """Where the sync process runs and how its control files are reached: the machine holding the job's
+    work folder, which also sees the run directories at the same path (local backend, shared storage)."""
+
+    backend: ClusterBackend
+    node: Node
+    rescan: float   # seconds between full rescans: short where inotify cannot see the writers (NFS)
+
+    def read_bytes(self, path, offset: int = 0, limit: int | None = None) -> bytes | None:
+        return self.backend.read_bytes(self.node, path, offset, limit)
+
+    def write_bytes(self, path, data: bytes) -> None:
+        self.backend.write_bytes(self.node, path, data)
+
+    def group_alive(self, pgid: int) -> bool:
+        return self.backend.group_alive(self.node, pgid)
+
+
+def shares_storage(ctx: ServiceContext) -> bool:
+    """Whether the run directories are the head node's own files at the same path (no staging)."""
+    backend = ctx.backend
+    if backend.name in ("local", "slurm"):  # local: one machine; slurm: shared storage is required
+        return True
+    spec = getattr(backend, "spec", None)   # ssh: per node, from the inventory
+    return bool(spec and spec(ctx.head).shared_storage)
 
 
 class SyncService(JobService):
     name = "sync"
+
+    def wanted(self, ctx: ServiceContext) -> bool:
+        # Nodes with their own disks need the remote side (scan over ssh, rsync over ssh): not built yet;
+        # their run directories are gathered at terminate (stage_out) and stored with the results.
+        return shares_storage(ctx)
 
     # -- the contract
     def start(self, ctx: ServiceContext) -> None:
@@ -33,8 +71,8 @@ class SyncService(JobService):
         if not self._needs_spawn(ctx):
             return
         # A fresh start while the job is UP: forget a stop asked of an earlier process.
-        ctx.backend.write_bytes(ctx.head, sp.stop_request, b"")
-        ctx.backend.write_bytes(ctx.head, sp.done, b"")
+        self._host(ctx).write_bytes( sp.stop_request, b"")
+        self._host(ctx).write_bytes( sp.done, b"")
         self._spawn(ctx)
 
     def supervise(self, ctx: ServiceContext) -> None:
@@ -56,7 +94,7 @@ class SyncService(JobService):
             return True
         asked = self._stop_requested_at(ctx)
         if asked is None:
-            ctx.backend.write_bytes(ctx.head, sp.stop_request, f"{time.time():.3f}".encode())
+            self._host(ctx).write_bytes( sp.stop_request, f"{time.time():.3f}".encode())
             asked = time.time()
         if time.time() - asked > STOP_TIMEOUT:
             ctx.store.append_event(ctx.job_id, EventKind.WARNING, {
@@ -74,7 +112,7 @@ class SyncService(JobService):
             return 0  # another worker is forwarding right now
         try:
             offset = int(store.r.get(f"{key}:offset") or 0)
-            data = ctx.backend.read_bytes(ctx.head, ctx.paths.sync.events, offset, FORWARD_CHUNK) or b""
+            data = self._host(ctx).read_bytes( ctx.paths.sync.events, offset, FORWARD_CHUNK) or b""
             cut = data.rfind(b"\n") + 1
             sent = 0
             for line in data[:cut].splitlines():
@@ -93,41 +131,50 @@ class SyncService(JobService):
             store.r.delete(f"{key}:lock")
 
     # -- helpers
+    def _host(self, ctx: ServiceContext) -> _Host:
+        if ctx.backend.name == "local":
+            return _Host(ctx.backend, ctx.head, RESCAN_LOCAL)
+        # Remote nodes on shared storage: the process runs beside the engine, where the work folder is
+        # (the nodes need no Python); their writes reach it through the shared filesystem.
+        return _Host(LocalBackend(ctx.settings), ctx.head, RESCAN_SHARED)
+
     def _spawn(self, ctx: ServiceContext) -> None:
         sp = ctx.paths.sync
-        ctx.backend.write_bytes(ctx.head, sp.pid, b"")  # the new process writes its own
-        ctx.backend.write_bytes(ctx.head, sp.spawned_at, f"{time.time():.3f}".encode())
+        self._host(ctx).write_bytes( sp.pid, b"")  # the new process writes its own
+        self._host(ctx).write_bytes( sp.spawned_at, f"{time.time():.3f}".encode())
         # The shell hands the process its log as stdout/stderr at once: a spawner waiting for its stderr
         # to close (to report start-up errors) returns immediately. Paths travel as arguments, never as code.
+        host = self._host(ctx)
         argv = ["/bin/sh", "-c", 'log=$1; shift; exec "$@" >>"$log" 2>&1 </dev/null', "e2e-sync", str(sp.log),
-                sys.executable, "-m", "orchestrator.sync.daemon", "--job-dir", str(ctx.paths.root)]
-        ctx.backend.spawn_detached(ctx.head, argv, cwd=ctx.paths.root)
+                sys.executable, "-m", "orchestrator.sync.daemon", "--job-dir", str(ctx.paths.root),
+                "--rescan", str(host.rescan)]
+        host.backend.spawn_detached(host.node, argv, cwd=ctx.paths.root)
 
     def _heartbeat(self, ctx: ServiceContext) -> None:
         """The process leaves when the engine stops calling (no orphans once the engine is gone)."""
-        ctx.backend.write_bytes(ctx.head, ctx.paths.sync.heartbeat, f"{time.time():.3f}".encode())
+        self._host(ctx).write_bytes( ctx.paths.sync.heartbeat, f"{time.time():.3f}".encode())
 
     def _pid(self, ctx: ServiceContext) -> int | None:
-        pid = (ctx.backend.read_bytes(ctx.head, ctx.paths.sync.pid) or b"").strip()
+        pid = (self._host(ctx).read_bytes( ctx.paths.sync.pid) or b"").strip()
         return int(pid) if pid.isdigit() else None
 
     def _alive(self, ctx: ServiceContext) -> bool:
         pid = self._pid(ctx)
-        return pid is not None and ctx.backend.group_alive(ctx.head, pid)
+        return pid is not None and self._host(ctx).group_alive( pid)
 
     def _needs_spawn(self, ctx: ServiceContext) -> bool:
         """Nothing runs: no live process, and none just spawned that has not written its pid yet."""
         pid = self._pid(ctx)
         if pid is not None:
-            return not ctx.backend.group_alive(ctx.head, pid)
-        when = _number(ctx.backend.read_bytes(ctx.head, ctx.paths.sync.spawned_at))
+            return not self._host(ctx).group_alive( pid)
+        when = _number(self._host(ctx).read_bytes( ctx.paths.sync.spawned_at))
         return when is None or time.time() - when > SPAWN_GRACE
 
     def _stop_requested_at(self, ctx: ServiceContext) -> float | None:
-        return _number(ctx.backend.read_bytes(ctx.head, ctx.paths.sync.stop_request))
+        return _number(self._host(ctx).read_bytes( ctx.paths.sync.stop_request))
 
     def _done(self, ctx: ServiceContext) -> bool:
-        return _number(ctx.backend.read_bytes(ctx.head, ctx.paths.sync.done)) is not None
+        return _number(self._host(ctx).read_bytes( ctx.paths.sync.done)) is not None
 
 
 def _number(data: bytes | None) -> float | None:
