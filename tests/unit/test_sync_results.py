@@ -32,7 +32,7 @@ def job(tmp_path):
 
 
 def test_every_file_is_stored_with_its_sha256_and_nothing_else(job):
-    store, manifest, work, run = job
+    store, manifest, _, _ = job
     names = {f["path"] for f in manifest["files"]}
     assert names == ({f"work/run-001/{n}" for n in [*HOSTILE, "big.bin"]}
                      | {"runs/run-001/big.bin", "runs/run-001/.e2e/attempt-1/exit_code"})

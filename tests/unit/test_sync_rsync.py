@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 
 import pytest
-from test_sync_engine import HOSTILE  # tests/unit is on sys.path (no package)
+from test_sync_engine import HOSTILE, age  # tests/unit is on sys.path (no package)
 
 from orchestrator.sync.copy import RsyncCopier
 from orchestrator.sync.engine import SyncPair
@@ -27,11 +26,6 @@ def pair(tmp_path):
     return sp
 
 
-def _aged(path, seconds=10.0):
-    t = time.time() - seconds
-    os.utime(path, (t, t))
-
-
 def test_rsync_moves_hostile_names_both_ways(pair):
     for i, name in enumerate(HOSTILE):
         (pair.run / "sub dir").mkdir(exist_ok=True)
@@ -49,17 +43,17 @@ def test_rsync_sends_only_the_appended_bytes_and_the_changed_blocks(pair):
     big = pair.run / "series.bin"
     data = bytearray(os.urandom(4 << 20))
     big.write_bytes(data)
-    _aged(big, 30)
+    age(big, 30)
     pair.sync_once()
     with open(big, "ab") as fh:
         fh.write(os.urandom(1 << 20))
-    _aged(big, 20)
+    age(big, 20)
     appended = pair.sync_once()
     assert (1 << 20) <= appended.bytes < (1 << 20) + (64 << 10)
     data = bytearray(big.read_bytes())
     data[2 << 20: (2 << 20) + 100] = os.urandom(100)   # a rewrite in the middle, same size
     big.write_bytes(data)
-    _aged(big, 10)
+    age(big, 10)
     changed = pair.sync_once()
     assert 0 < changed.bytes < 256 << 10
     assert (pair.work / "series.bin").read_bytes() == big.read_bytes()
