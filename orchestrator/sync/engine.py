@@ -80,6 +80,7 @@ class SyncPair:
         self._scanned_at: float | None = None
         self._pending_dirs: set[str] = set()    # folders of files left for a later look
         self._copies: list[_Copy] = []
+        self._state_changed = False
         self._changed_after = 0.0
 
     # -- state
@@ -100,6 +101,7 @@ class SyncPair:
             self.state.pop(rel, None)
         else:
             self.state[rel] = [run, work]
+        self._state_changed = True
         self._changing_since.pop(rel, None)
 
     # -- one pass
@@ -153,8 +155,10 @@ class SyncPair:
             dst = WORK if src == RUN else RUN
             if self.sides[dst].rmdir(rel):
                 self._record(rel, None, None)
-        if result.files or result.deleted or result.conflicts or removed_dirs:
+        if self._state_changed:
             self._save()
+            self._state_changed = False
+        if result.files or result.deleted or result.conflicts:
             self._report(result)
         return result
 

@@ -290,3 +290,13 @@ def test_a_file_that_becomes_a_folder_follows(pair):
     (pair.run / "probe" / "inside").write_text("then a folder")
     pair.sync_once()
     assert (pair.work / "probe" / "inside").read_text() == "then a folder"
+
+
+def test_empty_folders_and_identical_files_are_remembered_across_restarts(pair):
+    (pair.run / "empty").mkdir()
+    (pair.run / "same").write_text("x")
+    (pair.work).mkdir()
+    (pair.work / "same").write_text("x")
+    pair.sync_once()
+    assert (pair.work / "empty").is_dir()
+    assert set(pair.make().state) == {"empty", "same"}
