@@ -11,13 +11,16 @@ DEMO_PACKAGES := openfoam openfoam-examples openmpi-bin util-linux
 SSH_PACKAGES := openssh-server openssh-client rsync iproute2
 # slurm backend tests: a private munged + slurmctld + slurmd (no accounting database needed).
 SLURM_PACKAGES := slurmctld slurmd slurm-client munge
+# solver plugin tests: CalculiX runs for real; shellcheck checks every rendered launch script.
+PLUGIN_PACKAGES := calculix-ccx shellcheck
 TEST_PACKAGES := $(DEMO_PACKAGES) redis-server
 # Installed without recommends: openssh-server would pull in systemd through libpam-systemd, and the
 # desktop is a third of the size and time. The desktop: TigerVNC, the X fonts xterm needs (only a
 # Recommends of TigerVNC), openbox, noVNC over websockify; its tests also load noVNC in chromium and check
 # firewall rules with nft.
 DESKTOP_PACKAGES := tigervnc-standalone-server tigervnc-tools xfonts-base openbox xterm novnc websockify
-LEAN_TEST_PACKAGES := $(SSH_PACKAGES) $(SLURM_PACKAGES) $(DESKTOP_PACKAGES) chromium chromium-driver nftables
+LEAN_TEST_PACKAGES := $(SSH_PACKAGES) $(SLURM_PACKAGES) $(PLUGIN_PACKAGES) $(DESKTOP_PACKAGES) \
+                      chromium chromium-driver nftables
 
 .PHONY: demo test unit integration bench setup system-deps-demo system-deps-test clean
 

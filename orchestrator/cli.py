@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import time
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from .cli_common import JSON_OPT, _age, _client, _duration, _dump, _job_doc, _state, app, err, out
 from .client import run_finished
-from .errors import E2EError, InfrastructureError
+from .errors import E2EError, InfrastructureError, UserError
 from .settings import get_settings
 from .stack import Stack
 from .states import JOB_TERMINAL
@@ -183,6 +184,8 @@ def solvers(as_json: bool = JSON_OPT) -> None:
     reg = registry()
     rows = [{"name": p.name, "summary": p.summary, "options": sorted(p.Options.model_fields)} for p in reg]
     if as_json:
+        for row, plugin in zip(rows, reg):  # the full options schema, for plugin authors and tooling
+            row["schema"] = plugin.Options.model_json_schema()
         _dump({"solvers": rows, "broken": reg.broken})
         return
     table = Table("SOLVER", "OPTIONS", "WHAT", box=None)
@@ -194,18 +197,28 @@ def solvers(as_json: bool = JSON_OPT) -> None:
 
 
 @app.command()
-def render(spec: Path, out_dir: Path = typer.Option(..., "--out", help="folder to write the rendered run into")) -> None:
+def render(spec: Path, out_dir: Path = typer.Option(..., "--out", help="folder to write the rendered run into"),
+           hosts: str | None = typer.Option(None, "--hosts", help="render for these hosts (h1,h2,h3), each with the "
+                                                                  "spec's cores_per_node, instead of the allocation")) -> None:
     """Dry run: write every file a run would get (inputs, hostfile, run.sh, wrapper.sh); start nothing."""
     from solvers.base import registry
 
     from .cluster import get_backend
+    from .cluster.base import Node
     from .materialize import materialize_run
     from .paths import RunPaths
     from .spec import load_spec
 
     settings = get_settings()
     parsed = load_spec(spec)
-    nodes = get_backend(parsed.cluster.backend, settings).inventory()[: parsed.cluster.nodes]
+    if hosts is not None:
+        names = [h.strip() for h in hosts.split(",")]
+        if not all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}", h) for h in names):
+            raise UserError(f"--hosts {hosts!r}: give host names separated by commas, e.g. node1,node2,node3")
+        root = out_dir.resolve()
+        nodes = [Node(h, h, parsed.cluster.cores_per_node, root) for h in names]
+    else:
+        nodes = get_backend(parsed.cluster.backend, settings).inventory()[: parsed.cluster.nodes]
     paths = RunPaths(out_dir.resolve())
     prepared = materialize_run(parsed, registry().get(parsed.solver.name), "dry-run", "run-001", nodes, paths)
     for path in sorted(p for p in paths.root.rglob("*") if p.is_file() and ".e2e" not in p.parts)[:50]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
@@ -11,7 +13,13 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Protocol
 
-from pydantic import BaseModel, ConfigDict, PlainSerializer, SecretStr, SerializationInfo
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PlainSerializer,
+    SecretStr,
+    SerializationInfo,
+)
 
 from orchestrator.errors import PluginError, UserError
 
@@ -156,6 +164,14 @@ class SolverPlugin(ABC):
         """Apply an edit to the running solver, if it can re-read it; the names of what was applied.
         Raise UserError naming what cannot be changed live."""
         raise UserError(f"{self.name} cannot apply edits to a running solver; pause, edit, then restart")
+
+
+def copy_if_absent(src: str, dest: str) -> str:
+    """A shutil copy function for copying inputs into a fresh run directory: files already there win,
+    because the engine lays the user's edited inputs (e2e edit --file) in before prepare() runs."""
+    if not os.path.lexists(dest):
+        shutil.copy2(src, dest)
+    return dest
 
 
 class Registry:

@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, field_validator
 
 from orchestrator.spec import resolve_input_path
 
-from .base import LaunchContext, Prepared, Progress, RunMode, SolverOptions, SolverPlugin
+from .base import LaunchContext, Prepared, Progress, RunMode, SolverOptions, SolverPlugin, copy_if_absent
 
 _FRACTION = re.compile(r"^progress[:=\s]+([0-9.]+)\s*/\s*([0-9.]+)\s*$", re.M | re.I)
 _PERCENT = re.compile(r"^progress[:=\s]+([0-9.]+)\s*%\s*$", re.M | re.I)
@@ -59,7 +59,7 @@ class Command(SolverPlugin):
         for src in [] if restart else options.inputs:  # a restart keeps the directory as it was left
             dest = ctx.run_dir / src.name
             if src.is_dir():
-                shutil.copytree(src, dest, dirs_exist_ok=True, copy_function=_copy_if_absent)
+                shutil.copytree(src, dest, dirs_exist_ok=True, copy_function=copy_if_absent)
             elif not dest.exists():  # an edited input (e2e edit --file) is already there and wins
                 shutil.copy2(src, dest)
         return Prepared(template="command/run.sh.j2", context={"command": options.command, "append_log": restart},
@@ -81,9 +81,3 @@ class Command(SolverPlugin):
         else:
             progress.step, progress.total = float(percents[-1]), 100.0
         return progress
-
-
-def _copy_if_absent(src: str, dest: str) -> str:
-    if not Path(dest).exists():
-        shutil.copy2(src, dest)
-    return dest

@@ -15,7 +15,8 @@ from orchestrator.spec import check_input_dir, resolve_input_path
 
 from orchestrator.errors import SpecError
 
-from .base import LaunchContext, Outcome, Prepared, Progress, RunFiles, RunMode, SolverOptions, SolverPlugin
+from .base import (LaunchContext, Outcome, Prepared, Progress, RunFiles, RunMode, SolverOptions, SolverPlugin,
+                   copy_if_absent)
 
 WORD = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 FOAM_DIR = "/usr/share/openfoam"   # Debian's package; WM_PROJECT_DIR is all its binaries need
@@ -209,17 +210,10 @@ def _check_end_is_written(text: str) -> None:
                           f"without writing the final fields; use e.g. {aligned:g}")])
 
 
-def _copy_if_absent(src: str, dest: str) -> str:
-    # Edited inputs (e2e edit --file) are placed in the run directory first; they win over the case's.
-    if not os.path.exists(dest):
-        shutil.copy2(src, dest)
-    return dest
-
-
 def copy_case(src: Path, dest: Path) -> None:
     """Copy the case (not earlier results or decompositions) and unpack gzipped tutorial files."""
     ignore = shutil.ignore_patterns("processor*", "log.*", ".e2e")
-    shutil.copytree(src, dest, dirs_exist_ok=True, ignore=ignore, symlinks=False, copy_function=_copy_if_absent)
+    shutil.copytree(src, dest, dirs_exist_ok=True, ignore=ignore, symlinks=False, copy_function=copy_if_absent)
     for packed in dest.rglob("*.gz"):
         target = packed.with_suffix("")
         if not target.exists():

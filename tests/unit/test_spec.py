@@ -175,8 +175,8 @@ def command_solver(**extra):
 
 
 INVALID = [
-    ("unknown solver", edit("solver", {"name": "fluent", "application": "x"}), "solver.name",
-     ("'fluent'", "openfoam", "command")),
+    ("unknown solver", edit("solver", {"name": "nastran", "application": "x"}), "solver.name",
+     ("'nastran'", "openfoam", "command")),
     ("solver without name", edit("solver.name", delete=True), "solver.name", ("missing", "openfoam", "command")),
     ("unknown field in cluster", edit("cluster.gpus", 4), "cluster.gpus",
      ("unknown field", "backend", "cores_per_node", "nodes")),
@@ -336,7 +336,7 @@ def test_cli_submit_of_an_invalid_spec_exits_2_without_redis(tmp_path, redis_url
     # no REDIS_URL and no stack.json, where merely building a client would be a StackError, exit 3)
     home = tmp_path / "home"
     home.mkdir()
-    bad = write_spec(tmp_path, {"name": "my job", "solver": {"name": "fluent"}}, name="bad.yaml")
+    bad = write_spec(tmp_path, {"name": "my job", "solver": {"name": "nastran"}}, name="bad.yaml")
 
     # When it is submitted
     result = _run_cli(["submit", str(bad)], tmp_path, home, redis_url)
@@ -347,7 +347,7 @@ def test_cli_submit_of_an_invalid_spec_exits_2_without_redis(tmp_path, redis_url
     assert "Traceback" not in result.stderr + result.stdout
     assert "is invalid (2 problems)" in err
     assert "name: must start with a letter or digit" in err
-    assert "solver.name: unknown solver 'fluent'" in err
+    assert "solver.name: unknown solver 'nastran'" in err
     assert "Redis" not in err
     assert list(home.iterdir()) == []
     assert result.stdout.strip() == ""

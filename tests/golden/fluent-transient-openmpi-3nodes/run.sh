@@ -1,0 +1,7 @@
+#!/bin/bash
+# Ansys Fluent batch run, rendered by the engine (every value below is shell-quoted by the renderer).
+# Licence variables come from the wrapper's environment. Fluent starts its ranks itself (ssh + the chosen MPI):
+# Intel MPI hands the whole environment to the ranks; Open MPI only the variables listed here.
+export OMPI_MCA_mca_base_env_list="E2E_RUN_TAG${OMPI_MCA_mca_base_env_list:+;$OMPI_MCA_mca_base_env_list}"
+# exec: the launcher itself gets the run's signals, and its exit code is the run's.
+exec fluent 2ddp -g -t12 -cnf=fluent.hosts -mpi=openmpi -ssh -pib.infinipath -i run-1.jou > fluent-1.trn 2>&1
