@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages: the solver and MPI really run here; redis-server is the tests' real Redis.
 DEMO_PACKAGES := openfoam openfoam-examples openmpi-bin util-linux
-# ssh backend tests: one sshd per node in network namespaces (iproute2), rsync for staging.
+# ssh backend tests: one sshd per node in network namespaces (iproute2), rsync for staging (and the file sync's
+# transfer to nodes, and the baseline of bench/sync.py).
 SSH_PACKAGES := openssh-server openssh-client rsync iproute2
 # slurm backend tests: a private munged + slurmctld + slurmd (no accounting database needed).
 SLURM_PACKAGES := slurmctld slurmd slurm-client munge
@@ -39,6 +40,7 @@ bench: system-deps-test $(STAMP)
 	$(PY) bench/latency.py --jobs 200
 	$(PY) bench/ssh.py
 	$(PY) bench/desktop.py --jobs 10
+	$(PY) bench/sync.py
 
 setup: system-deps-test $(STAMP)
 

@@ -254,6 +254,7 @@ def demo(keep: bool = typer.Option(False, "--keep", help="leave the engine runni
 # Each area's commands live in their own module and add themselves to `app` when imported.
 from . import cli_control  # noqa: E402,F401  (pause, resume, edit, restart, rerun, history)
 from . import cli_desktop  # noqa: E402,F401  (desktop, keys, access)
+from . import cli_files  # noqa: E402,F401  (files, download)
 from . import cli_nodes  # noqa: E402,F401  (nodes, nodes trust)
 from . import cli_sweeps  # noqa: E402,F401  (sweep ls, sweep status)
 

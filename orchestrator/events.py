@@ -22,6 +22,11 @@ class EventKind(str, Enum):
     ACCESS_REFUSED = "access.refused"  # a connection from outside the job's CIDR rules, or without its token
     WARNING = "warning"
     ERROR = "error"
+    SYNC_FILE = "sync.file"          # a file added, updated, appended or deleted by the live sync
+    SYNC_CONFLICT = "sync.conflict"  # both sides changed: both versions kept
+    SYNC_SKIP = "sync.skip"          # a path the sync refuses (escaping symlink, permissions)
+    SYNC_STATS = "sync.stats"        # one sync pass: files, bytes, lag
+    SYNC_STATE = "sync.state"        # the sync process started, stopped, was restarted
 
 
 class Event(BaseModel):

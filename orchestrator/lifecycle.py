@@ -26,6 +26,7 @@ from .services import ServiceContext, services
 from .settings import Settings
 from .spec import validate_spec
 from .states import RUN_ENDED, JobState, RunState
+from .sync.results import store_results
 from .store import JobStore
 
 log = logging.getLogger(__name__)
@@ -229,18 +230,17 @@ class Lifecycle:
             self.recover_node_fault(job_id, run_id)
             return
         self._follow_log(job_id, run, plugin, backend, head, paths)
-        code = backend.read_bytes(head, paths.exit_code)
-        gone = False
-        if not (code or b"").strip() and not backend.group_alive(head, run["pid"]):
-            code = backend.read_bytes(head, paths.exit_code)  # the wrapper may have ended between the looks
-            gone = not (code or b"").strip()
-        if code is not None and code.strip():
-            self._finish(job_id, run, plugin, int(code), backend, head, paths)
-        elif gone:
-            reason = "the run's processes are gone and no exit code was recorded (killed?)"
-            to = _stopped_state(run) if state is RunState.STOPPING else RunState.FAILED
-            self.store.transition_run(job_id, run_id, to, expect=[state], data={"reason": reason},
-                                      reason=reason, ended_at=time.time())
+        code = _exit_code(backend, head, paths)
+        if code is None and not backend.group_alive(head, run["pid"]):
+            code = _exit_code(backend, head, paths)  # the wrapper may have recorded it and left just now
+            if code is None:
+                reason = "the run's processes are gone and no exit code was recorded (killed?)"
+                to = _stopped_state(run) if state is RunState.STOPPING else RunState.FAILED
+                self.store.transition_run(job_id, run_id, to, expect=[state], data={"reason": reason},
+                                          reason=reason, ended_at=time.time())
+                return
+        if code is not None:
+            self._finish(job_id, run, plugin, code, backend, head, paths)
         elif state is RunState.FROZEN and run.get("signals") != "frozen":
             self.control.freeze(backend, nodes, job_id, run)   # the freeze task was lost
         elif state is RunState.RUNNING and run.get("signals") == "frozen":
@@ -382,7 +382,7 @@ class Lifecycle:
         if paths.root.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
             if nodes:
-                backend.collect(nodes[0], paths.root, dest)
+                store_results(self.service_context(job))
         backend.release(job_id)
         self.store.release(backend.name, job_id)
         self.store.transition_job(job_id, JobState.TERMINATED, expect=[JobState.TERMINATING],
@@ -429,6 +429,11 @@ def remove_stale_files(plugin: SolverPlugin, root: Path) -> None:
         for stale in root.glob(pattern):
             if stale.is_file() or stale.is_symlink():
                 stale.unlink()
+
+
+def _exit_code(backend: ClusterBackend, head: Node, paths: RunPaths) -> int | None:
+    raw = backend.read_bytes(head, paths.exit_code)
+    return int(raw) if raw is not None and raw.strip() else None
 
 
 def _stopped_state(run: dict[str, Any]) -> RunState:

@@ -83,6 +83,60 @@ class JobPaths:
     def run(self, run_id: str, attempt: int = 1) -> RunPaths:
         return RunPaths(self.root / "runs" / run_id, attempt)
 
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def work_of(self, run_id: str) -> Path:
+        """The desktop's copy of one run directory: work/<run-id>/ (so reruns never mix)."""
+        return self.work / run_id
+
+    @property
+    def sync(self) -> SyncPaths:
+        return SyncPaths(self.root / ".sync")
+
+
+@dataclass(frozen=True)
+class SyncPaths:
+    """The job's sync daemon: its pid, single-instance lock, stop request, per-run state and event log."""
+
+    root: Path
+
+    @property
+    def pid(self) -> Path:
+        return self.root / "pid"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "lock"
+
+    @property
+    def stop_request(self) -> Path:
+        return self.root / "stop"
+
+    @property
+    def done(self) -> Path:
+        return self.root / "done"
+
+    @property
+    def heartbeat(self) -> Path:
+        return self.root / "heartbeat"
+
+    @property
+    def spawned_at(self) -> Path:
+        return self.root / "spawned_at"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events.jsonl"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "daemon.log"
+
+    def state(self, run_id: str) -> Path:
+        return self.root / f"{run_id}.state.json"
+
 
 def results_dir(home: Path, job_id: str) -> Path:
     """Where a terminated job's files are kept."""

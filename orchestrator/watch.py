@@ -56,4 +56,23 @@ def watch_job(client: Client, job_id: str, console: Console, quiet: bool = False
                                   + (f" ({data['reason']})" if data.get("reason") else ""))
             elif event.kind in (EventKind.WARNING, EventKind.ERROR, EventKind.NODE_FAILED, EventKind.NODE_REPLACED):
                 bar.console.print(f"[yellow]{event.kind.value}:[/] {event.data.get('message')}")
+            elif (line := sync_line(event)) is not None:
+                bar.console.print(line, highlight=False)
     return client.status(job_id)
+
+
+def sync_line(event) -> str | None:
+    """One line for a sync event worth showing (per-pass totals, conflicts, refusals, process state)."""
+    data = event.data
+    if event.kind is EventKind.SYNC_STATS:
+        lag = f", lag p50 {data['lag_p50']:.2f}s max {data['lag_max']:.2f}s" if data.get("lag_max") is not None else ""
+        return (f"[blue]sync[/] {data.get('files', 0)} files, {data.get('bytes', 0):,} bytes, "
+                f"{data.get('deleted', 0)} deleted, {data.get('conflicts', 0)} conflicts{lag}")
+    if event.kind is EventKind.SYNC_CONFLICT:
+        return (f"[magenta]sync conflict[/] {data.get('run')}/{data.get('path')!r}: both sides changed; "
+                f"the desktop's version is kept as {data.get('desktop_copy')!r}")
+    if event.kind is EventKind.SYNC_SKIP:
+        return f"[yellow]sync skipped[/] {data.get('run')}/{data.get('path')!r}: {data.get('message')}"
+    if event.kind is EventKind.SYNC_STATE:
+        return f"[blue]sync[/] {data.get('state')}" + (f": {data['message']}" if data.get("message") else "")
+    return None

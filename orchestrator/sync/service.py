@@ -1,0 +1,184 @@
+"""The sync as a per-job service: starts the job's sync process, restarts it, forwards its events, stops it.
+
+Every call is short: the process runs detached on the head node and is controlled through small files in
+the job's .sync/ folder, read and written through the backend (so the same code drives a remote node).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+
+from ..cluster.base import ClusterBackend, Node
+from ..cluster.local import LocalBackend
+from ..events import EventKind
+from ..services import JobService, ServiceContext
+
+log = logging.getLogger(__name__)
+
+SPAWN_GRACE = 10.0      # seconds a just-spawned process has to write its pid before another is spawned
+STOP_TIMEOUT = 600.0    # a final sync that takes longer is abandoned (with a warning) so terminate finishes
+FORWARD_CHUNK = 1 << 20
+RESCAN_LOCAL = 3.0      # inotify sees every write: the rescan is only a safety net
+RESCAN_SHARED = 1.0     # writes made on other hosts (NFS) raise no inotify event here: rescan often
+
+
+@dataclass(frozen=True)
+class _Host:
+    """Where the sync process runs and how its control files are reached: the machine holding the job's
+    work folder, which also sees the run directories at the same path (local backend, shared storage)."""
+
+    backend: ClusterBackend
+    node: Node
+    rescan: float   # seconds between full rescans: short where inotify cannot see the writers (NFS)
+
+    def read_bytes(self, path, offset: int = 0, limit: int | None = None) -> bytes | None:
+        return self.backend.read_bytes(self.node, path, offset, limit)
+
+    def write_bytes(self, path, data: bytes) -> None:
+        self.backend.write_bytes(self.node, path, data)
+
+    def group_alive(self, pgid: int) -> bool:
+        return self.backend.group_alive(self.node, pgid)
+
+
+def shares_storage(ctx: ServiceContext) -> bool:
+    """Whether the run directories are the head node's own files at the same path (no staging)."""
+    backend = ctx.backend
+    if backend.name in ("local", "slurm"):  # local: one machine; slurm: shared storage is required
+        return True
+    spec = getattr(backend, "spec", None)   # ssh: per node, from the inventory
+    return bool(spec and spec(ctx.head).shared_storage)
+
+
+class SyncService(JobService):
+    name = "sync"
+
+    def wanted(self, ctx: ServiceContext) -> bool:
+        # Nodes with their own disks need the remote side (scan over ssh, rsync over ssh): not built yet;
+        # their run directories are gathered at terminate (stage_out) and stored with the results.
+        return shares_storage(ctx)
+
+    # -- the contract
+    def start(self, ctx: ServiceContext) -> None:
+        sp = ctx.paths.sync
+        ctx.paths.work.mkdir(parents=True, exist_ok=True)
+        sp.root.mkdir(parents=True, exist_ok=True)
+        self._heartbeat(ctx)
+        if not self._needs_spawn(ctx):
+            return
+        # A fresh start while the job is UP: forget a stop asked of an earlier process.
+        self._host(ctx).write_bytes( sp.stop_request, b"")
+        self._host(ctx).write_bytes( sp.done, b"")
+        self._spawn(ctx)
+
+    def supervise(self, ctx: ServiceContext) -> None:
+        self._heartbeat(ctx)
+        self.forward_events(ctx)
+        if self._stop_requested_at(ctx) is not None or not self._needs_spawn(ctx):
+            return
+        ctx.store.append_event(ctx.job_id, EventKind.SYNC_STATE, {"state": "restarted",
+                                                                  "message": "the sync process had died"})
+        self._spawn(ctx)
+
+    def stop(self, ctx: ServiceContext) -> bool:
+        sp = ctx.paths.sync
+        self._heartbeat(ctx)
+        self.forward_events(ctx)
+        alive = self._alive(ctx)
+        if self._done(ctx) and not alive:
+            self.forward_events(ctx)
+            return True
+        asked = self._stop_requested_at(ctx)
+        if asked is None:
+            self._host(ctx).write_bytes( sp.stop_request, f"{time.time():.3f}".encode())
+            asked = time.time()
+        if time.time() - asked > STOP_TIMEOUT:
+            ctx.store.append_event(ctx.job_id, EventKind.WARNING, {
+                "service": self.name, "message": f"final sync not finished after {STOP_TIMEOUT:.0f}s: given up"})
+            return True
+        if not self._done(ctx) and self._needs_spawn(ctx):
+            self._spawn(ctx)  # it died: a new one sees the stop request and does the final pass
+        return False
+
+    # -- events: the process appends JSON lines; forwarded once each (offset and a short lock in Redis)
+    def forward_events(self, ctx: ServiceContext) -> int:
+        store = ctx.store
+        key = f"{store.prefix}:sync:{{{ctx.job_id}}}"
+        if not store.r.set(f"{key}:lock", "1", nx=True, px=10_000):
+            return 0  # another worker is forwarding right now
+        try:
+            offset = int(store.r.get(f"{key}:offset") or 0)
+            data = self._host(ctx).read_bytes( ctx.paths.sync.events, offset, FORWARD_CHUNK) or b""
+            cut = data.rfind(b"\n") + 1
+            sent = 0
+            for line in data[:cut].splitlines():
+                try:
+                    entry = json.loads(line)
+                    kind = EventKind(entry["kind"])
+                except (ValueError, KeyError):
+                    log.warning("skipping a malformed sync event line of job %s", ctx.job_id)
+                    continue
+                store.append_event(ctx.job_id, kind, entry["data"])
+                sent += 1
+            if cut:
+                store.r.set(f"{key}:offset", offset + cut)
+            return sent
+        finally:
+            store.r.delete(f"{key}:lock")
+
+    # -- helpers
+    def _host(self, ctx: ServiceContext) -> _Host:
+        if ctx.backend.name == "local":
+            return _Host(ctx.backend, ctx.head, RESCAN_LOCAL)
+        # Remote nodes on shared storage: the process runs beside the engine, where the work folder is
+        # (the nodes need no Python); their writes reach it through the shared filesystem.
+        return _Host(LocalBackend(ctx.settings), ctx.head, RESCAN_SHARED)
+
+    def _spawn(self, ctx: ServiceContext) -> None:
+        sp = ctx.paths.sync
+        self._host(ctx).write_bytes( sp.pid, b"")  # the new process writes its own
+        self._host(ctx).write_bytes( sp.spawned_at, f"{time.time():.3f}".encode())
+        # The shell hands the process its log as stdout/stderr at once: a spawner waiting for its stderr
+        # to close (to report start-up errors) returns immediately. Paths travel as arguments, never as code.
+        host = self._host(ctx)
+        argv = ["/bin/sh", "-c", 'log=$1; shift; exec "$@" >>"$log" 2>&1 </dev/null', "e2e-sync", str(sp.log),
+                sys.executable, "-m", "orchestrator.sync.daemon", "--job-dir", str(ctx.paths.root),
+                "--rescan", str(host.rescan)]
+        host.backend.spawn_detached(host.node, argv, cwd=ctx.paths.root)
+
+    def _heartbeat(self, ctx: ServiceContext) -> None:
+        """The process leaves when the engine stops calling (no orphans once the engine is gone)."""
+        self._host(ctx).write_bytes( ctx.paths.sync.heartbeat, f"{time.time():.3f}".encode())
+
+    def _pid(self, ctx: ServiceContext) -> int | None:
+        pid = (self._host(ctx).read_bytes( ctx.paths.sync.pid) or b"").strip()
+        return int(pid) if pid.isdigit() else None
+
+    def _alive(self, ctx: ServiceContext) -> bool:
+        pid = self._pid(ctx)
+        return pid is not None and self._host(ctx).group_alive( pid)
+
+    def _needs_spawn(self, ctx: ServiceContext) -> bool:
+        """Nothing runs: no live process, and none just spawned that has not written its pid yet."""
+        pid = self._pid(ctx)
+        if pid is not None:
+            return not self._host(ctx).group_alive( pid)
+        when = _number(self._host(ctx).read_bytes( ctx.paths.sync.spawned_at))
+        return when is None or time.time() - when > SPAWN_GRACE
+
+    def _stop_requested_at(self, ctx: ServiceContext) -> float | None:
+        return _number(self._host(ctx).read_bytes( ctx.paths.sync.stop_request))
+
+    def _done(self, ctx: ServiceContext) -> bool:
+        return _number(self._host(ctx).read_bytes( ctx.paths.sync.done)) is not None
+
+
+def _number(data: bytes | None) -> float | None:
+    try:
+        return float(data) if data and data.strip() else None
+    except ValueError:
+        return None
