@@ -19,6 +19,6 @@ How the pieces fit:
                backend's ssh command with a multiplexed master; SFTP through the backend's file calls
                where rsync is missing).
 - nodelink.py  for such nodes the daemon (--node) mirrors each node run directory into the engine's
-               runs/<run> every 0.25 s, then the usual runs/ <-> work/ pair reaches the desktop. So the
+               runs/<run> every 0.15 s, then the usual runs/ <-> work/ pair reaches the desktop. So the
                engine's copy is always current and a restart's stage_in never pushes a stale one back.
 """

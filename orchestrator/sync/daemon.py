@@ -38,7 +38,7 @@ DEBOUNCE = 0.03     # a burst of writes becomes one pass
 MIN_GAP = 0.1       # seconds between passes at the most busy
 FINAL_PASSES = 5    # the final sync repeats until nothing moves (a conflict copy needs a second pass)
 STATS_EVERY = 5.0   # seconds between sync.stats events (totals of the passes in between)
-POLL = 0.25         # seconds between listings of a node's run directories (no inotify there)
+POLL = 0.15         # seconds between listings of a node's run directories (no inotify there)
 ORPHAN_AFTER = 120.0  # no heartbeat from the engine for this long: leave (the service restarts us later)
 
 
