@@ -147,7 +147,10 @@ class Connection:
             # sshd may send the exit status before the last output: done only once EOF (or close) came too.
             ended = chan.eof_received or chan.closed
             if chan.exit_status_ready() and ended and not chan.recv_ready() and not chan.recv_stderr_ready():
-                return Completed(chan.recv_exit_status(), bytes(out), bytes(err))
+                status = chan.recv_exit_status()
+                if status == -1:  # paramiko's "no status": the watchdog closed the channel at the deadline
+                    raise paramiko.SSHException("the channel closed without an exit status")
+                return Completed(status, bytes(out), bytes(err))
             if chan.closed and not chan.exit_status_ready():
                 raise paramiko.SSHException("the channel closed without an exit status")
             remaining = deadline - time.monotonic()

@@ -14,9 +14,11 @@ How the pieces fit:
                `RsyncCopier` (rsync deltas / --append-verify; over ssh for nodes with their own disks).
 - confine.py   paths stay inside their root.
 - results.py   the results store (interface + local folder) with a sha256 manifest, and downloads.
-
-Remote nodes (not built yet; needs the ssh backend): a `Side` whose scan runs on the node (one
-`find -printf`/python call over the backend's connection), whose remove/rename/mkdir go through the backend,
-and `RsyncCopier(remote_shell=<backend ssh argv>, host=<node address>, remote="src" or "dst")` for bytes.
-Change detection for that side is the periodic rescan (or a watcher on the node streaming folder names).
+- remote.py    `RemoteSide`: a run directory on an ssh node with its own disk (one `find -printf` per scan,
+               NUL-separated; argv-quoted commands for the rest) and `RemoteCopier` (rsync over the
+               backend's ssh command with a multiplexed master; SFTP through the backend's file calls
+               where rsync is missing).
+- nodelink.py  for such nodes the daemon (--node) mirrors each node run directory into the engine's
+               runs/<run> every 0.15 s, then the usual runs/ <-> work/ pair reaches the desktop. So the
+               engine's copy is always current and a restart's stage_in never pushes a stale one back.
 """

@@ -5,6 +5,8 @@ inotify (watchdog) wakes it within milliseconds of a write; a rescan every few s
 (inotify misses files written into a new folder before its watch exists). It talks to nobody: events go to
 .sync/events.jsonl, which the service forwards to the job's event stream. It stops when .sync/stop appears:
 a final pass takes every file as it is, then .sync/done is written and the process exits.
+With --node (an ssh node with its own disk) each run directory on the node is first mirrored into the
+engine's runs/<run> by listing it over ssh every --poll seconds (orchestrator/sync/nodelink.py).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from pathlib import Path
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
+from ..errors import BackendError
 from ..paths import JobPaths
 from .engine import SyncPair
+from .nodelink import NodeLink
 from .tree import TEMP_MARK, LocalSide
 
 log = logging.getLogger("orchestrator.sync")
@@ -34,6 +38,7 @@ DEBOUNCE = 0.03     # a burst of writes becomes one pass
 MIN_GAP = 0.1       # seconds between passes at the most busy
 FINAL_PASSES = 5    # the final sync repeats until nothing moves (a conflict copy needs a second pass)
 STATS_EVERY = 5.0   # seconds between sync.stats events (totals of the passes in between)
+POLL = 0.15         # seconds between listings of a node's run directories (no inotify there)
 ORPHAN_AFTER = 120.0  # no heartbeat from the engine for this long: leave (the service restarts us later)
 
 
@@ -71,8 +76,10 @@ class _Changes(FileSystemEventHandler):
 class JobSync:
     """Every run of one job paired with its work subfolder; events appended as JSON lines."""
 
-    def __init__(self, job_dir: Path, quiet: float = 0.25, max_defer: float = 2.0) -> None:
+    def __init__(self, job_dir: Path, quiet: float = 0.25, max_defer: float = 2.0, node=None) -> None:
         self.paths = JobPaths(job_dir)
+        self.node = node                # a NodeLink when the runs execute on a node with its own disk
+        self.mirrors: dict[str, SyncPair] = {}   # node run dir <-> the engine's runs/<run>, per run
         self.sp = self.paths.sync
         self.quiet, self.max_defer = quiet, max_defer
         self.pairs: dict[str, SyncPair] = {}
@@ -97,6 +104,24 @@ class JobSync:
                 self.pairs[run_id] = SyncPair(
                     run_id, LocalSide(self.paths.run(run_id).root), LocalSide(self.paths.work_of(run_id)),
                     self.sp.state(run_id), self.emit, quiet=self.quiet, max_defer=self.max_defer)
+            if self.node is not None and run_id not in self.mirrors:
+                self.mirrors[run_id] = self.node.mirror(run_id, self.paths.run(run_id).root,
+                                                        self.sp.root / f"{run_id}.node.state.json", self.emit,
+                                                        quiet=self.quiet, max_defer=self.max_defer)
+
+    def sync_node(self, final: bool = False) -> set[str]:
+        """One pass of every run's node mirror (one listing over ssh each); the runs whose copy changed."""
+        self._discover()
+        changed = set()
+        for run_id, mirror in self.mirrors.items():
+            try:
+                result = mirror.sync_once(final=final)
+            except BackendError as exc:  # not staged yet, node briefly unreachable: the next pass retries
+                log.info("node pass of %s skipped: %s", run_id, exc)
+                continue
+            if result.files or result.deleted or result.conflicts:
+                changed.add(run_id)
+        return changed
 
     def dirty_by_run(self, folders: set[str]) -> dict[str, set[str] | None]:
         """Changed absolute folders -> per run, the changed folders relative to it (None: list it whole)."""
@@ -123,7 +148,7 @@ class JobSync:
                 result = pair.sync_once(final=final)
                 self.seen.add(run_id)
             elif run_id in dirty or pair.has_pending:
-                result = pair.sync_once(final=final, dirty=dirty.get(run_id) or set())
+                result = pair.sync_once(final=final, dirty=dirty.get(run_id, set()))  # None: list it whole
             else:
                 continue
             moved += result.files + result.deleted + result.conflicts
@@ -149,7 +174,8 @@ class JobSync:
         self._lags = []
 
 
-def run(job_dir: Path, rescan: float = RESCAN, orphan_after: float = ORPHAN_AFTER) -> int:
+def run(job_dir: Path, rescan: float = RESCAN, orphan_after: float = ORPHAN_AFTER, node=None,
+        poll: float = POLL) -> int:
     """The daemon's life: lock, watch, sync until asked to stop, final pass, done marker."""
     paths = JobPaths(job_dir)
     sp = paths.sync
@@ -164,7 +190,7 @@ def run(job_dir: Path, rescan: float = RESCAN, orphan_after: float = ORPHAN_AFTE
     os.replace(sp.root / "pid.tmp", sp.pid)
     paths.work.mkdir(parents=True, exist_ok=True)
     paths.runs.mkdir(parents=True, exist_ok=True)
-    job = JobSync(job_dir)
+    job = JobSync(job_dir, node=node)
     changes = _Changes()
     observer = Observer()
     for folder in (paths.runs, paths.work):
@@ -182,19 +208,25 @@ def run(job_dir: Path, rescan: float = RESCAN, orphan_after: float = ORPHAN_AFTE
                 job.emit("sync.state", {"state": "paused", "message": "the engine stopped looking after this job"})
                 return 0
             timeout = rescan if due is None else max(0.0, min(rescan, due - time.time()))
+            if node is not None:  # no inotify on the node: its run directories are listed every `poll`
+                timeout = min(timeout, max(0.0, last_pass + poll - time.monotonic()))
             if changes.wake.wait(timeout):
                 # A burst of writes becomes one pass, and a solver writing all the time gets a pass at most
                 # every MIN_GAP seconds rather than one per write.
                 time.sleep(max(DEBOUNCE, last_pass + MIN_GAP - time.monotonic()))
             folders = changes.take()
             last_pass = time.monotonic()
+            from_node = job.sync_node() if node is not None else set()
             if last_pass - full_at >= rescan:
                 full_at = last_pass
                 _, due = job.sync_all()
             else:
-                _, due = job.sync_all(dirty=job.dirty_by_run(folders))
+                dirty = job.dirty_by_run(folders)
+                dirty.update(dict.fromkeys(from_node))  # just written here: list those runs whole now
+                _, due = job.sync_all(dirty=dirty)
         for _ in range(FINAL_PASSES):
-            moved, _ = job.sync_all(final=True)
+            moved = len(job.sync_node(final=True)) if node is not None else 0
+            moved += job.sync_all(final=True)[0]
             if not moved:
                 break
         job.emit("sync.state", {"state": "stopped"})
@@ -226,7 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rescan", type=float, default=RESCAN, help="seconds between safety-net rescans")
     parser.add_argument("--orphan-after", type=float, default=ORPHAN_AFTER,
                         help="leave after this many seconds without a heartbeat from the engine")
+    parser.add_argument("--node", help="the ssh node (without shared storage) the job's runs execute on")
+    parser.add_argument("--inventory", type=Path, help="the ssh backend's inventory (with --node)")
+    parser.add_argument("--poll", type=float, default=POLL, help="seconds between listings of the node's runs")
     args = parser.parse_args(argv)
+    if args.node and not args.inventory:
+        parser.error("--node needs --inventory")
     # watchdog 7 warns on every re-added watch of a recreated folder (harmless; it would flood the log)
     warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"watchdog\.")
     job_dir = args.job_dir.resolve()
@@ -234,7 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(filename=JobPaths(job_dir).sync.log, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
-        return run(job_dir, args.rescan, args.orphan_after)
+        node = NodeLink.open(args.inventory, args.node) if args.node else None
+        try:
+            return run(job_dir, args.rescan, args.orphan_after, node, args.poll)
+        finally:
+            if node is not None:
+                node.close()
     except Exception:  # logged with its traceback for the operator; the service starts a new process
         log.exception("sync daemon failed")
         return 1

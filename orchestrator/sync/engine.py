@@ -22,11 +22,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import zip_longest
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from .confine import link_stays_inside
 from .copy import Copied, LocalCopier, RsyncCopier
-from .tree import DIR, Entry, LocalSide, temp_name
+
+if TYPE_CHECKING:
+    from .remote import RemoteCopier
+from .tree import DIR, Entry, LocalSide, Side, temp_name
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +71,9 @@ class PassResult:
 class SyncPair:
     """Keeps one run directory and its work subfolder in step, pass by pass; state persisted to a file."""
 
-    def __init__(self, label: str, run: LocalSide, work: LocalSide, state_file: Path, emit: Emit,
+    def __init__(self, label: str, run: Side, work: LocalSide, state_file: Path, emit: Emit,
                  quiet: float = 0.25, max_defer: float = 2.0,
-                 copier: LocalCopier | RsyncCopier | None = None) -> None:
+                 copier: LocalCopier | RsyncCopier | RemoteCopier | None = None) -> None:
         self.label, self.sides, self.state_file, self.emit = label, {RUN: run, WORK: work}, state_file, emit
         self.quiet, self.max_defer = quiet, max_defer
         self.copier = copier or LocalCopier()

@@ -29,7 +29,8 @@ RESCAN_SHARED = 1.0     # writes made on other hosts (NFS) raise no inotify even
 @dataclass(frozen=True)
 class _Host:
     """Where the sync process runs and how its control files are reached: the machine holding the job's
-    work folder, which also sees the run directories at the same path (local backend, shared storage)."""
+    work folder, which also sees the run directories at the same path (local backend, shared storage) or
+    reaches them over ssh (nodes with their own disks)."""
 
     backend: ClusterBackend
     node: Node
@@ -58,9 +59,9 @@ class SyncService(JobService):
     name = "sync"
 
     def wanted(self, ctx: ServiceContext) -> bool:
-        # Nodes with their own disks need the remote side (scan over ssh, rsync over ssh): not built yet;
-        # their run directories are gathered at terminate (stage_out) and stored with the results.
-        return shares_storage(ctx)
+        # Shared storage: the process sees the run directories itself. Nodes with their own disks: it lists
+        # them over ssh and mirrors them into the engine's runs/ (orchestrator/sync/nodelink.py).
+        return shares_storage(ctx) or ctx.backend.name == "ssh"
 
     # -- the contract
     def start(self, ctx: ServiceContext) -> None:
@@ -134,8 +135,8 @@ class SyncService(JobService):
     def _host(self, ctx: ServiceContext) -> _Host:
         if ctx.backend.name == "local":
             return _Host(ctx.backend, ctx.head, RESCAN_LOCAL)
-        # Remote nodes on shared storage: the process runs beside the engine, where the work folder is
-        # (the nodes need no Python); their writes reach it through the shared filesystem.
+        # Remote nodes: the process runs beside the engine, where the work folder is (the nodes need no
+        # Python); their writes reach it through the shared filesystem, or over ssh for nodes with own disks.
         return _Host(LocalBackend(ctx.settings), ctx.head, RESCAN_SHARED)
 
     def _spawn(self, ctx: ServiceContext) -> None:
@@ -148,6 +149,8 @@ class SyncService(JobService):
         argv = ["/bin/sh", "-c", 'log=$1; shift; exec "$@" >>"$log" 2>&1 </dev/null', "e2e-sync", str(sp.log),
                 sys.executable, "-m", "orchestrator.sync.daemon", "--job-dir", str(ctx.paths.root),
                 "--rescan", str(host.rescan)]
+        if not shares_storage(ctx):  # the runs execute on the head node of the job, on its own disk
+            argv += ["--node", ctx.head.name, "--inventory", str(ctx.settings.inventory)]
         host.backend.spawn_detached(host.node, argv, cwd=ctx.paths.root)
 
     def _heartbeat(self, ctx: ServiceContext) -> None:

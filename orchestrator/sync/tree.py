@@ -1,8 +1,8 @@
 """One side of a sync pair (a folder tree): scanning with excludes, and the file operations the engine needs.
 
 `Side` is the transport interface. `LocalSide` is the filesystem implementation used when both folders
-are reachable from the sync process (the local backend, shared storage). A remote side (the run directory
-on an ssh node) implements the same methods over the backend's read/write and rsync-over-ssh.
+are reachable from the sync process (the local backend, shared storage). `RemoteSide` (remote.py) is the
+run directory on an ssh node with its own disk, through the backend's commands and rsync over ssh.
 """
 
 from __future__ import annotations

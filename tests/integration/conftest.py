@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -11,6 +14,7 @@ import pytest
 import redis
 
 from orchestrator.client import Client
+from orchestrator.cluster.local import tagged_processes
 from orchestrator.settings import Settings
 from orchestrator.stack import Stack, free_port, wait_for_redis
 from orchestrator.states import JOB_TERMINAL, RUN_ENDED
@@ -65,7 +69,30 @@ class Engine:
         return self.client.wait(job_id, lambda d: d["state"] in JOB_TERMINAL, timeout=timeout)
 
     def close(self) -> None:
-        self.stack.stop()
+        try:
+            self.kill_leftover_runs()
+        finally:
+            self.stack.stop()
+
+    def kill_leftover_runs(self) -> None:
+        """A test that failed half-way leaves its solvers running (maybe frozen): kill every process of
+        this engine's unfinished jobs, so no later test shares the cores with them."""
+        store = self.client.store
+        try:
+            active = store.active_jobs()
+            runs = {job_id: store.list_runs(job_id) for job_id in active}
+        except redis.RedisError:
+            return
+        for job_id, job_runs in runs.items():
+            for run in job_runs:
+                pids = tagged_processes(f"{job_id}/{run['id']}")
+                for sig in (signal.SIGCONT, signal.SIGKILL):
+                    for pid in pids:
+                        with contextlib.suppress(OSError):
+                            os.kill(pid, sig)
+                    if run.get("pid"):
+                        with contextlib.suppress(OSError):
+                            os.killpg(run["pid"], sig)
 
 
 @pytest.fixture(scope="session")

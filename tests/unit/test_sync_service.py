@@ -1,7 +1,9 @@
-"""Where the sync runs: beside the engine when the run directories are on its storage; not at all otherwise."""
+"""Where the sync runs: beside the engine, reading run directories on its storage directly and those on ssh nodes
+with their own disks over ssh; not at all for an unknown backend."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,7 +12,7 @@ import pytest
 from orchestrator.cluster.base import Node
 from orchestrator.paths import JobPaths
 from orchestrator.services import ServiceContext
-from orchestrator.sync.service import SyncService
+from orchestrator.sync.service import SyncService, _Host
 
 
 def _ctx(backend) -> ServiceContext:
@@ -23,8 +25,21 @@ def _ctx(backend) -> ServiceContext:
     (SimpleNamespace(name="local"), True),
     (SimpleNamespace(name="slurm"), True),
     (SimpleNamespace(name="ssh", spec=lambda node: SimpleNamespace(shared_storage=True)), True),
-    (SimpleNamespace(name="ssh", spec=lambda node: SimpleNamespace(shared_storage=False)), False),
+    (SimpleNamespace(name="ssh", spec=lambda node: SimpleNamespace(shared_storage=False)), True),
     (SimpleNamespace(name="cloud"), False),  # an unknown backend: nothing assumed about its storage
 ])
-def test_the_sync_runs_only_where_it_sees_both_folders(backend, wanted):
+def test_the_sync_runs_where_it_reaches_both_folders(backend, wanted):
     assert SyncService().wanted(_ctx(backend)) is wanted
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_node_with_its_own_disk_is_named_to_the_sync_process(shared, monkeypatch):
+    spawned = []
+    host = _Host(SimpleNamespace(spawn_detached=lambda node, argv, cwd: spawned.append(argv),
+                                 write_bytes=lambda node, path, data: None), None, 1.0)
+    monkeypatch.setattr(SyncService, "_host", lambda self, ctx: host)
+    ctx = _ctx(SimpleNamespace(name="ssh", spec=lambda node: SimpleNamespace(shared_storage=shared)))
+    ctx = dataclasses.replace(ctx, settings=SimpleNamespace(inventory=Path("/etc/e2e/nodes.yaml")))
+    SyncService()._spawn(ctx)
+    tail = spawned[0][-4:]
+    assert (tail == ["--node", "node-01", "--inventory", "/etc/e2e/nodes.yaml"]) is not shared

@@ -1,0 +1,88 @@
+"""Live sync with nodes that have their own disks: the solver writes on a node whose run directory the engine
+host cannot see; the sync process lists it over ssh and mirrors it into runs/ and work/, edits go back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from orchestrator.cluster import sshconn
+from orchestrator.cluster.ssh import SSHBackend
+from orchestrator.paths import JobPaths
+from orchestrator.settings import Settings
+from orchestrator.states import JobState
+from tests.conftest import require
+from tests.integration.sshcluster import NodeCluster, sshd_available
+
+from ..conftest import Engine, make_settings, redis_flush, wait_for
+
+pytestmark = pytest.mark.integration
+
+DB = "/12"
+HOSTILE = "it's \"odd\" $HOME \\ é\nline.txt"
+# Every 300 ms a new output (hostname and the current input), and one output with a hostile name.
+SOLVER = ('mkdir -p out; printf x > "out/$HOSTILE_NAME"; for i in $(seq -w 1 200); do '
+          '{ cat /proc/sys/kernel/hostname; cat params.txt; } > "out/.step $i.part"; '
+          'mv "out/.step $i.part" "out/step $i.txt"; sleep 0.3; done')
+
+
+@pytest.fixture
+def private_engine(tmp_path, redis_url):
+    require(sshd_available(), "sshd and ssh-keygen (apt-get install openssh-server openssh-client)")
+    require(os.geteuid() == 0, "root (each node's private directory is a bind mount in its mount namespace)")
+    home = tmp_path / "home"
+    home.mkdir()
+    cluster = NodeCluster(tmp_path / "cluster", private=[home])
+    engine = None
+    try:
+        cluster.start()
+        redis_flush(redis_url + DB)
+        inventory = cluster.inventory(shared_storage=False)
+        engine = Engine(make_settings(home, redis_url + DB, inventory=inventory))
+        yield engine, SSHBackend(Settings(home=home, inventory=inventory)), home
+    finally:
+        if engine is not None:
+            engine.close()
+        sshconn.close_all()
+        cluster.stop()
+
+
+def test_outputs_on_a_node_with_its_own_disk_reach_the_work_folder_and_edits_go_back(private_engine, tmp_path):
+    engine, backend, home = private_engine
+    (tmp_path / "params.txt").write_text("value=1\n")
+    client = engine.client
+    job_id = client.submit_data({"name": "sync-unshared", "desktop": {"enabled": False},
+                                 "cluster": {"backend": "ssh", "nodes": 1},
+                                 "solver": {"name": "command", "command": ["bash", "-c", SOLVER],
+                                            "env": {"HOSTILE_NAME": HOSTILE},
+                                            "inputs": [str(tmp_path / "params.txt")]}})
+    paths = JobPaths.for_job(home, job_id)
+    work, run_root = paths.work_of("run-001"), paths.run("run-001").root
+    node = next(n for n in backend.inventory() if n.name == "nodea")
+    # Given outputs written on the node, which the engine host cannot see directly
+    wait_for(lambda: (work / "out" / "step 003.txt").exists(), 90, "outputs from the node in work/run-001")
+    assert (work / "out" / "step 003.txt").read_text().splitlines()[0] == "nodea"
+    assert (run_root / "out" / "step 003.txt").exists()   # the engine's runs/ copy is kept current too
+    wait_for(lambda: (work / "out" / HOSTILE).exists(), 30, "the output with a hostile name")
+    # When the user edits the input and adds a hostile-named file on the desktop, both reach the node
+    (work / "params.txt").write_text("value=2\n")
+    (work / HOSTILE).write_text("from the desktop\n")
+    wait_for(lambda: any("value=2" in p.read_text() for p in (work / "out").glob("step *.txt")), 60,
+             "an output from the edited input")
+    wait_for(lambda: backend.read_bytes(node, run_root / HOSTILE) == b"from the desktop\n", 30,
+             "the desktop's file on the node")
+    assert (run_root / "params.txt").read_text() == "value=2\n"  # a restart's stage_in pushes the edit, not the old
+    # Then terminate ends with a final sync and the results hold every file of the work folder
+    client.terminate(job_id)
+    assert engine.wait_job_terminal(job_id, timeout=120)["state"] is JobState.TERMINATED
+    on_node = {os.fsdecode(n) for n in backend.run(node, ["ls", "-A", run_root / "out"]).stdout.split(b"\n")}
+    outputs = {p.name for p in (work / "out").iterdir()}
+    assert outputs >= {n for n in on_node if n.startswith("step ")} and len(outputs) > 3
+    manifest = json.loads((home / "results" / job_id / "manifest.json").read_text())
+    stored = {f["path"]: f["sha256"] for f in manifest["files"]}
+    for path in work.rglob("*"):
+        if path.is_file():
+            assert stored[f"work/run-001/{path.relative_to(work)}"] == hashlib.sha256(path.read_bytes()).hexdigest()
