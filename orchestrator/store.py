@@ -14,95 +14,7 @@ from solvers.base import Progress
 from .errors import InvalidState, NotFound
 from .events import Event, EventKind
 from .states import JOB_TERMINAL, RUN_ENDED, JobState, RunState, job_sources, run_sources
-
-# One atomic compare-and-set: check the current state is one of the expected ones, bump the version,
-# write state plus extra fields, append the typed event to the job's stream, and (for a terminal job
-# state) take the job off the active set, all in one step.
-_TRANSITION = """
-local cur = redis.call('HGET', KEYS[1], 'state')
-if not cur then return {-1, ''} end
-local ok = false
-for s in string.gmatch(ARGV[1], '[^,]+') do if s == cur then ok = true end end
-if not ok then return {0, cur} end
-local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[3])
-for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if ARGV[7] ~= '' then redis.call('SREM', KEYS[3], ARGV[7]) end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'kind', ARGV[4], 'ts', ARGV[3], 'data', ARGV[5])
-return {1, tostring(v), id}
-"""
-
-# Lease `n` free nodes to a job, strictly in queue order; idempotent for a job that already holds nodes.
-_ALLOCATE = """
-for i = 3, #ARGV do redis.call('HSETNX', KEYS[1], ARGV[i], '') end
-local mine = {}
-for i = 3, #ARGV do if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then table.insert(mine, ARGV[i]) end end
-if #mine > 0 then return mine end
-local head = redis.call('ZRANGE', KEYS[2], 0, 0)
-if head[1] ~= ARGV[1] then return {'!queued'} end
-local want = tonumber(ARGV[2])
-local free = {}
-for i = 3, #ARGV do
-  if #free < want and redis.call('HGET', KEYS[1], ARGV[i]) == '' and redis.call('HEXISTS', KEYS[3], ARGV[i]) == 0
-  then table.insert(free, ARGV[i]) end
-end
-if #free < want then return {'!nodes'} end
-for _, n in ipairs(free) do redis.call('HSET', KEYS[1], n, ARGV[1]) end
-redis.call('ZREM', KEYS[2], ARGV[1])
-return free
-"""
-
-_RELEASE = """
-local pool = redis.call('HGETALL', KEYS[1])
-local n = 0
-for i = 1, #pool, 2 do
-  if pool[i + 1] == ARGV[1] then redis.call('HSET', KEYS[1], pool[i], ''); n = n + 1 end
-end
-redis.call('ZREM', KEYS[2], ARGV[1])
-return n
-"""
-
-# A job's silent nodes: drain them (no job gets them until an admin undrains) and swap each one's lease for a
-# free node, in place in the job's node list (a new head stays first). All or nothing unless ARGV[3] is '1'
-# (then a dead node without a replacement is just dropped). A second call finds nothing left to swap.
-# KEYS: pool, drained, job; ARGV: job id, drain note, allow fewer, dead count, dead..., inventory...
-_REPLACE = """
-local nodes = cjson.decode(redis.call('HGET', KEYS[3], 'nodes') or '[]')
-local ndead = tonumber(ARGV[4])
-local dead = {}
-for i = 5, 4 + ndead do dead[ARGV[i]] = true; redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[2]) end
-local free = {}
-for i = 5 + ndead, #ARGV do
-  local n = ARGV[i]
-  if not dead[n] and redis.call('HGET', KEYS[1], n) == '' and redis.call('HEXISTS', KEYS[2], n) == 0 then
-    table.insert(free, n) end
-end
-local kept, swaps, missing = {}, {}, 0
-for _, n in ipairs(nodes) do
-  if dead[n] then
-    local r = table.remove(free, 1) or ''
-    if r == '' then missing = missing + 1 else table.insert(kept, r) end
-    table.insert(swaps, n); table.insert(swaps, r)
-  else table.insert(kept, n) end
-end
-if #swaps == 0 then return {'!none'} end
-if (missing > 0 and ARGV[3] ~= '1') or #kept == 0 then return {'!nofree'} end
-for i = 1, #swaps, 2 do
-  if redis.call('HGET', KEYS[1], swaps[i]) == ARGV[1] then redis.call('HSET', KEYS[1], swaps[i], '') end
-  if swaps[i + 1] ~= '' then redis.call('HSET', KEYS[1], swaps[i + 1], ARGV[1]) end
-end
-redis.call('HSET', KEYS[3], 'nodes', cjson.encode(kept))
-return swaps
-"""
-
-# HSETNX, except that an empty string (a cleared field) also counts as unset.
-_SET_ONCE = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur and cur ~= '' then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
-
+from .store_scripts import ALLOCATE, RELEASE, REPLACE, SET_ONCE, TRANSITION
 
 def _now() -> str:
     return f"{time.time():.6f}"
@@ -127,10 +39,10 @@ class JobStore:
         self.r = client
         self.prefix = prefix
         self.events_maxlen = events_maxlen
-        self._transition = client.register_script(_TRANSITION)
-        self._allocate = client.register_script(_ALLOCATE)
-        self._release = client.register_script(_RELEASE)
-        self._replace = client.register_script(_REPLACE)
+        self._transition = client.register_script(TRANSITION)
+        self._allocate = client.register_script(ALLOCATE)
+        self._release = client.register_script(RELEASE)
+        self._replace = client.register_script(REPLACE)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> JobStore:
@@ -270,7 +182,7 @@ class JobStore:
 
     def set_run_once(self, job_id: str, run_id: str, field: str, value: Any) -> bool:
         """Set a run field only if it is unset; True for the one caller that set it (send-once guards)."""
-        return bool(self.r.eval(_SET_ONCE, 1, self._run(job_id, run_id), field, _encode({field: value})[field]))
+        return bool(self.r.eval(SET_ONCE, 1, self._run(job_id, run_id), field, _encode({field: value})[field]))
 
     def transition_run(self, job_id: str, run_id: str, to: RunState, *, expect: Iterable[RunState] | None = None,
                        data: dict[str, Any] | None = None, **fields: Any) -> bool:
@@ -368,7 +280,7 @@ class JobStore:
 
     def replace_nodes(self, backend: str, job_id: str, dead: list[str], inventory: list[str],
                       note: dict[str, Any], allow_fewer: bool = False) -> dict[str, str | None] | str:
-        """Drain the job's dead nodes and lease a free node in place of each (see _REPLACE): {dead: new or
+        """Drain the job's dead nodes and lease a free node in place of each (see REPLACE): {dead: new or
         None (dropped)}, or 'nofree' (nothing changed but the drain) or 'none' (nothing left to replace)."""
         reply = self._replace(keys=[self._pool(backend), self._drained(backend), self._job(job_id)],
                               args=[job_id, json.dumps(note, default=str), "1" if allow_fewer else "",
