@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.latency import percentile  # noqa: E402
 from orchestrator.client import Client  # noqa: E402
-from orchestrator.cluster.local import group_members, tagged_processes  # noqa: E402
+from orchestrator.cluster.local import group_members, process_states, tagged_processes  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 from orchestrator.stack import Stack  # noqa: E402
 from orchestrator.states import RunState  # noqa: E402
@@ -41,17 +41,6 @@ trap 'echo ok > ckpt; kill $a $b 2>/dev/null; exit 0' TERM
 (while :; do sleep 0.01; done) & b=$!
 for i in $(seq 1 100000); do echo "progress: $i/100000"; sleep 0.05 & wait $!; done
 """
-
-
-def states(pids: list[int]) -> set[str]:
-    found = set()
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        found.add(stat[stat.rfind(")") + 2])
-    return found
 
 
 def until(predicate, timeout: float = 30.0) -> float:
@@ -78,10 +67,10 @@ def engine_samples(client: Client, home: Path, samples: int) -> dict[str, list[f
         until(lambda: run_state(client, job_id) is RunState.RUNNING and len(tagged_processes(tag)) >= 4, 60)
         t0 = time.perf_counter()
         client.pause(job_id, freeze=True)
-        out["freeze"].append(until(lambda: states(tagged_processes(tag)) == {"T"}) - t0)
+        out["freeze"].append(until(lambda: process_states(tagged_processes(tag)) == {"T"}) - t0)
         t0 = time.perf_counter()
         client.resume(job_id)
-        out["resume"].append(until(lambda: "T" not in states(tagged_processes(tag))) - t0)
+        out["resume"].append(until(lambda: "T" not in process_states(tagged_processes(tag))) - t0)
         ckpt.unlink(missing_ok=True)
         t0 = time.perf_counter()
         client.pause(job_id)
@@ -101,10 +90,10 @@ def raw_samples(work: Path, samples: int) -> dict[str, list[float]]:
         until(lambda: len(group_members(proc.pid)) >= 4)
         t0 = time.perf_counter()
         os.killpg(proc.pid, signal.SIGSTOP)
-        out["freeze"].append(until(lambda: states(group_members(proc.pid)) == {"T"}) - t0)
+        out["freeze"].append(until(lambda: process_states(group_members(proc.pid)) == {"T"}) - t0)
         t0 = time.perf_counter()
         os.killpg(proc.pid, signal.SIGCONT)
-        out["resume"].append(until(lambda: "T" not in states(group_members(proc.pid))) - t0)
+        out["resume"].append(until(lambda: "T" not in process_states(group_members(proc.pid))) - t0)
         t0 = time.perf_counter()
         os.killpg(proc.pid, signal.SIGTERM)
         out["pause"].append(until(ckpt.exists) - t0)

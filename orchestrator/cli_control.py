@@ -50,24 +50,25 @@ def resume(job: str, as_json: bool = JSON_OPT) -> None:
     _dump(_job_doc(doc)) if as_json else _report(doc, "resumed")
 
 
+def _launch(job: str, start: str, verb: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """restart/rerun: start the next attempt or run, optionally wait until it runs (or already ended)."""
+    client = _client()
+    doc = getattr(client, start)(job)
+    if wait:
+        doc = _wait_run(client, doc["id"], {RunState.RUNNING} | set(RUN_ENDED), timeout)
+    _dump(_job_doc(doc)) if as_json else _report(doc, verb)
+
+
 @app.command()
 def restart(job: str, wait: bool = WAIT_OPT, timeout: float = TIMEOUT_OPT, as_json: bool = JSON_OPT) -> None:
     """Continue the current run from its latest checkpoint, with the edits made so far."""
-    client = _client()
-    doc = client.restart(job)
-    if wait:
-        doc = _wait_run(client, doc["id"], {RunState.RUNNING} | set(RUN_ENDED), timeout)
-    _dump(_job_doc(doc)) if as_json else _report(doc, "restarted")
+    _launch(job, "restart", "restarted", wait, timeout, as_json)
 
 
 @app.command()
 def rerun(job: str, wait: bool = WAIT_OPT, timeout: float = TIMEOUT_OPT, as_json: bool = JSON_OPT) -> None:
     """Start a new run from the original inputs plus the edits; earlier runs' results are kept."""
-    client = _client()
-    doc = client.rerun(job)
-    if wait:
-        doc = _wait_run(client, doc["id"], {RunState.RUNNING} | set(RUN_ENDED), timeout)
-    _dump(_job_doc(doc)) if as_json else _report(doc, "rerun started")
+    _launch(job, "rerun", "rerun started", wait, timeout, as_json)
 
 
 @app.command()

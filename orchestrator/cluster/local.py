@@ -92,19 +92,29 @@ class LocalBackend(ClusterBackend):
         shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
 
 
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """/proc/<pid>/stat after "(comm)": state ppid pgrp ...; None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2:].split()
+
+
+def process_states(pids: list[int]) -> set[str]:
+    """The state letters (R, S, T, Z, ...) of the processes that still exist among pids."""
+    return {fields[0] for fields in map(_stat_fields, pids) if fields}
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of a process group, from /proc: a zombie answers kill(0) but runs nothing."""
     members = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                stat = fh.read().decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()  # after "(comm)": state ppid pgrp ...
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+        fields = _stat_fields(entry.name)
+        if fields and len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
             members.append(int(entry.name))
     return members
 
@@ -119,10 +129,8 @@ def tagged_processes(tag: str) -> list[int]:
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as fh:
                 env = fh.read().split(b"\0")
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                stat = fh.read().decode(errors="replace")
         except OSError:
             continue
-        if needle in env and stat[stat.rfind(")") + 2:][:1] != "Z":
+        if needle in env and (fields := _stat_fields(entry.name)) and fields[0] != "Z":
             found.append(int(entry.name))
     return found

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cluster.local import tagged_processes
+from orchestrator.cluster.local import process_states, tagged_processes
 from orchestrator.errors import InvalidState, SpecError
 from orchestrator.events import EventKind
 from orchestrator.states import JobState, RunState
@@ -102,17 +102,6 @@ def test_paused_then_restarted_run_ends_with_the_same_fields(engine, openfoam, t
         assert engine.wait_job_terminal(job_id)["state"] is JobState.TERMINATED
 
 
-def _states(pids: list[int]) -> set[str]:
-    found = set()
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        found.add(stat[stat.rfind(")") + 2])
-    return found
-
-
 def test_freeze_stops_every_rank_and_resume_continues(engine, openfoam, tmp_path):
     shutil.copytree(PITZ, tmp_path / "pitz")
     client = engine.client
@@ -125,7 +114,7 @@ def test_freeze_stops_every_rank_and_resume_continues(engine, openfoam, tmp_path
     # When the run is frozen
     client.pause(job_id, freeze=True)
     assert _run(client, job_id)["state"] is RunState.FROZEN
-    wait_for(lambda: _states(tagged_processes(tag)) == {"T"}, 10, "every process of the run stopped")
+    wait_for(lambda: process_states(tagged_processes(tag)) == {"T"}, 10, "every process of the run stopped")
     log = engine.settings.root / "jobs" / job_id / "runs" / "run-001" / "log.simpleFoam"
     # the engine has parsed everything written before the stop (the log ends in a partial line at most)
     wait_for(lambda: log.stat().st_size - (_run(client, job_id).get("log_offset") or 0) < 200, 10,
@@ -139,7 +128,7 @@ def test_freeze_stops_every_rank_and_resume_continues(engine, openfoam, tmp_path
         client.restart(job_id)
     # When it is resumed, the ranks run again and iterations continue
     client.resume(job_id)
-    wait_for(lambda: "T" not in _states(tagged_processes(tag)), 10, "the processes running again")
+    wait_for(lambda: "T" not in process_states(tagged_processes(tag)), 10, "the processes running again")
     wait_for(lambda: _step(client, job_id) > step + 5, 60, "iterations to continue after resume")
     # And a frozen run can be terminated (it is thawed first, then stopped gracefully)
     client.pause(job_id, freeze=True)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.cluster.local import process_states
 from orchestrator.cluster.slurm import SlurmBackend
 from orchestrator.states import JobState, RunState
 
 from ..conftest import Engine, make_settings, redis_flush, wait_for
-from .test_slurm_backend import proc_states, slurm  # noqa: F401  (fixture)
+from .test_slurm_backend import slurm  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +29,7 @@ def test_job_runs_in_its_slurm_allocation_freezes_and_terminates(slurm, redis_ur
         pid = client.status(job_id)["runs_detail"][0]["pid"]
         client.pause(job_id, freeze=True)
         wait_for(lambda: backend.allocation_state(job_id) == "SUSPENDED", 30, "the allocation to be suspended")
-        wait_for(lambda: proc_states([pid]) == {"T"}, 10, "the run to be stopped")
+        wait_for(lambda: process_states([pid]) == {"T"}, 10, "the run to be stopped")
         client.resume(job_id)
         wait_for(lambda: backend.allocation_state(job_id) == "RUNNING", 30, "the allocation to run again")
         assert client.status(job_id)["runs_detail"][0]["state"] is RunState.RUNNING
@@ -37,6 +38,6 @@ def test_job_runs_in_its_slurm_allocation_freezes_and_terminates(slurm, redis_ur
         # scancel was sent; Slurm shows COMPLETING while it ends the allocation's steps
         wait_for(lambda: backend.allocation_state(job_id) in ("CANCELLED", "COMPLETED", None), 30,
                  "the allocation to end")
-        wait_for(lambda: not proc_states([pid]), 20, "the run's processes to be gone")
+        wait_for(lambda: not process_states([pid]), 20, "the run's processes to be gone")
     finally:
         engine.close()

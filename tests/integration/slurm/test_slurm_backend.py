@@ -6,6 +6,7 @@ import signal
 
 import pytest
 
+from orchestrator.cluster.local import process_states
 from orchestrator.cluster.slurm import SlurmBackend
 from orchestrator.settings import Settings
 from tests.conftest import require
@@ -26,17 +27,6 @@ def slurm(monkeypatch):
         yield cluster
     finally:
         cluster.stop()
-
-
-def proc_states(pids: list[int]) -> set[str]:
-    states = set()
-    for pid in pids:
-        try:
-            stat = open(f"/proc/{pid}/stat").read()
-        except OSError:
-            continue
-        states.add(stat[stat.rfind(")") + 2])
-    return states
 
 
 def test_allocation_run_step_suspend_resume_and_cancel(slurm, tmp_path):
@@ -64,7 +54,7 @@ def test_allocation_run_step_suspend_resume_and_cancel(slurm, tmp_path):
     # freeze: scontrol suspend stops every process of the job; resume continues them
     backend.suspend("job1")
     assert backend.allocation_state("job1") == "SUSPENDED"
-    wait_for(lambda: proc_states([pid]) == {"T"}, 10, "the run's processes to be stopped")
+    wait_for(lambda: process_states([pid]) == {"T"}, 10, "the run's processes to be stopped")
     assert backend.group_alive(nodes[0], pid)  # frozen is not dead
     ticks = (run_dir / "ticks").read_text().count("\n")
     backend.resume("job1")
@@ -75,7 +65,7 @@ def test_allocation_run_step_suspend_resume_and_cancel(slurm, tmp_path):
     # terminate: scancel ends the allocation and everything in it
     backend.release("job1")
     wait_for(lambda: backend.allocation_state("job1") in ("CANCELLED", None), 20, "the allocation to end")
-    wait_for(lambda: not proc_states([pid]), 20, "the run's processes to be gone")
+    wait_for(lambda: not process_states([pid]), 20, "the run's processes to be gone")
     assert backend.group_alive(nodes[0], pid) is False
     backend.release("job1")  # idempotent
 
