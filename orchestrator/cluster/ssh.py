@@ -136,10 +136,15 @@ class SSHBackend(ClusterBackend):
             raise self._file_error(node, path, exc) from None
 
     def write_bytes(self, node: Node, path: Path, data: bytes) -> None:
+        self._write(node, path, data)
+
+    def _write(self, node: Node, path: Path, data: bytes, private: bool = False) -> None:
         tmp = str(PurePosixPath(path).with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.e2e-tmp"))
         try:
             sftp = self._sftp(node)
             with sftp.open(tmp, "wb") as fh:
+                if private:
+                    fh.chmod(0o600)
                 fh.set_pipelined(True)
                 fh.write(data)
             sftp.posix_rename(tmp, str(path))  # atomic on the node: readers see the old or the new file
@@ -154,6 +159,34 @@ class SSHBackend(ClusterBackend):
             return False
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise self._file_error(node, path, exc) from None
+
+    def write_private(self, node: Node, path: Path, data: bytes) -> None:
+        """write_bytes for secrets: the file is mode 0600 before a byte of data is in it."""
+        self._write(node, path, data, private=True)
+
+    # -- what a desktop needs on a real head node (orchestrator/desktop/nodes.py names these hooks)
+    def make_dirs(self, node: Node, path: Path, mode: int = 0o700) -> None:
+        """mkdir -p; the mode applies to the last directory when it is created (an existing one keeps its own)."""
+        self.run(node, ["mkdir", "-p", "-m", f"{mode:o}", "--", path])
+
+    def home_dir(self, node: Node) -> Path:
+        """The login user's home on the node (where sshd looks for authorized_keys)."""
+        home = self.run(node, ["sh", "-c", 'printf %s "$HOME"']).stdout.decode().strip()
+        if not home.startswith("/"):
+            raise BackendError(f"node {node.name}: user {self.spec(node).user} has no home directory ({home!r})")
+        return Path(home)
+
+    def open_tcp(self, node: Node, port: int, timeout: float = 5.0):
+        """A stream to 127.0.0.1:port on the node through the kept ssh connection (a direct-tcpip channel)."""
+        return self.conn(node).open_tcp(port, timeout)
+
+    def ssh_endpoint(self, node: Node) -> tuple[str, str, int]:
+        spec = self.spec(node)
+        return spec.user, spec.address, spec.port
+
+    def apply_firewall(self, node: Node, path: Path) -> None:
+        """Load an nftables file on the node (as root, or through passwordless sudo for another login user)."""
+        self.run(node, ["nft", "-f", path] if self.spec(node).user == "root" else ["sudo", "-n", "nft", "-f", path])
 
     # -- moving directories between the head node and nodes
     def collect(self, node: Node, src: Path, dest: Path) -> None:

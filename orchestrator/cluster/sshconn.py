@@ -125,12 +125,16 @@ class Connection:
             watchdog.cancel()
             chan.close()
 
-    def _open_channel(self, deadline: float) -> paramiko.Channel:
+    def _open_channel(self, deadline: float, kind: str = "session",
+                      dest: tuple[str, int] | None = None) -> paramiko.Channel:
         for attempt in (1, 2):  # a kept connection may have died since its last use: reconnect once
             transport = self.transport(deadline)
             try:
-                return transport.open_session(timeout=max(0.1, deadline - time.monotonic()))
+                return transport.open_channel(kind, dest, ("127.0.0.1", 0) if dest else None,
+                                              timeout=max(0.1, deadline - time.monotonic()))
             except (paramiko.SSHException, OSError, EOFError) as exc:
+                if dest is not None and isinstance(exc, paramiko.ChannelException):
+                    raise  # the node answered and said no (nothing listens at dest): the connection is fine
                 self.close()
                 if attempt == 2 or time.monotonic() >= deadline:
                     raise NodeUnreachable(f"{self.describe()}: cannot open a channel: {exc or 'timed out'}") from None
@@ -160,6 +164,21 @@ class Connection:
                 chan.status_event.wait(min(remaining, 0.05))
             else:  # the channel's pipe wakes us on data and on EOF; capped so the exit status is seen promptly
                 select.select([chan], [], [], min(remaining, 0.005))
+
+    # -- TCP to the node's own ports (ssh -L without a listener)
+    def open_tcp(self, port: int, timeout: float | None = None) -> paramiko.Channel:
+        """A direct-tcpip channel to 127.0.0.1:port as the node sees it: a socket-like stream (recv, sendall,
+        close) to services bound to the node's loopback, such as Xvnc with -localhost."""
+        timeout = timeout or self.inventory.command_timeout
+        try:
+            chan = self._open_channel(time.monotonic() + timeout, "direct-tcpip", ("127.0.0.1", int(port)))
+        except paramiko.ChannelException as exc:
+            if exc.code == paramiko.common.OPEN_FAILED_CONNECT_FAILED:
+                raise ConnectionRefusedError(f"{self.describe()}: nothing listens on 127.0.0.1:{port}") from None
+            raise BackendError(f"{self.describe()} refused a TCP channel to its port {port} ({exc.text}); "
+                               "the node's sshd needs AllowTcpForwarding yes (or local)") from None
+        chan.settimeout(timeout)
+        return chan
 
     def _forget_if_dead(self) -> None:
         with self._lock:

@@ -46,12 +46,34 @@ def open_channel(client: paramiko.SSHClient, remote_port: int, origin: tuple[str
     return transport.open_channel("direct-tcpip", ("127.0.0.1", remote_port), origin)
 
 
+def engine_known_hosts(inventory: Path | None) -> Path | None:
+    """The host keys the engine trusts for its ssh nodes (`e2e nodes trust`), for tunnels to those nodes."""
+    if inventory is None:
+        return None
+    from .inventory import load_inventory
+
+    known = load_inventory(inventory).known_hosts
+    return known if known is not None and known.exists() else None
+
+
+def open_tunnel(endpoint: tuple[str, str, int], remote_port: int, local_port: int = 0,
+                key_filename: str | None = None, known_hosts: Path | None = None) -> Forwarder:
+    """`ssh -N -L local_port:127.0.0.1:remote_port user@host -p port`, started (close() ends it and the session)."""
+    user, host, ssh_port = endpoint
+    client = connect(host, ssh_port, user, known_hosts, key_filename)
+    try:
+        return Forwarder(client, local_port, remote_port, owns_client=True).start()
+    except OSError as exc:
+        client.close()
+        raise BackendError(f"cannot listen on 127.0.0.1:{local_port}: {exc.strerror or exc}") from None
+
+
 class Forwarder:
     """Listens on 127.0.0.1:local_port; every connection is carried to remote_port on the SSH server."""
 
     def __init__(self, client: paramiko.SSHClient, local_port: int, remote_port: int,
-                 admit: Callable[[str], bool] | None = None) -> None:
-        self.client, self.remote_port, self.admit = client, remote_port, admit
+                 admit: Callable[[str], bool] | None = None, owns_client: bool = False) -> None:
+        self.client, self.remote_port, self.admit, self.owns_client = client, remote_port, admit, owns_client
         self.listener = socket.create_server(("127.0.0.1", local_port))
         self.local_port = self.listener.getsockname()[1]
         self._stop = threading.Event()
@@ -74,9 +96,17 @@ class Forwarder:
         threading.Thread(target=self.serve_forever, daemon=True).start()
         return self
 
+    def wait(self) -> None:
+        """Block until close() (or Ctrl-C); what `e2e desktop --tunnel --run` does while the tunnel is open."""
+        while not self._stop.wait(0.5):
+            if not (self.client.get_transport() and self.client.get_transport().is_active()):
+                raise BackendError("the SSH connection of the tunnel closed")
+
     def close(self) -> None:
         self._stop.set()
         self.listener.close()
+        if self.owns_client:
+            self.client.close()
 
     def _pipe(self, conn: socket.socket, addr: tuple) -> None:
         try:

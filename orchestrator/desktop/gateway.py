@@ -128,7 +128,13 @@ def build(config: dict, vnc_port: int):
                 refuse(client_address[0], "outside the allowed networks")
             return ok
 
-    return Gateway((config["listen"], 0), Handler)
+    try:
+        return Gateway((config["listen"], 0), Handler)
+    except OSError:
+        if config["listen"] != "::":
+            raise
+        Gateway.address_family = socket.AF_INET  # a head node with IPv6 switched off: every IPv4 address
+        return Gateway(("0.0.0.0", 0), Handler)
 
 
 def main(argv: list[str]) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 from ..errors import UserError
 from ..events import EventKind
@@ -55,11 +54,5 @@ class SshKeysService(JobService):
         if existing is None and not block:
             return
         nodes.make_dirs(ctx.backend, ctx.head, ssh_dir, 0o700)
-        ctx.backend.write_bytes(ctx.head, path, merge_block((existing or b"").decode(), block).encode())
-        _private(ctx, path)
-
-
-def _private(ctx: ServiceContext, path: Any) -> None:
-    """sshd (StrictModes) ignores an authorized_keys others can write; virtual nodes' files are local."""
-    if getattr(ctx.backend, "make_dirs", None) is None:
-        path.chmod(0o600)
+        # private: sshd (StrictModes) ignores an authorized_keys others can write
+        nodes.write_private(ctx.backend, ctx.head, path, merge_block((existing or b"").decode(), block).encode())

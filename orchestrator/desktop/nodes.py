@@ -3,6 +3,7 @@
 A backend may offer these as methods; without them the head node's filesystem is this machine's (the local
 backend: virtual nodes on one host), which is all the engine's other steps assume today too.
   make_dirs(node, path, mode)   create a directory (and parents) on the node
+  write_private(node, path, data)  write_bytes for secrets: mode 0600 before the data is in the file
   home_dir(node) -> Path        the job user's home on the node (authorized_keys, window-manager settings)
   open_tcp(node, port)          a stream to 127.0.0.1:port on the node (e.g. a paramiko direct-tcpip channel)
   ssh_endpoint(node)            (user, host, port) a person's ssh client uses to reach the node
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import getpass
 import ipaddress
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,20 @@ def make_dirs(backend: ClusterBackend, node: Node, path: Path, mode: int = 0o700
         return
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(mode)
+
+
+def write_private(backend: ClusterBackend, node: Node, path: Path, data: bytes) -> None:
+    """A file only its owner can read (VNC passwords, authorized_keys), never readable by others for a moment."""
+    hook = getattr(backend, "write_private", None)
+    if hook is not None:
+        hook(node, path, data)
+        return
+    tmp = path.with_name(f".{path.name}.e2e-tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fd, 0o600)  # an existing temp file keeps its old mode otherwise
+        fh.write(data)
+    os.replace(tmp, path)
 
 
 def home_dir(backend: ClusterBackend, node: Node) -> Path:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..cluster.base import NodeUnreachable
 from ..errors import BackendError, UserError
 from ..events import EventKind
 from ..rendering import Raw, render
@@ -40,7 +41,12 @@ def nftables_rules(job_id: str, port: int, cidrs: list[str]) -> str:
     v4, v6 = split_families(cidrs)
     return render((TEMPLATES,), "desktop/nftables.conf.j2", {
         "job_id": job_id, "port": port, "v4": Raw(", ".join(v4)), "v6": Raw(", ".join(v6)),
-        "everywhere": is_everywhere(cidrs)})
+        "everywhere": is_everywhere(cidrs), "remove": False})
+
+
+def nftables_removal(job_id: str) -> str:
+    """An nftables file taking the job's rules away (and loading cleanly when they are already gone)."""
+    return render((TEMPLATES,), "desktop/nftables.conf.j2", {"job_id": job_id, "remove": True})
 
 
 def desktop_record(job: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +122,9 @@ class DesktopService(JobService):
                 else:
                     return False
             self._report_refusals(ctx, self._record(ctx))
-            self._set_state(ctx, STOPPED, {}, url=None)
+            if rec.get("firewall"):
+                self._load_rules(ctx, "nftables-removal.conf", nftables_removal(ctx.job_id), "removed")
+            self._set_state(ctx, STOPPED, {}, url=None, firewall=False)
             DesktopSecrets(ctx.store).delete(ctx.job_id)
             return True
 
@@ -137,7 +145,7 @@ class DesktopService(JobService):
         nodes.make_dirs(ctx.backend, ctx.head, desk, 0o700)
         for name in _SESSION_FILES:
             write(name, b"")
-        write("passwd", passwd_file(secret.password, secret.view_password))
+        nodes.write_private(ctx.backend, ctx.head, desk / "passwd", passwd_file(secret.password, secret.view_password))
         write("gateway.py", GATEWAY_SOURCE.read_bytes())
         write("gateway.json", json.dumps({
             "listen": nodes.listen_host(ctx.head), "token": secret.token, "allowed": cidrs, "web": NOVNC_DIR,
@@ -177,7 +185,13 @@ class DesktopService(JobService):
             return self._record(ctx).get("state", STARTING)
         vnc_port, web_port = self._read(ctx, desk / "vnc.port"), self._read(ctx, desk / "gateway.port")
         secret = DesktopSecrets(ctx.store).read(ctx.job_id)
-        if vnc_port and web_port and secret and self._login_works(ctx, int(vnc_port), secret):
+        try:
+            works = bool(vnc_port and web_port and secret) and self._login_works(ctx, int(vnc_port), secret)
+        except NodeUnreachable:
+            raise  # a passing fault: reported as a warning, and the next pass checks again
+        except BackendError as exc:  # the node cannot carry a VNC connection at all (e.g. no TCP forwarding)
+            return self._fail(ctx, exc.message, permanent=True)
+        if works:
             url = f"http://{nodes.public_host(ctx.head)}:{int(web_port)}/vnc.html"
             self._set_state(ctx, READY, {"url": url}, url=url, vnc_port=int(vnc_port), web_port=int(web_port),
                             display=self._read(ctx, desk / "display"), ready_at=time.time(),
@@ -226,8 +240,8 @@ class DesktopService(JobService):
         secret = DesktopSecrets(ctx.store).read(ctx.job_id)
         if secret is None or secret.version == rec.get("password_version"):
             return
-        ctx.backend.write_bytes(ctx.head, self.folder(ctx) / "passwd",
-                                passwd_file(secret.password, secret.view_password))
+        nodes.write_private(ctx.backend, ctx.head, self.folder(ctx) / "passwd",
+                            passwd_file(secret.password, secret.view_password))
         self._save(ctx, password_version=secret.version)
         ctx.store.append_event(ctx.job_id, EventKind.DESKTOP, {"state": READY, "message": "VNC password changed"})
 
@@ -263,14 +277,19 @@ class DesktopService(JobService):
 
     def _firewall(self, ctx: ServiceContext, port: int, cidrs: list[str]) -> None:
         """nftables rules for the gateway port, rendered always and loaded where the backend can (real nodes)."""
-        text = nftables_rules(ctx.job_id, port, cidrs)
-        path = self.folder(ctx) / "nftables.conf"
+        if self._load_rules(ctx, "nftables.conf", nftables_rules(ctx.job_id, port, cidrs), "loaded"):
+            self._save(ctx, firewall=True)
+
+    def _load_rules(self, ctx: ServiceContext, name: str, text: str, what: str) -> bool:
+        """Write an nftables file beside the session and load it on the head node; whether it was loaded."""
+        path = self.folder(ctx) / name
         ctx.backend.write_bytes(ctx.head, path, text.encode())
         try:
-            nodes.apply_firewall(ctx.backend, ctx.head, path)
+            return nodes.apply_firewall(ctx.backend, ctx.head, path)
         except BackendError as exc:
             ctx.store.append_event(ctx.job_id, EventKind.WARNING, {"service": self.name,
-                                                                   "message": f"firewall rules not loaded: {exc}"})
+                                                                   "message": f"firewall rules not {what}: {exc}"})
+            return False
 
     # -- record and files
     @staticmethod
