@@ -29,14 +29,16 @@ class DesktopSecrets:
     def ensure(self, job_id: str) -> DesktopSecret:
         """The job's secret, created (random password and token) the first time; never replaced here."""
         key = self._key(job_id)
-        self.store.r.hsetnx(key, "password", generate_password())
-        self.store.r.hsetnx(key, "token", secrets.token_urlsafe(24))
-        self.store.r.hsetnx(key, "version", 1)
+        pipe = self.store.r.pipeline(transaction=True)  # all at once: a reader never sees half a secret
+        pipe.hsetnx(key, "password", generate_password())
+        pipe.hsetnx(key, "token", secrets.token_urlsafe(24))
+        pipe.hsetnx(key, "version", 1)
+        pipe.execute()
         return self.read(job_id)
 
     def read(self, job_id: str) -> DesktopSecret | None:
         raw = self.store.r.hgetall(self._key(job_id))
-        if not raw.get("password"):
+        if not raw.get("password") or not raw.get("token"):
             return None
         return DesktopSecret(password=raw["password"], view_password=raw.get("view_password") or None,
                              token=raw["token"], version=int(raw.get("version") or 1))

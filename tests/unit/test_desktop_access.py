@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.desktop.access import (allowed, normalise_rules, resolve, resolve_for_submit, set_user_rules,
                                          user_rules)
-from orchestrator.desktop.service import nftables_rules
+from orchestrator.desktop.service import nftables_removal, nftables_rules
 from orchestrator.errors import UserError
 from orchestrator.spec import validate_spec
 from tests.conftest import require
@@ -98,6 +98,18 @@ def test_nftables_rules_are_accepted_by_nft(cidrs, tmp_path):
     require(nft is not None, "nft (apt-get install nftables)")
     require(os.geteuid() == 0, "root, for nft --check")
     path = tmp_path / "rules.nft"
+    path.write_text(text)
+    check = subprocess.run([nft, "--check", "-f", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+
+def test_nftables_removal_loads_whether_or_not_the_rules_are_there(tmp_path):
+    text = nftables_removal("ab12cd34")
+    assert "delete table inet e2e_desktop_ab12cd34" in text and "dport" not in text
+    nft = shutil.which("nft")
+    require(nft is not None, "nft (apt-get install nftables)")
+    require(os.geteuid() == 0, "root, for nft --check")
+    path = tmp_path / "removal.nft"
     path.write_text(text)
     check = subprocess.run([nft, "--check", "-f", str(path)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr

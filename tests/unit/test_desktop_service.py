@@ -73,6 +73,7 @@ def test_session_files_keep_secrets_private_and_the_script_parses(ctx, no_xvnc_p
     DesktopService().start(ctx)
     desk = ctx.paths.root / "desktop"
     assert oct(desk.stat().st_mode & 0o777) == "0o700"  # passwd and the gateway's token live in here
+    assert oct((desk / "passwd").stat().st_mode & 0o777) == "0o600"
     assert subprocess.run(["bash", "-n", str(desk / "session.sh")]).returncode == 0
     script = (desk / "session.sh").read_text()
     assert "-SecurityTypes VncAuth" in script and "-localhost" in script and "-geometry 1280x800" in script
