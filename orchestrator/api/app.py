@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..celery_app import make_app
@@ -166,8 +167,8 @@ def _install_errors(app: FastAPI) -> None:
             log.warning("%s %s: %s", request.method, request.url.path, exc.message)
         return error_response(_status_of(exc), exc.message)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # fastapi's and Starlette's own (404 route, 405, bad body)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         response = error_response(exc.status_code, str(exc.detail))
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
