@@ -115,7 +115,7 @@ def inputs(tmp_path_factory) -> dict[str, dict]:
     return {
         "openfoam": {"name": "openfoam", "application": "simpleFoam", "case": str(case),
                      "parameters": {"endTime": 1}},
-        "command": {"name": "command", "command": ["true"], "inputs": [files["beam.dat"]], "env": {"A": "1"}},
+        "command": {"name": "command", "command": ["echo", "ran"], "inputs": [files["beam.dat"]], "env": {"A": "1"}},
         "fluent": {"name": "fluent", "case": files["elbow.cas.h5"], "license_file": "1055@lic"},
         "mechanical": {"name": "mechanical", "input": files["beam.dat"], "jobname": "beam"},
         "electronics": {"name": "electronics", "project": files["patch.aedt"]},
