@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 from ..errors import InfrastructureError, NotFound
 from ..paths import results_dir
 from ..services import ServiceContext
-from .confine import check_rel, confined, link_stays_inside
+from .confine import check_rel, confined, link_stays_inside, open_confined
 from .tree import scratch_name, temp_name
 
 MANIFEST = "manifest.json"
@@ -69,7 +69,7 @@ class LocalResultsStore(ResultsStore):
             raise InfrastructureError(f"results manifest of job {job_id} is unreadable: {exc}") from exc
 
     def open(self, job_id: str, rel: str) -> BinaryIO:
-        return open(confined(self.folder(job_id), rel), "rb")
+        return open_confined(self.folder(job_id), rel)
 
     def put(self, job_id: str, sources: dict[str, Path]) -> dict[str, Any]:
         final = self.folder(job_id)
@@ -169,7 +169,7 @@ class LiveFiles(ResultsStore):
     def open(self, job_id: str, rel: str) -> BinaryIO:
         if not rel.startswith("work/"):
             raise NotFound(f"{rel!r} is not in the work folder")
-        return open(confined(self.work, rel[len("work/"):]), "rb")
+        return open_confined(self.work, rel[len("work/"):])
 
     def put(self, job_id: str, sources: dict[str, Path]) -> dict[str, Any]:
         raise InfrastructureError("the live work folder is read-only here")
