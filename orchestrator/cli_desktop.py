@@ -56,7 +56,7 @@ def desktop_cmd(job: str,
         port = local_port or _free_local_port()
         out.print(d.tunnel_instructions(port), highlight=False)
         if run:
-            _run_tunnel(d, port, identity)
+            _run_tunnel(client, d, port, identity)
         return
     if as_json:
         _dump({"id": d.job_id, "url": d.url, "vnc_port": d.vnc_port, "state": d.record["state"]})
@@ -90,12 +90,13 @@ def _free_local_port() -> int:
     raise UserError("local ports 5901 and 5900 are both taken; choose one with --local-port")
 
 
-def _run_tunnel(d, port: int, identity: Optional[Path]) -> None:
-    from .cluster.tunnel import Forwarder, connect as ssh_connect
+def _run_tunnel(client, d, port: int, identity: Optional[Path]) -> None:
+    from .cluster.tunnel import Forwarder
+    from .desktop.connect import open_tunnel
 
-    user, host, ssh_port = d.ssh
-    client = ssh_connect(host, ssh_port, user, key_filename=str(identity) if identity else None)
-    forwarder = Forwarder(client, port, d.vnc_port)
+    _, host, _ = d.ssh
+    ssh = open_tunnel(client, d, key_filename=str(identity) if identity else None)
+    forwarder = Forwarder(ssh, port, d.vnc_port)
     out.print(f"tunnel open: 127.0.0.1:{forwarder.local_port} -> {host}:{d.vnc_port}; Ctrl-C closes it")
     try:
         forwarder.serve_forever()
@@ -103,7 +104,7 @@ def _run_tunnel(d, port: int, identity: Optional[Path]) -> None:
         pass
     finally:
         forwarder.close()
-        client.close()
+        ssh.close()
 
 
 def _ask_passwords() -> tuple[str, Optional[str]]:
