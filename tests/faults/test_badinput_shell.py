@@ -114,8 +114,8 @@ def _launch(spec, solver: str, case_dir: Path, mode: RunMode, env: dict[str, str
     try:
         materialize_run(spec, registry().get(solver), "job0001", "run-001", [node], paths, mode=mode,
                         site_env={"ANSYSLMD_LICENSE_FILE": "1055@site"})
-    except UserError as exc:  # e.g. a restart with no checkpoint: refused before anything runs
-        return exc.message
+    except (UserError, OSError) as exc:  # as lifecycle takes them: the run fails before anything runs
+        return getattr(exc, "message", None) or str(exc)
     return subprocess.Popen(["bash", str(paths.wrapper)], cwd=paths.root, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
 
@@ -149,12 +149,14 @@ def test_metacharacters_in_every_string_field_never_execute(inputs, stub_bin, tm
         fields_per_solver[solver] = len(places)
         for label, make in places:
             for p, payload in enumerate(ALL_PAYLOADS):
-                for mode in MODES:
-                    n += 1
-                    case_dir = tmp_path / f"c{n}"
-                    case_dir.mkdir()
-                    marker = case_dir / MARK
-                    value = hostile(payload, marker)
+                n += 1
+                case_dir = tmp_path / f"c{n}"
+                case_dir.mkdir()
+                marker = case_dir / MARK
+                value = hostile(payload, marker)
+                for mode in MODES:  # a restart relaunches the same run directory, once the first launch ended
+                    if batch and batch[-1][2] == case_dir / "home":
+                        batch[-1][3].wait(timeout=120)
                     what = f"{solver} {label} payload {p} {mode.value}: {value!r}"
                     counts["cases"] += 1
                     try:
