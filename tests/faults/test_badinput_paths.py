@@ -91,7 +91,7 @@ def test_sync_never_follows_a_symlink_out_of_either_folder(esc, tmp_path):
     for side, other in ((run, work), (work, run)):
         os.symlink(esc.outside / "secret", side / f"abs-file-{side.name}")
         os.symlink(esc.outside / "dir", side / f"abs-dir-{side.name}")
-        os.symlink(f"../outside/secret", side / f"rel-up-{side.name}")
+        os.symlink("../outside/secret", side / f"rel-up-{side.name}")
         os.symlink("../../outside/dir", side / f"rel-up2-{side.name}")
         (other / f"later-{side.name}").mkdir()           # a folder the other side then swaps for a symlink
         (other / f"later-{side.name}" / "f").write_text("x")

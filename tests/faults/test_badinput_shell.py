@@ -17,7 +17,6 @@ import typing
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
 
 from orchestrator.cluster.base import Node
 from orchestrator.errors import SpecError, UserError
