@@ -11,6 +11,15 @@ from typing import Callable
 import paramiko
 
 from ..errors import BackendError
+from .hostkeys import HostKeyChanged, HostKeyError, HostKeyUnknown, fingerprint, host_entry
+
+
+class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
+    """Never add a host key on the fly: an unknown one is refused, with the fingerprint to check."""
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        raise HostKeyUnknown(f"host key of {hostname} is not in known_hosts: it presents {key.get_name()} "
+                             f"{fingerprint(key)}. Compare it with the head node's, then add it to known_hosts")
 
 
 def connect(host: str, port: int, user: str, known_hosts: Path | None = None,
@@ -24,10 +33,19 @@ def connect(host: str, port: int, user: str, known_hosts: Path | None = None,
             client.load_host_keys(str(known_hosts))
         except OSError as exc:
             raise BackendError(f"cannot read known_hosts {str(known_hosts)!r}: {exc.strerror or exc}") from None
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.set_missing_host_key_policy(_RefuseUnknown())
     try:
         client.connect(host, port=port, username=user, key_filename=key_filename, timeout=timeout,
                        allow_agent=key_filename is None, look_for_keys=key_filename is None, sock=sock)
+    except HostKeyError:
+        client.close()
+        raise
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise HostKeyChanged(
+            f"HOST KEY CHANGED for {host_entry(host, port)}: known_hosts trusts {exc.expected_key.get_name()} "
+            f"{fingerprint(exc.expected_key)}, the server presents {exc.key.get_name()} {fingerprint(exc.key)}. "
+            "Someone may be impersonating the head node: nothing was sent") from None
     except paramiko.SSHException as exc:
         client.close()
         raise BackendError(f"ssh to {user}@{host}:{port} failed: {exc} (is the host key in known_hosts, "
@@ -54,18 +72,6 @@ def engine_known_hosts(inventory: Path | None) -> Path | None:
 
     known = load_inventory(inventory).known_hosts
     return known if known is not None and known.exists() else None
-
-
-def open_tunnel(endpoint: tuple[str, str, int], remote_port: int, local_port: int = 0,
-                key_filename: str | None = None, known_hosts: Path | None = None) -> Forwarder:
-    """`ssh -N -L local_port:127.0.0.1:remote_port user@host -p port`, started (close() ends it and the session)."""
-    user, host, ssh_port = endpoint
-    client = connect(host, ssh_port, user, known_hosts, key_filename)
-    try:
-        return Forwarder(client, local_port, remote_port, owns_client=True).start()
-    except OSError as exc:
-        client.close()
-        raise BackendError(f"cannot listen on 127.0.0.1:{local_port}: {exc.strerror or exc}") from None
 
 
 class Forwarder:
