@@ -112,7 +112,7 @@ class OpenFOAM(SolverPlugin):
             template="openfoam/run.sh.j2",
             context={"application": options.application, "nprocs": nprocs, "hostfile": ctx.hostfile,
                      "mesh": needs_mesh, "decompose": decompose, "reconstruct": options.reconstruct,
-                     "mpi_flags": flags, "log_file": log_file, "append_log": restart},
+                     "mpi_flags": flags, "log_file": log_file, "append_log": restart, "restart": restart},
             log_file=log_file,
             progress_total=_float(end),
             env={"WM_PROJECT_DIR": os.environ.get("WM_PROJECT_DIR", FOAM_DIR)},
