@@ -12,6 +12,7 @@ import pytest
 from orchestrator.cluster.ssh import SSHBackend
 from orchestrator.paths import JobPaths
 from orchestrator.settings import Settings
+from orchestrator.sync.nodelink import NodeLink
 from orchestrator.states import JobState
 
 from ..conftest import Engine, make_settings, redis_flush, wait_for
@@ -74,3 +75,15 @@ def test_outputs_on_a_node_with_its_own_disk_reach_the_work_folder_and_edits_go_
     for path in work.rglob("*"):
         if path.is_file():
             assert stored[f"work/run-001/{path.relative_to(work)}"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_sync_link_opens_while_the_node_is_silent(private_cluster):
+    # A sync process (re)started during a node outage must still run: its final pass is what lets a
+    # terminate finish. It falls back to SFTP, which needs nothing of the node but to answer again.
+    cluster, _ = private_cluster
+    cluster.cut(cluster.nodes[0])
+    link = NodeLink.open(cluster.inventory(shared_storage=False), cluster.nodes[0].name)
+    try:
+        assert link.copier.use_rsync is False
+    finally:
+        link.close()
