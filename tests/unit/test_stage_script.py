@@ -44,6 +44,7 @@ def test_spread_and_gather_copy_the_run_directory_with_each_host(tmp_path):
     rsh = "ssh -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=3"
     common = ["-a", "-s", "--update", "--timeout=600", "--exclude=/.e2e/", "-e", rsh]
     assert calls == sorted([[*common, "/runs/run-001/", f"{h}:/runs/run-001/"] for h in ("10.0.0.2", "[fe80::1]")])
+    assert "e2e stage: spread with 2 node(s) took " in done.stderr  # the cost, in the wrapper's log
     done, calls = _run(tmp_path, ["10.0.0.2"], "/runs/run-001", "gather")
     assert done.returncode == 0 and calls == [[*common, "10.0.0.2:/runs/run-001/", "/runs/run-001/"]]
 

@@ -116,7 +116,10 @@ def test_decomposed_run_on_unshared_nodes_pauses_restarts_and_matches_a_single_n
         for name in ours:
             assert len(ours[name]) == len(theirs[name]) > 100, where
             assert ours[name] == theirs[name], f"{where}/{name} differs from the single-node run"
-    print(f"\ntwo unshared nodes: first progress after {first_progress:.1f}s, pause+restart+complete "
+    staging = [line for attempt in (1, 2) for line in backend.read_bytes(
+        nodea, run_dir / ".e2e" / f"attempt-{attempt}" / "wrapper.log").decode().splitlines() if "e2e stage" in line]
+    print("\n" + "\n".join(staging))
+    print(f"two unshared nodes: first progress after {first_progress:.1f}s, pause+restart+complete "
           f"{two_nodes:.1f}s; single node (2 ranks, concurrently): "
           f"{done['runs_detail'][0]['ended_at'] - done['runs_detail'][0]['started_at']:.1f}s")
     client.terminate(single)
