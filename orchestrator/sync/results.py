@@ -80,6 +80,7 @@ class LocalResultsStore(ResultsStore):
         links: list[dict[str, str]] = []
         by_hash: dict[str, Path] = {}   # the same content stored twice (work/ mirrors runs/) is hard-linked
         try:
+            staging.mkdir()  # here, not with the first file: a job that never ran has none, but gets a manifest
             for prefix, root in sources.items():
                 for rel, kind, target in _walk(root):
                     name = f"{prefix}/{rel}"

@@ -94,3 +94,11 @@ def test_live_files_list_the_work_folder(job, tmp_path):
     assert download(live, "job1", "work/run-001/big.bin", tmp_path / "l") == ["big.bin"]
     with pytest.raises(NotFound):
         live.open("job1", "runs/run-001/big.bin")
+
+
+def test_a_job_without_any_file_still_gets_a_manifest(tmp_path):
+    # (a job terminated before its run started has an empty work folder and no run directory)
+    (tmp_path / "work").mkdir()
+    store = LocalResultsStore(tmp_path / "home")
+    manifest = store.put("job1", {"work": tmp_path / "work"})
+    assert manifest["files"] == [] and store.manifest("job1")["files"] == []
