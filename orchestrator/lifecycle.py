@@ -154,7 +154,9 @@ class Lifecycle:
         head = nodes[0]
         if not backend.exists(head, paths.claim):
             try:
-                self._write_run_files(job, run, nodes, paths)
+                if paths.attempt > 1:  # a restart starts from what every node wrote, gathered to the head
+                    backend.stage_out(nodes, paths.root)
+                self._write_run_files(job, run, nodes, paths, stage_hosts(backend, nodes))
             except (E2EError, OSError) as exc:
                 reason = getattr(exc, "message", None) or str(exc)
                 self.store.transition_run(job_id, run_id, RunState.FAILED, expect=[RunState.LAUNCHING],
@@ -171,7 +173,8 @@ class Lifecycle:
                 return
             time.sleep(0.002)
 
-    def _write_run_files(self, job: dict[str, Any], run: dict[str, Any], nodes: list[Node], paths: RunPaths) -> None:
+    def _write_run_files(self, job: dict[str, Any], run: dict[str, Any], nodes: list[Node], paths: RunPaths,
+                         stage_to: tuple[str, ...] = ()) -> None:
         mode = RunMode(run.get("mode") or RunMode.FRESH.value)
         plugin = self.plugin_of(job)
         if paths.attempt > 1 or run["id"] != "run-001":
@@ -181,7 +184,7 @@ class Lifecycle:
         paths.root.mkdir(parents=True, exist_ok=True)
         apply_overlay(overlay(self.paths(job["id"]), run.get("revision") or job.get("revision") or 1), paths.root)
         prepared = materialize_run(self.spec_of(job), plugin, job["id"], run["id"], nodes, paths, mode=mode,
-                                   site_env=self.settings.solver_env)
+                                   site_env=self.settings.solver_env, stage_hosts=stage_to)
         previous = run.get("log_file")
         offset = run.get("log_offset") or 0
         log_path = paths.root / prepared.log_file
@@ -432,6 +435,14 @@ def remove_stale_files(plugin: SolverPlugin, root: Path) -> None:
         for stale in root.glob(pattern):
             if stale.is_file() or stale.is_symlink():
                 stale.unlink()
+
+
+def stage_hosts(backend: ClusterBackend, nodes: list[Node]) -> tuple[str, ...]:
+    """Addresses of the run's other nodes that keep their own copy of the run directory: the first node's
+    run script copies what it wrote there, and gathers their outputs back ($E2E_STAGE)."""
+    first = nodes[0].address
+    found = [n.address for n in nodes[1:] if n.address != first and not backend.shares_storage(n)]
+    return tuple(dict.fromkeys(found))
 
 
 def _exit_code(backend: ClusterBackend, head: Node, paths: RunPaths) -> int | None:

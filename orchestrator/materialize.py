@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from solvers.base import LaunchContext, NodeSlots, Prepared, RunMode, SolverPlugin
+from solvers.base import TEMPLATES_ROOT, LaunchContext, NodeSlots, Prepared, RunMode, SolverPlugin
 
 from .cluster.base import Node
 from .paths import RunPaths
@@ -22,8 +22,9 @@ def openmpi_hostfile(nodes: tuple[NodeSlots, ...]) -> str:
 
 def materialize_run(spec, plugin: SolverPlugin, job_id: str, run_id: str, nodes: list[Node],
                     paths: RunPaths, mode: RunMode = RunMode.FRESH,
-                    site_env: dict[str, str] | None = None) -> Prepared:
-    """Write everything a run needs into its directory: inputs, hostfile, run.sh and the wrapper."""
+                    site_env: dict[str, str] | None = None, stage_hosts: tuple[str, ...] = ()) -> Prepared:
+    """Write everything a run needs into its directory: inputs, hostfile, run.sh, the wrapper, and the
+    staging helper run scripts call to reach stage_hosts (the other nodes' own copies of the directory)."""
     paths.meta.mkdir(parents=True, exist_ok=True)
     slots = tuple(NodeSlots(n.name, n.address, spec.cluster.cores_per_node) for n in nodes)
     paths.hostfile.write_text(openmpi_hostfile(slots))
@@ -36,7 +37,11 @@ def materialize_run(spec, plugin: SolverPlugin, job_id: str, run_id: str, nodes:
         "run_dir": str(paths.root), "job_id": job_id, "run_id": run_id, "hostfile": str(paths.hostfile),
         "nprocs": ctx.nprocs, "env": prepared.env, "run_tag": run_tag(job_id, run_id),
         "meta": paths.relative(paths.meta), "attempt": paths.attempt, "mode": mode.value,
+        "stage": str(paths.stage),
     })
+    paths.stage.write_text(render((TEMPLATES_ROOT,), "common/stage.sh.j2", {
+        "hosts": [f"[{h}]" if ":" in h else h for h in stage_hosts], "run_dir": str(paths.root)}))
+    paths.stage.chmod(0o755)
     paths.script.write_text(script)
     paths.wrapper.write_text(wrapper)
     paths.wrapper.chmod(0o700)  # it may export licence settings

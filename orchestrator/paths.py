@@ -34,6 +34,11 @@ class RunPaths:
         return self.root / "hostfile"
 
     @property
+    def stage(self) -> Path:
+        """The staging helper run scripts call as $E2E_STAGE (templates/common/stage.sh.j2)."""
+        return self.meta / "stage.sh"
+
+    @property
     def claim(self) -> Path:
         return self.meta / "claim"
 

@@ -85,7 +85,7 @@ class OpenFOAM(SolverPlugin):
         # back to endTime, or a leftover writeNow from the pause would stop the new attempt after one step.
         settings = {**{k: str(v) for k, v in options.parameters.items()}, "stopAt": "endTime"}
         if restart:
-            settings["startFrom"] = "latestTime"
+            settings.update(_restart_from(ctx.run_dir))
         for key, value in settings.items():
             text = set_entry(text, key, value)
         if "OptimisationSwitches" not in text:
@@ -112,7 +112,7 @@ class OpenFOAM(SolverPlugin):
             template="openfoam/run.sh.j2",
             context={"application": options.application, "nprocs": nprocs, "hostfile": ctx.hostfile,
                      "mesh": needs_mesh, "decompose": decompose, "reconstruct": options.reconstruct,
-                     "mpi_flags": flags, "log_file": log_file, "append_log": restart},
+                     "mpi_flags": flags, "log_file": log_file, "append_log": restart, "restart": restart},
             log_file=log_file,
             progress_total=_float(end),
             env={"WM_PROJECT_DIR": os.environ.get("WM_PROJECT_DIR", FOAM_DIR)},
@@ -151,11 +151,10 @@ class OpenFOAM(SolverPlugin):
         return True
 
     def latest_checkpoint(self, run_dir: Path) -> str | None:
-        where = run_dir / "processor0" if (run_dir / "processor0").is_dir() else run_dir
-        times = [t for t in (_float(p.name) for p in where.iterdir() if p.is_dir()) if t] if where.is_dir() else []
-        if not times or not (run_dir / "system" / "controlDict").is_file():
+        latest = restart_time(run_dir)
+        if latest is None or not _float(latest) or not (run_dir / "system" / "controlDict").is_file():
             return None
-        return f"time {max(times):g}"
+        return f"time {_float(latest):g}"
 
     def apply_live(self, old: OpenFOAMOptions, new: OpenFOAMOptions, files: RunFiles) -> list[str]:
         # Only controlDict entries are re-read by a running solver; everything else needs a restart.
@@ -178,6 +177,31 @@ class OpenFOAM(SolverPlugin):
             _check_end_is_written(merged)
         files.write_text("system/controlDict", merged)
         return [f"parameters.{k}" for k in changed]
+
+
+def _times(folder: Path) -> dict[float, str]:
+    """The time directories of a case or processor folder: value -> directory name."""
+    if not folder.is_dir():
+        return {}
+    return {t: p.name for p in folder.iterdir() if p.is_dir() and (t := _float(p.name)) is not None}
+
+
+def restart_time(run_dir: Path) -> str | None:
+    """The newest time every processor directory holds (the case's own newest when not decomposed). They
+    differ when a rank's node was lost before its output was gathered: its processor lacks the newer times."""
+    processors = [p for p in run_dir.glob("processor*") if p.name[len("processor"):].isdigit()]
+    found = [_times(folder) for folder in processors or [run_dir]]
+    common = set.intersection(*(set(t) for t in found)) if found else set()
+    return found[0][max(common)] if common else None
+
+
+def _restart_from(run_dir: Path) -> dict[str, str]:
+    """controlDict entries for a restart: the latest time, or the newest one every processor has."""
+    common = restart_time(run_dir)
+    newest = max(_times(run_dir / "processor0") or _times(run_dir) or {0.0: ""})
+    if common is not None and _float(common) < newest:
+        return {"startFrom": "startTime", "startTime": common}
+    return {"startFrom": "latestTime"}
 
 
 def _fold(progress: Progress, text: str) -> bool:

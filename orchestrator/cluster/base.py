@@ -95,6 +95,10 @@ class ClusterBackend(ABC):
         """Undo suspend; False: not supported, signal the processes instead."""
         return False
 
+    def shares_storage(self, node: Node) -> bool:
+        """Whether the node sees the head node's run directories at the same path (else they are staged)."""
+        return True
+
     def stage_in(self, nodes: list[Node], path: Path) -> None:
         """Make a head-node directory visible at the same path on every node (no-op on shared storage)."""
 

@@ -196,14 +196,17 @@ class SSHBackend(ClusterBackend):
             return
         pull_tree(self, node, src, dest)
 
+    def shares_storage(self, node: Node) -> bool:
+        return self.spec(node).shared_storage
+
     def stage_in(self, nodes: list[Node], path: Path) -> None:
         for node in nodes:
-            if not self.spec(node).shared_storage:
+            if not self.shares_storage(node):
                 push_tree(self, node, path, path)
 
     def stage_out(self, nodes: list[Node], path: Path) -> None:
         for node in nodes:
-            if not self.spec(node).shared_storage:
+            if not self.shares_storage(node):
                 pull_tree(self, node, path, path)
 
 

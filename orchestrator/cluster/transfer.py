@@ -1,4 +1,10 @@
-"""Directory transfer between the head node and a node: rsync over ssh when both have it, SFTP otherwise."""
+"""Directory transfer between the head node and a node: rsync over ssh when both have it, SFTP otherwise.
+
+Transfers merge, and the newer copy of a file wins (rsync --update): every node of a run gets the whole run
+directory, so a node's stale copy of a file another node rewrote (a rank's output, a log) must never
+replace the newer one when the directories are gathered back, nor the head's stale copy a node's output
+when a restart stages the directory in again.
+"""
 
 from __future__ import annotations
 
@@ -45,7 +51,7 @@ def _remote(backend: SSHBackend, node: Node, path: Path) -> str:
 
 
 def _rsync(backend: SSHBackend, node: Node, src: str, dest: str) -> None:
-    argv = ["rsync", "-a", f"--timeout={int(backend.config.command_timeout)}",
+    argv = ["rsync", "-a", "--update", f"--timeout={int(backend.config.command_timeout)}",
             "-e", shlex.join(ssh_command(backend, node)), src, dest]
     try:
         done = subprocess.run(argv, capture_output=True, timeout=TRANSFER_TIMEOUT)
@@ -84,9 +90,29 @@ def pull_tree(backend: SSHBackend, node: Node, src: Path, dest: Path) -> None:
         raise BackendError(f"copying {src} from node {node.name} failed: {exc}") from None
 
 
+def _kept(dest: os.stat_result | paramiko.SFTPAttributes | None, src: os.stat_result | paramiko.SFTPAttributes) -> bool:
+    """rsync --update's rule: the destination's file stays when it is newer, or as old and as large.
+    SFTP times are whole seconds, so both sides are compared at that resolution."""
+    if dest is None:
+        return False
+    dest_time, src_time = int(dest.st_mtime or 0), int(src.st_mtime or 0)
+    return dest_time > src_time or (dest_time == src_time and dest.st_size == src.st_size)
+
+
+def _remote_files(sftp: paramiko.SFTPClient, path: PurePosixPath) -> dict[str, paramiko.SFTPAttributes]:
+    """What a node's directory holds (one round trip per directory, not one per file)."""
+    try:
+        return {attr.filename: attr for attr in sftp.listdir_attr(str(path))}
+    except FileNotFoundError:
+        return {}
+
+
 def _put(sftp: paramiko.SFTPClient, src: Path, dest: PurePosixPath) -> None:
+    there = _remote_files(sftp, dest)
     for entry in os.scandir(src):
         target = str(dest / entry.name)
+        if entry.is_file(follow_symlinks=False) and _kept(there.get(entry.name), entry.stat()):
+            continue
         if entry.is_dir(follow_symlinks=False):
             try:
                 sftp.mkdir(target)
@@ -107,6 +133,8 @@ def _get(sftp: paramiko.SFTPClient, src: PurePosixPath, dest: Path) -> None:
             target.mkdir(exist_ok=True)
             _get(sftp, src / attr.filename, target)
         elif stat.S_ISREG(attr.st_mode or 0):
+            if _kept(target.stat() if target.exists() else None, attr):
+                continue
             sftp.get(str(src / attr.filename), str(target))
             os.chmod(target, stat.S_IMODE(attr.st_mode))
             os.utime(target, (attr.st_atime, attr.st_mtime))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..cluster.ssh import SSHBackend
 from ..cluster.transfer import rsync_usable, ssh_command
+from ..errors import BackendError
 from ..settings import Settings
 from .engine import Emit, SyncPair
 from .remote import RemoteCopier, RemoteSide
@@ -32,7 +33,13 @@ class NodeLink:
                     "-o", f"ControlPath={self._sockets}/%C", "-o", "ControlPersist=120"]
         address = backend.spec(self.node).address
         self.host = f"[{address}]" if ":" in address else address
-        self.copier = RemoteCopier(self.ssh, self.host, rsync_usable(backend, self.node))
+        try:
+            use_rsync = rsync_usable(backend, self.node)
+        except BackendError:
+            # The node is silent right now: start anyway on SFTP (works wherever the node answers again), for
+            # a daemon that fails to start never does the final pass a terminate waits for.
+            use_rsync = False
+        self.copier = RemoteCopier(self.ssh, self.host, use_rsync)
 
     @classmethod
     def open(cls, inventory: Path, node_name: str) -> NodeLink:

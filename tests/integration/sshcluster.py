@@ -178,7 +178,10 @@ class NodeCluster:
             # namespace when there is one; the filesystem stays shared like an NFS mount, except an empty
             # home, so no login script of this machine runs in the nodes' sessions.
             home = node.dir / "home"
-            home.mkdir(exist_ok=True)
+            (home / ".ssh").mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Plain `ssh` between nodes works too (a run script copying files to the other nodes uses it).
+            shutil.copy(self.base / "client" / "ssh_config", home / ".ssh" / "config")
+            (home / ".ssh" / "config").chmod(0o600)
             mounts = [("mount", "--bind", str(home), os.environ.get("HOME", "/root"))]
             for i, path in enumerate(self.private):  # storage that is not shared with the head node
                 own = node.dir / f"private{i}"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import shutil
 from pathlib import Path
 
 import pytest
 
-from solvers.base import LaunchContext, NodeSlots, Progress
+from solvers.base import LaunchContext, NodeSlots, Progress, RunMode
 from solvers.command import Command, CommandOptions
 from solvers.openfoam import OpenFOAM, OpenFOAMOptions, read_entry, set_entry
 
@@ -414,3 +415,28 @@ def test_command_prepare_copies_inputs_and_passes_env(command, tmp_path):
     assert prepared.context == {"command": ["bash", "script.sh"], "append_log": False}
     assert prepared.env == {"LICENSE_SERVER": "27000@lic"}
     assert prepared.log_file == "output.log"
+
+
+def _time_dirs(run_dir: Path, layout: dict[str, list[str]]) -> None:
+    for folder, times in layout.items():
+        for t in times:
+            (run_dir / folder / t).mkdir(parents=True)
+
+
+@needs_tutorials
+def test_a_restart_continues_from_the_newest_time_every_processor_holds(plugin, cavity, tmp_path):
+    run_dir = tmp_path / "run"
+    plugin.prepare(options_for(cavity), two_node_context(run_dir, False))
+    restart = dataclasses.replace(two_node_context(run_dir, False), mode=RunMode.RESTART, attempt=2)
+    # every processor reached 0.25: the latest time
+    _time_dirs(run_dir, {"processor0": ["0", "0.1", "0.25"], "processor1": ["0", "0.1", "0.25"]})
+    plugin.prepare(options_for(cavity), restart)
+    control = (run_dir / "system" / "controlDict").read_text()
+    assert read_entry(control, "startFrom") == "latestTime"
+    assert plugin.latest_checkpoint(run_dir) == "time 0.25"
+    # the node of processor1 was lost after 0.1 was gathered: 0.25 exists for processor0 only
+    shutil.rmtree(run_dir / "processor1" / "0.25")
+    plugin.prepare(options_for(cavity), restart)
+    control = (run_dir / "system" / "controlDict").read_text()
+    assert read_entry(control, "startFrom") == "startTime" and read_entry(control, "startTime") == "0.1"
+    assert plugin.latest_checkpoint(run_dir) == "time 0.1"

@@ -263,7 +263,7 @@ def wrapper_context(run_dir: Path) -> dict[str, Any]:
     return {"run_dir": str(run_dir), "job_id": "abcd1234", "run_id": "run-001",
             "hostfile": str(run_dir / "hostfile"), "nprocs": 2,
             "env": {"WM_PROJECT_DIR": "/usr/share/openfoam", "E2E_PROBE": "probe"}, "run_tag": "abcd1234/run-001",
-            "meta": ".e2e/attempt-1", "attempt": 1, "mode": "fresh"}
+            "meta": ".e2e/attempt-1", "attempt": 1, "mode": "fresh", "stage": str(run_dir / ".e2e/attempt-1/stage.sh")}
 
 
 @pytest.mark.parametrize("payload", PAYLOADS, ids=PAYLOAD_IDS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from orchestrator.cluster import sshconn
@@ -11,9 +13,9 @@ from tests.conftest import require
 from tests.integration.sshcluster import NodeCluster, sshd_available
 
 
-def _cluster(base):
+def _cluster(base, **options):
     require(sshd_available(), "sshd and ssh-keygen (apt-get install openssh-server openssh-client)")
-    cluster = NodeCluster(base)
+    cluster = NodeCluster(base, **options)
     try:
         cluster.start()
     except BaseException:
@@ -39,6 +41,21 @@ def own_cluster(tmp_path):
     cluster = _cluster(tmp_path / "cluster")
     try:
         yield cluster
+    finally:
+        sshconn.close_all()
+        cluster.stop()
+
+
+@pytest.fixture
+def private_cluster(tmp_path):
+    """A cluster of the test's own whose nodes each see an empty directory of their own at home/ (the
+    engine's state directory): storage that is not shared. Yields the cluster and that directory."""
+    require(os.geteuid() == 0, "root (each node's private directory is a bind mount in its mount namespace)")
+    home = tmp_path / "home"
+    home.mkdir()
+    cluster = _cluster(tmp_path / "cluster", private=[home])
+    try:
+        yield cluster, home
     finally:
         sshconn.close_all()
         cluster.stop()

@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from orchestrator.cluster import sshconn
 from orchestrator.states import JobState, RunState
-from tests.conftest import require
-from tests.integration.sshcluster import NodeCluster, sshd_available
 
 from ..conftest import Engine, make_settings, redis_flush
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def private_cluster(tmp_path):
-    """Nodes that each see an empty directory of their own at the engine's state directory."""
-    require(sshd_available(), "sshd and ssh-keygen (apt-get install openssh-server openssh-client)")
-    require(os.geteuid() == 0, "root (each node's private directory is a bind mount in its mount namespace)")
-    home = tmp_path / "home"
-    home.mkdir()
-    cluster = NodeCluster(tmp_path / "cluster", private=[home])
-    try:
-        cluster.start()
-        yield cluster, home
-    finally:
-        sshconn.close_all()
-        cluster.stop()
 
 
 def test_run_on_unshared_storage_is_staged_in_and_gathered_back(private_cluster, redis_url):

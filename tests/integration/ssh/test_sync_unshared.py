@@ -9,13 +9,11 @@ import os
 
 import pytest
 
-from orchestrator.cluster import sshconn
 from orchestrator.cluster.ssh import SSHBackend
 from orchestrator.paths import JobPaths
 from orchestrator.settings import Settings
+from orchestrator.sync.nodelink import NodeLink
 from orchestrator.states import JobState
-from tests.conftest import require
-from tests.integration.sshcluster import NodeCluster, sshd_available
 
 from ..conftest import Engine, make_settings, redis_flush, wait_for
 
@@ -30,24 +28,15 @@ SOLVER = ('mkdir -p out; printf x > "out/$HOSTILE_NAME"; for i in $(seq -w 1 200
 
 
 @pytest.fixture
-def private_engine(tmp_path, redis_url):
-    require(sshd_available(), "sshd and ssh-keygen (apt-get install openssh-server openssh-client)")
-    require(os.geteuid() == 0, "root (each node's private directory is a bind mount in its mount namespace)")
-    home = tmp_path / "home"
-    home.mkdir()
-    cluster = NodeCluster(tmp_path / "cluster", private=[home])
-    engine = None
+def private_engine(private_cluster, redis_url):
+    cluster, home = private_cluster
+    redis_flush(redis_url + DB)
+    inventory = cluster.inventory(shared_storage=False)
+    engine = Engine(make_settings(home, redis_url + DB, inventory=inventory))
     try:
-        cluster.start()
-        redis_flush(redis_url + DB)
-        inventory = cluster.inventory(shared_storage=False)
-        engine = Engine(make_settings(home, redis_url + DB, inventory=inventory))
         yield engine, SSHBackend(Settings(home=home, inventory=inventory)), home
     finally:
-        if engine is not None:
-            engine.close()
-        sshconn.close_all()
-        cluster.stop()
+        engine.close()
 
 
 def test_outputs_on_a_node_with_its_own_disk_reach_the_work_folder_and_edits_go_back(private_engine, tmp_path):
@@ -86,3 +75,15 @@ def test_outputs_on_a_node_with_its_own_disk_reach_the_work_folder_and_edits_go_
     for path in work.rglob("*"):
         if path.is_file():
             assert stored[f"work/run-001/{path.relative_to(work)}"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_sync_link_opens_while_the_node_is_silent(private_cluster):
+    # A sync process (re)started during a node outage must still run: its final pass is what lets a
+    # terminate finish. It falls back to SFTP, which needs nothing of the node but to answer again.
+    cluster, _ = private_cluster
+    cluster.cut(cluster.nodes[0])
+    link = NodeLink.open(cluster.inventory(shared_storage=False), cluster.nodes[0].name)
+    try:
+        assert link.copier.use_rsync is False
+    finally:
+        link.close()
