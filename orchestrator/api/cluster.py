@@ -14,6 +14,7 @@ from ..desktop.keys import KeyRegistry
 from ..errors import UserError
 from ..events import EventKind
 from ..nodes_admin import drain, node_rows, undrain
+from . import audit
 from .access import ScopedClient
 from .app import API, admin_client, client_for
 
@@ -77,6 +78,11 @@ def undrain_node(node: str, backend: Optional[str] = Query(None, max_length=16),
                  client: ScopedClient = Depends(admin_client)) -> dict[str, Any]:
     killed, warning = undrain(client.store, _backend(client, backend), node, force)
     return {"node": node, "killed": killed, "warning": warning}
+
+
+@router.get("/audit", summary="Admins: the newest refused requests (bad tokens, others' jobs, admin-only)")
+def audit_trail(client: ScopedClient = Depends(admin_client), limit: int = Query(200, ge=1, le=10000)) -> list:
+    return audit.recent(client.store, limit)
 
 
 @router.get("/keys", summary="Your registered SSH public keys")
