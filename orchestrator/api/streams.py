@@ -108,6 +108,7 @@ async def log_stream(job: str, request: Request, client: ScopedClient = Depends(
         if not last_event_id.isdigit() or int(last_event_id) > MAX_OFFSET:
             raise UserError("Last-Event-ID of a log stream is a byte offset")
         offset = int(last_event_id)
+    await asyncio.to_thread(_log_state, client, job_id, run)  # an unknown run is a 404 now, not a broken stream
     return StreamingResponse(_follow_log(request, client, job_id, run, offset), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
