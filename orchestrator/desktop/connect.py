@@ -68,6 +68,8 @@ def desktop(client: Any, job: str, wait: float = 0) -> Desktop:
     deadline = time.monotonic() + wait
     while True:
         record = client.store.get_job(job_id)
+        if not record["spec"].get("desktop", {}).get("enabled", True):
+            raise InvalidState(f"job {job_id} has no desktop (desktop.enabled: false)")
         rec = desktop_record(record)
         state = rec.get("state")
         if state == READY:
@@ -78,8 +80,6 @@ def desktop(client: Any, job: str, wait: float = 0) -> Desktop:
                                                                     JobState.UP) or time.monotonic() >= deadline:
             break
         time.sleep(0.2)
-    if not record["spec"].get("desktop", {}).get("enabled", True):
-        raise InvalidState(f"job {job_id} has no desktop (desktop.enabled: false)")
     if state == "failed":
         raise InvalidState(f"the desktop of job {job_id} failed: {rec.get('reason')}")
     raise InvalidState(f"the desktop of job {job_id} is not ready (desktop {state or 'not started'}, "

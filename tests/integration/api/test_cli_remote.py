@@ -10,10 +10,14 @@ import sys
 
 import pytest
 
+from .test_api import wait_doc
+
 pytestmark = pytest.mark.integration
 
 SOLVER = ("cat settings.txt; trap 'exit 0' TERM; "
           "for i in $(seq 1 400); do echo \"progress: $i/400\"; sleep 0.1 & wait $!; done")
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl remote@laptop"
 
 
 def remote(api, token: str | None, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -28,7 +32,7 @@ def remote(api, token: str | None, *args: str, check: bool = True) -> subprocess
     return proc
 
 
-def test_cli_drives_a_job_through_the_api(api, tokens, tmp_path):
+def test_cli_drives_a_job_through_the_api(api, tokens, http, tmp_path):
     name, token = tokens["alice"]
     (tmp_path / "settings.txt").write_text("remote=yes\n")
     spec = tmp_path / "job.yaml"
@@ -38,13 +42,10 @@ def test_cli_drives_a_job_through_the_api(api, tokens, tmp_path):
     job_id = remote(api, token, "submit", str(spec)).stdout.strip()
     status = json.loads(remote(api, token, "status", job_id, "--json").stdout)
     assert status["owner"] == name and status["id"] == job_id
-    frozen = None
-    for _ in range(100):
-        doc = json.loads(remote(api, token, "status", job_id, "--json").stdout)
-        run = doc["runs_detail"][0]
-        if run["state"] == "RUNNING" and run.get("progress"):
-            frozen = remote(api, token, "pause", job_id, "--freeze", "--json")
-            break
+    alice = http("alice")  # wait through the API itself: each CLI call is a whole process start
+    wait_doc(alice, job_id, lambda d: d["runs_detail"][0]["state"] == "RUNNING" and d["runs_detail"][0].get("progress"),
+             "run running")
+    frozen = remote(api, token, "pause", job_id, "--freeze", "--json")
     assert frozen is not None and json.loads(frozen.stdout)["runs_detail"][0]["state"] == "FROZEN"
     assert "remote=yes" in remote(api, token, "logs", job_id).stdout  # the uploaded input reached the run
     remote(api, token, "resume", job_id)
@@ -53,6 +54,15 @@ def test_cli_drives_a_job_through_the_api(api, tokens, tmp_path):
     # another user's CLI cannot see the job; the error is one clear line
     other = remote(api, tokens["bob"][1], "status", job_id, check=False)
     assert other.returncode == 2 and other.stderr.strip() == f"error: no job {job_id!r}"
+    no_desktop = remote(api, token, "desktop", job_id, check=False)
+    assert no_desktop.returncode == 2 and "has no desktop" in no_desktop.stderr
+    pub = tmp_path / "id.pub"
+    pub.write_text(KEY + "\n")
+    assert "ssh-ed25519 256 bits SHA256:" in remote(api, token, "keys", "add", str(pub)).stdout
+    listed = json.loads(remote(api, token, "keys", "ls", "--json").stdout)
+    assert [k["comment"] for k in listed] == ["remote@laptop"]
+    remote(api, token, "keys", "rm", "remote@laptop")
+    assert json.loads(remote(api, token, "keys", "ls", "--json").stdout) == []
     done = json.loads(remote(api, token, "terminate", job_id, "--wait", "--json").stdout)
     assert done["state"] == "TERMINATED"
 
