@@ -181,8 +181,8 @@ def celery_rate(settings: Settings, count: int) -> float:
 class Receiver(threading.Thread):
     """Reads lines from a source (an SSE response, a tail process) and stamps the arrival of each probe."""
 
-    def __init__(self, lines, marker: str) -> None:
-        super().__init__(daemon=True)
+    def __init__(self, name: str, lines, marker: str) -> None:
+        super().__init__(name=name, daemon=True)
         self.lines, self.marker = lines, marker
         self.arrived: dict[int, float] = {}
         self.ready = threading.Event()
@@ -244,10 +244,9 @@ def fan_out(settings: Settings, store: JobStore, base: str, token: str, lines: i
     log = settings.root / "jobs" / job_id / "runs" / run["id"] / run["log_file"]
     log.touch()
     tail = subprocess.Popen(["tail", "-n0", "-F", str(log)], stdout=subprocess.PIPE, text=True)
-    receivers = [Receiver(sse_lines(f"{base}/jobs/{job_id}/logs/stream", token, {"offset": log.stat().st_size}),
-                          "bench-line "),
-                 Receiver(lambda: iter(tail.stdout.readline, ""), "bench-line ")]
-    receivers[0].name, receivers[1].name = "log line -> SSE", "log line -> tail -F"
+    receivers = [Receiver("log line -> SSE", sse_lines(f"{base}/jobs/{job_id}/logs/stream", token,
+                                                       {"offset": log.stat().st_size}), "bench-line "),
+                 Receiver("log line -> tail -F", lambda: iter(tail.stdout.readline, ""), "bench-line ")]
 
     def write_line(index: int) -> None:
         with open(log, "a") as fh:
@@ -264,9 +263,9 @@ def fan_out(settings: Settings, store: JobStore, base: str, token: str, lines: i
                     after = entry_id
                     yield fields.get("data", "")
 
-    event_receivers = [Receiver(sse_lines(f"{base}/jobs/{job_id}/events", token, {"after": last}), "bench-event "),
-                       Receiver(raw_events, "bench-event ")]
-    event_receivers[0].name, event_receivers[1].name = "event -> SSE", "event -> XREAD"
+    event_receivers = [Receiver("event -> SSE", sse_lines(f"{base}/jobs/{job_id}/events", token, {"after": last}),
+                                "bench-event "),
+                       Receiver("event -> XREAD", raw_events, "bench-event ")]
     try:
         for receiver in receivers + event_receivers:
             receiver.start()
@@ -276,6 +275,7 @@ def fan_out(settings: Settings, store: JobStore, base: str, token: str, lines: i
             "message": f"bench-event {i}#"}), event_receivers))
     finally:
         tail.kill()
+        tail.wait()
         httpx.post(f"{base}/jobs/{job_id}/terminate", headers=auth(token), timeout=30)
     return result
 
