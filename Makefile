@@ -41,6 +41,7 @@ bench: system-deps-test $(STAMP)
 	$(PY) bench/ssh.py
 	$(PY) bench/desktop.py --jobs 10
 	$(PY) bench/sync.py
+	$(PY) bench/api.py
 
 setup: system-deps-test $(STAMP)
 

@@ -136,7 +136,8 @@ def current_user(request: Request) -> User:
     return user
 
 
-def client_for(request: Request, user: User = Depends(current_user)) -> ScopedClient:
+async def client_for(request: Request, user: User = Depends(current_user)) -> ScopedClient:
+    # async: no I/O here, and a sync dependency would cost every request one more threadpool hop
     client = request.app.state.engine.client(user)
     client.address = request.client.host if request.client else None
     client.on_refused = lambda job_id: _refused_job(client, request, job_id)

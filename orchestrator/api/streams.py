@@ -25,6 +25,7 @@ STREAM_ID = r"^\d{1,20}-\d{1,20}$"
 KEEPALIVE = 15.0
 LOG_POLL = 0.05  # seconds between checks of a followed log: one stat() per client, well inside the 250 ms target
 LOG_PAGE = 1 << 20
+MAX_OFFSET = (1 << 63) - 1  # the largest file offset seek() takes; beyond it Python raises instead of reading ""
 
 
 def sse(data: Any, event: str | None = None, event_id: str | None = None) -> bytes:
@@ -89,7 +90,8 @@ async def _follow_events(request: Request, client: ScopedClient, job_id: str, af
 
 @router.get("/jobs/{job}/logs", summary="The solver log of the current (or a given) run, from a byte offset")
 def log_page(job: str, client: ScopedClient = Depends(client_for), run: Optional[str] = Query(None, max_length=32),
-             offset: int = Query(0, ge=0), limit: int = Query(LOG_PAGE, ge=1, le=16 * LOG_PAGE)) -> dict[str, Any]:
+             offset: int = Query(0, ge=0, le=MAX_OFFSET),
+             limit: int = Query(LOG_PAGE, ge=1, le=16 * LOG_PAGE)) -> dict[str, Any]:
     text, next_offset = client.read_log(job, run, offset, limit)
     return {"run": run or client.job(job)["current_run"], "offset": offset, "next_offset": next_offset,
             "text": text.decode(errors="replace")}
@@ -99,13 +101,14 @@ def log_page(job: str, client: ScopedClient = Depends(client_for), run: Optional
                                                 "(resumable: Last-Event-ID is the byte offset)",
             response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
 async def log_stream(job: str, request: Request, client: ScopedClient = Depends(client_for),
-                     run: Optional[str] = Query(None, max_length=32), offset: int = Query(0, ge=0),
+                     run: Optional[str] = Query(None, max_length=32), offset: int = Query(0, ge=0, le=MAX_OFFSET),
                      last_event_id: Optional[str] = Header(None, max_length=32)) -> StreamingResponse:
     job_id = client.resolve(job)
     if last_event_id is not None:
-        if not last_event_id.isdigit():
+        if not last_event_id.isdigit() or int(last_event_id) > MAX_OFFSET:
             raise UserError("Last-Event-ID of a log stream is a byte offset")
         offset = int(last_event_id)
+    await asyncio.to_thread(_log_state, client, job_id, run)  # an unknown run is a 404 now, not a broken stream
     return StreamingResponse(_follow_log(request, client, job_id, run, offset), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
