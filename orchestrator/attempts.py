@@ -13,9 +13,9 @@ from .states import RunState
 from .store import JobStore
 
 # What the previous attempt left on the run record that must not leak into the next one.
-ATTEMPT_FIELDS = ("pid", "started_at", "exit_code", "reason", "stop_intent", "stop_requested_at", "stop_sent_at",
-                  "term_sent_at", "kill_sent_at", "signals", "frozen_at", "ended_at", "launch_requested_at", "failed_nodes",
-                  "recovery")
+ATTEMPT_FIELDS = ("pid", "exit_code", "reason", "stop_intent", "stop_requested_at", "stop_sent_at", "term_sent_at",
+                  "kill_sent_at", "signals", "frozen_at", "ended_at", "launch_requested_at", "failed_nodes",
+                  "recovery", "started_at")
 
 
 def checkpoint_of(root: Path, job: dict[str, Any], run: dict[str, Any]) -> str:

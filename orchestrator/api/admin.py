@@ -25,7 +25,8 @@ def workers(client: ScopedClient = Depends(admin_client),
     rows = []
     for name in sorted(set(stats) | set(active)):
         info = stats.get(name) or {}
-        rows.append({"name": name, "pid": info.get("pid"), "concurrency": (info.get("pool") or {}).get("max-concurrency"),
+        pool = info.get("pool") or {}
+        rows.append({"name": name, "pid": info.get("pid"), "concurrency": pool.get("max-concurrency"),
                      "processed": sum((info.get("total") or {}).values()),
                      "active": [{"task": t.get("name"), "args": t.get("args"), "started": t.get("time_start")}
                                 for t in active.get(name) or []]})

@@ -5,6 +5,8 @@
 const PLOT = {width: 720, height: 280, left: 56, right: 12, top: 12, bottom: 28};
 const COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 const SVG = "http://www.w3.org/2000/svg";
+const LOG_KEEP = 200000;   // characters of log kept on the page
+const REDRAW_MS = 250;
 
 function startJobPage(jobId) {
   const state = {doc: null, run: null, series: {}, points: 0, log: null, desktopUrl: null};
@@ -21,7 +23,8 @@ function startJobPage(jobId) {
     set("job-solver", doc.solver); set("job-nodes", (doc.nodes || []).join(", ") || "none");
     set("run-id", run.id); set("run-state", run.state); set("run-attempt", run.attempt);
     const p = run.progress;
-    set("run-progress", p ? `step ${p.step ?? "-"}${p.total ? " of " + p.total : ""}${p.converged ? " (converged)" : ""}` : "-");
+    const total = p && p.total ? ` of ${p.total}` : "";
+    set("run-progress", p ? `step ${p.step ?? "-"}${total}${p.converged ? " (converged)" : ""}` : "-");
     document.body.dataset.jobState = doc.state;
     document.body.dataset.runState = run.state || "";
     for (const button of document.querySelectorAll("#controls button")) {
@@ -40,8 +43,8 @@ function startJobPage(jobId) {
 
   async function history() {
     const h = await api(`/jobs/${jobId}/history`);
-    fill("runs", h.runs.map(r => row([r.id, r.state, r.attempt, r.revision, r.mode, when(r.started_at), when(r.ended_at),
-                                      r.reason])));
+    fill("runs", h.runs.map(r => row([r.id, r.state, r.attempt, r.revision, r.mode, when(r.started_at),
+                                      when(r.ended_at), r.reason])));
     fill("revisions", h.revisions.map(r => row([r.revision, when(r.at), r.by,
                                                (r.changes || []).map(c => typeof c === "string" ? c : JSON.stringify(c))
                                                  .concat(r.files || []).join("; "), r.message])));
@@ -78,8 +81,9 @@ function startJobPage(jobId) {
     const legend = [];
     Object.entries(state.series).forEach(([field, points], i) => {
       const colour = COLOURS[i % COLOURS.length];
-      svg.appendChild(svgEl("polyline", {points: points.map(p => `${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" "),
-                                         stroke: colour, fill: "none", "data-field": field, "data-count": points.length}));
+      const coords = points.map(p => `${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
+      svg.appendChild(svgEl("polyline", {points: coords, stroke: colour, fill: "none", "data-field": field,
+                                         "data-count": points.length}));
       legend.push(`${field} (${colour})`);
     });
     document.getElementById("plot-legend").textContent = legend.join(", ");
@@ -97,10 +101,18 @@ function startJobPage(jobId) {
     if (state.log) state.log.close();
     const pre = document.getElementById("log");
     pre.textContent = "";
+    let size = 0;
     state.log = new EventSource(`${API}/jobs/${jobId}/logs/stream`);
     state.log.addEventListener("log", e => {
-      pre.textContent = (pre.textContent + JSON.parse(e.data).text).slice(-100000);
-      pre.scrollTop = pre.scrollHeight;
+      const text = JSON.parse(e.data).text;
+      const following = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 40;
+      pre.append(document.createTextNode(text));   // append, never re-set: a chunk costs its own size
+      size += text.length;
+      while (size > LOG_KEEP && pre.firstChild) {
+        size -= pre.firstChild.textContent.length;
+        pre.firstChild.remove();
+      }
+      if (following) pre.scrollTop = pre.scrollHeight;
     });
     state.log.addEventListener("end", () => { state.log.close(); state.log = null; });
   }
@@ -109,12 +121,12 @@ function startJobPage(jobId) {
   const eventList = document.getElementById("events");
   let pendingDraw = false, pendingRefresh = null;
   function onEvent(event) {
-    const item = el("li", `${new Date(event.ts * 1000).toLocaleTimeString()} ${event.kind} ${summary(event)}`);
-    eventList.prepend(item);
+    eventList.prepend(eventItem(event));
     while (eventList.children.length > 200) eventList.lastChild.remove();
     if (event.kind === "run.progress") {
       addProgress(event.data);
-      if (!pendingDraw) { pendingDraw = true; requestAnimationFrame(() => { pendingDraw = false; draw(); }); }
+      // at most a few redraws a second (a timer, not requestAnimationFrame: that one stops in background tabs)
+      if (!pendingDraw) { pendingDraw = true; setTimeout(() => { pendingDraw = false; draw(); }, REDRAW_MS); }
       return;
     }
     if (["job.state", "run.state", "run.created", "desktop", "control"].includes(event.kind)) {
@@ -122,6 +134,10 @@ function startJobPage(jobId) {
       pendingRefresh = setTimeout(() => refresh().then(history).catch(err => flash(err.message, true)), 100);
       if (event.kind === "run.state" && event.data.state === "RUNNING" && !state.log) followLog();
     }
+  }
+
+  function eventItem(event) {
+    return el("li", `${new Date(event.ts * 1000).toLocaleTimeString()} ${event.kind} ${summary(event)}`);
   }
 
   function summary(event) {
@@ -136,13 +152,13 @@ function startJobPage(jobId) {
     await history();
     const past = await api(`/jobs/${jobId}/events.json?limit=10000`);
     past.filter(e => e.kind === "run.progress").forEach(e => addProgress(e.data));
-    past.slice(-200).forEach(e => eventList.prepend(el("li", `${new Date(e.ts * 1000).toLocaleTimeString()} ${e.kind} ${summary(e)}`)));
+    past.slice(-200).forEach(e => eventList.prepend(eventItem(e)));
     draw();
     const after = past.length ? past[past.length - 1].id : "0-0";
     const events = new EventSource(`${API}/jobs/${jobId}/events?after=${encodeURIComponent(after)}`);
-    for (const kind of ["job.created", "job.state", "run.created", "run.state", "run.progress", "control", "node.failed",
-                        "node.replaced", "desktop", "access.refused", "warning", "error", "sync.file", "sync.conflict",
-                        "sync.skip", "sync.stats", "sync.state"]) {
+    for (const kind of ["job.created", "job.state", "run.created", "run.state", "run.progress", "control",
+                        "node.failed", "node.replaced", "desktop", "access.refused", "warning", "error", "sync.file",
+                        "sync.conflict", "sync.skip", "sync.stats", "sync.state"]) {
       events.addEventListener(kind, e => onEvent(JSON.parse(e.data)));
     }
     events.addEventListener("end", () => events.close());
@@ -152,7 +168,8 @@ function startJobPage(jobId) {
   for (const button of document.querySelectorAll("#controls button")) {
     button.addEventListener("click", async () => {
       const action = button.dataset.action;
-      if (action === "terminate" && !confirm(`Terminate job ${jobId}? The solver stops and the nodes are released.`)) return;
+      const question = `Terminate job ${jobId}? The solver stops and the nodes are released.`;
+      if (action === "terminate" && !confirm(question)) return;
       try {
         await api(`/jobs/${jobId}/${action}`, {json: {}});
         flash(`${action}: sent`);

@@ -17,7 +17,8 @@ async function api(path, options = {}) {
   const body = reply.headers.get("content-type")?.includes("json") ? await reply.json() : await reply.text();
   if (!reply.ok) {
     const problems = (body.problems || []).map(p => `${p.field}: ${p.message}`).join("; ");
-    throw new Error((body.error || reply.statusText) + (problems && !String(body.error).includes(problems) ? ` (${problems})` : ""));
+    const extra = problems && !String(body.error).includes(problems) ? ` (${problems})` : "";
+    throw new Error((body.error || reply.statusText) + extra);
   }
   return body;
 }
@@ -73,8 +74,8 @@ async function loadJobs() {
   fill("jobs", jobs.map(job => {
     const link = el("a", job.id, {href: `/ui/jobs/${job.id}`});
     const progress = job.run?.progress;
-    const pct = progress && progress.step !== null && progress.total ? `${Math.round(100 * progress.step / progress.total)}%` :
-      (progress?.step ?? "");
+    const pct = progress && progress.step !== null && progress.total
+      ? `${Math.round(100 * progress.step / progress.total)}%` : (progress?.step ?? "");
     const used = usageByJob[job.id];
     const runtime = used ? used.attempts.reduce((sum, a) => sum + a.seconds, 0) : null;
     const tr = row([link, job.name, job.owner, job.solver, job.state, `${job.run?.id || ""} ${job.run?.state || ""}`,
@@ -147,7 +148,8 @@ async function loadWorkers() {
   fill("queues", [row(["jobs waiting for nodes", queues.queued_jobs.length]),
                   ...Object.entries(queues.celery).map(([q, n]) => row([q, n])),
                   row(["unacknowledged (running) tasks", queues.unacked])]);
-  fill("tasks", queues.tasks.map(t => row([t.task, t.succeeded, t.failed, t.retried, t.per_minute, t.failed_recently])));
+  fill("tasks", queues.tasks.map(t => row([t.task, t.succeeded, t.failed, t.retried, t.per_minute,
+                                           t.failed_recently])));
 }
 
 document.addEventListener("DOMContentLoaded", () => {

@@ -113,3 +113,18 @@ def test_admins_see_workers_and_queues_others_are_refused(http):
     queues = http("root").get("/admin/queues").json()
     assert set(queues["celery"]) == {"e2e.jobs", "e2e.reconcile"}
     assert any(t["task"] == "e2e.reconcile" and t["succeeded"] > 0 for t in queues["tasks"])
+
+
+def test_a_quiet_event_stream_stays_open_through_its_keepalive(http, bob_job):
+    """The job page keeps one event stream open; on a quiet job it must see a keepalive, not a dropped connection."""
+    from orchestrator.api.streams import KEEPALIVE
+
+    events = http("bob").get(f"/jobs/{bob_job}/events.json").json()
+    lines = []
+    with http("bob").stream("GET", f"/jobs/{bob_job}/events", params={"after": events[-1]["id"]},
+                            timeout=KEEPALIVE + 15) as stream:
+        for line in stream.iter_lines():
+            lines.append(line)
+            if line.startswith(": keepalive"):
+                break
+    assert lines[-1] == ": keepalive", lines[-5:]

@@ -11,6 +11,7 @@ import tarfile
 import httpx
 import pytest
 
+from orchestrator.paths import JobPaths
 from tests.integration.api.test_api import wait_doc
 from tests.integration.conftest import PITZ, wait_for
 from tests.integration.desktop_helpers import chromium, close_chromium, require_desktop_tools
@@ -73,7 +74,16 @@ def upload_case(client: httpx.Client) -> str:
 
 
 def plot_points(drv) -> int:
-    return int(drv.find_element(*by("#plot")).get_attribute("data-points") or 0)
+    return plot(drv)[0]
+
+
+def plot(drv) -> tuple[int, dict[str, int]]:
+    """The plot's point count and its lines (field -> points), read in one go (it is redrawn as events come)."""
+    points, lines = drv.execute_script(
+        "const svg = document.getElementById('plot');"
+        "return [Number(svg.dataset.points), [...svg.querySelectorAll('polyline')]"
+        "        .map(p => [p.dataset.field, Number(p.dataset.count)])];")
+    return points, dict(lines)
 
 
 def test_submit_from_the_page_watch_the_plot_grow_then_pause_and_restart(driver, api, tokens, openfoam, tmp_path):
@@ -90,9 +100,8 @@ def test_submit_from_the_page_watch_the_plot_grow_then_pause_and_restart(driver,
     # the plot grows while the solver runs: residual points arrive through the event stream
     first = page_until(driver, lambda d: plot_points(d) >= 12 and plot_points(d), "residual points on the plot")
     later = page_until(driver, lambda d: plot_points(d) > first + 12 and plot_points(d), "more points, live")
-    lines = driver.find_elements(*by("#plot polyline"))
-    assert len(lines) >= 3 and {"Ux", "p"} <= {line.get_attribute("data-field") for line in lines}
-    assert sum(int(line.get_attribute("data-count")) for line in lines) >= later
+    points, lines = plot(driver)  # one line per field, each with the points drawn so far
+    assert len(lines) >= 3 and {"Ux", "p"} <= set(lines) and sum(lines.values()) == points >= later
     assert text(driver, "#run-state") == "RUNNING" and "Time =" in text(driver, "#log")
     driver.save_screenshot(str(tmp_path / "monitor-running.png"))
 
@@ -127,7 +136,7 @@ def desktop_job(api, tokens):
         alice.post(f"/jobs/{job_id}/terminate")
 
 
-def test_the_desktop_link_opens_novnc_connected(driver, api, tokens, desktop_job, tmp_path):
+def test_the_desktop_link_opens_novnc_connected(driver, api, tokens, desktop_job, engine, tmp_path):
     login(driver, api, tokens["alice"][1])
     driver.get(f"{api.url}/ui/jobs/{desktop_job}")
     page_until(driver, lambda d: d.find_element(*by("#desktop-link")).is_displayed(), "the desktop link", timeout=90)
@@ -138,7 +147,12 @@ def test_the_desktop_link_opens_novnc_connected(driver, api, tokens, desktop_job
     driver.switch_to.window(next(h for h in driver.window_handles if h != home))
     try:
         status = lambda d: d.find_element(*by("#noVNC_status")).get_attribute("textContent")  # noqa: E731
-        page_until(driver, lambda d: "Connected" in status(d), "noVNC Connected", timeout=45)
+        try:
+            page_until(driver, lambda d: "Connected" in status(d), "noVNC Connected", timeout=45)
+        except AssertionError:
+            desk = JobPaths.for_job(engine.settings.root, desktop_job).root / "desktop"
+            pytest.fail(f"noVNC status {status(driver)!r} at {driver.current_url.split('?')[0]}; gateway log:\n"
+                        f"{(desk / 'gateway.log').read_text()[-2000:]}")
         assert desktop_job in status(driver)
         driver.save_screenshot(str(tmp_path / "monitor-desktop.png"))
     finally:
