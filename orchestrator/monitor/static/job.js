@@ -23,8 +23,7 @@ function startJobPage(jobId) {
     set("job-solver", doc.solver); set("job-nodes", (doc.nodes || []).join(", ") || "none");
     set("run-id", run.id); set("run-state", run.state); set("run-attempt", run.attempt);
     const p = run.progress;
-    const total = p && p.total ? ` of ${p.total}` : "";
-    set("run-progress", p ? `step ${p.step ?? "-"}${total}${p.converged ? " (converged)" : ""}` : "-");
+    showProgress(p);
     document.body.dataset.jobState = doc.state;
     document.body.dataset.runState = run.state || "";
     for (const button of document.querySelectorAll("#controls button")) {
@@ -39,6 +38,11 @@ function startJobPage(jobId) {
       link.href = info.url;
       link.hidden = false;
     }
+  }
+
+  function showProgress(p) {
+    const total = p && p.total ? ` of ${p.total}` : "";
+    set("run-progress", p ? `step ${p.step ?? "-"}${total}${p.converged ? " (converged)" : ""}` : "-");
   }
 
   async function history() {
@@ -78,15 +82,17 @@ function startJobPage(jobId) {
     }
     svg.appendChild(svgEl("text", {x: PLOT.left, y: PLOT.height - 6, class: "tick"}, String(x0)));
     svg.appendChild(svgEl("text", {x: PLOT.left + w - 40, y: PLOT.height - 6, class: "tick"}, String(x1)));
-    const legend = [];
+    const legend = document.getElementById("plot-legend");
+    legend.replaceChildren();
     Object.entries(state.series).forEach(([field, points], i) => {
       const colour = COLOURS[i % COLOURS.length];
       const coords = points.map(p => `${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
       svg.appendChild(svgEl("polyline", {points: coords, stroke: colour, fill: "none", "data-field": field,
                                          "data-count": points.length}));
-      legend.push(`${field} (${colour})`);
+      const key = el("span", `\u25a0 ${field}  `);
+      key.style.color = colour;   // CSSOM, allowed by the page's style-src 'self'
+      legend.appendChild(key);
     });
-    document.getElementById("plot-legend").textContent = legend.join(", ");
   }
 
   function svgEl(tag, attrs, text) {
@@ -125,6 +131,7 @@ function startJobPage(jobId) {
     while (eventList.children.length > 200) eventList.lastChild.remove();
     if (event.kind === "run.progress") {
       addProgress(event.data);
+      if (event.data.run === state.run) showProgress(event.data);
       // at most a few redraws a second (a timer, not requestAnimationFrame: that one stops in background tabs)
       if (!pendingDraw) { pendingDraw = true; setTimeout(() => { pendingDraw = false; draw(); }, REDRAW_MS); }
       return;

@@ -67,11 +67,16 @@ function every(seconds, fn) {
 }
 
 // -- jobs: the table of jobs, live (polled), with runtime and core-hours from /usage
-let usageByJob = {};
+let usageByJob = {}, lastJobs = [];
 
 async function loadJobs() {
-  const jobs = await api("/jobs?limit=200");
-  fill("jobs", jobs.map(job => {
+  lastJobs = await api("/jobs?limit=200");
+  renderJobs();
+  document.getElementById("jobs-updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+}
+
+function renderJobs() {
+  fill("jobs", lastJobs.map(job => {
     const link = el("a", job.id, {href: `/ui/jobs/${job.id}`});
     const progress = job.run?.progress;
     const pct = progress && progress.step !== null && progress.total
@@ -86,12 +91,12 @@ async function loadJobs() {
     tr.dataset.run = job.run?.state || "";
     return tr;
   }));
-  document.getElementById("jobs-updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
 }
 
 async function loadUsage() {
   const usage = await api("/usage");
   usageByJob = Object.fromEntries(usage.jobs.map(j => [j.id, j]));
+  renderJobs();
   fill("usage", Object.entries(usage.users).map(([name, u]) =>
     row([name, u.jobs, u.core_hours.toFixed(4), u.desktop_hours.toFixed(4)])));
 }

@@ -44,8 +44,9 @@ def by(selector: str):
 
 
 def text(drv, selector: str) -> str:
-    found = drv.find_elements(*by(selector))
-    return found[0].text if found else ""
+    """The element's rendered text, read in one script call (no element handle to go stale while it changes)."""
+    return drv.execute_script("const e = document.querySelector(arguments[0]); return e ? e.innerText : '';",
+                              selector) or ""
 
 
 def login(drv, api, token: str) -> None:
@@ -57,7 +58,14 @@ def login(drv, api, token: str) -> None:
 
 
 def page_until(drv, check, what: str, timeout: float = 60):
-    return wait_for(lambda: check(drv), timeout, what, poll=0.2)
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def safely():
+        try:
+            return check(drv)
+        except StaleElementReferenceException:  # the page replaced the element meanwhile: look again
+            return None
+    return wait_for(safely, timeout, what, poll=0.2)
 
 
 def api_client(api, token: str) -> httpx.Client:
@@ -171,6 +179,10 @@ def test_admins_see_and_terminate_others_jobs_plain_users_do_not(driver, api, to
     login(driver, api, tokens["root"][1])
     row = page_until(driver, lambda d: d.find_elements(*by(f"#jobs tr[data-job='{desktop_job}']")), "alice's job")
     assert tokens["alice"][0] in row[0].text
+    # the running desktop job is charged for its solver (a sleep on 1 node x 1 core), its desktop shown apart
+    cells = page_until(driver, lambda d: _charged(d, desktop_job), "core-hours of alice's job in the table")
+    assert float(cells[9]) > 0 and float(cells[10]) > 0 and ":" in cells[8]
+    driver.save_screenshot(str(tmp_path / "monitor-jobs.png"))
     with api_client(api, tokens["root"][1]) as root:
         worker = root.get("/admin/workers").json()["workers"][0]["name"]
     driver.get(f"{api.url}/ui/workers")
@@ -186,3 +198,9 @@ def test_admins_see_and_terminate_others_jobs_plain_users_do_not(driver, api, to
     page_until(driver, lambda d: text(d, "#job-state") in ("TERMINATING", "TERMINATED"), "alice's job terminating")
     page_until(driver, lambda d: text(d, "#job-state") == "TERMINATED", "alice's job terminated", timeout=90)
     assert f"action=terminate by={tokens['root'][0]}" in text(driver, "#events")
+
+
+def _charged(drv, job_id: str) -> list[str] | None:
+    cells = drv.execute_script(f"return [...document.querySelectorAll(\"#jobs tr[data-job='{job_id}'] td\")]"
+                               ".map(td => td.textContent)")
+    return cells if len(cells) == 11 and cells[9] and float(cells[9]) > 0 else None
