@@ -1,7 +1,7 @@
 """The monitor in headless Chromium against a real engine: log in with a token, submit OpenFOAM's pitzDaily from
-the page and watch its state and residual plot grow live, pause and restart it with the buttons, open a job's
-desktop (noVNC shows Connected), and see who sees which jobs. Assertions read the page (text, DOM);
-screenshots are kept next to the test's tmp files for a human to look at."""
+the page and watch its state and residual plot grow live, pause, edit and restart it from the page, open a job's
+desktop (noVNC shows Connected), see who sees which jobs, drain a node and terminate another's job as an admin.
+Assertions read the page (text, DOM); screenshots are kept next to the test's tmp files for a human to look at."""
 
 from __future__ import annotations
 
@@ -119,6 +119,12 @@ def test_submit_from_the_page_watch_the_plot_grow_then_pause_and_restart(driver,
     assert driver.find_element(*by("#do-restart")).is_enabled()
     assert not driver.find_element(*by("#do-pause")).is_enabled()
     paused_points = plot_points(driver)
+    # while paused, an edit from the page becomes revision 2 in the history, by alice
+    driver.find_element(*by("#edit-sets")).send_keys("description=edited from the monitor")
+    driver.find_element(*by("#edit-message")).send_keys("page edit")
+    driver.find_element(*by("#edit-button")).click()
+    page_until(driver, lambda d: "page edit" in text(d, "#revisions"), "the edit in the history")
+    assert tokens["alice"][0] in text(driver, "#revisions tbody tr:last-child")
     driver.find_element(*by("#do-restart")).click()
     page_until(driver, lambda d: text(d, "#run-attempt") == "2" and text(d, "#run-state") == "RUNNING",
                "attempt 2 running", timeout=90)
@@ -189,6 +195,17 @@ def test_admins_see_and_terminate_others_jobs_plain_users_do_not(driver, api, to
     page_until(driver, lambda d: worker in text(d, "#workers"), "the live worker on the workers page")
     assert "e2e.jobs" in text(driver, "#queues")
     driver.save_screenshot(str(tmp_path / "monitor-workers.png"))
+
+    # admin actions: drain a free node and put it back, on the nodes page
+    driver.get(f"{api.url}/ui/nodes")
+    node = page_until(driver, lambda d: d.execute_script(
+        "const rows = [...document.querySelectorAll('#nodes tr[data-state=free]')];"
+        "return rows.length ? rows[rows.length - 1].dataset.node : null;"), "a free node")
+    driver.find_element(*by(f"button[data-node='{node}'][data-action='drain']")).click()
+    page_until(driver, lambda d: text(d, f"#nodes tr[data-node='{node}'][data-state=drained]"), f"{node} drained")
+    assert f"drained from the monitor by {tokens['root'][0]}" in text(driver, f"#nodes tr[data-node='{node}']")
+    driver.find_element(*by(f"button[data-node='{node}'][data-action='undrain']")).click()
+    page_until(driver, lambda d: text(d, f"#nodes tr[data-node='{node}'][data-state=free]"), f"{node} back in service")
 
     # an admin action: terminate alice's job from its page (the browser's confirm dialog accepted)
     driver.get(f"{api.url}/ui/jobs/{desktop_job}")
