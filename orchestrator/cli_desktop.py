@@ -39,6 +39,9 @@ def desktop_cmd(job: str,
     from .desktop import connect
 
     client = _client()
+    if getattr(client, "server", None):  # through the API (--server): the URL, tunnel and password it gives
+        return _remote_desktop(client, job, wait, tunnel, open_browser, as_json,
+                               unsupported=set_password or run or vnc_file is not None)
     if set_password:
         password, view = _ask_passwords()
         version = connect.set_password(client, job, password, view)
@@ -56,7 +59,7 @@ def desktop_cmd(job: str,
         port = local_port or _free_local_port()
         out.print(d.tunnel_instructions(port), highlight=False)
         if run:
-            _run_tunnel(d, port, identity)
+            _run_tunnel(client, d, port, identity)
         return
     if as_json:
         _dump({"id": d.job_id, "url": d.url, "vnc_port": d.vnc_port, "state": d.record["state"]})
@@ -64,6 +67,22 @@ def desktop_cmd(job: str,
         print(d.url)
     if open_browser:
         webbrowser.open(d.url)
+
+
+def _remote_desktop(client, job: str, wait: float, tunnel: bool, open_browser: bool, as_json: bool,
+                    unsupported: bool) -> None:
+    if unsupported:
+        raise UserError("--set-password, --vnc-file and --run work on the engine's machine only, not through "
+                        "--server")
+    info = client.desktop(job, wait)
+    if as_json:
+        _dump(info)
+    elif tunnel:
+        out.print(info["tunnel"], highlight=False)
+    else:
+        print(info["url"])
+    if open_browser:
+        webbrowser.open(info["url"])
 
 
 def _viewer_endpoint(d, local_port: Optional[int]) -> tuple[str, int]:
@@ -90,12 +109,13 @@ def _free_local_port() -> int:
     raise UserError("local ports 5901 and 5900 are both taken; choose one with --local-port")
 
 
-def _run_tunnel(d, port: int, identity: Optional[Path]) -> None:
-    from .cluster.tunnel import Forwarder, connect as ssh_connect
+def _run_tunnel(client, d, port: int, identity: Optional[Path]) -> None:
+    from .cluster.tunnel import Forwarder
+    from .desktop.connect import open_tunnel
 
-    user, host, ssh_port = d.ssh
-    client = ssh_connect(host, ssh_port, user, key_filename=str(identity) if identity else None)
-    forwarder = Forwarder(client, port, d.vnc_port)
+    _, host, _ = d.ssh
+    ssh = open_tunnel(client, d, key_filename=str(identity) if identity else None)
+    forwarder = Forwarder(ssh, port, d.vnc_port)
     out.print(f"tunnel open: 127.0.0.1:{forwarder.local_port} -> {host}:{d.vnc_port}; Ctrl-C closes it")
     try:
         forwarder.serve_forever()
@@ -103,7 +123,7 @@ def _run_tunnel(d, port: int, identity: Optional[Path]) -> None:
         pass
     finally:
         forwarder.close()
-        client.close()
+        ssh.close()
 
 
 def _ask_passwords() -> tuple[str, Optional[str]]:
@@ -148,12 +168,10 @@ def _ask_passwords() -> tuple[str, Optional[str]]:
 @keys_app.command("add")
 def keys_add(file: Path = typer.Argument(..., help="public key file (e.g. ~/.ssh/id_ed25519.pub); - for stdin")) -> None:
     """Register a public key (ssh-ed25519, ecdsa, or RSA of 2048+ bits)."""
-    from .desktop.keys import KeyRegistry
-
     text = sys.stdin.read() if str(file) == "-" else _read_key_file(file)
-    client = _client()
-    key = KeyRegistry(client.store).add(client.user, text)
-    out.print(f"added {key.type} {key.bits} bits {key.fingerprint} {key.comment}".rstrip(), highlight=False)
+    key = _client().add_key(text)
+    out.print(f"added {key['type']} {key['bits']} bits {key['fingerprint']} {key['comment']}".rstrip(),
+              highlight=False)
 
 
 def _read_key_file(file: Path) -> str:
@@ -166,10 +184,7 @@ def _read_key_file(file: Path) -> str:
 @keys_app.command("ls")
 def keys_ls(as_json: bool = JSON_OPT) -> None:
     """List your registered keys."""
-    from .desktop.keys import KeyRegistry
-
-    client = _client()
-    rows = KeyRegistry(client.store).list(client.user)
+    rows = _client().keys()
     if as_json:
         _dump([{k: v for k, v in r.items() if k != "blob"} for r in rows])
         return
@@ -185,10 +200,7 @@ def keys_ls(as_json: bool = JSON_OPT) -> None:
 @keys_app.command("rm")
 def keys_rm(which: str = typer.Argument(..., help="fingerprint (SHA256:...) or comment")) -> None:
     """Remove a registered key; running clusters drop it within moments."""
-    from .desktop.keys import KeyRegistry
-
-    client = _client()
-    for fp in KeyRegistry(client.store).remove(client.user, which):
+    for fp in _client().remove_key(which):
         out.print(f"removed {fp}", highlight=False)
 
 

@@ -308,6 +308,20 @@ class Client:
                                        "reason")} for r in self.store.list_runs(record["id"])]
         return {"id": record["id"], "revision": record.get("revision") or 1, "revisions": revisions, "runs": runs}
 
+    # -- the user's SSH keys (installed on their jobs' head nodes)
+    def keys(self) -> list[dict[str, Any]]:
+        from .desktop.keys import KeyRegistry
+        return KeyRegistry(self.store).list(self.user)
+
+    def add_key(self, text: str) -> dict[str, Any]:
+        from .desktop.keys import KeyRegistry
+        key = KeyRegistry(self.store).add(self.user, text)
+        return {"type": key.type, "bits": key.bits, "fingerprint": key.fingerprint, "comment": key.comment}
+
+    def remove_key(self, which: str) -> list[str]:
+        from .desktop.keys import KeyRegistry
+        return KeyRegistry(self.store).remove(self.user, which)
+
     # -- waiting
     def wait(self, job: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 600,
              poll: float = 0.2) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import yaml
 
 from .errors import SpecError
 from .paths import JobPaths
+from .sync.confine import write_confined
 
 KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 TOP_LEVEL = ("name", "description", "cluster", "desktop", "limits", "solver")
@@ -138,10 +139,7 @@ def apply_overlay(files: dict[str, Path], run_dir: Path) -> list[str]:
     """Copy edited files into a run directory (replacing what is there); the relative paths written."""
     written = []
     for rel, src in files.items():
-        target = run_dir / check_relpath(rel)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.e2e-tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, target)
+        # the solver may have left symlinks in its run directory: never write through one
+        write_confined(run_dir, str(check_relpath(rel)), src.read_bytes())
         written.append(rel)
     return written

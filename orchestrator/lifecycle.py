@@ -12,7 +12,7 @@ from typing import Any
 from solvers.base import Registry, RunMode, SolverPlugin, registry
 
 from .cluster import get_backend
-from .cluster.base import ClusterBackend, Node
+from .cluster.base import ClusterBackend, HostKeyRefused, Node
 from .edits import apply_overlay, overlay
 from .errors import E2EError
 from .events import EventKind
@@ -118,6 +118,9 @@ class Lifecycle:
             paths.work.mkdir(parents=True, exist_ok=True)
             (paths.root / "runs").mkdir(parents=True, exist_ok=True)
         except (E2EError, OSError) as exc:
+            if isinstance(exc, HostKeyRefused):  # an access refusal, searchable with the desktop's
+                self.store.append_event(job_id, EventKind.ACCESS_REFUSED, {
+                    "entry": "ssh", "reason": exc.reason, "message": exc.message})
             self.store.append_event(job_id, EventKind.ERROR, {"step": "provision", "message": str(exc)})
             self.store.transition_job(job_id, JobState.FAILED, expect=[JobState.PROVISIONING], error=str(exc))
             self.store.release(backend.name, job_id)

@@ -15,6 +15,7 @@ from .events import EventKind
 from .faults import fault_point
 from .settings import Settings
 from .store import JobStore
+from .sync.confine import confined
 
 
 class RunFilesOnNode:
@@ -27,6 +28,8 @@ class RunFilesOnNode:
         pure = PurePosixPath(rel)
         if pure.is_absolute() or ".." in pure.parts:
             raise UserError(f"path {rel!r} must stay inside the run directory")
+        if self._root.is_dir():  # the run directory is here (local backend, shared storage): no symlinked folder
+            return confined(self._root, str(pure))
         return self._root / pure
 
     def read_text(self, rel: str) -> str:

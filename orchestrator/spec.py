@@ -46,11 +46,18 @@ Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, descrip
 def resolve_input_path(value: Any, info: ValidationInfo) -> Any:
     """Resolve a relative path against the spec file's folder (validation context `base_dir`)."""
     if isinstance(value, str) and value.strip():
-        path = Path(value).expanduser()
-        base = (info.context or {}).get("base_dir")
-        if not path.is_absolute() and base is not None:
-            path = Path(base) / path
-        return path.resolve()
+        try:
+            path = Path(value).expanduser()
+            base = (info.context or {}).get("base_dir")
+            if not path.is_absolute() and base is not None:
+                path = Path(base) / path
+            path = path.resolve()
+            path.exists()  # a name too long for the OS raises here, not in the checks that follow
+        except RuntimeError:  # ~user of an unknown user
+            raise ValueError(f"{value!r}: no such user's home folder") from None
+        except OSError as exc:
+            raise ValueError(f"{value!r} is not a usable path: {exc.strerror or exc}") from None
+        return path
     return value
 
 
@@ -168,7 +175,8 @@ def read_spec_file(path: str | Path) -> tuple[Any, Path]:
 
 def _describe(err: dict[str, Any], model: type[BaseModel]) -> tuple[str, str]:
     """One (field, message) pair for a pydantic error, with the allowed names where that helps."""
-    loc = [str(part) for part in err.get("loc", ())]
+    # A blank key is still named, quoted, so the line never reads as if no field were meant.
+    loc = [str(part) if str(part).strip() else repr(str(part)) for part in err.get("loc", ())]
     kind = err.get("type", "")
     msg = err.get("msg", "invalid")
     if kind == "extra_forbidden":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ..client import Client
 from ..errors import NotFound
@@ -16,6 +16,7 @@ class ScopedClient(Client):
         super().__init__(settings, store, user.name)
         self.account = user
         self._celery = celery
+        self.on_refused: Callable[[str], None] = lambda job_id: None  # the API records who asked
 
     def visible(self, record: dict[str, Any]) -> bool:
         return self.account.admin or record.get("owner") == self.account.name
@@ -29,6 +30,7 @@ class ScopedClient(Client):
         if exact is not None:
             if self.account.admin or exact == self.account.name:
                 return job
+            self.on_refused(job)
             raise NotFound(f"no job {job!r}")
         candidates = self.store.ids_starting(job)
         if not self.account.admin and candidates:

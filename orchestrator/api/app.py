@@ -11,12 +11,15 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..celery_app import make_app
 from ..errors import (E2EError, InfrastructureError, InvalidState, NotFound, PluginError, SpecError, UserError)
 from ..settings import Settings, get_settings
 from ..store import JobStore
+from ..events import EventKind
+from . import audit
 from .access import ScopedClient
 from .users import User, Users
 
@@ -125,11 +128,18 @@ def cookie_csrf_check(request: Request) -> None:
         raise HTTPException(403, f"cookie-authenticated {request.method} requests need the {CSRF_HEADER} header")
 
 
+def _where(request: Request) -> dict[str, Any]:
+    return {"address": request.client.host if request.client else None, "method": request.method,
+            "path": request.url.path}
+
+
 def current_user(request: Request) -> User:
     engine: Engine = request.app.state.engine
     cookie_csrf_check(request)
-    user = engine.users.authenticate(bearer(request))
+    token = bearer(request)
+    user = engine.users.authenticate(token)
     if user is None:
+        audit.record(engine.store, "no token" if not token else "unknown or revoked token", **_where(request))
         raise HTTPException(401, "missing, unknown or revoked token: send `Authorization: Bearer <token>` "
                                  "(`e2e admin create-user` makes one)", headers={"WWW-Authenticate": "Bearer"})
     wait = engine.limiter.take(user.name)
@@ -142,11 +152,21 @@ def current_user(request: Request) -> User:
 def client_for(request: Request, user: User = Depends(current_user)) -> ScopedClient:
     client = request.app.state.engine.client(user)
     client.address = request.client.host if request.client else None
+    client.on_refused = lambda job_id: _refused_job(client, request, job_id)
     return client
 
 
-def admin_client(client: ScopedClient = Depends(client_for)) -> ScopedClient:
+def _refused_job(client: ScopedClient, request: Request, job_id: str) -> None:
+    """Another user's job asked for: the caller gets a plain 404; the job's owner and the admins see who."""
+    where = _where(request)
+    audit.record(client.store, "another user's job", user=client.user, job=job_id, **where)
+    client.store.append_event(job_id, EventKind.ACCESS_REFUSED, {
+        "entry": "api", "user": client.user, "reason": "not the job's owner", **where})
+
+
+def admin_client(request: Request, client: ScopedClient = Depends(client_for)) -> ScopedClient:
     if not client.account.admin:
+        audit.record(client.store, "admins only", user=client.user, **_where(request))
         raise HTTPException(403, "admins only")
     return client
 
@@ -160,8 +180,8 @@ def _install_errors(app: FastAPI) -> None:
             log.warning("%s %s: %s", request.method, request.url.path, exc.message)
         return error_response(_status_of(exc), exc.message)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # fastapi's and Starlette's own (404 route, 405, bad body)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         response = error_response(exc.status_code, str(exc.detail))
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value

@@ -9,11 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..cluster import get_backend
 from ..desktop import connect
-from ..desktop.access import allowed, normalise_rules, set_user_rules, user_rules
-from ..desktop.keys import KeyRegistry
+from ..desktop.access import MY_IP, allowed, normalise_rules, resolve, set_user_rules, user_rules
 from ..errors import UserError
 from ..events import EventKind
 from ..nodes_admin import drain, node_rows, undrain
+from . import audit
 from .access import ScopedClient
 from .app import API, admin_client, client_for
 
@@ -79,20 +79,24 @@ def undrain_node(node: str, backend: Optional[str] = Query(None, max_length=16),
     return {"node": node, "killed": killed, "warning": warning}
 
 
+@router.get("/audit", summary="Admins: the newest refused requests (bad tokens, others' jobs, admin-only)")
+def audit_trail(client: ScopedClient = Depends(admin_client), limit: int = Query(200, ge=1, le=10000)) -> list:
+    return audit.recent(client.store, limit)
+
+
 @router.get("/keys", summary="Your registered SSH public keys")
 def keys(client: ScopedClient = Depends(client_for)) -> list[dict[str, Any]]:
-    return KeyRegistry(client.store).list(client.user)
+    return client.keys()
 
 
 @router.post("/keys", status_code=201, summary="Register an SSH public key (installed on your jobs' head nodes)")
 def add_key(body: KeyBody, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
-    key = KeyRegistry(client.store).add(client.user, body.key)
-    return {"type": key.type, "bits": key.bits, "fingerprint": key.fingerprint, "comment": key.comment}
+    return client.add_key(body.key)
 
 
 @router.delete("/keys/{which:path}", summary="Remove a key by fingerprint (SHA256:...) or comment")
 def remove_key(which: str, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
-    return {"removed": KeyRegistry(client.store).remove(client.user, which)}
+    return {"removed": client.remove_key(which)}
 
 
 @router.get("/access", summary="Your default desktop access rules (CIDRs)")
@@ -102,8 +106,10 @@ def get_access(client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
 
 @router.put("/access", summary="Set (or clear, with null) your default desktop access rules")
 def put_access(body: AccessBody, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
-    set_user_rules(client.store, client.user, body.rules)
-    return {"rules": body.rules}
+    """my-ip is fixed to the caller's address now, as `e2e access set` does."""
+    rules = body.rules if body.rules is None or MY_IP not in body.rules else resolve(body.rules, client.address)
+    set_user_rules(client.store, client.user, rules)
+    return {"rules": rules}
 
 
 @router.get("/jobs/{job}/desktop", summary="The job's desktop: URL with token and password, tunnel, VNC port")

@@ -184,6 +184,20 @@ class RemoteClient:
         return self._call("POST", f"/jobs/{job}/edit", json={"set": list(sets), "files": contents, "live": live,
                                                                "message": message})
 
+    # -- keys, desktop
+    def keys(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/keys")
+
+    def add_key(self, text: str) -> dict[str, Any]:
+        return self._call("POST", "/keys", json={"key": text})
+
+    def remove_key(self, which: str) -> list[str]:
+        return self._call("DELETE", f"/keys/{which}")["removed"]
+
+    def desktop(self, job: str, wait: float = 0) -> dict[str, Any]:
+        """The desktop's URL (with its token and password), VNC port and SSH tunnel."""
+        return self._call("GET", f"/jobs/{job}/desktop", params={"wait": min(wait, 30)})
+
     def wait(self, job: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 600,
              poll: float = 0.5) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -13,6 +13,12 @@ class NodeUnreachable(BackendError):
     """The node did not answer (refused, timed out, or a call ran past its deadline): a node fault."""
 
 
+class HostKeyRefused(BackendError):
+    """A node's SSH host key is unknown or changed, so the engine refused to talk to it (hostkeys.py raises it)."""
+
+    reason = "SSH host key refused"
+
+
 @dataclass(frozen=True)
 class Node:
     """A node of a backend's inventory."""

@@ -11,18 +11,19 @@ from pathlib import Path
 import paramiko
 
 from ..errors import BackendError
+from .base import HostKeyRefused
 
 
-class HostKeyError(BackendError):
+class HostKeyError(HostKeyRefused):
     """A node's host key is unknown or differs from the trusted one: nothing is sent to that node."""
 
 
 class HostKeyUnknown(HostKeyError):
-    pass
+    reason = "unknown SSH host key"
 
 
 class HostKeyChanged(HostKeyError):
-    pass
+    reason = "changed SSH host key"
 
 
 def fingerprint(key: paramiko.PKey) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -80,7 +81,10 @@ class LocalBackend(ClusterBackend):
 
     def write_bytes(self, node: Node, path: Path, data: bytes) -> None:
         tmp = path.with_name(f".{path.name}.e2e-tmp")
-        tmp.write_bytes(data)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # a symlink planted at the temp name (run directories are the solver's) goes, unfollowed
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
 
     def exists(self, node: Node, path: Path) -> bool:

@@ -11,6 +11,15 @@ from typing import Callable
 import paramiko
 
 from ..errors import BackendError
+from .hostkeys import HostKeyChanged, HostKeyError, HostKeyUnknown, fingerprint, host_entry
+
+
+class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
+    """Never add a host key on the fly: an unknown one is refused, with the fingerprint to check."""
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        raise HostKeyUnknown(f"host key of {hostname} is not in known_hosts: it presents {key.get_name()} "
+                             f"{fingerprint(key)}. Compare it with the head node's, then add it to known_hosts")
 
 
 def connect(host: str, port: int, user: str, known_hosts: Path | None = None,
@@ -24,10 +33,19 @@ def connect(host: str, port: int, user: str, known_hosts: Path | None = None,
             client.load_host_keys(str(known_hosts))
         except OSError as exc:
             raise BackendError(f"cannot read known_hosts {str(known_hosts)!r}: {exc.strerror or exc}") from None
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.set_missing_host_key_policy(_RefuseUnknown())
     try:
         client.connect(host, port=port, username=user, key_filename=key_filename, timeout=timeout,
                        allow_agent=key_filename is None, look_for_keys=key_filename is None, sock=sock)
+    except HostKeyError:
+        client.close()
+        raise
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise HostKeyChanged(
+            f"HOST KEY CHANGED for {host_entry(host, port)}: known_hosts trusts {exc.expected_key.get_name()} "
+            f"{fingerprint(exc.expected_key)}, the server presents {exc.key.get_name()} {fingerprint(exc.key)}. "
+            "Someone may be impersonating the head node: nothing was sent") from None
     except paramiko.SSHException as exc:
         client.close()
         raise BackendError(f"ssh to {user}@{host}:{port} failed: {exc} (is the host key in known_hosts, "

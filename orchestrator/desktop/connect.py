@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -68,6 +69,8 @@ def desktop(client: Any, job: str, wait: float = 0) -> Desktop:
     deadline = time.monotonic() + wait
     while True:
         record = client.store.get_job(job_id)
+        if not record["spec"].get("desktop", {}).get("enabled", True):
+            raise InvalidState(f"job {job_id} has no desktop (desktop.enabled: false)")
         rec = desktop_record(record)
         state = rec.get("state")
         if state == READY:
@@ -78,8 +81,6 @@ def desktop(client: Any, job: str, wait: float = 0) -> Desktop:
                                                                     JobState.UP) or time.monotonic() >= deadline:
             break
         time.sleep(0.2)
-    if not record["spec"].get("desktop", {}).get("enabled", True):
-        raise InvalidState(f"job {job_id} has no desktop (desktop.enabled: false)")
     if state == "failed":
         raise InvalidState(f"the desktop of job {job_id} failed: {rec.get('reason')}")
     raise InvalidState(f"the desktop of job {job_id} is not ready (desktop {state or 'not started'}, "
@@ -95,6 +96,24 @@ def check_access(client: Any, d: Desktop, entry: str) -> str:
         raise UserError(f"your address {address or '(unknown)'} is outside the desktop's allowed networks "
                         f"({', '.join(d.record.get('access') or [])}); change desktop.access or `e2e access`")
     return address
+
+
+def open_tunnel(client: Any, d: Desktop, key_filename: str | None = None, known_hosts: Path | None = None,
+                endpoint: tuple[str, int] | None = None, sock: Any = None):
+    """The SSH connection a tunnel to the desktop runs over (to the head node, or `endpoint`); a host key that
+    is unknown or changed is refused, and the refusal recorded on the job."""
+    from ..cluster.base import HostKeyRefused
+    from ..cluster.tunnel import connect as ssh_connect
+
+    user, host, port = d.ssh
+    host, port = endpoint or (host, port)
+    try:
+        return ssh_connect(host, port, user, known_hosts=known_hosts, key_filename=key_filename, sock=sock)
+    except HostKeyRefused as exc:
+        client.store.append_event(d.job_id, EventKind.ACCESS_REFUSED, {
+            "entry": "tunnel", "address": f"{host}:{port}", "user": client.user, "reason": exc.reason,
+            "message": exc.message})
+        raise
 
 
 def set_password(client: Any, job: str, password: str, view_password: str | None = None,

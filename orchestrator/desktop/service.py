@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -31,6 +32,10 @@ STOP_GRACE = 5.0          # seconds between SIGTERM and SIGKILL on stop
 BLACKLIST_THRESHOLD = 10  # failed logins before Xvnc shuns an address; every web viewer arrives from 127.0.0.1
 REFUSALS_PER_PASS = 20    # refusal events per reconcile pass; the rest are counted in one event
 ACTIVITY_EVERY = 30.0     # seconds between the gateway's looks for connected viewers (idle shutdown input)
+# TigerVNC's line for a login it refused: "VNCSConnST:  closing 127.0.0.1::45678: Authentication failure"
+_VNC_REFUSAL = re.compile(r"closing (\S+?)::\d+: (Authentication failure|Too many security failures|"
+                          r"Too many authentication attempts)")
+_VNC_REASONS = {"Authentication failure": "wrong VNC password"}
 # Written empty before a (re)start, so a reader never takes a previous session's files for this one's.
 _SESSION_FILES = ("pgid", "vnc.port", "gateway.port", "display", "failed")
 
@@ -150,7 +155,7 @@ class DesktopService(JobService):
         self._set_state(ctx, STARTING, {"restarts": restarts} if restarts else {}, restarts=restarts,
                         started_at=time.time(),
                         access=cidrs, password_version=secret.version, url=None, reason=None,
-                        term_sent_at=None, refused_offset=rec.get("refused_offset", 0))
+                        term_sent_at=None, **self._log_offsets(ctx))
         ctx.backend.spawn_detached(ctx.head, ["bash", str(desk / "session.sh")], cwd=desk)
 
     def session_script(self, ctx: ServiceContext, desk: Path) -> str:
@@ -232,24 +237,39 @@ class DesktopService(JobService):
         ctx.store.append_event(ctx.job_id, EventKind.DESKTOP, {"state": READY, "message": "VNC password changed"})
 
     def _report_refusals(self, ctx: ServiceContext, rec: dict[str, Any]) -> None:
-        """Refusals the gateway logged on the head node become ACCESS_REFUSED events."""
-        offset = rec.get("refused_offset") or 0
-        data = ctx.backend.read_bytes(ctx.head, self.folder(ctx) / "refused.log", offset, 1 << 16)
-        if not data:
-            return
-        cut = data.rfind(b"\n") + 1
-        lines = [ln for ln in data[:cut].decode(errors="replace").splitlines() if ln.strip()]
-        for line in lines[:REFUSALS_PER_PASS]:
+        """Refusals on the head node become ACCESS_REFUSED events: the gateway's (its refused.log) and Xvnc's
+        failed VNC logins (wrong password, or an address blacklisted after too many), read from xvnc.log."""
+        refused = self._new_lines(ctx, rec, "refused.log", "refused_offset")
+        found = []
+        for line in refused:
             try:
                 entry = json.loads(line)
             except ValueError:
                 continue
+            found.append({"entry": "web gateway", "address": entry.get("address"), "reason": entry.get("reason")})
+        for line in self._new_lines(ctx, rec, "xvnc.log", "xvnc_offset"):
+            if (m := _VNC_REFUSAL.search(line)):
+                found.append({"entry": "vnc", "address": m.group(1), "reason": _VNC_REASONS.get(m.group(2), m.group(2))})
+        for data in found[:REFUSALS_PER_PASS]:
+            ctx.store.append_event(ctx.job_id, EventKind.ACCESS_REFUSED, data)
+        if len(found) > REFUSALS_PER_PASS:
             ctx.store.append_event(ctx.job_id, EventKind.ACCESS_REFUSED, {
-                "entry": "web gateway", "address": entry.get("address"), "reason": entry.get("reason")})
-        if len(lines) > REFUSALS_PER_PASS:
-            ctx.store.append_event(ctx.job_id, EventKind.ACCESS_REFUSED, {
-                "entry": "web gateway", "message": f"{len(lines) - REFUSALS_PER_PASS} more refusals"})
-        self._save(ctx, refused_offset=offset + cut)
+                "entry": "desktop", "message": f"{len(found) - REFUSALS_PER_PASS} more refusals"})
+
+    def _log_offsets(self, ctx: ServiceContext) -> dict[str, int]:
+        """How far the logs were read, from the stored record (a caller's copy may predate the last read)."""
+        fresh = self._record(ctx)
+        return {"refused_offset": fresh.get("refused_offset", 0), "xvnc_offset": fresh.get("xvnc_offset", 0)}
+
+    def _new_lines(self, ctx: ServiceContext, rec: dict[str, Any], name: str, offset_field: str) -> list[str]:
+        """Complete lines a head-node log gained since the offset kept on the desktop record (then moved on)."""
+        offset = rec.get(offset_field) or 0
+        data = ctx.backend.read_bytes(ctx.head, self.folder(ctx) / name, offset, 1 << 16)
+        if not data:
+            return []
+        cut = data.rfind(b"\n") + 1
+        self._save(ctx, **{offset_field: offset + cut})
+        return [ln for ln in data[:cut].decode(errors="replace").splitlines() if ln.strip()]
 
     def _report_activity(self, ctx: ServiceContext) -> None:
         """A viewer connected lately: the job is in use, whatever its runs do (limits.idle_shutdown reads this)."""

@@ -21,7 +21,7 @@ from ..errors import InfrastructureError, NotFound
 from ..paths import JobPaths, results_dir
 from ..services import ServiceContext
 from ..states import JobState
-from .confine import check_rel, confined, link_stays_inside
+from .confine import check_rel, confined, link_stays_inside, open_confined
 from .tree import scratch_name, temp_name
 
 MANIFEST = "manifest.json"
@@ -70,7 +70,7 @@ class LocalResultsStore(ResultsStore):
             raise InfrastructureError(f"results manifest of job {job_id} is unreadable: {exc}") from exc
 
     def open(self, job_id: str, rel: str) -> BinaryIO:
-        return open(confined(self.folder(job_id), rel), "rb")
+        return open_confined(self.folder(job_id), rel)
 
     def put(self, job_id: str, sources: dict[str, Path]) -> dict[str, Any]:
         final = self.folder(job_id)
@@ -80,6 +80,7 @@ class LocalResultsStore(ResultsStore):
         links: list[dict[str, str]] = []
         by_hash: dict[str, Path] = {}   # the same content stored twice (work/ mirrors runs/) is hard-linked
         try:
+            staging.mkdir()  # here, not with the first file: a job terminated before writing any has results too
             for prefix, root in sources.items():
                 for rel, kind, target in _walk(root):
                     name = f"{prefix}/{rel}"
@@ -170,7 +171,7 @@ class LiveFiles(ResultsStore):
     def open(self, job_id: str, rel: str) -> BinaryIO:
         if not rel.startswith("work/"):
             raise NotFound(f"{rel!r} is not in the work folder")
-        return open(confined(self.work, rel[len("work/"):]), "rb")
+        return open_confined(self.work, rel[len("work/"):])
 
     def put(self, job_id: str, sources: dict[str, Path]) -> dict[str, Any]:
         raise InfrastructureError("the live work folder is read-only here")

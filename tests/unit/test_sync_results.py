@@ -94,3 +94,10 @@ def test_live_files_list_the_work_folder(job, tmp_path):
     assert download(live, "job1", "work/run-001/big.bin", tmp_path / "l") == ["big.bin"]
     with pytest.raises(NotFound):
         live.open("job1", "runs/run-001/big.bin")
+
+
+def test_a_job_without_any_file_still_gets_its_results_stored(tmp_path):
+    # a job terminated before its run wrote anything (or made its folders): terminate must still finish
+    store = LocalResultsStore(tmp_path / "home")
+    manifest = store.put("job2", {"work": tmp_path / "no-work", "runs/run-001": tmp_path / "no-run"})
+    assert manifest["files"] == [] and store.manifest("job2")["files"] == []

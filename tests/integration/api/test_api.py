@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import time
 
 import httpx
 import pytest
@@ -114,6 +113,15 @@ def test_other_users_cannot_see_or_control_the_job_on_any_endpoint(http, alice_j
     assert root.get(f"/jobs/{alice_job}").json()["owner"] == tokens["alice"][0]
     assert alice_job in [r["id"] for r in root.get("/jobs", params={"owner": tokens["alice"][0]}).json()]
     assert http("alice").get(f"/jobs/{alice_job}").json()["state"] == "UP"  # bob changed nothing
+    # each refusal is an event the owner sees, and in the admins' audit trail; never bob's token
+    refusals = [e["data"] for e in http("alice").get(f"/jobs/{alice_job}/events.json").json()
+                if e["kind"] == "access.refused"]
+    assert len(refusals) >= 17 and {r["user"] for r in refusals} == {tokens["bob"][0]}
+    assert {r["path"] for r in refusals} >= {f"/api/v1/jobs/{alice_job}/terminate", f"/api/v1/jobs/{alice_job}"}
+    trail = root.get("/audit", params={"limit": 100}).json()
+    assert any(t["reason"] == "another user's job" and t["job"] == alice_job for t in trail)
+    assert tokens["bob"][1] not in json.dumps(trail) + json.dumps(refusals)
+    assert bob.get("/audit").status_code == 403
 
 
 def test_events_stream_live_and_resume_after_last_event_id(http, alice_job, api, tokens):
