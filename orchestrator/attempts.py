@@ -15,7 +15,7 @@ from .store import JobStore
 # What the previous attempt left on the run record that must not leak into the next one.
 ATTEMPT_FIELDS = ("pid", "exit_code", "reason", "stop_intent", "stop_requested_at", "stop_sent_at", "term_sent_at",
                   "kill_sent_at", "signals", "frozen_at", "ended_at", "launch_requested_at", "failed_nodes",
-                  "recovery")
+                  "recovery", "started_at")
 
 
 def checkpoint_of(root: Path, job: dict[str, Any], run: dict[str, Any]) -> str:
@@ -35,9 +35,12 @@ def next_attempt(store: JobStore, root: Path, job: dict[str, Any], run: dict[str
     The caller then launches it. `event` goes into the run's state event (who, why)."""
     checkpoint = checkpoint_of(root, job, run)
     attempt = (run.get("attempt") or 1) + 1
+    # the ended attempt's interval stays on the run (usage accounting charges every attempt)
+    past = [*(run.get("past_attempts") or []), {"attempt": run.get("attempt") or 1, "started_at": run.get("started_at"),
+                                                "ended_at": run.get("ended_at") or run.get("updated_at")}]
     if not store.transition_run(job["id"], run["id"], RunState.PENDING, expect=[run["state"]],
                                 data={"attempt": attempt, "from": checkpoint, **event},
                                 attempt=attempt, mode="restart", revision=job.get("revision") or 1,
-                                **dict.fromkeys(ATTEMPT_FIELDS)):
+                                past_attempts=past, **dict.fromkeys(ATTEMPT_FIELDS)):
         return None
     return {"attempt": attempt, "checkpoint": checkpoint}

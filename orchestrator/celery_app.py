@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import task_failure, task_retry, task_success
 
+from . import task_stats
 from .errors import StackError
 from .settings import Settings, get_settings
 
@@ -58,3 +60,7 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 
 app = make_app()
+# outcome counters for the monitor and /metrics (weak=False: the handlers are module-level closures)
+task_success.connect(task_stats.HANDLERS["succeeded"], weak=False)
+task_failure.connect(task_stats.HANDLERS["failed"], weak=False)
+task_retry.connect(task_stats.HANDLERS["retried"], weak=False)

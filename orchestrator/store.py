@@ -355,7 +355,8 @@ class JobStore:
         }, maxlen=self.events_maxlen, approximate=True)
 
 
-_JSON_FIELDS = {"spec", "nodes", "progress", "info", "desktop", "sync", "limits", "failed_nodes", "sweep_values"}
+_JSON_FIELDS = {"spec", "nodes", "progress", "info", "desktop", "sync", "limits", "failed_nodes", "sweep_values",
+                "past_attempts"}
 _FLOAT_FIELDS = {"created_at", "updated_at", "started_at", "ended_at", "terminate_requested_at",
                  "launch_requested_at", "stop_requested_at", "stop_sent_at", "term_sent_at", "kill_sent_at",
                  "progress_total", "up_at", "frozen_at", "walltime_warned_at", "idle_shutdown_warned_at",

@@ -26,6 +26,8 @@ from .users import User, Users
 log = logging.getLogger("e2e.api")
 API = "/api/v1"
 TOKEN_COOKIE = "e2e_token"
+CSRF_HEADER = "X-Requested-With"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 UPLOAD_PATHS = ("/api/v1/uploads",)
 
 
@@ -109,11 +111,21 @@ class Engine:
         return ScopedClient(user, self.settings, self.store, self.celery)
 
 
-def bearer(request: Request) -> str | None:
+def _header_token(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        return header[7:].strip()
-    return request.cookies.get(TOKEN_COOKIE)
+    return header[7:].strip() if header.lower().startswith("bearer ") else None
+
+
+def bearer(request: Request) -> str | None:
+    return _header_token(request) or request.cookies.get(TOKEN_COOKIE)
+
+
+def cookie_csrf_check(request: Request) -> None:
+    """A request authenticated by the monitor's cookie that changes something must carry X-Requested-With:
+    a cross-site form cannot set it (the SameSite=Strict cookie is the first guard, this the second)."""
+    if (request.method not in SAFE_METHODS and not _header_token(request)
+            and request.cookies.get(TOKEN_COOKIE) and not request.headers.get(CSRF_HEADER)):
+        raise HTTPException(403, f"cookie-authenticated {request.method} requests need the {CSRF_HEADER} header")
 
 
 def _where(request: Request) -> dict[str, Any]:
@@ -123,6 +135,7 @@ def _where(request: Request) -> dict[str, Any]:
 
 def current_user(request: Request) -> User:
     engine: Engine = request.app.state.engine
+    cookie_csrf_check(request)
     token = bearer(request)
     user = engine.users.authenticate(token)
     if user is None:
@@ -191,14 +204,14 @@ def _install_errors(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None, store: JobStore | None = None) -> FastAPI:
     """The API, the monitor pages and /metrics, over one engine (Redis, Celery)."""
-    from . import cluster, files, jobs, streams, uploads
+    from . import admin, cluster, files, jobs, metrics, streams, uploads, usage
 
     settings = settings or get_settings()
     app = FastAPI(title="End-to-End Desktops API", version="1",
                   description="Submit, follow, steer and terminate simulation jobs; desktops, files, nodes.")
     app.state.engine = Engine(settings, store)
     _install_errors(app)
-    for module in (jobs, uploads, streams, files, cluster):
+    for module in (jobs, uploads, streams, files, cluster, usage, admin, metrics):
         app.include_router(module.router)
     try:
         from ..monitor import routes as monitor_routes  # the admin task monitor's pages, when installed

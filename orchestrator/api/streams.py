@@ -67,7 +67,8 @@ async def _follow_events(request: Request, client: ScopedClient, job_id: str, af
                          url: str) -> AsyncIterator[bytes]:
     """Blocking XREAD on an asyncio connection: a new event reaches the client as soon as Redis has it.
     Ends with an `end` event once the job is terminated and every event is sent."""
-    r = aioredis.from_url(url, decode_responses=True)
+    # the socket timeout outlasts the blocking read (redis-py's asyncio default of 5 s would cut every quiet stream)
+    r = aioredis.from_url(url, decode_responses=True, socket_timeout=KEEPALIVE + 10)
     key = client.store.events_key(job_id)
     try:
         yield b"retry: 2000\n\n"
