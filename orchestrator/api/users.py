@@ -55,11 +55,11 @@ class Users:
 
     def issue(self, name: str, label: str = "") -> str:
         """Another token for an existing user."""
-        self.get(name)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         digest = hash_token(token)
         pipe = self.r.pipeline()
-        pipe.hset(self._token(digest), mapping={"user": name, "created_at": time.time(), "label": label})
+        pipe.hset(self._token(digest), mapping={"user": name, "created_at": time.time(), "label": label,
+                                                "admin": int(self.get(name).admin)})  # one read authenticates
         pipe.sadd(self._tokens_of(name), digest)
         pipe.execute()
         return token
@@ -74,13 +74,10 @@ class Users:
         """The token's user, or None for a missing, unknown or revoked token."""
         if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
-        name = self.r.hget(self._token(hash_token(token)), "user")
-        if name is None:
+        entry = self.r.hgetall(self._token(hash_token(token)))
+        if not entry.get("user"):
             return None
-        try:
-            return self.get(name)
-        except NotFound:
-            return None
+        return User(name=entry["user"], admin=entry.get("admin") == "1")
 
     def revoke(self, token: str) -> str:
         """Revoke one token; the user it belonged to."""
