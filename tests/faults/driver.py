@@ -25,6 +25,7 @@ class Lifecycles:
         self.job_timeout = job_timeout
         self.submitted: list[str] = []
         self.submitted_at: dict[str, float] = {}
+        self.ended_at: dict[str, float] = {}   # when the driver saw each job terminal (monotonic)
         self._alive: set[str] = set()
         self._lock = threading.Lock()
 
@@ -69,6 +70,7 @@ class Lifecycles:
         for job_id in sorted(self.alive()):
             job = store.get_job(job_id)
             if job["state"] in JOB_TERMINAL:
+                self.ended_at[job_id] = time.monotonic()
                 with self._lock:
                     self._alive.discard(job_id)
             elif job["state"] is JobState.UP and job_id not in terminated:
