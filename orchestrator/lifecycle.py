@@ -381,12 +381,27 @@ class Lifecycle:
         fault_point("terminate.before_collect")
         if paths.root.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            if nodes:
-                store_results(self.service_context(job))
+            if nodes and not self._collect(job):
+                return  # the run files stay where they are; the next pass tries again
         backend.release(job_id)
         self.store.release(backend.name, job_id)
         self.store.transition_job(job_id, JobState.TERMINATED, expect=[JobState.TERMINATING],
                                   data={"results": str(dest)}, results=str(dest), nodes=[])
+
+    def _collect(self, job: dict[str, Any]) -> bool:
+        """Store the job's results; on failure (a full results disk, say) say why once, as an error event and
+        on the job record, and leave the job TERMINATING: the store is all-or-nothing and the sources are
+        untouched, so a later pass that succeeds loses nothing."""
+        try:
+            store_results(self.service_context(job))
+            return True
+        except (E2EError, OSError) as exc:
+            message = f"collecting results failed: {getattr(exc, 'message', None) or exc}; the run files are " \
+                      "kept on the nodes and collection is retried"
+            if job.get("collect_error") != message:  # once per cause, not once per pass
+                self.store.update_job(job["id"], collect_error=message)
+                self.store.append_event(job["id"], EventKind.ERROR, {"step": "collect", "message": message})
+            return False
 
     # -- reconcile
     def reconcile_job(self, job_id: str) -> None:
