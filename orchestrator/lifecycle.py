@@ -19,7 +19,8 @@ from .events import EventKind
 from .faults import fault_point
 from .limits import check_limits
 from .materialize import materialize_run
-from .node_health import answering_nodes, fail_on_node_fault, restart_on_replacement, wants_recovery
+from .node_health import (answering_nodes, fail_on_node_fault, kill_leftovers, note_leftovers, restart_on_replacement,
+                          wants_recovery)
 from .paths import JobPaths, RunPaths, results_dir
 from .runctl import RunControl, signal_run
 from .services import ServiceContext, services
@@ -364,7 +365,9 @@ class Lifecycle:
         if not self._each_service(job, "stop"):
             return  # a service (the final sync) is still finishing
         backend = self.backend_of(job)
-        nodes = answering_nodes(self.store, job_id, backend, self.nodes_of(job, backend), "terminate")
+        every = self.nodes_of(job, backend)
+        nodes = answering_nodes(self.store, job_id, backend, every, "terminate")
+        note_leftovers(self.store, job, sorted({n.name for n in every} - {n.name for n in nodes}))
         fault_point("terminate.before_kill")
         for r in self.store.list_runs(job_id):  # no process of any run may outlive the cluster
             if r.get("pid") and nodes:
@@ -435,6 +438,10 @@ class Lifecycle:
             except Exception:  # noqa: BLE001 - one bad job must not stop the loop; logged with its traceback
                 log.exception("reconcile %s failed", job_id)
             count += 1
+        try:
+            kill_leftovers(self.store, lambda name: get_backend(name, self.settings))
+        except Exception:  # noqa: BLE001 - like a job's: logged, and the next pass tries again
+            log.exception("killing leftovers on nodes that answer again failed")
         return count
 
 
