@@ -15,7 +15,7 @@ from tests.integration.conftest import Engine, make_settings
 from .conftest import Tally, sized
 from .driver import Lifecycles
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(sized(300, 2400))]
 
 JOBS = sized(24, 80)
 PAUSE = sized(15.0, 60.0)   # long enough for every run alive at the stop to end unobserved (runs take 1 s)

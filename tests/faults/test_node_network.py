@@ -19,7 +19,7 @@ from tests.integration.ssh.conftest import own_cluster  # noqa: F401 - a 3-node 
 
 from .conftest import Tally, sized
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(sized(300, 2400))]
 
 TRIALS = sized(2, 6)   # alternating: the head node (where the solver runs) and the other node of a 2-node job
 

@@ -14,7 +14,7 @@ from tests.integration.conftest import Engine, make_settings
 from .conftest import Tally, sized
 from .driver import Lifecycles
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(sized(300, 2400))]
 
 JOBS = sized(24, 100)
 KILLS = sized(2, 6)

@@ -15,7 +15,7 @@ from tests.integration.conftest import Engine, make_settings, wait_for
 from .conftest import Tally, sized
 from .driver import Lifecycles
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(sized(300, 2400))]
 
 JOBS = sized(40, 200)
 WINDOW = 8           # one job per virtual node

@@ -1,0 +1,64 @@
+"""The resilience report: runs the hardening suites (pytest, as subprocesses) and prints one table of their rows.
+
+Each suite records one row (suite, cases, passed, figure) through tests/resilience.py into a fresh temporary
+folder ($E2E_RESILIENCE_DIR); a suite that fails still shows its row (with passed < cases) when it got as far
+as recording, and the exit status says whether every suite passed. E2E_LONG=1 (passed through) runs the long
+variants (200 worker kills, 500 queued jobs, a 60 s reconcile stop).
+
+    .venv/bin/python bench/resilience.py [--markdown] [--suite tests/faults/test_load.py ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.resilience import rows  # noqa: E402
+
+SUITES = ("tests/faults",)   # every test_*.py under these; the bad-input and access suites live there too
+
+
+def run_suites(paths: list[str], out: Path) -> tuple[int, float]:
+    """pytest over the suites with rows going to `out`; its exit status and the wall time."""
+    env = {**os.environ, "E2E_RESILIENCE_DIR": str(out)}
+    started = time.monotonic()
+    code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider", *paths],
+                           cwd=ROOT, env=env)
+    return code, time.monotonic() - started
+
+
+def table(found: list[dict], markdown: bool) -> str:
+    head = ("suite", "cases", "passed", "figure")
+    body = [(r["suite"], str(r["cases"]), str(r["passed"]), r["figure"]) for r in found]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(3)]
+    fmt = "  ".join(f"{{:{w}}}" for w in widths) + "  {}"
+    return "\n".join(fmt.format(*row) for row in [head, *body])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", action="append", help="a suite (file or folder) instead of all")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for README)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="e2e-resilience-") as out:
+        code, seconds = run_suites(args.suite or list(SUITES), Path(out))
+        found = rows(Path(out))
+    variant = "long" if os.environ.get("E2E_LONG") == "1" else "short (CI)"
+    print(f"\nResilience, {variant} variant, {time.strftime('%Y-%m-%d', time.gmtime())}, {seconds:.0f}s:\n")
+    print(table(found, args.markdown) if found else "(no suite recorded a row)")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
