@@ -27,8 +27,9 @@ OUTPUT_BYTES = 3 << 20   # the run's output: three times what the results disk h
 
 def _mount_small(folder: Path, size: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(folder)],
-                   check=True, capture_output=True, timeout=30)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(folder)],
+                          capture_output=True, text=True, timeout=30)
+    require(done.returncode == 0, f"a size-limited tmpfs mount (root with CAP_SYS_ADMIN): {done.stderr.strip()}")
 
 
 def _digests(root: Path) -> dict[str, str]:
