@@ -22,7 +22,7 @@ DESKTOP_PACKAGES := tigervnc-standalone-server tigervnc-tools xfonts-base openbo
 LEAN_TEST_PACKAGES := $(SSH_PACKAGES) $(SLURM_PACKAGES) $(PLUGIN_PACKAGES) $(DESKTOP_PACKAGES) \
                       chromium chromium-driver nftables
 
-.PHONY: demo test unit integration bench resilience setup system-deps-demo system-deps-test clean
+.PHONY: demo test unit integration bench resilience setup openapi system-deps-demo system-deps-test clean
 
 demo: system-deps-demo $(STAMP)
 	$(VENV)/bin/e2e demo
@@ -47,6 +47,12 @@ resilience: system-deps-test $(STAMP)
 	E2E_LONG=$(E2E_LONG) $(PY) bench/resilience.py
 
 setup: system-deps-test $(STAMP)
+
+# The REST API's schema, checked in (a test compares it with the served one).
+openapi: $(STAMP)
+	$(PY) -c 'import json; from orchestrator.api.app import create_app; from orchestrator.settings import Settings; \
+	  print(json.dumps(create_app(Settings(redis_url="redis://127.0.0.1:1/0")).openapi(), indent=1, sort_keys=True))' \
+	  > docs/openapi.json
 
 system-deps-demo:
 	@$(MAKE) --no-print-directory _apt PKGS="$(DEMO_PACKAGES)"

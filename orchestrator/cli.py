@@ -92,18 +92,17 @@ def submit(spec: Path = typer.Argument(..., help="job spec (YAML or JSON)"),
 def list_jobs(limit: int = typer.Option(50, help="how many of the newest jobs"), as_json: bool = JSON_OPT) -> None:
     """List jobs, newest first."""
     client = _client()
-    jobs = client.jobs(limit)
+    jobs = client.overview(limit)
     if as_json:
         _dump(jobs)
         return
     table = Table("ID", "NAME", "OWNER", "SOLVER", "JOB", "RUN", "PROGRESS", "AGE", box=None)
     for job in jobs:
-        run = client.store.get_run(job["id"], job["current_run"])
-        prog = run.get("progress")
-        frac = prog.fraction if prog else None
+        run = job["run"]
+        frac = run["progress"].fraction if run.get("progress") else None
         table.add_row(job["id"], job["name"], job["owner"], job["solver"], job["state"].value,
-                      f"{run['id']} {run['state'].value}", f"{frac:.0%}" if frac is not None else "",
-                      _age(job["created_at"]))
+                      f"{run['id']} {run['state'].value if run['state'] else '-'}",
+                      f"{frac:.0%}" if frac is not None else "", _age(job["created_at"]))
     out.print(table)
 
 
@@ -155,17 +154,14 @@ def logs(job: str, follow: bool = typer.Option(False, "-f", "--follow", help="ke
     client = _client()
     offset = 0
     while True:
-        path = client.log_path(job, run)
-        if path is not None and path.exists():
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                chunk = fh.read()
-            offset += len(chunk)
+        chunk, offset = client.read_log(job, run, offset)
+        if chunk:
             sys.stdout.write(chunk.decode(errors="replace"))
             sys.stdout.flush()
+            continue
         if not follow or run_finished(client.status(job)):
-            if follow and path is not None and path.exists() and path.stat().st_size > offset:
-                continue
+            chunk, offset = client.read_log(job, run, offset)  # what was written before it ended
+            sys.stdout.write(chunk.decode(errors="replace"))
             return
         time.sleep(0.5)
 
@@ -252,6 +248,7 @@ def demo(keep: bool = typer.Option(False, "--keep", help="leave the engine runni
 
 
 # Each area's commands live in their own module and add themselves to `app` when imported.
+from . import cli_admin  # noqa: E402,F401  (serve, admin users and tokens)
 from . import cli_control  # noqa: E402,F401  (pause, resume, edit, restart, rerun, history)
 from . import cli_desktop  # noqa: E402,F401  (desktop, keys, access)
 from . import cli_files  # noqa: E402,F401  (files, download)

@@ -20,7 +20,25 @@ err = Console(stderr=True)
 JSON_OPT = typer.Option(False, "--json", help="print machine-readable JSON")
 
 
+@app.callback()
+def _global(server: str = typer.Option(None, "--server", envvar="E2E_SERVER", show_envvar=True,
+                                       help="talk to this engine's REST API (URL) instead of its Redis"),
+            token: str = typer.Option(None, "--token", envvar="E2E_TOKEN", show_envvar=True,
+                                      help="API token for --server (better in E2E_TOKEN: not in shell history)"),
+            ) -> None:
+    """Options every command takes."""
+    _remote.update(server=server, token=token)
+
+
+_remote: dict[str, str | None] = {}
+
+
 def _client() -> Client:
+    """The engine: its REST API with --server/E2E_SERVER, else its Redis directly."""
+    if _remote.get("server"):
+        from .api.remote import RemoteClient
+
+        return RemoteClient(_remote["server"], _remote.get("token") or "")  # type: ignore[return-value]
     return Client(get_settings())
 
 

@@ -8,19 +8,13 @@ import typer
 from rich.table import Table
 
 from .cli_common import JSON_OPT, _age, _client, _dump, app, out
-from .paths import JobPaths
-from .states import JobState
-from .sync.results import LiveFiles, ResultsStore, download, results_store
+from .sync.results import ResultsStore, download, files_of
 
 
 def _store_for(job: str) -> tuple[str, ResultsStore]:
-    """The stored results once the job has them; the live work folder before."""
     client = _client()
     record = client.job(job)
-    store = results_store(client.settings.root)
-    if record["state"] is JobState.TERMINATED or store.manifest(record["id"]) is not None:
-        return record["id"], store
-    return record["id"], LiveFiles(JobPaths.for_job(client.settings.root, record["id"]).work)
+    return record["id"], files_of(client.settings.root, record)
 
 
 @app.command()

@@ -2,50 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import signal
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 from rich.table import Table
 
 from .cli_common import JSON_OPT, _client, _dump, app, err, out
 from .cluster import get_backend
-from .cluster.base import ClusterBackend, Node
 from .errors import BackendError, UserError
+from .nodes_admin import drain, node_rows, undrain
 from .settings import get_settings
 
 nodes_app = typer.Typer(help="The cluster's nodes: leases, load, reachability; trusting host keys.",
                         invoke_without_command=True, no_args_is_help=False)
 app.add_typer(nodes_app, name="nodes")
 
-PROBE_TIMEOUT = 3.0
-
 
 def _default_backend() -> str:
     return "ssh" if get_settings().inventory else "local"
-
-
-def node_rows(backend: ClusterBackend, leases: dict[str, str],
-              drained: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """One row per node: name, address, cores, state (free/leased/drained), job, load, reachable, problem,
-    and for a drained node why (`drained`)."""
-    drained = drained or {}
-    def row(node: Node) -> dict[str, Any]:
-        load, problem = None, None
-        try:
-            load = backend.load(node, PROBE_TIMEOUT)[0] if hasattr(backend, "load") else os.getloadavg()[0]
-        except BackendError as exc:
-            problem = exc.message
-        job = leases.get(node.name) or None  # the pool stores free nodes with an empty job
-        note = drained.get(node.name)
-        return {"name": node.name, "address": node.address, "cores": node.cores,
-                "state": "drained" if note else "leased" if job else "free", "job": job, "load": load,
-                "reachable": problem is None, "problem": problem, "drained": note}
-    nodes = backend.inventory()
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as pool:
-        return list(pool.map(row, nodes))
 
 
 @nodes_app.callback()
@@ -81,24 +55,22 @@ def undrain_node(node: str = typer.Argument(..., help="node name"),
     """Put a node drained after a fault back into service, once it answers again; leftover processes of
     the run that lost it are killed first, so they cannot compete with the next job."""
     chosen = get_backend(backend or _default_backend(), get_settings())
-    by_name = {n.name: n for n in chosen.inventory()}
-    if node not in by_name:
-        raise UserError(f"node {node!r} is not in the {chosen.name} inventory; known nodes: {', '.join(by_name)}")
-    store = _client().store
-    note = store.drained(chosen.name).get(node)
-    if note is None:
-        raise UserError(f"node {node} is not drained")
-    try:
-        killed = chosen.signal_tagged(by_name[node], f"{note.get('job')}/{note.get('run')}", signal.SIGKILL)
-    except BackendError as exc:
-        if not force:
-            raise UserError(f"node {node} still does not answer ({exc.message}); nothing changed "
-                            "(--force undrains it anyway)") from None
-        killed = 0
-        err.print(f"[yellow]warning:[/] node {node} does not answer: {exc.message}")
-    store.undrain(chosen.name, node)
-    out.print(f"node {node} undrained" + (f"; killed {killed} leftover process(es) of job {note.get('job')}"
-                                          if killed else ""))
+    killed, warning = undrain(_client().store, chosen, node, force)
+    if warning:
+        err.print(f"[yellow]warning:[/] {warning}")
+    out.print(f"node {node} undrained" + (f"; killed {killed} leftover process(es)" if killed else ""))
+
+
+@nodes_app.command("drain")
+def drain_node(node: str = typer.Argument(..., help="node name"),
+               reason: str = typer.Option("", help="why (shown in `e2e nodes`)"),
+               backend: Optional[str] = typer.Option(None, help="local or ssh; default ssh with E2E_INVENTORY"),
+               ) -> None:
+    """Take a node out of service: no new job gets it (a job holding it keeps it until the job ends)."""
+    client = _client()
+    chosen = get_backend(backend or _default_backend(), get_settings())
+    drain(client.store, chosen, node, client.user, reason)
+    out.print(f"node {node} drained; `e2e nodes undrain {node}` puts it back")
 
 
 @nodes_app.command("trust")

@@ -13,7 +13,7 @@ from .cluster import get_backend
 from .commands import TERMINABLE_JOBS, Command, allowed_commands, check_allowed
 from .desktop.access import resolve_for_submit
 from .edits import apply_assignments, check_files, diff, parse_assignments, save_files
-from .errors import InvalidState, SpecError, UserError
+from .errors import InvalidState, NotFound, SpecError, UserError
 from .events import Event, EventKind
 from .limits import deadlines
 from .paths import JobPaths
@@ -33,6 +33,7 @@ class Client:
         self.store = store or JobStore.from_url(self.settings.resolved_redis_url(),
                                                 events_maxlen=self.settings.events_maxlen)
         self.user = user or getpass.getuser()
+        self.address: str | None = None  # where the user connects from, when known (API); for desktop.access my-ip
         self._celery = None
 
     @property
@@ -51,7 +52,7 @@ class Client:
     def submit(self, spec, extra: dict[str, Any] | None = None) -> str:
         """Queue a validated spec; checks it fits the backend before anything is created."""
         backend = self._check_fits(spec)
-        spec = resolve_for_submit(spec, self.store, self.user)  # desktop.access: user default, my-ip
+        spec = resolve_for_submit(spec, self.store, self.user, self.address)  # desktop.access: default, my-ip
         job_id = self.store.create_job(name=spec.name, owner=self.user, spec=spec_for_store(spec),
                                        backend=backend, solver=spec.solver.name, extra=extra)
         self.celery.send_task("e2e.provision", args=[job_id])
@@ -64,7 +65,7 @@ class Client:
 
         for member in plan.members:
             self._check_fits(member.spec)
-            resolve_for_submit(member.spec, self.store, self.user)  # raises before any job exists
+            resolve_for_submit(member.spec, self.store, self.user, self.address)  # raises before any job exists
         sweep_id = new_sweep_id()
         job_ids = []
         for member in plan.members:
@@ -113,8 +114,20 @@ class Client:
         except SpecError:
             return {"name": record["spec"].get("name"), "solver": {"name": record["solver"]}}
 
-    def jobs(self, limit: int = 100) -> list[dict[str, Any]]:
-        return self.store.list_jobs(limit)
+    def jobs(self, limit: int = 100, owner: str | None = None) -> list[dict[str, Any]]:
+        """The newest jobs (only `owner`'s when given)."""
+        return self.store.list_jobs(limit, owner=owner)
+
+    def overview(self, limit: int = 100, owner: str | None = None) -> list[dict[str, Any]]:
+        """The newest jobs, each with its current run's id, state and progress (`run`)."""
+        rows = self.jobs(limit, owner)
+        for row in rows:
+            try:
+                run = self.store.get_run(row["id"], row["current_run"])
+            except NotFound:
+                run = {"id": row["current_run"], "state": None}
+            row["run"] = {"id": run["id"], "state": run["state"], "progress": run.get("progress")}
+        return rows
 
     def events(self, job: str, after: str = "0-0", block_ms: int | None = None) -> list[Event]:
         return self.store.events(self.resolve(job), after, block_ms=block_ms)
@@ -130,6 +143,17 @@ class Client:
                 yield event
                 if until is not None and until(event):
                     return
+
+    def read_log(self, job: str, run_id: str | None = None, offset: int = 0,
+                 limit: int = 1 << 20) -> tuple[bytes, int]:
+        """Up to `limit` bytes of the run's solver log from `offset`, and the offset after them."""
+        path = self.log_path(job, run_id)
+        if path is None or not path.exists():
+            return b"", offset
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(limit)
+        return data, offset + len(data)
 
     def log_path(self, job: str, run_id: str | None = None) -> Path | None:
         record = self.job(job)

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     events_maxlen: PositiveInt = Field(10_000, description="events kept per job stream (approximate)")
     inventory: Path | None = Field(None, description="YAML inventory of the ssh backend's nodes (see `e2e nodes`)")
     slurm_partition: str | None = Field(None, description="partition the slurm backend allocates from (default: Slurm's)")
+    api_host: str = Field("127.0.0.1", description="address `e2e serve` listens on (0.0.0.0 behind a proxy)")
+    api_port: PositiveInt = Field(8765, description="port `e2e serve` listens on")
+    api_max_body: PositiveInt = Field(1 << 20, description="largest JSON request body the API accepts (bytes)")
+    api_max_upload: PositiveInt = Field(1 << 30, description="largest input upload (tar.gz) the API accepts (bytes)")
+    api_rate: PositiveFloat = Field(50.0, description="API requests per second per user (sustained)")
+    api_burst: PositiveInt = Field(200, description="API requests per user allowed in a burst above the rate")
     solver_env: dict[str, str] = Field(
         default_factory=dict,
         description="cluster-wide solver settings exported in every run, as JSON "

@@ -66,6 +66,9 @@ class JobStore:
     def _index(self) -> str:
         return f"{self.prefix}:jobs"
 
+    def _owned(self, owner: str) -> str:
+        return f"{self.prefix}:owner:{owner}"
+
     @property
     def _active(self) -> str:
         return f"{self.prefix}:jobs:active"
@@ -108,6 +111,7 @@ class JobStore:
         self._xadd(pipe, job_id, EventKind.JOB_CREATED, {"name": name, "owner": owner, "state": "QUEUED"}, now)
         self._xadd(pipe, job_id, EventKind.RUN_CREATED, {"run": run_id, "state": "PENDING"}, now)
         pipe.zadd(self._index, {job_id: float(now)})
+        pipe.zadd(self._owned(owner), {job_id: float(now)})
         pipe.sadd(self._active, job_id)
         pipe.zadd(self._queue, {job_id: seq})
         if (extra or {}).get("sweep"):
@@ -126,15 +130,26 @@ class JobStore:
         """The full id of the one job whose id starts with `prefix`."""
         if self.r.exists(self._job(prefix)):
             return prefix
-        matches = [j for j in self.r.zrange(self._index, 0, -1) if j.startswith(prefix)] if prefix else []
+        matches = self.ids_starting(prefix) if prefix else []
         if len(matches) == 1:
             return matches[0]
         if not matches:
             raise NotFound(f"no job {prefix!r}")
         raise NotFound(f"{prefix!r} matches {len(matches)} jobs: {', '.join(matches[:5])}; give more of the id")
 
-    def list_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
-        ids = self.r.zrevrange(self._index, 0, limit - 1)
+    def ids_starting(self, prefix: str) -> list[str]:
+        return [j for j in self.r.zrange(self._index, 0, -1) if j.startswith(prefix)]
+
+    def owners(self, job_ids: list[str]) -> list[str | None]:
+        """Each job's owner (None for a job that does not exist), in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(self._job(job_id), "owner")
+        return pipe.execute()
+
+    def list_jobs(self, limit: int = 100, owner: str | None = None) -> list[dict[str, Any]]:
+        """The newest jobs first; only `owner`'s when given."""
+        ids = self.r.zrevrange(self._owned(owner) if owner is not None else self._index, 0, limit - 1)
         pipe = self.r.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(self._job(job_id))
@@ -249,6 +264,10 @@ class JobStore:
         pipe.execute()
 
     # -- events
+    def events_key(self, job_id: str) -> str:
+        """The job's Redis stream, for readers that wait on it themselves (the API's async event streams)."""
+        return self._events(job_id)
+
     def append_event(self, job_id: str, kind: EventKind, data: dict[str, Any]) -> str:
         return self._xadd(self.r, job_id, kind, data, _now())
 
@@ -302,6 +321,10 @@ class JobStore:
             self.r.hset(f"{self.prefix}:leftovers", job_id, json.dumps(note))
         else:
             self.r.hdel(f"{self.prefix}:leftovers", job_id)
+
+    def drain(self, backend: str, node: str, note: dict[str, Any]) -> bool:
+        """Take a node out of service by hand (allocation skips drained nodes); False if drained already."""
+        return bool(self.r.hsetnx(self._drained(backend), node, json.dumps(note, default=str)))
 
     def undrain(self, backend: str, node: str) -> dict[str, Any] | None:
         """Put a drained node back into service; its drain note, or None if it was not drained."""

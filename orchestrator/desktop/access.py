@@ -129,11 +129,12 @@ def set_user_rules(store: Any, user: str, rules: list[str] | None) -> None:
         store.r.set(_user_key(store.prefix, user), json.dumps(normalise_rules(rules)))
 
 
-def resolve_for_submit(spec: Any, store: Any, user: str) -> Any:
+def resolve_for_submit(spec: Any, store: Any, user: str, address: str | None = None) -> Any:
     """The spec with desktop.access made concrete at submit: the user's default when unset, 'my-ip' resolved
-    to the address the engine sees now (an address later on may differ: that is the point of the rule)."""
+    to the address the engine sees now (an address later on may differ: that is the point of the rule): the
+    caller's `address` when known (the API's client), else this process's address as Redis sees it."""
     rules = spec.desktop.access or user_rules(store, user) or [EVERYWHERE]
-    mine = client_address(store.r) if MY_IP in rules else None
+    mine = (address or client_address(store.r)) if MY_IP in rules else None
     if MY_IP in rules and mine is None:
         raise UserError("desktop.access: my-ip could not be resolved (the engine cannot see your address); "
                         "give a CIDR instead")

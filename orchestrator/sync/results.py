@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import InfrastructureError, NotFound
-from ..paths import results_dir
+from ..paths import JobPaths, results_dir
 from ..services import ServiceContext
+from ..states import JobState
 from .confine import check_rel, confined, link_stays_inside
 from .tree import scratch_name, temp_name
 
@@ -178,6 +179,14 @@ class LiveFiles(ResultsStore):
 def results_store(home: Path) -> ResultsStore:
     """The configured results store (the local folder, until an object store is configured)."""
     return LocalResultsStore(home)
+
+
+def files_of(home: Path, record: dict[str, Any]) -> ResultsStore:
+    """Where a job's files are read from: its stored results once it has them, the live work folder before."""
+    store = results_store(home)
+    if record["state"] is JobState.TERMINATED or store.manifest(record["id"]) is not None:
+        return store
+    return LiveFiles(JobPaths.for_job(home, record["id"]).work)
 
 
 def store_results(ctx: ServiceContext) -> dict[str, Any]:

@@ -210,7 +210,7 @@ def test_verify_refuses_unknown_and_changed_keys_and_trust_needs_replace(tmp_pat
 
 # -- `e2e nodes` rows
 def test_node_rows_show_leases_load_and_unreachable_nodes(tmp_path):
-    from orchestrator.cli_nodes import node_rows
+    from orchestrator.nodes_admin import node_rows
     from orchestrator.cluster.base import NodeUnreachable
 
     class Pool(SSHBackend):

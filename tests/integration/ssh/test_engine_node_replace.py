@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.cli_nodes import node_rows
+from orchestrator.nodes_admin import node_rows
 from orchestrator.cluster.ssh import SSHBackend
 from orchestrator.events import EventKind
 from orchestrator.states import JobState, RunState

@@ -1,0 +1,129 @@
+"""Job routes: submit, list, get, history, and the control commands (pause ... terminate), each audited."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.encoders import jsonable_encoder
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import SpecError
+from ..spec import validate_spec
+from ..states import JobState
+from .access import ScopedClient
+from .app import API, client_for
+from .uploads import check_inside_uploads, uploads_root
+
+router = APIRouter(prefix=API, tags=["jobs"])
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubmitBody(Body):
+    spec: dict[str, Any] = Field(description="the job spec, as in a spec file; input folders are paths inside "
+                                             "your uploads (POST /uploads), relative to them")
+    sweep: list[str] = Field(default_factory=list, max_length=16,
+                             description="KEY=v1,v2,...: one job per value (every combination)")
+
+
+class PauseBody(Body):
+    freeze: bool = Field(False, description="suspend every process in place instead of checkpoint-and-exit")
+
+
+class EditBody(Body):
+    set: list[str] = Field(default_factory=list, max_length=100, description="KEY=VALUE assignments (spec paths)")
+    files: dict[str, str] = Field(default_factory=dict, max_length=50,
+                                  description="RELPATH (in the case) -> new text content")
+    live: bool = Field(False, description="also apply to the running solver (where the plugin can)")
+    message: str = Field("", max_length=500)
+
+
+def job_doc(doc: dict[str, Any]) -> dict[str, Any]:
+    return jsonable_encoder(doc)
+
+
+@router.post("/jobs", status_code=201, summary="Submit a job (or a sweep of jobs)")
+def submit(body: SubmitBody, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+    from ..sweeps import expand, parse_sweep_options, sweep_block
+
+    base = uploads_root(client.settings.root, client.user)
+    data = body.spec
+    axes = sweep_block(data["sweep"]) if "sweep" in data else {}
+    axes.update(parse_sweep_options(body.sweep))
+    if axes:
+        plan = expand(data, axes, base, "spec")
+        for member in plan.members:
+            check_inside_uploads(member.spec, base)
+        sweep_id, job_ids = client.submit_sweep(plan)
+        return {"sweep": sweep_id, "jobs": job_ids}
+    spec = validate_spec(data, base_dir=base)
+    check_inside_uploads(spec, base)
+    return {"id": client.submit(spec)}
+
+
+@router.get("/jobs", summary="Your jobs, newest first (admins: everyone's, or one owner's)")
+def list_jobs(client: ScopedClient = Depends(client_for), limit: int = Query(100, ge=1, le=1000),
+              state: Optional[JobState] = None, owner: Optional[str] = Query(None, max_length=32)) -> list[dict]:
+    keep = ("id", "name", "owner", "state", "solver", "backend", "nodes", "created_at", "updated_at",
+            "current_run", "runs", "sweep", "reason", "run")
+    return [jsonable_encoder({k: r.get(k) for k in keep})
+            for r in client.overview(limit, owner) if state is None or r["state"] is state]
+
+
+@router.get("/jobs/{job}", summary="One job with its runs, allowed commands and deadlines")
+def get_job(job: str, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+    return job_doc(client.status(job))
+
+
+@router.get("/jobs/{job}/history", summary="Spec revisions (who, when, what) and runs with attempts")
+def history(job: str, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+    return jsonable_encoder(client.history(job))
+
+
+@router.post("/jobs/{job}/pause", summary="Pause: checkpoint and stop the run (freeze: suspend in place)")
+def pause(job: str, body: Optional[PauseBody] = None, client: ScopedClient = Depends(client_for)) -> dict:
+    return job_doc(client.pause(job, freeze=bool(body and body.freeze)))
+
+
+@router.post("/jobs/{job}/freeze", summary="Suspend every process of the run in place")
+def freeze(job: str, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+    return job_doc(client.pause(job, freeze=True))
+
+
+@router.post("/jobs/{job}/resume", summary="Continue a frozen run")
+def resume(job: str, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+    return job_doc(client.resume(job))
+
+
+@router.post("/jobs/{job}/restart", summary="Continue the run from its latest checkpoint, with the edits")
+def restart(job: str, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+    return job_doc(client.restart(job))
+
+
+@router.post("/jobs/{job}/rerun", summary="A new run from the original inputs plus the edits")
+def rerun(job: str, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+    return job_doc(client.rerun(job))
+
+
+@router.post("/jobs/{job}/terminate", summary="Stop the solver, collect results, release the nodes")
+def terminate(job: str, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+    return job_doc(client.terminate(job))
+
+
+@router.post("/jobs/{job}/edit", summary="Record a new spec revision (and replaced input files)")
+def edit(job: str, body: EditBody, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="e2e-edit-") as tmp:
+        local: dict[str, str] = {}
+        for index, (rel, content) in enumerate(body.files.items()):
+            path = Path(tmp) / f"file-{index}"
+            try:
+                path.write_text(content)
+            except UnicodeEncodeError:
+                raise SpecError([(f"files.{rel}", "not valid text")]) from None
+            local[str(path)] = rel
+        return jsonable_encoder(client.edit(job, body.set, local, live=body.live, message=body.message))

@@ -1,0 +1,158 @@
+"""Live routes: a job's events and its solver log, as JSON pages or Server-Sent Events resumable with
+Last-Event-ID (an event's stream id; a log's byte offset)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import time
+from typing import Any, AsyncIterator, Optional
+
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import StreamingResponse
+
+from ..errors import UserError
+from ..events import Event
+from ..states import JOB_TERMINAL
+from .access import ScopedClient
+from .app import API, client_for
+
+router = APIRouter(prefix=API, tags=["live"])
+STREAM_ID = r"^\d{1,20}-\d{1,20}$"
+KEEPALIVE = 15.0
+LOG_POLL = 0.05  # seconds between checks of a followed log: one stat() per client, well inside the 250 ms target
+LOG_PAGE = 1 << 20
+
+
+def sse(data: Any, event: str | None = None, event_id: str | None = None) -> bytes:
+    lines = []
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    if event is not None:
+        lines.append(f"event: {event}")
+    lines += [f"data: {line}" for line in json.dumps(data, default=str).splitlines() or [""]]
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def _resume_from(after: Optional[str], last_event_id: Optional[str]) -> str:
+    value = last_event_id or after or "0-0"
+    if not re.match(STREAM_ID, value):
+        raise UserError(f"Last-Event-ID/after {value!r} is not an event id (like 1700000000000-0)")
+    return value
+
+
+@router.get("/jobs/{job}/events.json", summary="The job's events after an id, as a JSON list")
+def events_page(job: str, client: ScopedClient = Depends(client_for),
+                after: str = Query("0-0", pattern=STREAM_ID), limit: int = Query(1000, ge=1, le=10000)) -> list[dict]:
+    return [e.model_dump(mode="json") for e in client.store.events(client.resolve(job), after, count=limit)]
+
+
+@router.get("/jobs/{job}/events", summary="The job's events as Server-Sent Events (resumable: Last-Event-ID)",
+            response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+async def events_stream(job: str, request: Request, client: ScopedClient = Depends(client_for),
+                        after: Optional[str] = Query(None, pattern=STREAM_ID),
+                        last_event_id: Optional[str] = Header(None, max_length=64)) -> StreamingResponse:
+    job_id = client.resolve(job)
+    start = _resume_from(after, last_event_id)
+    url = client.settings.resolved_redis_url()
+    return StreamingResponse(_follow_events(request, client, job_id, start, url), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _follow_events(request: Request, client: ScopedClient, job_id: str, after: str,
+                         url: str) -> AsyncIterator[bytes]:
+    """Blocking XREAD on an asyncio connection: a new event reaches the client as soon as Redis has it.
+    Ends with an `end` event once the job is terminated and every event is sent."""
+    r = aioredis.from_url(url, decode_responses=True)
+    key = client.store.events_key(job_id)
+    try:
+        yield b"retry: 2000\n\n"
+        while not await request.is_disconnected():
+            reply = await r.xread({key: after}, count=500, block=int(KEEPALIVE * 1000))
+            if not reply:
+                record = await asyncio.to_thread(client.store.get_job, job_id)
+                if record["state"] in JOB_TERMINAL:
+                    yield sse({"state": "TERMINATED"}, event="end")
+                    return
+                yield b": keepalive\n\n"
+                continue
+            for entry_id, fields in reply[0][1]:
+                after = entry_id
+                event = Event.from_stream(entry_id, fields)
+                yield sse(event.model_dump(mode="json"), event=event.kind.value, event_id=entry_id)
+    finally:
+        await r.aclose()
+
+
+@router.get("/jobs/{job}/logs", summary="The solver log of the current (or a given) run, from a byte offset")
+def log_page(job: str, client: ScopedClient = Depends(client_for), run: Optional[str] = Query(None, max_length=32),
+             offset: int = Query(0, ge=0), limit: int = Query(LOG_PAGE, ge=1, le=16 * LOG_PAGE)) -> dict[str, Any]:
+    text, next_offset = client.read_log(job, run, offset, limit)
+    return {"run": run or client.job(job)["current_run"], "offset": offset, "next_offset": next_offset,
+            "text": text.decode(errors="replace")}
+
+
+@router.get("/jobs/{job}/logs/stream", summary="The solver log as Server-Sent Events, one per chunk of lines "
+                                                "(resumable: Last-Event-ID is the byte offset)",
+            response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+async def log_stream(job: str, request: Request, client: ScopedClient = Depends(client_for),
+                     run: Optional[str] = Query(None, max_length=32), offset: int = Query(0, ge=0),
+                     last_event_id: Optional[str] = Header(None, max_length=32)) -> StreamingResponse:
+    job_id = client.resolve(job)
+    if last_event_id is not None:
+        if not last_event_id.isdigit():
+            raise UserError("Last-Event-ID of a log stream is a byte offset")
+        offset = int(last_event_id)
+    return StreamingResponse(_follow_log(request, client, job_id, run, offset), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _follow_log(request: Request, client: ScopedClient, job_id: str, run: Optional[str],
+                      offset: int) -> AsyncIterator[bytes]:
+    """Whole lines as they are written; ends once the run has ended and its log is sent."""
+    yield b"retry: 2000\n\n"
+    last_beat = time.monotonic()
+    path, checked = None, 0.0
+    while not await request.is_disconnected():
+        now = time.monotonic()
+        if path is None or now - checked > 1.0:  # the run (and its log) can change: re-ask once a second
+            path, ended = await asyncio.to_thread(_log_state, client, job_id, run)
+            checked = now
+        chunk = _read_lines(path, offset) if path is not None else b""
+        if chunk:
+            offset += len(chunk)
+            yield sse({"text": chunk.decode(errors="replace")}, event="log", event_id=str(offset))
+            last_beat = now
+            continue
+        if ended and now - checked < 1.0 and path is not None and os.path.getsize(path) <= offset:
+            yield sse({"offset": offset}, event="end")
+            return
+        if now - last_beat > KEEPALIVE:
+            yield b": keepalive\n\n"
+            last_beat = now
+        await asyncio.sleep(LOG_POLL)
+
+
+def _log_state(client: ScopedClient, job_id: str, run: Optional[str]) -> tuple[Any, bool]:
+    from ..client import run_finished
+
+    doc = client.status(job_id)
+    path = client.log_path(job_id, run)
+    return (path if path is not None and path.exists() else None), run_finished(doc)
+
+
+def _read_lines(path: Any, offset: int) -> bytes:
+    """New complete lines after offset (a partial last line waits for its newline)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(LOG_PAGE)
+    except OSError:
+        return b""
+    if len(data) == LOG_PAGE:
+        return data
+    end = data.rfind(b"\n")
+    return data[:end + 1] if end >= 0 else b""

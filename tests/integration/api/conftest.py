@@ -1,0 +1,70 @@
+"""The API served for real: uvicorn on a free port over the session's engine, and one HTTP client per user."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from orchestrator.api.app import create_app
+from orchestrator.api.users import Users
+from orchestrator.stack import free_port
+
+
+class Served:
+    """uvicorn serving the API in this process, on a background thread."""
+
+    def __init__(self, settings) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning",
+                                access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def api(engine):
+    served = Served(engine.settings)
+    yield served
+    served.stop()
+
+
+@pytest.fixture(scope="session")
+def tokens(engine):
+    """Tokens of three API users: alice and bob (plain users) and root (an admin); names unique per session."""
+    users = Users(engine.client.store.r, engine.client.store.prefix)
+    suffix = str(int(time.time() * 1000) % 10**8)
+    names = {"alice": f"alice{suffix}", "bob": f"bob{suffix}", "root": f"root{suffix}"}
+    return {role: (name, users.create(name, admin=role == "root")) for role, name in names.items()}
+
+
+@pytest.fixture
+def http(api, tokens):
+    """http(role) -> an httpx client authenticated as that user; closed after the test."""
+    opened = []
+
+    def make(role: str | None = None, token: str | None = None) -> httpx.Client:
+        headers = {}
+        if role is not None or token is not None:
+            headers["Authorization"] = f"Bearer {token or tokens[role][1]}"
+        client = httpx.Client(base_url=api.url + "/api/v1", headers=headers, timeout=30)
+        opened.append(client)
+        return client
+
+    yield make
+    for client in opened:
+        client.close()
