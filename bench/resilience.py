@@ -1,4 +1,4 @@
-"""The resilience report: runs the hardening suites (pytest, as subprocesses) and prints one table of their rows.
+"""The resilience report: runs the hardening suites (one pytest subprocess) and prints one table of their rows.
 
 Each suite records one row (suite, cases, passed, figure) through tests/resilience.py into a fresh temporary
 folder ($E2E_RESILIENCE_DIR); a suite that fails still shows its row (with passed < cases) when it got as far
@@ -23,7 +23,16 @@ sys.path.insert(0, str(ROOT))
 
 from tests.resilience import rows  # noqa: E402
 
-SUITES = ("tests/faults",)   # every test_*.py under these; the bad-input and access suites live there too
+
+
+def suites() -> list[str]:
+    """tests/faults, and every other test file that records a row (e.g. the API's refusal suite)."""
+    found = ["tests/faults"]
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if not rel.startswith("tests/faults/") and "tests.resilience import" in path.read_text():
+            found.append(rel)
+    return found
 
 
 def run_suites(paths: list[str], out: Path) -> tuple[int, float]:
@@ -52,7 +61,7 @@ def main() -> int:
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for README)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="e2e-resilience-") as out:
-        code, seconds = run_suites(args.suite or list(SUITES), Path(out))
+        code, seconds = run_suites(args.suite or suites(), Path(out))
         found = rows(Path(out))
     variant = "long" if os.environ.get("E2E_LONG") == "1" else "short (CI)"
     print(f"\nResilience, {variant} variant, {time.strftime('%Y-%m-%d', time.gmtime())}, {seconds:.0f}s:\n")
