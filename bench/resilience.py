@@ -37,10 +37,12 @@ def suites() -> list[str]:
 
 def run_suites(paths: list[str], out: Path) -> tuple[int, float]:
     """pytest over the suites with rows going to `out`; its exit status and the wall time."""
-    env = {**os.environ, "E2E_RESILIENCE_DIR": str(out)}
+    env = {**os.environ, "E2E_RESILIENCE_DIR": str(out / "rows")}
     started = time.monotonic()
-    code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider", *paths],
-                           cwd=ROOT, env=env)
+    # A base temp folder of its own: pytest prunes old numbered folders under the shared /tmp/pytest-of-<user>,
+    # and another session on the same machine could delete a running engine's home from under it.
+    code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider",
+                            f"--basetemp={out / 'pytest'}", *paths], cwd=ROOT, env=env)
     return code, time.monotonic() - started
 
 
@@ -62,7 +64,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="e2e-resilience-") as out:
         code, seconds = run_suites(args.suite or suites(), Path(out))
-        found = rows(Path(out))
+        found = rows(Path(out) / "rows")
     variant = "long" if os.environ.get("E2E_LONG") == "1" else "short (CI)"
     print(f"\nResilience, {variant} variant, {time.strftime('%Y-%m-%d', time.gmtime())}, {seconds:.0f}s:\n")
     print(table(found, args.markdown) if found else "(no suite recorded a row)")
