@@ -74,8 +74,10 @@ def test_load_hundreds_of_queued_jobs_over_six_nodes(redis_url, tmp_path):
         figure = (f"{JOBS} jobs / {NODES} nodes in {elapsed:.0f}s ({JOBS / elapsed * 60:.0f}/min); engine CPU "
                   f"{(cpu['worker'] + cpu['beat']) / JOBS * 1000:.0f} ms/job; Redis {kept_mem / JOBS / 1024:.1f} "
                   f"KiB/job kept; order inversions {inversions}")
-        tally.record("load: queued jobs", figure, seconds=round(elapsed, 1), jobs_per_minute=round(JOBS / elapsed * 60, 1),
-                     worker_cpu_ms_per_job=round(cpu["worker"] / JOBS * 1000), beat_cpu_ms_per_job=round(cpu["beat"] / JOBS * 1000),
+        tally.record("load: queued jobs", figure, seconds=round(elapsed, 1),
+                     jobs_per_minute=round(JOBS / elapsed * 60, 1),
+                     worker_cpu_ms_per_job=round(cpu["worker"] / JOBS * 1000),
+                     beat_cpu_ms_per_job=round(cpu["beat"] / JOBS * 1000),
                      redis_bytes_per_job_queued=queued_mem // JOBS, redis_bytes_per_job_kept=kept_mem // JOBS,
                      order_inversions=inversions, node_busy_fraction=round(busy, 2), mean_phase_seconds=phases)
         assert inversions == 0, "a job got nodes before one submitted earlier"

@@ -76,8 +76,8 @@ def test_node_network_drop_midrun_is_detected_and_leaves_nothing_behind(own_clus
             hit.add(job_id)
         tally.settle(hit)
         tally.record("fault: node network drop", f"detected in {statistics.median(detections):.1f}s median "
-                     f"(max {max(detections):.1f}s) over {TRIALS} drops; leftovers killed {max(cleanups, default=0):.0f}s"
-                     f" after the link came back; orphans {tally.orphans}",
+                     f"(max {max(detections):.1f}s) over {TRIALS} drops; leftovers killed "
+                     f"{max(cleanups, default=0):.0f}s after the link came back; orphans {tally.orphans}",
                      detection_seconds=[round(d, 2) for d in detections], outcomes=outcomes,
                      cleanup_seconds=[round(c, 1) for c in cleanups])
         tally.assert_clean()
