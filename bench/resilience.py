@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,9 +63,13 @@ def main() -> int:
     parser.add_argument("--suite", action="append", help="a suite (file or folder) instead of all")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for README)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="e2e-resilience-") as out:
-        code, seconds = run_suites(args.suite or suites(), Path(out))
-        found = rows(Path(out) / "rows")
+    out = Path(tempfile.mkdtemp(prefix="e2e-resilience-"))
+    code, seconds = run_suites(args.suite or suites(), out)
+    found = rows(out / "rows") if (out / "rows").is_dir() else []
+    if code == 0:
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        print(f"\nkept for a look: {out} (pytest's folders: engine homes with their logs)")
     variant = "long" if os.environ.get("E2E_LONG") == "1" else "short (CI)"
     print(f"\nResilience, {variant} variant, {time.strftime('%Y-%m-%d', time.gmtime())}, {seconds:.0f}s:\n")
     print(table(found, args.markdown) if found else "(no suite recorded a row)")

@@ -61,9 +61,18 @@ class Lifecycles:
                 return self.submitted
             stuck = [j for j in self._alive if time.monotonic() - self.submitted_at[j] > self.job_timeout]
             if stuck:
-                docs = {j: self.client.store.get_job(j)["state"].value for j in stuck}
-                raise AssertionError(f"jobs not terminal after {self.job_timeout}s: {docs}")
+                raise AssertionError(f"jobs not terminal after {self.job_timeout}s: "
+                                     + "; ".join(self.describe(j) for j in stuck))
             time.sleep(0.1)
+
+    def describe(self, job_id: str) -> str:
+        """A stuck job for the failure message: its state, its run's, and its last events."""
+        store = self.client.store
+        job = store.get_job(job_id)
+        run = store.get_run(job_id, job["current_run"])
+        events = [f"{e.kind.value} {e.data}" for e in self.client.events(job_id)[-6:]]
+        return (f"{job_id} {job['state'].value}, run {run['state'].value} attempt {run.get('attempt')} "
+                f"pid {run.get('pid')} reason {run.get('reason')!r}; last events: {events}")
 
     def _step(self, terminated: set[str]) -> None:
         store = self.client.store
