@@ -22,7 +22,7 @@ DESKTOP_PACKAGES := tigervnc-standalone-server tigervnc-tools xfonts-base openbo
 LEAN_TEST_PACKAGES := $(SSH_PACKAGES) $(SLURM_PACKAGES) $(PLUGIN_PACKAGES) $(DESKTOP_PACKAGES) \
                       chromium chromium-driver nftables
 
-.PHONY: demo test unit integration bench setup openapi system-deps-demo system-deps-test clean
+.PHONY: demo test unit integration bench resilience setup openapi system-deps-demo system-deps-test clean
 
 demo: system-deps-demo $(STAMP)
 	$(VENV)/bin/e2e demo
@@ -42,6 +42,10 @@ bench: system-deps-test $(STAMP)
 	$(PY) bench/desktop.py --jobs 10
 	$(PY) bench/sync.py
 	$(PY) bench/api.py
+
+# The hardening suites (tests/faults) and one table of their figures; E2E_LONG=1 runs the long variants.
+resilience: system-deps-test $(STAMP)
+	E2E_LONG=$(E2E_LONG) $(PY) bench/resilience.py
 
 setup: system-deps-test $(STAMP)
 

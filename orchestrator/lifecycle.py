@@ -19,7 +19,8 @@ from .events import EventKind
 from .faults import fault_point
 from .limits import check_limits
 from .materialize import materialize_run
-from .node_health import answering_nodes, fail_on_node_fault, restart_on_replacement, wants_recovery
+from .node_health import (answering_nodes, fail_on_node_fault, kill_leftovers, note_leftovers, restart_on_replacement,
+                          wants_recovery)
 from .paths import JobPaths, RunPaths, results_dir
 from .runctl import RunControl, signal_run
 from .services import ServiceContext, services
@@ -370,7 +371,9 @@ class Lifecycle:
         if not self._each_service(job, "stop"):
             return  # a service (the final sync) is still finishing
         backend = self.backend_of(job)
-        nodes = answering_nodes(self.store, job_id, backend, self.nodes_of(job, backend), "terminate")
+        every = self.nodes_of(job, backend)
+        nodes = answering_nodes(self.store, job_id, backend, every, "terminate")
+        note_leftovers(self.store, job, sorted({n.name for n in every} - {n.name for n in nodes}))
         fault_point("terminate.before_kill")
         for r in self.store.list_runs(job_id):  # no process of any run may outlive the cluster
             if r.get("pid") and nodes:
@@ -387,12 +390,27 @@ class Lifecycle:
         fault_point("terminate.before_collect")
         if paths.root.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            if nodes:
-                store_results(self.service_context(job))
+            if nodes and not self._collect(job):
+                return  # the run files stay where they are; the next pass tries again
         backend.release(job_id)
         self.store.release(backend.name, job_id)
         self.store.transition_job(job_id, JobState.TERMINATED, expect=[JobState.TERMINATING],
                                   data={"results": str(dest)}, results=str(dest), nodes=[])
+
+    def _collect(self, job: dict[str, Any]) -> bool:
+        """Store the job's results; on failure (a full results disk, say) say why once, as an error event and
+        on the job record, and leave the job TERMINATING: the store is all-or-nothing and the sources are
+        untouched, so a later pass that succeeds loses nothing."""
+        try:
+            store_results(self.service_context(job))
+            return True
+        except (E2EError, OSError) as exc:
+            message = f"collecting results failed: {getattr(exc, 'message', None) or exc}; the run files are " \
+                      "kept on the nodes and collection is retried"
+            if job.get("collect_error") != message:  # once per cause, not once per pass
+                self.store.update_job(job["id"], collect_error=message)
+                self.store.append_event(job["id"], EventKind.ERROR, {"step": "collect", "message": message})
+            return False
 
     # -- reconcile
     def reconcile_job(self, job_id: str) -> None:
@@ -426,6 +444,10 @@ class Lifecycle:
             except Exception:  # noqa: BLE001 - one bad job must not stop the loop; logged with its traceback
                 log.exception("reconcile %s failed", job_id)
             count += 1
+        try:
+            kill_leftovers(self.store, lambda name: get_backend(name, self.settings))
+        except Exception:  # noqa: BLE001 - like a job's: logged, and the next pass tries again
+            log.exception("killing leftovers on nodes that answer again failed")
         return count
 
 

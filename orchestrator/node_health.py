@@ -1,10 +1,12 @@
 """Node faults during a run: probe the job's nodes, fail the run naming the silent ones, stop the survivors,
-and (restart_on_node_failure) restart it from its checkpoint on replacement nodes."""
+(restart_on_node_failure) restart it from its checkpoint on replacement nodes, and kill what a terminate
+could not reach on a silent node once that node answers again."""
 
 from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 from solvers.base import registry
@@ -14,9 +16,12 @@ from .cluster.base import ClusterBackend, Node
 from .cluster.ssh import PROBE_TIMEOUT, node_faults
 from .errors import BackendError, InvalidState
 from .events import EventKind
+from .runctl import signal_run
 from .settings import Settings
 from .states import JobState, RunState
 from .store import JobStore
+
+LEFTOVER_RETRY = 15.0   # seconds between tries to reach a node that was silent when its job terminated
 
 # A fault counts only while solver processes may be on the nodes (a paused run has none to lose).
 WATCHED = (RunState.RUNNING, RunState.FROZEN, RunState.STOPPING)
@@ -118,3 +123,41 @@ def _give_up(store: JobStore, job_id: str, run: dict[str, Any], why: str) -> boo
     store.update_run(job_id, run["id"], recovery=why, reason=reason)
     store.append_event(job_id, EventKind.WARNING, {"run": run["id"], "message": f"not restarted: {why}"})
     return False
+
+
+def note_leftovers(store: JobStore, job: dict[str, Any], silent: list[str]) -> None:
+    """Terminate goes on without silent nodes; remember them, because the run's processes may live on there
+    (a cut link leaves them running): once released, the node would run that ghost beside its next job."""
+    runs = [r["id"] for r in store.list_runs(job["id"]) if r.get("pid")]
+    if not silent or not runs or job["id"] in store.leftovers():
+        return
+    store.set_leftovers(job["id"], {"backend": job["backend"], "nodes": silent, "runs": runs, "next": time.time()})
+    store.append_event(job["id"], EventKind.WARNING, {
+        "step": "terminate", "nodes": silent,
+        "message": f"processes of this job may still run on {', '.join(silent)}: killed when it answers again"})
+
+
+def kill_leftovers(store: JobStore, backend_named: Callable[[str], ClusterBackend],
+                   timeout: float = PROBE_TIMEOUT) -> None:
+    """For each terminated job with silent nodes noted, now and then: on every node that answers again, kill
+    what is left of the job's runs, and say so; the nodes still silent stay noted."""
+    for job_id, note in store.leftovers().items():
+        if note["next"] > time.time():
+            continue
+        backend = backend_named(note["backend"])
+        by_name = {n.name: n for n in backend.inventory()}
+        nodes = [by_name[name] for name in note["nodes"] if name in by_name]
+        faults = node_faults(backend, nodes, timeout)
+        for node in nodes:
+            if node.name in faults:
+                continue
+            killed = 0
+            for run_id in note["runs"]:
+                run = store.get_run(job_id, run_id)
+                signal_run(backend, [node], job_id, run, signal.SIGCONT)
+                killed += signal_run(backend, [node], job_id, run, signal.SIGKILL)
+            store.append_event(job_id, EventKind.WARNING, {
+                "step": "cleanup", "node": node.name,
+                "message": f"node {node.name} answers again: killed {killed} leftover processes of this job"})
+        still = sorted(faults)
+        store.set_leftovers(job_id, {**note, "nodes": still, "next": time.time() + LEFTOVER_RETRY} if still else None)

@@ -313,6 +313,16 @@ class JobStore:
         """Nodes taken out of service after a fault, with why, when and during which job's run."""
         return {name: json.loads(note) for name, note in self.r.hgetall(self._drained(backend)).items()}
 
+    def leftovers(self) -> dict[str, dict[str, Any]]:
+        """Jobs terminated without some silent nodes, whose run processes there are still to be killed."""
+        return {job_id: json.loads(note) for job_id, note in self.r.hgetall(f"{self.prefix}:leftovers").items()}
+
+    def set_leftovers(self, job_id: str, note: dict[str, Any] | None) -> None:
+        if note:
+            self.r.hset(f"{self.prefix}:leftovers", job_id, json.dumps(note))
+        else:
+            self.r.hdel(f"{self.prefix}:leftovers", job_id)
+
     def drain(self, backend: str, node: str, note: dict[str, Any]) -> bool:
         """Take a node out of service by hand (allocation skips drained nodes); False if drained already."""
         return bool(self.r.hsetnx(self._drained(backend), node, json.dumps(note, default=str)))
