@@ -42,6 +42,11 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="start in the b
     signal.signal(signal.SIGTERM, _stop)
     while not stopping:
         time.sleep(0.5)
+        try:
+            for name in stack.revive():  # supervise: a worker or beat that died on its own comes back
+                err.print(f"[yellow]{name} had exited; restarted[/]")
+        except (E2EError, redis.RedisError) as exc:
+            err.print(f"[yellow]could not restart a stopped process yet: {exc}[/]")
     stack.stop()
     out.print("engine stopped")
 

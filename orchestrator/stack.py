@@ -126,6 +126,17 @@ class Stack:
                 "-l", "INFO", "--logfile", str(self._dir("logs") / "beat.log")], env)
         return record()
 
+    def revive(self) -> list[str]:
+        """Start again a worker or beat that died on its own (a supervisor's job: kombu's Redis transport can
+        exit the worker on an `Unrecoverable error` when Redis flaps twice in a row); the names restarted."""
+        before = self.status()
+        if not before or before.get("redis") is False:
+            return []  # not started, or the embedded Redis itself is down: start() is the way back
+        dead = [name for name in ("worker", "beat") if name in before and not before[name]]
+        if dead:
+            self.start()
+        return dead
+
     def _env(self, url: str) -> dict[str, str]:
         """The child processes' environment: these settings, spelled as the E2E_* variables they read."""
         fields = self.settings.model_dump(mode="json", exclude={"home", "redis_url"}, exclude_none=True)
