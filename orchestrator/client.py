@@ -326,14 +326,20 @@ class Client:
     def wait(self, job: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 600,
              poll: float = 0.2) -> dict[str, Any]:
         """Poll the job document until predicate(doc) holds; TimeoutError otherwise."""
-        deadline = time.monotonic() + timeout
-        while True:
-            doc = self.status(job)
-            if predicate(doc):
-                return doc
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {doc['id']} still {doc['state'].value} after {timeout:.0f}s")
-            time.sleep(poll)
+        return wait_until(self.status, job, predicate, timeout, poll)
+
+
+def wait_until(status: Callable[[str], dict[str, Any]], job: str, predicate: Callable[[dict[str, Any]], bool],
+               timeout: float, poll: float) -> dict[str, Any]:
+    """Poll `status(job)` until predicate(doc) holds (the in-process and the remote client both wait so)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        doc = status(job)
+        if predicate(doc):
+            return doc
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {doc['id']} still {doc['state'].value} after {timeout:.0f}s")
+        time.sleep(poll)
 
 
 def run_finished(doc: dict[str, Any]) -> bool:

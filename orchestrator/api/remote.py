@@ -14,6 +14,7 @@ import httpx
 
 from solvers.base import Progress
 
+from ..client import wait_until
 from ..errors import InfrastructureError, InvalidState, NotFound, SpecError, UserError
 from ..events import Event
 from ..spec import spec_for_store
@@ -200,14 +201,7 @@ class RemoteClient:
 
     def wait(self, job: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 600,
              poll: float = 0.5) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            doc = self.status(job)
-            if predicate(doc):
-                return doc
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {doc['id']} still {doc['state'].value} after {timeout:.0f}s")
-            time.sleep(poll)
+        return wait_until(self.status, job, predicate, timeout, poll)
 
     def __getattr__(self, name: str) -> Any:
         if name in ("store", "settings", "log_path"):
