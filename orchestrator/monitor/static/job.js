@@ -158,6 +158,9 @@ function startJobPage(jobId) {
     await refresh();
     await history();
     const past = await api(`/jobs/${jobId}/events.json?limit=10000`);
+    // the stream resumes after the last of `past`: a state change that landed between the first snapshot and
+    // `past` would otherwise never show (the page said LAUNCHING for a run long RUNNING)
+    await refresh();
     past.filter(e => e.kind === "run.progress").forEach(e => addProgress(e.data));
     past.slice(-200).forEach(e => eventList.prepend(eventItem(e)));
     draw();
