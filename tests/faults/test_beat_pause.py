@@ -17,8 +17,8 @@ from .driver import Lifecycles
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(sized(300, 2400))]
 
-JOBS = sized(24, 80)
-PAUSE = sized(15.0, 60.0)   # long enough for every run alive at the stop to end unobserved (runs take 1 s)
+JOBS = sized(16, 80)
+PAUSE = sized(10.0, 60.0)   # long enough for every run alive at the stop to end unobserved (runs take 1 s)
 
 
 def test_reconcile_loop_stopped_then_restarted_catches_up(redis_url, tmp_path):

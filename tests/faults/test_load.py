@@ -19,7 +19,7 @@ from .conftest import Tally, recording_job, sized
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(sized(300, 2400))]
 
-JOBS = int(os.environ.get("E2E_LOAD_JOBS", "0")) or sized(100, 500)  # the variable: a size of your own
+JOBS = int(os.environ.get("E2E_LOAD_JOBS", "0")) or sized(50, 500)  # the variable: a size of your own
 NODES = int(os.environ.get("E2E_LOCAL_NODES", "6"))
 TICK = os.sysconf("SC_CLK_TCK")
 
