@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Optional
 
 import typer
@@ -30,10 +31,27 @@ def serve(host: Optional[str] = typer.Option(None, help="address to listen on (d
 
     settings = get_settings()
     settings.resolved_redis_url()  # a clear error now rather than on the first request
+    _keep_tcp_nodelay(uvicorn)
     out.print(f"API on http://{host or settings.api_host}:{port or settings.api_port}/api/v1 "
               f"(schema /openapi.json, monitor /ui, metrics /metrics)")
     uvicorn.run("orchestrator.api.app:create_app", factory=True, host=host or settings.api_host,
                 port=port or settings.api_port, workers=workers, log_level="warning", access_log=False)
+
+
+def _keep_tcp_nodelay(uvicorn) -> None:
+    """With --workers, uvicorn binds the listener itself with proto 0, and asyncio enables TCP_NODELAY only on
+    sockets that say IPPROTO_TCP: Nagle then meets the client's delayed ACK and every keep-alive request
+    waits ~40 ms (uvicorn issue #3149; measured here: 44 ms a request with 2 workers, 1.2 ms with one).
+    The listener is rebuilt on the same descriptor with its protocol named; accepted sockets inherit it."""
+    original = uvicorn.config.Config.bind_socket
+
+    def bind_socket(config):
+        sock = original(config)
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
+            sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+        return sock
+
+    uvicorn.config.Config.bind_socket = bind_socket
 
 
 @admin_app.command("create-user")
