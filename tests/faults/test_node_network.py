@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(sized(300, 2400))]
 TRIALS = sized(2, 6)   # alternating: the head node (where the solver runs) and the other node of a 2-node job
 
 
-def test_node_network_drop_midrun_is_detected_and_leaves_nothing_behind(own_cluster, redis_url, tmp_path):
+def test_node_network_drop_midrun_is_detected_and_leaves_nothing_behind(own_cluster, redis_url, tmp_path):  # noqa: F811 (the imported fixture)
     url = f"{redis_url}/4"
     redis.Redis.from_url(url).flushdb()
     engine = Engine(make_settings(tmp_path / "home", url, inventory=own_cluster.inventory()))
