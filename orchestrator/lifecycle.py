@@ -245,6 +245,10 @@ class Lifecycle(StoppingSteps):
                                           reason=reason, ended_at=time.time())
                 return
         if code is not None:
+            try:  # an ended run's output belongs on the head: a restart reads its checkpoint there at once
+                backend.stage_out(nodes, paths.root)
+            except (E2EError, OSError) as exc:  # the next attempt's launch gathers again
+                log.warning("gathering %s/%s to the head failed: %s", job_id, run_id, exc)
             self._finish(job_id, run, plugin, code, backend, head, paths)
         elif state is RunState.FROZEN and run.get("signals") != "frozen":
             self.control.freeze(backend, nodes, job_id, run)   # the freeze task was lost
