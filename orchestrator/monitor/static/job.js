@@ -14,7 +14,10 @@ function startJobPage(jobId) {
   const set = (id, text) => { document.getElementById(id).textContent = text ?? "-"; };
 
   async function refresh() {
+    // two refreshes in flight can answer out of order: only the newest request may paint the page
+    const mine = state.refreshes = (state.refreshes || 0) + 1;
     const doc = await api(`/jobs/${jobId}`);
+    if (mine !== state.refreshes) return;
     state.doc = doc;
     const run = doc.runs_detail.find(r => r.id === doc.current_run) || {};
     if (state.run !== null && run.id !== state.run) { state.series = {}; state.points = 0; draw(); }
