@@ -24,7 +24,7 @@ solver:
   name: openfoam
   application: simpleFoam
   case: {case}
-  parameters: {{endTime: 2000, writeInterval: 100}}
+  parameters: {{endTime: 20000, writeInterval: 100}}
 cluster: {{nodes: 1, cores_per_node: 1}}
 desktop: {{enabled: false}}
 """
