@@ -51,7 +51,7 @@ setup: system-deps-test $(STAMP)
 
 # The REST API's schema, checked in (a test compares it with the served one).
 openapi: $(STAMP)
-	$(PY) -c 'import json; from orchestrator.api.app import create_app; from orchestrator.settings import Settings; \
+	$(PY) -c 'import json; from orchestrator.api.app import create_app; from orchestrator.model.settings import Settings; \
 	  print(json.dumps(create_app(Settings(redis_url="redis://127.0.0.1:1/0")).openapi(), indent=1, sort_keys=True))' \
 	  > docs/openapi.json
 

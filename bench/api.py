@@ -38,11 +38,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.latency import percentile  # noqa: E402
 from orchestrator.api.users import Users  # noqa: E402
-from orchestrator.celery_app import JOBS_QUEUE, make_app  # noqa: E402
-from orchestrator.events import EventKind  # noqa: E402
-from orchestrator.settings import Settings  # noqa: E402
-from orchestrator.stack import Stack, free_port  # noqa: E402
-from orchestrator.store import JobStore  # noqa: E402
+from orchestrator.model.events import EventKind  # noqa: E402
+from orchestrator.model.settings import Settings  # noqa: E402
+from orchestrator.store.jobs import JobStore  # noqa: E402
+from orchestrator.worker.celery_app import JOBS_QUEUE, make_app  # noqa: E402
+from orchestrator.worker.stack import Stack, free_port  # noqa: E402
 
 TARGET_RATE, TARGET_P50_MS = 300.0, 250.0
 SPEC = {"name": "bench-api", "desktop": {"enabled": False}, "cluster": {"nodes": 1, "cores_per_node": 1},

@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.latency import percentile  # noqa: E402
-from orchestrator.client import Client  # noqa: E402
 from orchestrator.cluster.local import group_members, process_states, tagged_processes  # noqa: E402
-from orchestrator.settings import Settings  # noqa: E402
-from orchestrator.stack import Stack  # noqa: E402
-from orchestrator.states import RunState  # noqa: E402
+from orchestrator.control.client import Client  # noqa: E402
+from orchestrator.model.settings import Settings  # noqa: E402
+from orchestrator.model.states import RunState  # noqa: E402
+from orchestrator.worker.stack import Stack  # noqa: E402
 
 TARGET_MS = 100.0
 TREE = """

@@ -1,6 +1,6 @@
 """Benchmark: submit -> a VNC client logged in to the job's desktop, against starting Xvnc directly.
 
-Starts a private engine (orchestrator.stack.Stack, embedded Redis) in a temporary E2E_HOME. Then, N times,
+Starts a private engine (orchestrator.worker.stack.Stack, embedded Redis) in a temporary E2E_HOME. Then, N times,
 interleaved and one at a time:
   * desktop: time.time() just before Client.submit() of a `sleep` job with the desktop on -> the moment this
     process completes a VncAuth login (orchestrator.desktop.rfb) with the session password, polling the job
@@ -56,7 +56,7 @@ def login_until(port_of, password_of, timeout: float) -> None:
 def xvnc_sample(folder: Path, timeout: float) -> float:
     """Xvnc started by hand, as the session script does -> first successful login."""
     from orchestrator.desktop.vncauth import passwd_file
-    from orchestrator.stack import free_port
+    from orchestrator.worker.stack import free_port
 
     (folder / "passwd").write_bytes(passwd_file("bench123"))
     port = free_port()
@@ -89,12 +89,12 @@ def main() -> int:
     for var in ("REDIS_URL", "E2E_REDIS_URL"):
         os.environ.pop(var, None)
     sys.path.insert(0, str(ROOT))
-    from orchestrator.client import Client
+    from orchestrator.control.client import Client
     from orchestrator.desktop.secrets import DesktopSecrets
     from orchestrator.desktop.service import desktop_record
-    from orchestrator.settings import Settings
-    from orchestrator.stack import Stack
-    from orchestrator.states import JOB_TERMINAL
+    from orchestrator.model.settings import Settings
+    from orchestrator.model.states import JOB_TERMINAL
+    from orchestrator.worker.stack import Stack
 
     settings = Settings(home=home, local_nodes=2, local_cores_per_node=1)
     stack = Stack(settings)

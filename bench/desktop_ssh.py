@@ -2,7 +2,7 @@
 
 Starts the ssh test cluster (tests/integration/sshcluster.py: one node, in its own network namespace when run
 as root, else an sshd on 127.0.0.2; the node gets its own /tmp/.X11-unix so its Xvnc leaves this machine's X
-sockets alone) and a private engine (orchestrator.stack.Stack, embedded Redis) with that inventory. Then, N
+sockets alone) and a private engine (orchestrator.worker.stack.Stack, embedded Redis) with that inventory. Then, N
 times, interleaved and one at a time:
   * ssh: time.time() just before Client.submit() of a `sleep` job with the desktop on, on the ssh backend ->
     the moment this process completes a VncAuth login over a direct-tcpip channel of its own (kept) ssh
@@ -46,15 +46,15 @@ def main() -> int:
     os.environ["E2E_HOME"] = str(home)
     for var in ("REDIS_URL", "E2E_REDIS_URL", "E2E_INVENTORY"):
         os.environ.pop(var, None)
-    from orchestrator.client import Client
     from orchestrator.cluster import sshconn
     from orchestrator.cluster.ssh import SSHBackend
+    from orchestrator.control.client import Client
     from orchestrator.desktop.rfb import RFBError, handshake
     from orchestrator.desktop.secrets import DesktopSecrets
     from orchestrator.desktop.service import desktop_record
-    from orchestrator.settings import Settings
-    from orchestrator.stack import Stack
-    from orchestrator.states import JOB_TERMINAL
+    from orchestrator.model.settings import Settings
+    from orchestrator.model.states import JOB_TERMINAL
+    from orchestrator.worker.stack import Stack
     from tests.integration.sshcluster import NodeCluster
 
     cluster = NodeCluster(home / "cluster", count=1, private=[Path("/tmp/.X11-unix")])

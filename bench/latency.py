@@ -1,6 +1,6 @@
 """Benchmark: submit->RUNNING latency of a trivial `command` job on the local backend, against a raw Celery no-op hop.
 
-Starts a private engine (orchestrator.stack.Stack) in a temporary E2E_HOME, plus a bench-only Celery worker
+Starts a private engine (orchestrator.worker.stack.Stack) in a temporary E2E_HOME, plus a bench-only Celery worker
 (bench/noop_app.py) on the same Redis. Then, N times and strictly one at a time:
   * Celery no-op: time.time() just before send_task -> time.time() when the no-op task starts in its worker;
   * submit->RUNNING: time.time() just before Client.submit() -> `ts` of the run's RUNNING run.state event
@@ -117,7 +117,7 @@ def cleanup(home: Path, stack, worker: BenchWorker | None, embedded: bool, keep:
         stack.stop()
         pidfile = home / "redis" / "redis.pid"  # an embedded Redis a failed start() never recorded
         if embedded and pidfile.exists():
-            from orchestrator.stack import pid_alive
+            from orchestrator.worker.stack import pid_alive
             pid = int(pidfile.read_text().strip() or 0)
             if pid_alive(pid):
                 os.kill(pid, signal.SIGTERM)
@@ -133,19 +133,19 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     started, stack, worker = time.monotonic(), None, None
     try:
-        # Before any orchestrator import: orchestrator.celery_app builds its app from get_settings() at import.
+        # Before any orchestrator import: orchestrator.worker.celery_app builds its app from get_settings() at import.
         os.environ["E2E_HOME"] = str(home)
         for var in ("REDIS_URL", "E2E_REDIS_URL"):
             os.environ.pop(var, None)
         sys.path[:0] = [str(ROOT), str(BENCH_DIR)]
         import redis
 
-        from orchestrator.client import Client
-        from orchestrator.events import EventKind
-        from orchestrator.paths import JobPaths
-        from orchestrator.settings import Settings
-        from orchestrator.spec import validate_spec
-        from orchestrator.stack import Stack
+        from orchestrator.control.client import Client
+        from orchestrator.model.events import EventKind
+        from orchestrator.model.paths import JobPaths
+        from orchestrator.model.settings import Settings
+        from orchestrator.model.spec import validate_spec
+        from orchestrator.worker.stack import Stack
 
         settings = Settings(home=home, redis_url=args.redis_url, local_nodes=2, local_cores_per_node=1,
                             reconcile_interval=args.reconcile_interval)

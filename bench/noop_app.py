@@ -11,7 +11,7 @@ from celery import Celery
 QUEUE = "bench.noop"
 TASK = "bench.noop"
 
-# Same transport settings as orchestrator.celery_app, so the baseline is the engine's own queue hop.
+# Same transport settings as orchestrator.worker.celery_app, so the baseline is the engine's own queue hop.
 app = Celery("bench", broker=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
 app.conf.update(
     task_serializer="json", accept_content=["json"], task_ignore_result=True, result_backend=None,

@@ -25,7 +25,6 @@ sys.path.insert(0, str(ROOT))
 from tests.resilience import rows  # noqa: E402
 
 
-
 def suites() -> list[str]:
     """tests/faults, and every other test file that records a row (e.g. the API's refusal suite)."""
     found = ["tests/faults"]

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from orchestrator.cluster import sshconn  # noqa: E402
 from orchestrator.cluster.ssh import SSHBackend  # noqa: E402
 from orchestrator.cluster.transfer import push_tree, ssh_command  # noqa: E402
-from orchestrator.settings import Settings  # noqa: E402
+from orchestrator.model.settings import Settings  # noqa: E402
 from tests.integration.sshcluster import NodeCluster  # noqa: E402
 
 TARGET_P50_MS = 5.0

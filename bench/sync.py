@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.paths import JobPaths
+from orchestrator.model.paths import JobPaths
 from orchestrator.sync.engine import SyncPair
 from orchestrator.sync.tree import LocalSide
 
@@ -229,7 +229,7 @@ def bench_remote_latency(base: Path, files: int) -> dict | None:
         return None
     from orchestrator.cluster import sshconn
     from orchestrator.cluster.ssh import SSHBackend
-    from orchestrator.settings import Settings
+    from orchestrator.model.settings import Settings
 
     base.mkdir(parents=True)
     shared = base / "private"

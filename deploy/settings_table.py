@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic_core import PydanticUndefined
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from orchestrator.settings import Settings  # noqa: E402
+from orchestrator.model.settings import Settings  # noqa: E402
 
 COMPUTED = {"local_cores_per_node": "this machine's CPU count"}
 

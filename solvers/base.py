@@ -21,7 +21,7 @@ from pydantic import (
     SerializationInfo,
 )
 
-from orchestrator.errors import PluginError, UserError
+from orchestrator.model.errors import PluginError, UserError
 
 log = logging.getLogger(__name__)
 

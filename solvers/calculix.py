@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from orchestrator.errors import UserError
+from orchestrator.model.errors import UserError
 
 from .base import LaunchContext, Outcome, Prepared, Progress, RunFiles, RunMode, SolverOptions, SolverPlugin
 from .vendor import JOBNAME_PATTERN, InputFile, attempt_name, copy_input, numbered, to_float, touch

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, field_validator
 
-from orchestrator.spec import resolve_input_path
+from orchestrator.model.spec import resolve_input_path
 
 from .base import LaunchContext, Prepared, Progress, RunMode, SolverOptions, SolverPlugin, copy_if_absent
 

@@ -11,7 +11,7 @@
             return {"input": str(tmp_path / "model.inp")}
 
 Each test prepares and renders the plugin exactly as the engine does (LaunchContext on 1 and 3 nodes,
-run.sh through orchestrator.rendering) and checks what the engine relies on.
+run.sh through orchestrator.model.rendering) and checks what the engine relies on.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from typing import Any, ClassVar
 import pytest
 from pydantic import ValidationError
 
-from orchestrator.errors import UserError
-from orchestrator.rendering import render
+from orchestrator.model.errors import UserError
+from orchestrator.model.rendering import render
 
-from .base import (LaunchContext, NodeSlots, Outcome, Prepared, Progress, RunMode, SolverOptions, SolverPlugin)
+from .base import LaunchContext, NodeSlots, Outcome, Prepared, Progress, RunMode, SolverOptions, SolverPlugin
 
 SECRET_MARK = "s3cr3t-MARK-7f1c"
 _NOISE = ["", "\n", "garbage without structure\n", "\x00\x01\x02\n", "Error\n", "1 2 3 4 5\n", "iter\n",

@@ -8,11 +8,21 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from orchestrator.errors import UserError
+from orchestrator.model.errors import UserError
 
 from .base import LaunchContext, Outcome, Prepared, Progress, RunFiles, RunMode, Secret, SolverOptions, SolverPlugin
-from .vendor import (JOBNAME_PATTERN, ExtraArg, InputFile, attempt_name, copy_input, hosts, licence_env, numbered,
-                     safe_name, touch)
+from .vendor import (
+    JOBNAME_PATTERN,
+    ExtraArg,
+    InputFile,
+    attempt_name,
+    copy_input,
+    hosts,
+    licence_env,
+    numbered,
+    safe_name,
+    touch,
+)
 
 # Releases whose launcher is called ansys<NNN> (2022 R2 .. 2025 R2); the same binary answers to `mapdl`.
 VERSIONS = ("222", "231", "232", "241", "242", "251", "252")

@@ -11,12 +11,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator, field_validator
 
-from orchestrator.spec import check_input_dir, resolve_input_path
+from orchestrator.model.errors import SpecError
+from orchestrator.model.spec import check_input_dir, resolve_input_path
 
-from orchestrator.errors import SpecError
-
-from .base import (LaunchContext, Outcome, Prepared, Progress, RunFiles, RunMode, SolverOptions, SolverPlugin,
-                   copy_if_absent)
+from .base import (
+    LaunchContext,
+    Outcome,
+    Prepared,
+    Progress,
+    RunFiles,
+    RunMode,
+    SolverOptions,
+    SolverPlugin,
+    copy_if_absent,
+)
 
 WORD = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 FOAM_DIR = "/usr/share/openfoam"   # Debian's package; WM_PROJECT_DIR is all its binaries need

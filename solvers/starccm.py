@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from orchestrator.errors import UserError
+from orchestrator.model.errors import UserError
 
 from .base import LaunchContext, Outcome, Prepared, Progress, RunFiles, RunMode, Secret, SolverOptions, SolverPlugin
 from .vendor import ExtraArg, InputFile, attempt_name, copy_input, hosts, licence_env, numbered, safe_name, touch

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from orchestrator.spec import resolve_input_path
+from orchestrator.model.spec import resolve_input_path
 
 from .base import LaunchContext, NodeSlots, RunFiles, copy_if_absent
 

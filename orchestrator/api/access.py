@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..client import Client
-from ..errors import NotFound
-from .users import User
+from orchestrator.api.users import User
+from orchestrator.control.client import Client
+from orchestrator.model.errors import NotFound
 
 
 class ScopedClient(Client):

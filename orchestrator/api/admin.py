@@ -7,10 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
-from .. import task_stats
-from .access import ScopedClient
-from .app import API, admin_client
-from .metrics import celery_queue_lengths
+from orchestrator.api.access import ScopedClient
+from orchestrator.api.app import API, admin_client
+from orchestrator.api.metrics import celery_queue_lengths
+from orchestrator.worker import task_stats
 
 router = APIRouter(prefix=API + "/admin", tags=["admin"])
 RATE_MINUTES = 5

@@ -14,14 +14,22 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..celery_app import make_app
-from ..errors import (E2EError, InfrastructureError, InvalidState, NotFound, PluginError, SpecError, UserError)
-from ..settings import Settings, get_settings
-from ..store import JobStore
-from ..events import EventKind
-from . import audit
-from .access import ScopedClient
-from .users import User, Users
+from orchestrator.api import audit
+from orchestrator.api.access import ScopedClient
+from orchestrator.api.users import User, Users
+from orchestrator.model.errors import (
+    E2EError,
+    InfrastructureError,
+    InvalidState,
+    NotFound,
+    PluginError,
+    SpecError,
+    UserError,
+)
+from orchestrator.model.events import EventKind
+from orchestrator.model.settings import Settings, get_settings
+from orchestrator.store.jobs import JobStore
+from orchestrator.worker.celery_app import make_app
 
 log = logging.getLogger("e2e.api")
 API = "/api/v1"
@@ -206,7 +214,7 @@ def _install_errors(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None, store: JobStore | None = None) -> FastAPI:
     """The API, the monitor pages and /metrics, over one engine (Redis, Celery)."""
-    from . import admin, cluster, files, jobs, metrics, streams, uploads, usage
+    from orchestrator.api import admin, cluster, files, jobs, metrics, streams, uploads, usage
 
     settings = settings or get_settings()
     app = FastAPI(title="End-to-End Desktops API", version="1",
@@ -216,7 +224,7 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     for module in (jobs, uploads, streams, files, cluster, usage, admin, metrics):
         app.include_router(module.router)
     try:
-        from ..monitor import routes as monitor_routes  # the admin task monitor's pages, when installed
+        from orchestrator.api.monitor import routes as monitor_routes  # the admin task monitor's pages, when installed
     except ImportError:
         monitor_routes = None
     if monitor_routes is not None:

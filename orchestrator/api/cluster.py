@@ -7,15 +7,15 @@ from typing import Any, Optional
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..cluster import get_backend
-from ..desktop import connect
-from ..desktop.access import MY_IP, allowed, normalise_rules, resolve, set_user_rules, user_rules
-from ..errors import UserError
-from ..events import EventKind
-from ..nodes_admin import drain, node_rows, undrain
-from . import audit
-from .access import ScopedClient
-from .app import API, admin_client, client_for
+from orchestrator.api import audit
+from orchestrator.api.access import ScopedClient
+from orchestrator.api.app import API, admin_client, client_for
+from orchestrator.cluster import get_backend
+from orchestrator.desktop import connect
+from orchestrator.desktop.access import MY_IP, allowed, normalise_rules, resolve, set_user_rules, user_rules
+from orchestrator.engine.nodes_admin import drain, node_rows, undrain
+from orchestrator.model.errors import UserError
+from orchestrator.model.events import EventKind
 
 router = APIRouter(prefix=API, tags=["cluster"])
 

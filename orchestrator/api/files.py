@@ -12,11 +12,11 @@ from typing import Any, Iterator
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
-from ..errors import NotFound
-from ..sync.confine import check_rel
-from ..sync.results import CHUNK, ResultsStore, files_of
-from .access import ScopedClient
-from .app import API, client_for
+from orchestrator.api.access import ScopedClient
+from orchestrator.api.app import API, client_for
+from orchestrator.model.errors import NotFound
+from orchestrator.sync.confine import check_rel
+from orchestrator.sync.results import CHUNK, ResultsStore, files_of
 
 router = APIRouter(prefix=API, tags=["files"])
 

@@ -11,12 +11,12 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import SpecError
-from ..spec import validate_spec
-from ..states import JobState
-from .access import ScopedClient
-from .app import API, client_for
-from .uploads import check_inside_uploads, uploads_root
+from orchestrator.api.access import ScopedClient
+from orchestrator.api.app import API, client_for
+from orchestrator.api.uploads import check_inside_uploads, uploads_root
+from orchestrator.model.errors import SpecError
+from orchestrator.model.spec import validate_spec
+from orchestrator.model.states import JobState
 
 router = APIRouter(prefix=API, tags=["jobs"])
 
@@ -50,7 +50,7 @@ def job_doc(doc: dict[str, Any]) -> dict[str, Any]:
 
 @router.post("/jobs", status_code=201, summary="Submit a job (or a sweep of jobs)")
 def submit(body: SubmitBody, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
-    from ..sweeps import expand, parse_sweep_options, sweep_block
+    from orchestrator.control.sweeps import expand, parse_sweep_options, sweep_block
 
     base = uploads_root(client.settings.root, client.user)
     data = body.spec

@@ -15,10 +15,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .. import control_latency, task_stats
-from ..celery_app import JOBS_QUEUE, RECONCILE_QUEUE
-from ..events import EventKind
-from ..states import JobState, RunState
+from orchestrator.engine import control_latency
+from orchestrator.model.events import EventKind
+from orchestrator.model.states import JobState, RunState
+from orchestrator.worker import task_stats
+from orchestrator.worker.celery_app import JOBS_QUEUE, RECONCILE_QUEUE
 
 router = APIRouter(tags=["metrics"])
 PRIORITY_SEP, PRIORITY_STEPS = "\x06\x16", (0, 3, 6, 9)  # kombu's Redis transport: one list per priority step

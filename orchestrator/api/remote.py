@@ -1,4 +1,4 @@
-"""The typed Python client of the REST API: the same calls and documents as orchestrator.client.Client, over
+"""The typed Python client of the REST API: the same calls and documents as orchestrator.control.client.Client, over
 HTTP with a token (the CLI uses it when --server / E2E_SERVER is set)."""
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
+from orchestrator.api.uploads import path_fields
+from orchestrator.control.client import wait_until
+from orchestrator.model.errors import InfrastructureError, InvalidState, NotFound, SpecError, UserError
+from orchestrator.model.events import Event
+from orchestrator.model.spec import spec_for_store
+from orchestrator.model.states import JobState, RunState
 from solvers.base import Progress
-
-from ..client import wait_until
-from ..errors import InfrastructureError, InvalidState, NotFound, SpecError, UserError
-from ..events import Event
-from ..spec import spec_for_store
-from ..states import JobState, RunState
-from .uploads import path_fields
 
 _BY_STATUS = {404: NotFound, 409: InvalidState}
 

@@ -14,11 +14,11 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from ..errors import UserError
-from ..events import Event
-from ..states import JOB_TERMINAL
-from .access import ScopedClient
-from .app import API, client_for
+from orchestrator.api.access import ScopedClient
+from orchestrator.api.app import API, client_for
+from orchestrator.model.errors import UserError
+from orchestrator.model.events import Event
+from orchestrator.model.states import JOB_TERMINAL
 
 router = APIRouter(prefix=API, tags=["live"])
 STREAM_ID = r"^\d{1,20}-\d{1,20}$"
@@ -141,7 +141,7 @@ async def _follow_log(request: Request, client: ScopedClient, job_id: str, run: 
 
 
 def _log_state(client: ScopedClient, job_id: str, run: Optional[str]) -> tuple[Any, bool]:
-    from ..client import run_finished
+    from orchestrator.control.client import run_finished
 
     doc = client.status(job_id)
     path = client.log_path(job_id, run)

@@ -13,9 +13,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
-from ..errors import SpecError, UserError
-from .access import ScopedClient
-from .app import API, client_for
+from orchestrator.api.access import ScopedClient
+from orchestrator.api.app import API, client_for
+from orchestrator.model.errors import SpecError, UserError
 
 router = APIRouter(prefix=API, tags=["files"])
 MAX_MEMBERS = 100_000

@@ -6,9 +6,9 @@ from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, Query
 
-from ..usage import usage as compute_usage
-from .access import ScopedClient
-from .app import API, client_for
+from orchestrator.api.access import ScopedClient
+from orchestrator.api.app import API, client_for
+from orchestrator.engine.usage import usage as compute_usage
 
 router = APIRouter(prefix=API, tags=["usage"])
 

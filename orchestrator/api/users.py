@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import NotFound, UserError
+from orchestrator.model.errors import NotFound, UserError
 
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 TOKEN_PREFIX = "e2e_"

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from ..errors import UserError
-from ..settings import Settings
-from .base import ClusterBackend
+from orchestrator.cluster.base import ClusterBackend
+from orchestrator.model.errors import UserError
+from orchestrator.model.settings import Settings
 
 
 def get_backend(name: str, settings: Settings) -> ClusterBackend:
     """The backend called `name`, configured from settings."""
     if name == "local":
-        from .local import LocalBackend
+        from orchestrator.cluster.local import LocalBackend
 
         return LocalBackend(settings)
     if name == "ssh":
-        from .ssh import SSHBackend
+        from orchestrator.cluster.ssh import SSHBackend
 
         return SSHBackend(settings)
     if name == "slurm":
-        from .slurm import SlurmBackend
+        from orchestrator.cluster.slurm import SlurmBackend
 
         return SlurmBackend(settings)
     raise UserError(f"unknown cluster backend {name!r}; known backends: local, ssh, slurm")

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BackendError
+from orchestrator.model.errors import BackendError
 
 
 class NodeUnreachable(BackendError):

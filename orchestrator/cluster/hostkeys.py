@@ -10,8 +10,8 @@ from pathlib import Path
 
 import paramiko
 
-from ..errors import BackendError
-from .base import HostKeyRefused
+from orchestrator.cluster.base import HostKeyRefused
+from orchestrator.model.errors import BackendError
 
 
 class HostKeyError(HostKeyRefused):

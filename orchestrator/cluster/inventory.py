@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
 
-from ..errors import InfrastructureError
+from orchestrator.model.errors import InfrastructureError
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 # A host name or an IPv4/IPv6 literal: nothing a shell or an ssh option parser could misread.

@@ -8,9 +8,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..errors import BackendError
-from ..settings import Settings
-from .base import ClusterBackend, Node
+from orchestrator.cluster.base import ClusterBackend, Node
+from orchestrator.model.errors import BackendError
+from orchestrator.model.settings import Settings
 
 
 class LocalBackend(ClusterBackend):

@@ -16,11 +16,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..errors import BackendError
-from ..paths import JobPaths
-from ..settings import Settings
-from .base import ClusterBackend, Node
-from .local import LocalBackend
+from orchestrator.cluster.base import ClusterBackend, Node
+from orchestrator.cluster.local import LocalBackend
+from orchestrator.model.errors import BackendError
+from orchestrator.model.paths import JobPaths
+from orchestrator.model.settings import Settings
 
 SLURM_TIMEOUT = 30.0        # seconds any Slurm client command may take
 HOLD = "exec sleep 2147483647"
@@ -219,7 +219,7 @@ class SlurmBackend(ClusterBackend):
             return True  # frozen: its processes exist (stopped), and no step can start to look at them
         if state != "RUNNING":
             return False
-        from .ssh import parse_stat
+        from orchestrator.cluster.ssh import parse_stat
 
         done = self.slurm(*self._step(node, slurm_id), "sh", "-c", "cat /proc/[0-9]*/stat 2>/dev/null; true")
         return any(group == pgid and st != "Z" for _, st, group in parse_stat(done.stdout.encode()))
@@ -230,13 +230,13 @@ class SlurmBackend(ClusterBackend):
         return self.on_node(node, f"kill -{int(signum)} -- -{int(pgid)}").returncode == 0
 
     def tagged_processes(self, node: Node, tag: str) -> list[int]:
-        from .ssh import _find_tagged
+        from orchestrator.cluster.ssh import _find_tagged
 
         done = self.on_node(node, _find_tagged(tag) + ' echo "$p"; done')
         return [int(x) for x in done.stdout.split() if x.isdigit()]
 
     def signal_tagged(self, node: Node, tag: str, signum: int) -> int:
-        from .ssh import _find_tagged
+        from orchestrator.cluster.ssh import _find_tagged
 
         done = self.on_node(node, _find_tagged(tag) + f' kill -{int(signum)} "$p" 2>/dev/null && echo "$p"; done')
         return len([x for x in done.stdout.split() if x.isdigit()])

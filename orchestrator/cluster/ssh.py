@@ -10,12 +10,12 @@ from pathlib import Path, PurePosixPath
 
 import paramiko
 
-from ..errors import BackendError, InfrastructureError
-from ..settings import Settings
-from .base import ClusterBackend, Node, NodeUnreachable
-from .inventory import ComputeNode, Inventory, load_inventory
-from .sshconn import Completed, Connection, connection
-from .transfer import pull_tree, push_tree
+from orchestrator.cluster.base import ClusterBackend, Node, NodeUnreachable
+from orchestrator.cluster.inventory import ComputeNode, Inventory, load_inventory
+from orchestrator.cluster.sshconn import Completed, Connection, connection
+from orchestrator.cluster.transfer import pull_tree, push_tree
+from orchestrator.model.errors import BackendError, InfrastructureError
+from orchestrator.model.settings import Settings
 
 PROBE_TIMEOUT = 5.0
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import paramiko
 
-from ..errors import BackendError
-from .base import NodeUnreachable
-from .hostkeys import HostKeyError, trusted_keys, verify
-from .inventory import ComputeNode, Inventory
+from orchestrator.cluster.base import NodeUnreachable
+from orchestrator.cluster.hostkeys import HostKeyError, trusted_keys, verify
+from orchestrator.cluster.inventory import ComputeNode, Inventory
+from orchestrator.model.errors import BackendError
 
 
 class NodeAuthFailed(BackendError):

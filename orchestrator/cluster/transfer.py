@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 
 import paramiko
 
-from ..errors import BackendError
+from orchestrator.model.errors import BackendError
 
 if TYPE_CHECKING:
-    from .base import Node
-    from .ssh import SSHBackend
+    from orchestrator.cluster.base import Node
+    from orchestrator.cluster.ssh import SSHBackend
 
 TRANSFER_TIMEOUT = 6 * 3600   # wall-clock bound of one directory transfer; stalls end sooner via --timeout
 

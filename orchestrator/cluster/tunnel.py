@@ -10,8 +10,8 @@ from typing import Callable
 
 import paramiko
 
-from ..errors import BackendError
-from .hostkeys import HostKeyChanged, HostKeyError, HostKeyUnknown, fingerprint, host_entry
+from orchestrator.cluster.hostkeys import HostKeyChanged, HostKeyError, HostKeyUnknown, fingerprint, host_entry
+from orchestrator.model.errors import BackendError
 
 
 class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
@@ -68,7 +68,7 @@ def engine_known_hosts(inventory: Path | None) -> Path | None:
     """The host keys the engine trusts for its ssh nodes (`e2e nodes trust`), for tunnels to those nodes."""
     if inventory is None:
         return None
-    from .inventory import load_inventory
+    from orchestrator.cluster.inventory import load_inventory
 
     known = load_inventory(inventory).known_hosts
     return known if known is not None and known.exists() else None

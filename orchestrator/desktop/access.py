@@ -6,7 +6,7 @@ import ipaddress
 import json
 from typing import Any, Iterable
 
-from ..errors import UserError
+from orchestrator.model.errors import UserError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

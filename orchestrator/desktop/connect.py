@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import InvalidState, UserError
-from ..events import EventKind
-from ..states import JobState
-from .access import allowed, client_address
-from .secrets import DesktopSecret, DesktopSecrets
-from .service import READY, STARTING, desktop_record
-from .vncauth import check_password, passwd_file
+from orchestrator.desktop.access import allowed, client_address
+from orchestrator.desktop.secrets import DesktopSecret, DesktopSecrets
+from orchestrator.desktop.service import READY, STARTING, desktop_record
+from orchestrator.desktop.vncauth import check_password, passwd_file
+from orchestrator.model.errors import InvalidState, UserError
+from orchestrator.model.events import EventKind
+from orchestrator.model.states import JobState
 
 LOCAL_TUNNEL_PORTS = (5901, 5900)  # what VNC viewers call display :1 and :0
 
@@ -102,8 +102,8 @@ def open_tunnel(client: Any, d: Desktop, key_filename: str | None = None, known_
                 endpoint: tuple[str, int] | None = None, sock: Any = None):
     """The SSH connection a tunnel to the desktop runs over (to the head node, or `endpoint`); a host key that
     is unknown or changed is refused, and the refusal recorded on the job."""
-    from ..cluster.base import HostKeyRefused
-    from ..cluster.tunnel import connect as ssh_connect
+    from orchestrator.cluster.base import HostKeyRefused
+    from orchestrator.cluster.tunnel import connect as ssh_connect
 
     user, host, port = d.ssh
     host, port = endpoint or (host, port)

@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import NotFound, UserError
-from .access import is_everywhere
+from orchestrator.desktop.access import is_everywhere
+from orchestrator.model.errors import NotFound, UserError
 
 MIN_RSA_BITS = 2048
 # key type -> expected size of its key material, checked against the blob itself

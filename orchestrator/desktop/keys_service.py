@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 
-from ..errors import UserError
-from ..events import EventKind
-from ..services import JobService, ServiceContext
-from . import nodes
-from .access import EVERYWHERE, resolve
-from .keys import KeyRegistry, authorized_keys_block, merge_block
+from orchestrator.desktop import nodes
+from orchestrator.desktop.access import EVERYWHERE, resolve
+from orchestrator.desktop.keys import KeyRegistry, authorized_keys_block, merge_block
+from orchestrator.model.errors import UserError
+from orchestrator.model.events import EventKind
+from orchestrator.model.services import JobService, ServiceContext
 
 
 class SshKeysService(JobService):

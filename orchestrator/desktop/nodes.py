@@ -19,8 +19,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from ..cluster.base import ClusterBackend, Node
-from ..errors import BackendError
+from orchestrator.cluster.base import ClusterBackend, Node
+from orchestrator.model.errors import BackendError
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 

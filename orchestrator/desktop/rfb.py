@@ -7,7 +7,7 @@ import struct
 from dataclasses import dataclass
 from typing import Protocol
 
-from .vncauth import challenge_response
+from orchestrator.desktop.vncauth import challenge_response
 
 SECURITY_NONE, SECURITY_VNCAUTH = 1, 2
 

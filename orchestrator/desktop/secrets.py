@@ -6,7 +6,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from .vncauth import generate_password
+from orchestrator.desktop.vncauth import generate_password
 
 
 @dataclass(frozen=True)

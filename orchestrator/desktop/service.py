@@ -10,16 +10,16 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..cluster.base import NodeUnreachable
-from ..errors import BackendError, UserError
-from ..events import EventKind
-from ..rendering import Raw, render
-from ..services import JobService, ServiceContext
-from . import nodes
-from .access import EVERYWHERE, is_everywhere, resolve, split_families
-from .rfb import RFBError, handshake
-from .secrets import DesktopSecret, DesktopSecrets
-from .vncauth import passwd_file
+from orchestrator.cluster.base import NodeUnreachable
+from orchestrator.desktop import nodes
+from orchestrator.desktop.access import EVERYWHERE, is_everywhere, resolve, split_families
+from orchestrator.desktop.rfb import RFBError, handshake
+from orchestrator.desktop.secrets import DesktopSecret, DesktopSecrets
+from orchestrator.desktop.vncauth import passwd_file
+from orchestrator.model.errors import BackendError, UserError
+from orchestrator.model.events import EventKind
+from orchestrator.model.rendering import Raw, render
+from orchestrator.model.services import JobService, ServiceContext
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 GATEWAY_SOURCE = Path(__file__).with_name("gateway.py")

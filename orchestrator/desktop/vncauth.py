@@ -7,7 +7,7 @@ import secrets
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
-from ..errors import UserError
+from orchestrator.model.errors import UserError
 
 MIN_LENGTH = 6      # vncpasswd refuses shorter passwords
 SIGNIFICANT = 8     # VncAuth uses the first 8 bytes; the rest is ignored by every VNC server

@@ -8,7 +8,7 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from ..errors import UserError
+from orchestrator.model.errors import UserError
 
 
 def check_rel(rel: str) -> str:

@@ -15,7 +15,7 @@ import stat as stat_mode
 import subprocess
 from dataclasses import dataclass
 
-from .tree import Entry, LocalSide, temp_name
+from orchestrator.sync.tree import Entry, LocalSide, temp_name
 
 APPEND_MIN = 1 << 20        # smaller files are simply rewritten (cheaper than checking)
 PROBE = 1 << 16             # bytes compared before the old end to recognise an append

@@ -25,11 +25,11 @@ from pathlib import Path
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
-from ..errors import BackendError
-from ..paths import JobPaths
-from .engine import SyncPair
-from .nodelink import NodeLink
-from .tree import TEMP_MARK, LocalSide
+from orchestrator.model.errors import BackendError
+from orchestrator.model.paths import JobPaths
+from orchestrator.sync.engine import SyncPair
+from orchestrator.sync.nodelink import NodeLink
+from orchestrator.sync.tree import TEMP_MARK, LocalSide
 
 log = logging.getLogger("orchestrator.sync")
 

@@ -24,13 +24,13 @@ from itertools import zip_longest
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from ..errors import UserError
-from .confine import link_stays_inside
-from .copy import Copied, LocalCopier, RsyncCopier
+from orchestrator.model.errors import UserError
+from orchestrator.sync.confine import link_stays_inside
+from orchestrator.sync.copy import Copied, LocalCopier, RsyncCopier
 
 if TYPE_CHECKING:
-    from .remote import RemoteCopier
-from .tree import DIR, Entry, LocalSide, Side, temp_name
+    from orchestrator.sync.remote import RemoteCopier
+from orchestrator.sync.tree import DIR, Entry, LocalSide, Side, temp_name
 
 log = logging.getLogger(__name__)
 

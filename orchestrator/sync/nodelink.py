@@ -12,13 +12,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..cluster.ssh import SSHBackend
-from ..cluster.transfer import rsync_usable, ssh_command
-from ..errors import BackendError
-from ..settings import Settings
-from .engine import Emit, SyncPair
-from .remote import RemoteCopier, RemoteSide
-from .tree import LocalSide
+from orchestrator.cluster.ssh import SSHBackend
+from orchestrator.cluster.transfer import rsync_usable, ssh_command
+from orchestrator.model.errors import BackendError
+from orchestrator.model.settings import Settings
+from orchestrator.sync.engine import Emit, SyncPair
+from orchestrator.sync.remote import RemoteCopier, RemoteSide
+from orchestrator.sync.tree import LocalSide
 
 
 class NodeLink:

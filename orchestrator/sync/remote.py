@@ -13,11 +13,11 @@ import shutil
 import stat as stat_mode
 from pathlib import Path
 
-from ..cluster.base import ClusterBackend, Node
-from ..errors import BackendError, UserError
-from .confine import check_rel
-from .copy import Copied, RsyncCopier
-from .tree import DIR, Entry, LocalSide, Side, excluded, temp_name
+from orchestrator.cluster.base import ClusterBackend, Node
+from orchestrator.model.errors import BackendError, UserError
+from orchestrator.sync.confine import check_rel
+from orchestrator.sync.copy import Copied, RsyncCopier
+from orchestrator.sync.tree import DIR, Entry, LocalSide, Side, excluded, temp_name
 
 # type, size, mtime (seconds.fraction), link target, path relative to the start point: NUL after each.
 FIND_FORMAT = r"%y\0%s\0%T@\0%l\0%P\0"

@@ -17,12 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import InfrastructureError, NotFound
-from ..paths import JobPaths, results_dir
-from ..services import ServiceContext
-from ..states import JobState
-from .confine import check_rel, confined, link_stays_inside, open_confined
-from .tree import scratch_name, temp_name
+from orchestrator.model.errors import InfrastructureError, NotFound
+from orchestrator.model.paths import JobPaths, results_dir
+from orchestrator.model.services import ServiceContext
+from orchestrator.model.states import JobState
+from orchestrator.sync.confine import check_rel, confined, link_stays_inside, open_confined
+from orchestrator.sync.tree import scratch_name, temp_name
 
 MANIFEST = "manifest.json"
 SECRET_BEARING = frozenset({"wrapper.sh"})  # the engine's run wrapper exports licence settings

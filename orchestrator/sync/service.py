@@ -12,10 +12,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-from ..cluster.base import ClusterBackend, Node
-from ..cluster.local import LocalBackend
-from ..events import EventKind
-from ..services import JobService, ServiceContext
+from orchestrator.cluster.base import ClusterBackend, Node
+from orchestrator.cluster.local import LocalBackend
+from orchestrator.model.events import EventKind
+from orchestrator.model.services import JobService, ServiceContext
 
 log = logging.getLogger(__name__)
 

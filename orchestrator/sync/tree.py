@@ -17,8 +17,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import NamedTuple
 
-from ..errors import UserError
-from .confine import check_rel, confined
+from orchestrator.model.errors import UserError
+from orchestrator.sync.confine import check_rel, confined
 
 # Never synced: the engine's bookkeeping (and wrapper.sh, which may export licence settings) at the top of
 # a run directory, and anywhere: our own temp files, editor/lock files, core dumps and scratch files.

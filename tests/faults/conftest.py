@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cluster.local import tagged_processes
-from orchestrator.stack import free_port, wait_for_redis
-from orchestrator.states import JobState, RunState
+from orchestrator.model.states import JobState, RunState
+from orchestrator.worker.stack import free_port, wait_for_redis
 from tests.conftest import require
 from tests.integration.conftest import redis_url  # noqa: F401 - the session's real Redis, as a fixture here too
 from tests.resilience import record

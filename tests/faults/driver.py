@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from orchestrator.states import JOB_TERMINAL, RUN_ENDED, JobState
+from orchestrator.model.states import JOB_TERMINAL, RUN_ENDED, JobState
 
 from .conftest import recording_job
 

@@ -19,9 +19,9 @@ from orchestrator.cluster.tunnel import Forwarder
 from orchestrator.desktop import connect
 from orchestrator.desktop.keys import KeyRegistry
 from orchestrator.desktop.rfb import AuthFailed, authenticate
-from orchestrator.errors import UserError
-from orchestrator.events import EventKind
-from orchestrator.paths import JobPaths
+from orchestrator.model.errors import UserError
+from orchestrator.model.events import EventKind
+from orchestrator.model.paths import JobPaths
 from tests.conftest import require
 from tests.integration.conftest import engine, redis_url, wait_for  # noqa: F401 (fixtures)
 from tests.integration.desktop_helpers import require_desktop_tools, wait_desktop

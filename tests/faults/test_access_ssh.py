@@ -12,9 +12,9 @@ import pytest
 
 from orchestrator.cluster import sshconn
 from orchestrator.cluster.hostkeys import fingerprint
-from orchestrator.events import EventKind
-from orchestrator.paths import JobPaths
-from orchestrator.states import JobState
+from orchestrator.model.events import EventKind
+from orchestrator.model.paths import JobPaths
+from orchestrator.model.states import JobState
 from tests.integration.conftest import Engine, make_settings, redis_flush, redis_url  # noqa: F401 (fixture)
 from tests.integration.ssh.conftest import _cluster
 from tests.resilience import record

@@ -17,11 +17,11 @@ import pytest
 
 from orchestrator.cluster.base import Node
 from orchestrator.cluster.local import LocalBackend
-from orchestrator.edits import apply_overlay, check_files, overlay, save_files
-from orchestrator.errors import UserError
-from orchestrator.paths import JobPaths
-from orchestrator.runctl import RunFilesOnNode
-from orchestrator.settings import Settings
+from orchestrator.engine.edits import apply_overlay, check_files, overlay, save_files
+from orchestrator.engine.runctl import RunFilesOnNode
+from orchestrator.model.errors import UserError
+from orchestrator.model.paths import JobPaths
+from orchestrator.model.settings import Settings
 from orchestrator.sync.engine import SyncPair
 from orchestrator.sync.results import LiveFiles, LocalResultsStore, download
 from orchestrator.sync.tree import LocalSide

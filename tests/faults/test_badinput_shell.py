@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cluster.base import Node
-from orchestrator.errors import SpecError, UserError
-from orchestrator.materialize import materialize_run
-from orchestrator.paths import JobPaths
-from orchestrator.spec import validate_spec
+from orchestrator.engine.materialize import materialize_run
+from orchestrator.model.errors import SpecError, UserError
+from orchestrator.model.paths import JobPaths
+from orchestrator.model.spec import validate_spec
 from solvers.base import RunMode, registry
 from tests.faults.test_badinput_specs import inputs  # noqa: F401 (the working spec of each solver)
 from tests.resilience import record

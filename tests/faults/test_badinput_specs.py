@@ -16,15 +16,16 @@ from pathlib import Path
 import fakeredis
 import pytest
 import yaml
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from orchestrator.client import Client
-from orchestrator.errors import SpecError, UserError
-from orchestrator.settings import Settings
-from orchestrator.spec import spec_for_store, spec_model, validate_spec
-from orchestrator.states import JobState
-from orchestrator.store import JobStore
+from orchestrator.control.client import Client
+from orchestrator.model.errors import SpecError, UserError
+from orchestrator.model.settings import Settings
+from orchestrator.model.spec import spec_for_store, spec_model, validate_spec
+from orchestrator.model.states import JobState
+from orchestrator.store.jobs import JobStore
 from tests.resilience import record
 
 LONG = os.environ.get("E2E_LONG") == "1"

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from orchestrator.cluster.local import tagged_processes
-from orchestrator.events import EventKind
-from orchestrator.states import JobState, RunState
+from orchestrator.model.events import EventKind
+from orchestrator.model.states import JobState, RunState
 from tests.conftest import require
 from tests.integration.conftest import Engine, make_settings, wait_for
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from orchestrator.events import EventKind
-from orchestrator.states import JOB_TERMINAL
+from orchestrator.model.events import EventKind
+from orchestrator.model.states import JOB_TERMINAL
 from tests.integration.conftest import Engine, make_settings, wait_for
 
 from .conftest import Tally, recording_job, sized

@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from orchestrator.cluster.local import tagged_processes
-from orchestrator.events import EventKind
-from orchestrator.node_health import LEFTOVER_RETRY
-from orchestrator.states import JobState, RunState
+from orchestrator.engine.node_health import LEFTOVER_RETRY
+from orchestrator.model.events import EventKind
+from orchestrator.model.states import JobState, RunState
 from tests.integration.conftest import Engine, make_settings, wait_for
 from tests.integration.ssh.conftest import own_cluster  # noqa: F401 - a 3-node cluster of this test's own
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from orchestrator.client import Client
 from orchestrator.cluster.local import tagged_processes
-from orchestrator.settings import Settings
-from orchestrator.stack import Stack, free_port, wait_for_redis
-from orchestrator.states import JOB_TERMINAL, RUN_ENDED
+from orchestrator.control.client import Client
+from orchestrator.model.settings import Settings
+from orchestrator.model.states import JOB_TERMINAL, RUN_ENDED
+from orchestrator.worker.stack import Stack, free_port, wait_for_redis
 from tests.conftest import require
 
 TUTORIALS = Path("/usr/share/doc/openfoam-examples/examples/incompressible")

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.stack import free_port
+from orchestrator.worker.stack import free_port
 
 MUNGE_KEY = Path("/etc/munge/munge.key")
 

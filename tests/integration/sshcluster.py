@@ -22,7 +22,7 @@ import paramiko
 import yaml
 
 from orchestrator.cluster.hostkeys import trust
-from orchestrator.stack import free_port
+from orchestrator.worker.stack import free_port
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 PREFIX = "e2essh"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.stack import pid_alive
+from orchestrator.worker.stack import pid_alive
 
 from .conftest import CAVITY
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cluster.local import process_states, tagged_processes
-from orchestrator.errors import InvalidState, SpecError
-from orchestrator.events import EventKind
-from orchestrator.states import JobState, RunState
+from orchestrator.model.errors import InvalidState, SpecError
+from orchestrator.model.events import EventKind
+from orchestrator.model.states import JobState, RunState
 
 from .conftest import PITZ, wait_for
 

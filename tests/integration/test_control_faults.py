@@ -13,10 +13,9 @@ import pytest
 import redis
 
 from orchestrator.cluster.local import tagged_processes
-from orchestrator.errors import InvalidState
-from orchestrator.stack import free_port, wait_for_redis
-from orchestrator.states import RUN_ENDED, JobState, RunState
-
+from orchestrator.model.errors import InvalidState
+from orchestrator.model.states import RUN_ENDED, JobState, RunState
+from orchestrator.worker.stack import free_port, wait_for_redis
 from tests.conftest import require
 
 from .conftest import Engine, make_settings, wait_for

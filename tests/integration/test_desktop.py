@@ -12,12 +12,18 @@ import pytest
 from orchestrator.desktop import connect
 from orchestrator.desktop.rfb import AuthFailed, authenticate
 from orchestrator.desktop.secrets import DesktopSecrets
-from orchestrator.errors import UserError
-from orchestrator.events import EventKind
-from orchestrator.paths import JobPaths
+from orchestrator.model.errors import UserError
+from orchestrator.model.events import EventKind
+from orchestrator.model.paths import JobPaths
 from tests.integration.conftest import wait_for
-from tests.integration.desktop_helpers import (chromium, close_chromium, require_desktop_tools, session_processes,
-                                               spec, wait_desktop)
+from tests.integration.desktop_helpers import (
+    chromium,
+    close_chromium,
+    require_desktop_tools,
+    session_processes,
+    spec,
+    wait_desktop,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -239,8 +245,8 @@ def test_registered_ssh_keys_are_installed_on_the_head_node_while_the_cluster_is
 
 
 def _keygen(tmp_path: Path) -> str:
-    import subprocess
     import shutil
+    import subprocess
 
     from tests.conftest import require
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.states import RunState
+from orchestrator.model.states import RunState
 from tests.integration.conftest import Engine, make_settings, redis_flush
 from tests.integration.desktop_helpers import spec, wait_desktop
 from tests.unit.test_desktop_service import path_without

@@ -15,8 +15,8 @@ from orchestrator.cluster.tunnel import Forwarder, connect
 from orchestrator.desktop import connect as desktop_connect
 from orchestrator.desktop.keys import KeyRegistry
 from orchestrator.desktop.rfb import authenticate
-from orchestrator.errors import BackendError
-from orchestrator.stack import free_port
+from orchestrator.model.errors import BackendError
+from orchestrator.worker.stack import free_port
 from tests.conftest import require
 from tests.integration.conftest import wait_for
 from tests.integration.desktop_helpers import require_desktop_tools, spec, wait_desktop

@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from orchestrator.cluster.local import group_members
-from orchestrator.events import EventKind
-from orchestrator.states import JobState, RunState
+from orchestrator.model.events import EventKind
+from orchestrator.model.states import JobState, RunState
 
 from .conftest import CAVITY, PITZ, wait_for
 

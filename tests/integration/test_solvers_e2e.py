@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.events import EventKind
-from orchestrator.stack import free_port
-from orchestrator.states import JobState, RunState
+from orchestrator.model.events import EventKind
+from orchestrator.model.states import JobState, RunState
+from orchestrator.worker.stack import free_port
 from tests.conftest import require
 
 from .conftest import Engine, make_settings, wait_for

@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from orchestrator.states import JobState, RunState
+from orchestrator.model.states import JobState, RunState
 
 from .conftest import Engine, make_settings, redis_flush
 
@@ -24,7 +24,7 @@ def e2e(settings, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "E2E_HOME": str(settings.root), "E2E_REDIS_URL": settings.redis_url,
            "E2E_LOCAL_NODES": str(settings.local_nodes), "E2E_LOCAL_CORES_PER_NODE": "2"}
     env.pop("E2E_INVENTORY", None)
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args], env=env, capture_output=True,
                           text=True, timeout=120)
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cluster.local import LocalBackend
-from orchestrator.events import EventKind
-from orchestrator.paths import JobPaths
-from orchestrator.services import ServiceContext
-from orchestrator.states import JobState
+from orchestrator.model.events import EventKind
+from orchestrator.model.paths import JobPaths
+from orchestrator.model.services import ServiceContext
+from orchestrator.model.states import JobState
 from orchestrator.sync.results import results_store, store_results
 
 from .conftest import wait_for

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from orchestrator.paths import JobPaths
-from orchestrator.states import JobState, RunState
+from orchestrator.model.paths import JobPaths
+from orchestrator.model.states import JobState, RunState
 
 from .conftest import CAVITY, wait_for
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cluster.local import LocalBackend
-from orchestrator.errors import InfrastructureError
-from orchestrator.events import EventKind
-from orchestrator.paths import JobPaths
-from orchestrator.services import ServiceContext
-from orchestrator.store import JobStore
+from orchestrator.model.errors import InfrastructureError
+from orchestrator.model.events import EventKind
+from orchestrator.model.paths import JobPaths
+from orchestrator.model.services import ServiceContext
+from orchestrator.store.jobs import JobStore
 from orchestrator.sync.results import download, results_store, store_results
 from orchestrator.sync.service import SyncService
 

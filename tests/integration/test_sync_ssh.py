@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.cluster import sshconn
-from orchestrator.events import EventKind
-from orchestrator.paths import JobPaths
-from orchestrator.states import JobState
+from orchestrator.model.events import EventKind
+from orchestrator.model.paths import JobPaths
+from orchestrator.model.states import JobState
 from tests.integration.ssh.conftest import _cluster
 
 from .conftest import Engine, make_settings, redis_flush, wait_for

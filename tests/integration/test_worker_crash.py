@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from orchestrator.states import JobState, RunState
+from orchestrator.model.states import JobState, RunState
 
 from .conftest import Engine, make_settings, wait_for
 

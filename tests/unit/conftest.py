@@ -5,7 +5,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from orchestrator.store import JobStore
+from orchestrator.store.jobs import JobStore
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from fastapi.testclient import TestClient
 
 from orchestrator.api.app import create_app
 from orchestrator.api.users import Users, hash_token
-from orchestrator.errors import NotFound, UserError
-from orchestrator.settings import Settings
-from orchestrator.store import JobStore
+from orchestrator.model.errors import NotFound, UserError
+from orchestrator.model.settings import Settings
+from orchestrator.store.jobs import JobStore
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.api.uploads import _unpack, check_inside_uploads, path_fields
-from orchestrator.errors import SpecError, UserError
-from orchestrator.spec import validate_spec
+from orchestrator.model.errors import SpecError, UserError
+from orchestrator.model.spec import validate_spec
 from tests.resilience import record
 
 

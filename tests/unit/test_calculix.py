@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.errors import UserError
+from orchestrator.model.errors import UserError
 from solvers.base import RunMode
 from solvers.calculix import CalculiX, CalculiXOptions, completed_steps, split_deck
 from solvers.contract import MemoryFiles, launch_context, prepare_and_render

@@ -14,9 +14,9 @@ import typer
 import yaml
 from celery import Celery
 
-from orchestrator.celery_app import JOBS_QUEUE, RECONCILE_QUEUE
 from orchestrator.cluster.inventory import load_inventory
-from orchestrator.settings import Settings
+from orchestrator.model.settings import Settings
+from orchestrator.worker.celery_app import JOBS_QUEUE, RECONCILE_QUEUE
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE_SERVICES = ("api", "worker", "beat")
@@ -80,7 +80,7 @@ def test_the_api_listens_on_every_interface(compose):
 
 
 def test_e2e_commands_are_real_subcommands_with_real_options(compose):
-    from orchestrator.cli import app
+    from orchestrator.cli.main import app
 
     cli = typer.main.get_command(app)
     for name, service in compose["services"].items():
@@ -140,7 +140,7 @@ def test_readme_lists_every_setting_as_the_model_describes_it():
 
 def test_a_bad_option_in_an_e2e_command_would_be_caught():
     """The subcommand check above can fail: an unknown option is a usage error (typer's vendored click)."""
-    from orchestrator.cli import app
+    from orchestrator.cli.main import app
 
     with pytest.raises(Exception, match="No such option"):
         typer.main.get_command(app).commands["serve"].make_context("serve", ["--no-such-option"])

@@ -7,15 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.commands import ALLOWED, Command, allowed_commands, check_allowed
-from orchestrator.edits import (apply_assignments, apply_overlay, check_files, check_relpath, diff, overlay,
-                                parse_assignments, save_files)
-from orchestrator.errors import InvalidState, SpecError
-from orchestrator.events import EventKind
-from orchestrator.limits import check_limits, deadlines
-from orchestrator.paths import JobPaths
-from orchestrator.states import RUN_ACTIVE, RUN_ENDED, JobState, RunState
-
+from orchestrator.engine.edits import (
+    apply_assignments,
+    apply_overlay,
+    check_files,
+    check_relpath,
+    diff,
+    overlay,
+    parse_assignments,
+    save_files,
+)
+from orchestrator.engine.limits import check_limits, deadlines
+from orchestrator.model.commands import ALLOWED, Command, allowed_commands, check_allowed
+from orchestrator.model.errors import InvalidState, SpecError
+from orchestrator.model.events import EventKind
+from orchestrator.model.paths import JobPaths
+from orchestrator.model.states import RUN_ACTIVE, RUN_ENDED, JobState, RunState
 
 
 def new_job(store, name: str = "pitz") -> str:

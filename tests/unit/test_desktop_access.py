@@ -8,11 +8,17 @@ import subprocess
 
 import pytest
 
-from orchestrator.desktop.access import (allowed, normalise_rules, resolve, resolve_for_submit, set_user_rules,
-                                         user_rules)
+from orchestrator.desktop.access import (
+    allowed,
+    normalise_rules,
+    resolve,
+    resolve_for_submit,
+    set_user_rules,
+    user_rules,
+)
 from orchestrator.desktop.service import nftables_removal, nftables_rules
-from orchestrator.errors import UserError
-from orchestrator.spec import validate_spec
+from orchestrator.model.errors import UserError
+from orchestrator.model.spec import validate_spec
 from tests.conftest import require
 
 

@@ -9,9 +9,8 @@ import subprocess
 
 import pytest
 
-from orchestrator.desktop.keys import (BEGIN, END, KeyRegistry, authorized_keys_block, merge_block,
-                                       parse_public_key)
-from orchestrator.errors import NotFound, UserError
+from orchestrator.desktop.keys import BEGIN, END, KeyRegistry, authorized_keys_block, merge_block, parse_public_key
+from orchestrator.model.errors import NotFound, UserError
 from tests.conftest import require
 
 

@@ -10,11 +10,11 @@ import pytest
 
 from orchestrator.cluster.local import LocalBackend
 from orchestrator.desktop.service import DesktopService, desktop_record
-from orchestrator.events import EventKind
-from orchestrator.paths import JobPaths
-from orchestrator.services import ServiceContext
-from orchestrator.settings import Settings
-from orchestrator.spec import spec_for_store, validate_spec
+from orchestrator.model.events import EventKind
+from orchestrator.model.paths import JobPaths
+from orchestrator.model.services import ServiceContext
+from orchestrator.model.settings import Settings
+from orchestrator.model.spec import spec_for_store, validate_spec
 
 
 @pytest.fixture(scope="module")

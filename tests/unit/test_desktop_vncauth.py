@@ -11,9 +11,14 @@ import threading
 import pytest
 
 from orchestrator.desktop.rfb import AuthFailed, RFBError, handshake
-from orchestrator.desktop.vncauth import (challenge_response, check_password, generate_password, passwd_file,
-                                          read_passwd_file)
-from orchestrator.errors import UserError
+from orchestrator.desktop.vncauth import (
+    challenge_response,
+    check_password,
+    generate_password,
+    passwd_file,
+    read_passwd_file,
+)
+from orchestrator.model.errors import UserError
 from tests.conftest import require
 
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from orchestrator.errors import UserError
+from orchestrator.model.errors import UserError
 from solvers.base import Progress, RunMode
 from solvers.contract import MemoryFiles, launch_context, prepare_and_render
 from solvers.fluent import EXIT_FILE, Fluent, FluentOptions

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from orchestrator.errors import UserError
+from orchestrator.model.errors import UserError
 from solvers.base import RunMode
 from solvers.contract import MemoryFiles, launch_context, prepare_and_render
 from solvers.mechanical import Mechanical, MechanicalOptions

@@ -8,10 +8,11 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator import control_latency, task_stats
 from orchestrator.api.metrics import PRIORITY_SEP, registry_for
-from orchestrator.events import Event, EventKind
-from orchestrator.states import JobState, RunState
+from orchestrator.engine import control_latency
+from orchestrator.model.events import Event, EventKind
+from orchestrator.model.states import JobState, RunState
+from orchestrator.worker import task_stats
 
 
 def scrape(store) -> dict[tuple[str, tuple], float]:

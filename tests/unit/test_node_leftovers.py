@@ -5,10 +5,9 @@ from __future__ import annotations
 import signal
 
 from orchestrator.cluster.local import LocalBackend
-from orchestrator.events import EventKind
-from orchestrator.node_health import kill_leftovers, note_leftovers
-from orchestrator.settings import Settings
-
+from orchestrator.engine.node_health import kill_leftovers, note_leftovers
+from orchestrator.model.events import EventKind
+from orchestrator.model.settings import Settings
 from tests.unit.test_node_recovery import leased_job
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.cluster.local import LocalBackend
-from orchestrator.events import EventKind
-from orchestrator.node_health import restart_on_replacement, wants_recovery
-from orchestrator.paths import JobPaths
-from orchestrator.settings import Settings
-from orchestrator.spec import validate_spec
-from orchestrator.states import JobState, RunState
+from orchestrator.engine.node_health import restart_on_replacement, wants_recovery
+from orchestrator.model.events import EventKind
+from orchestrator.model.paths import JobPaths
+from orchestrator.model.settings import Settings
+from orchestrator.model.spec import validate_spec
+from orchestrator.model.states import JobState, RunState
 
 INVENTORY = ["node-01", "node-02", "node-03"]
 NOTE = {"reason": "node node-02 stopped answering", "job": "j", "run": "run-001"}
@@ -173,7 +173,7 @@ class EndsBetweenLooks(LocalBackend):
 
 
 def test_a_run_that_ends_between_the_looks_completes_rather_than_fails(store, settings):
-    from orchestrator.lifecycle import Lifecycle
+    from orchestrator.engine.lifecycle import Lifecycle
 
     job_id = leased_job(store)
     assert store.transition_job(job_id, JobState.UP)

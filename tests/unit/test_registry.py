@@ -7,8 +7,8 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.errors import PluginError, UserError
-from orchestrator.spec import build_spec_model
+from orchestrator.model.errors import PluginError, UserError
+from orchestrator.model.spec import build_spec_model
 from solvers.base import Outcome, Prepared, Registry, SolverOptions, SolverPlugin, registry
 from solvers.command import Command
 from solvers.openfoam import OpenFOAM

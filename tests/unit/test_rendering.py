@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import PluginError
-from orchestrator.rendering import Raw, env_name, render, shell_quote
+from orchestrator.model.errors import PluginError
+from orchestrator.model.rendering import Raw, env_name, render, shell_quote
 from solvers.base import TEMPLATES_ROOT, LaunchContext, NodeSlots
 from solvers.command import Command, CommandOptions
 from solvers.openfoam import OpenFOAM, OpenFOAMOptions

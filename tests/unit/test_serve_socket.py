@@ -7,8 +7,8 @@ import socket
 
 import uvicorn
 
-from orchestrator.cli_admin import _keep_tcp_nodelay
-from orchestrator.stack import free_port
+from orchestrator.cli.admin import _keep_tcp_nodelay
+from orchestrator.worker.stack import free_port
 
 
 def test_the_listener_uvicorn_binds_for_workers_gives_nodelay_connections(monkeypatch):

@@ -61,7 +61,7 @@ LAUNCH_LINES = {"fluent": "exec fluent 3ddp -g -t12 -cnf=fluent.hosts -mpi=intel
 def test_example_specs_render_on_explicit_hosts(solver, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from orchestrator.cli import app
+    from orchestrator.cli.main import app
 
     monkeypatch.setenv("E2E_HOME", str(tmp_path / "home"))
     example = Path(__file__).resolve().parents[2] / "examples" / f"{solver}.yaml"
@@ -74,7 +74,7 @@ def test_example_specs_render_on_explicit_hosts(solver, tmp_path, monkeypatch):
 def test_render_refuses_a_hostile_host_list(tmp_path, monkeypatch, capsys):
     import sys
 
-    from orchestrator.cli import main
+    from orchestrator.cli.main import main
 
     monkeypatch.setenv("E2E_HOME", str(tmp_path / "home"))
     example = Path(__file__).resolve().parents[2] / "examples" / "fluent.yaml"

@@ -12,14 +12,22 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from orchestrator.errors import UserError
-from orchestrator.rendering import render
+from orchestrator.model.errors import UserError
+from orchestrator.model.rendering import render
 from solvers.base import registry
 from solvers.contract import launch_context
 from tests.conftest import require
 from tests.unit.solver_cases import CASES, DATA
-from tests.unit.test_rendering import (PAYLOAD_IDS, PAYLOADS, REAL_PATH, bash_syntax_ok, hostile, modes,
-                                       recorded_argv, run_script)
+from tests.unit.test_rendering import (
+    PAYLOAD_IDS,
+    PAYLOADS,
+    REAL_PATH,
+    bash_syntax_ok,
+    hostile,
+    modes,
+    recorded_argv,
+    run_script,
+)
 
 VENDOR = ["fluent", "mechanical", "electronics", "starccm", "calculix"]
 LAUNCHERS = ["fluent", "ansys222", "ansys231", "ansys232", "ansys241", "ansys242", "ansys251", "ansys252",

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.errors import SpecError, UserError
-from orchestrator.spec import load_spec, parse_duration, validate_spec
+from orchestrator.model.errors import SpecError, UserError
+from orchestrator.model.spec import load_spec, parse_duration, validate_spec
 
 REPO = Path(__file__).resolve().parents[2]
 E2E = REPO / ".venv" / "bin" / "e2e"

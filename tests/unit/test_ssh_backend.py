@@ -15,8 +15,8 @@ from orchestrator.cluster.hostkeys import HostKeyChanged, HostKeyUnknown, finger
 from orchestrator.cluster.inventory import InventoryError, load_inventory, parse_inventory
 from orchestrator.cluster.ssh import SSHBackend, _find_tagged, parse_stat, q
 from orchestrator.cluster.sshconn import Completed
-from orchestrator.errors import BackendError, InfrastructureError
-from orchestrator.settings import Settings
+from orchestrator.model.errors import BackendError, InfrastructureError
+from orchestrator.model.settings import Settings
 
 HOSTILE = ["a b", "$(touch /tmp/e2essh-unit-pwned)", "`id`", "'q'", '"dq"', "x;y", "new\nline", "*", "~",
            "-n", "back\\slash", "", "$HOME", "|&>", "ünï"]
@@ -210,8 +210,8 @@ def test_verify_refuses_unknown_and_changed_keys_and_trust_needs_replace(tmp_pat
 
 # -- `e2e nodes` rows
 def test_node_rows_show_leases_load_and_unreachable_nodes(tmp_path):
-    from orchestrator.nodes_admin import node_rows
     from orchestrator.cluster.base import NodeUnreachable
+    from orchestrator.engine.nodes_admin import node_rows
 
     class Pool(SSHBackend):
         def __init__(self):

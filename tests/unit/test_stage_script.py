@@ -12,10 +12,9 @@ import pytest
 
 from orchestrator.cluster.base import Node
 from orchestrator.cluster.transfer import _kept
-from orchestrator.lifecycle import stage_hosts
-from orchestrator.rendering import render
+from orchestrator.engine.lifecycle import stage_hosts
+from orchestrator.model.rendering import render
 from solvers.base import TEMPLATES_ROOT
-
 from tests.unit.test_rendering import PAYLOADS, hostile
 
 BASH = shutil.which("bash") or "/bin/bash"

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from orchestrator.errors import UserError
-from orchestrator.stack import free_port
+from orchestrator.model.errors import UserError
+from orchestrator.worker.stack import free_port
 from solvers.base import RunMode
 from solvers.contract import MemoryFiles, launch_context, prepare_and_render
 from solvers.starccm import StarCCM, StarCCMOptions

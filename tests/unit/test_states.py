@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.states import (
+from orchestrator.model.states import (
     JOB_TERMINAL,
     JOB_TRANSITIONS,
     RUN_ACTIVE,

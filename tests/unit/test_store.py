@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-import orchestrator.store as store_module
-from orchestrator.errors import InvalidState, NotFound
-from orchestrator.events import EventKind
-from orchestrator.states import JOB_TRANSITIONS, RUN_TRANSITIONS, JobState, RunState
+import orchestrator.store.jobs as store_module
+from orchestrator.model.errors import InvalidState, NotFound
+from orchestrator.model.events import EventKind
+from orchestrator.model.states import JOB_TRANSITIONS, RUN_TRANSITIONS, JobState, RunState
 from solvers.base import Progress
 
 INVENTORY = ["node-01", "node-02", "node-03"]

@@ -5,10 +5,17 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from orchestrator.client import Client
-from orchestrator.errors import NotFound, SpecError
-from orchestrator.settings import Settings
-from orchestrator.sweeps import expand, member_rows, parse_sweep_options, plan_from_file, resolve_sweep, sweep_block
+from orchestrator.control.client import Client
+from orchestrator.control.sweeps import (
+    expand,
+    member_rows,
+    parse_sweep_options,
+    plan_from_file,
+    resolve_sweep,
+    sweep_block,
+)
+from orchestrator.model.errors import NotFound, SpecError
+from orchestrator.model.settings import Settings
 
 BASE = {"name": "scan", "cluster": {"nodes": 1},
         "solver": {"name": "command", "command": ["sh", "-c", "echo $A"], "env": {"A": "x"}}}

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from orchestrator.errors import UserError
+from orchestrator.model.errors import UserError
 from orchestrator.sync.confine import check_rel, confined
 from orchestrator.sync.copy import LocalCopier
 from orchestrator.sync.engine import SyncPair

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
+from orchestrator.cli.watch import sync_line
 from orchestrator.cluster.local import LocalBackend
-from orchestrator.events import Event, EventKind
-from orchestrator.paths import JobPaths
-from orchestrator.services import ServiceContext
-from orchestrator.settings import Settings
+from orchestrator.model.events import Event, EventKind
+from orchestrator.model.paths import JobPaths
+from orchestrator.model.services import ServiceContext
+from orchestrator.model.settings import Settings
 from orchestrator.sync.service import SyncService
-from orchestrator.watch import sync_line
 
 
 def _ctx(store, tmp_path) -> ServiceContext:

@@ -10,8 +10,8 @@ import pytest
 
 from orchestrator.cluster.base import Node
 from orchestrator.cluster.local import LocalBackend
-from orchestrator.errors import BackendError, UserError
-from orchestrator.settings import Settings
+from orchestrator.model.errors import BackendError, UserError
+from orchestrator.model.settings import Settings
 from orchestrator.sync.engine import SyncPair
 from orchestrator.sync.remote import RemoteCopier, RemoteSide, parse_find
 from orchestrator.sync.tree import DIR, Entry, LocalSide

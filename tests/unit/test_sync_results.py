@@ -8,7 +8,7 @@ import os
 import pytest
 from test_sync_engine import HOSTILE  # tests/unit is on sys.path (no package)
 
-from orchestrator.errors import InfrastructureError, NotFound, UserError
+from orchestrator.model.errors import InfrastructureError, NotFound, UserError
 from orchestrator.sync.results import LiveFiles, LocalResultsStore, download
 
 

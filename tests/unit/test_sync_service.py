@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from orchestrator.cluster.base import Node
-from orchestrator.paths import JobPaths
-from orchestrator.services import ServiceContext
+from orchestrator.model.paths import JobPaths
+from orchestrator.model.services import ServiceContext
 from orchestrator.sync.service import SyncService, _Host
 
 

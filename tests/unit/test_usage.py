@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.attempts import next_attempt
-from orchestrator.paths import JobPaths
-from orchestrator.states import JobState, RunState
-from orchestrator.usage import job_usage, overlap, usage
+from orchestrator.engine.attempts import next_attempt
+from orchestrator.engine.usage import job_usage, overlap, usage
+from orchestrator.model.paths import JobPaths
+from orchestrator.model.states import JobState, RunState
 
 T0 = 1_700_000_000.0
 

@@ -11,7 +11,7 @@ import uvicorn
 
 from orchestrator.api.app import create_app
 from orchestrator.api.users import Users
-from orchestrator.stack import free_port
+from orchestrator.worker.stack import free_port
 
 
 class Served:

@@ -25,7 +25,7 @@ def remote(api, token: str | None, *args: str, check: bool = True) -> subprocess
     env["E2E_HOME"] = "/nonexistent/e2e-home"  # nothing local: everything must go through the API
     if token is not None:
         env["E2E_TOKEN"] = token
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "--server", api.url, *args], env=env,
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "--server", api.url, *args], env=env,
                           capture_output=True, text=True, timeout=120)
     if check and proc.returncode != 0:
         raise AssertionError(f"e2e {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")

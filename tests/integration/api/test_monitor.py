@@ -7,8 +7,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator import task_stats
-from orchestrator.states import JOB_TERMINAL
+from orchestrator.model.states import JOB_TERMINAL
+from orchestrator.worker import task_stats
 from tests.integration.api.test_api import current_run, spec, upload, wait_doc
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import tarfile
 import httpx
 import pytest
 
-from orchestrator.paths import JobPaths
+from orchestrator.model.paths import JobPaths
 from tests.integration.api.test_api import wait_doc
 from tests.integration.conftest import PITZ, wait_for
 from tests.integration.desktop_helpers import chromium, close_chromium, require_desktop_tools

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 
 from orchestrator.api.users import Users
-from orchestrator.client import Client
+from orchestrator.control.client import Client
 from tests.integration.api.conftest import Served
 
 pytestmark = pytest.mark.integration

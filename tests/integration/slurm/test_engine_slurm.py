@@ -6,7 +6,7 @@ import pytest
 
 from orchestrator.cluster.local import process_states
 from orchestrator.cluster.slurm import SlurmBackend
-from orchestrator.states import JobState, RunState
+from orchestrator.model.states import JobState, RunState
 
 from ..conftest import Engine, make_settings, redis_flush, wait_for
 from .test_slurm_backend import slurm  # noqa: F401  (fixture)

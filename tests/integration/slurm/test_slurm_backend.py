@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.cluster.local import process_states
 from orchestrator.cluster.slurm import SlurmBackend
-from orchestrator.settings import Settings
+from orchestrator.model.settings import Settings
 from tests.conftest import require
 from tests.integration.slurmcluster import SlurmCluster, slurm_available
 

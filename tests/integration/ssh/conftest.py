@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.cluster import sshconn
 from orchestrator.cluster.ssh import SSHBackend
-from orchestrator.settings import Settings
+from orchestrator.model.settings import Settings
 from tests.conftest import require
 from tests.integration.sshcluster import NodeCluster, sshd_available
 

@@ -7,8 +7,8 @@ import signal
 import pytest
 
 from orchestrator.cluster import sshconn
-from orchestrator.cluster.hostkeys import HostKeyChanged, HostKeyUnknown, fingerprint
 from orchestrator.cluster.base import NodeUnreachable
+from orchestrator.cluster.hostkeys import HostKeyChanged, HostKeyUnknown, fingerprint
 from orchestrator.cluster.sshconn import NodeAuthFailed
 from orchestrator.cluster.transfer import pull_tree, push_tree
 
@@ -133,7 +133,7 @@ def test_wrong_user_key_is_refused(ssh_cluster, tmp_path):
     path = ssh_cluster.inventory(tmp_path / "inventory.yaml")
     path.write_text(path.read_text().replace(str(ssh_cluster.engine_key), str(ssh_cluster.stranger_key)))
     from orchestrator.cluster.ssh import SSHBackend
-    from orchestrator.settings import Settings
+    from orchestrator.model.settings import Settings
 
     backend = SSHBackend(Settings(home=tmp_path, inventory=path))
     with pytest.raises(NodeAuthFailed, match=r"node nodeb .* refused the key .*stranger"):

@@ -19,9 +19,9 @@ from orchestrator.cluster.ssh import SSHBackend
 from orchestrator.desktop import connect
 from orchestrator.desktop.keys import KeyRegistry
 from orchestrator.desktop.rfb import AuthFailed, authenticate, handshake
-from orchestrator.paths import JobPaths
-from orchestrator.settings import Settings
-from orchestrator.stack import free_port
+from orchestrator.model.paths import JobPaths
+from orchestrator.model.settings import Settings
+from orchestrator.worker.stack import free_port
 from tests.conftest import require
 from tests.integration.conftest import Engine, make_settings, redis_flush, wait_for
 from tests.integration.desktop_helpers import require_desktop_tools, spec, wait_desktop
@@ -187,7 +187,7 @@ def test_desktop_runs_on_the_ssh_head_node_and_the_tunnel_reaches_it(cluster, en
     local = free_port()
     env = {**os.environ, "E2E_HOME": str(engine.settings.root), "E2E_REDIS_URL": engine.settings.redis_url,
            "E2E_INVENTORY": str(engine.settings.inventory), "PYTHONUNBUFFERED": "1"}
-    tunnel = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "desktop", job_id, "--tunnel", "--run",
+    tunnel = subprocess.Popen([sys.executable, "-m", "orchestrator.cli.main", "desktop", job_id, "--tunnel", "--run",
                                "--local-port", str(local), "-i", str(tmp_path / "me")],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.nodes_admin import node_rows
 from orchestrator.cluster.ssh import SSHBackend
-from orchestrator.events import EventKind
-from orchestrator.states import JobState, RunState
+from orchestrator.engine.nodes_admin import node_rows
+from orchestrator.model.events import EventKind
+from orchestrator.model.states import JobState, RunState
 
 from ..conftest import Engine, make_settings, redis_flush, wait_for
 from .test_engine_ssh import e2e

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from orchestrator.cluster.hostkeys import fingerprint
-from orchestrator.states import JobState, RunState
+from orchestrator.model.states import JobState, RunState
 
 from ..conftest import CAVITY, Engine, make_settings, redis_flush, wait_for
 from .conftest import backend_for
@@ -51,7 +51,7 @@ def ssh_engine(ssh_cluster, redis_url, tmp_path_factory):
 def e2e(settings, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "E2E_HOME": str(settings.root), "E2E_REDIS_URL": settings.redis_url,
            "E2E_INVENTORY": str(settings.inventory)}
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args], env=env, capture_output=True,
                           text=True, timeout=60)
 
 
@@ -108,7 +108,7 @@ def test_nodes_trust_shows_the_fingerprint_and_adds_the_key(ssh_cluster, tmp_pat
     # an unknown node is refused, and nothing is trusted by asking
     backend = backend_for(ssh_cluster, tmp_path, known_hosts=str(tmp_path / "known_hosts"))
     assert "not trusted" in backend.probe("nodeb", 5)
-    declined = subprocess.run([sys.executable, "-m", "orchestrator.cli", "nodes", "trust", "nodeb"],
+    declined = subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "nodes", "trust", "nodeb"],
                               input="n\n", capture_output=True, text=True, timeout=60,
                               env={**os.environ, "E2E_HOME": str(settings.root), "E2E_INVENTORY": str(inventory)})
     assert declined.returncode == 2 and expected in declined.stdout

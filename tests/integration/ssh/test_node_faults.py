@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.events import EventKind
-from orchestrator.node_health import fail_on_node_fault
-from orchestrator.states import RunState
+from orchestrator.engine.node_health import fail_on_node_fault
+from orchestrator.model.events import EventKind
+from orchestrator.model.states import RunState
 
 from ..conftest import Engine, make_settings, redis_flush, wait_for
 from .conftest import backend_for

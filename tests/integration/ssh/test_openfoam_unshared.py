@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from orchestrator.events import EventKind
-from orchestrator.states import JobState, RunState
+from orchestrator.model.events import EventKind
+from orchestrator.model.states import JobState, RunState
 
 from ..conftest import CAVITY, Engine, make_settings, redis_flush, wait_for
 from ..test_control import read_field

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.states import JobState, RunState
+from orchestrator.model.states import JobState, RunState
 
 from ..conftest import Engine, make_settings, redis_flush
 

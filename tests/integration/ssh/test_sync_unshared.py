@@ -10,10 +10,10 @@ import os
 import pytest
 
 from orchestrator.cluster.ssh import SSHBackend
-from orchestrator.paths import JobPaths
-from orchestrator.settings import Settings
+from orchestrator.model.paths import JobPaths
+from orchestrator.model.settings import Settings
+from orchestrator.model.states import JobState
 from orchestrator.sync.nodelink import NodeLink
-from orchestrator.states import JobState
 
 from ..conftest import Engine, make_settings, redis_flush, wait_for
 

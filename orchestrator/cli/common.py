@@ -1,0 +1,71 @@
+"""What every `e2e` command module shares: the Typer app, consoles, the client, output helpers."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from orchestrator.control.client import Client
+from orchestrator.model.settings import get_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="End-to-End Desktops: run simulation jobs on a cluster, follow them live, terminate them.")
+out = Console()
+err = Console(stderr=True)
+
+JSON_OPT = typer.Option(False, "--json", help="print machine-readable JSON")
+
+
+@app.callback()
+def _global(server: str = typer.Option(None, "--server", envvar="E2E_SERVER", show_envvar=True,
+                                       help="talk to this engine's REST API (URL) instead of its Redis"),
+            token: str = typer.Option(None, "--token", envvar="E2E_TOKEN", show_envvar=True,
+                                      help="API token for --server (better in E2E_TOKEN: not in shell history)"),
+            ) -> None:
+    """Options every command takes."""
+    _remote.update(server=server, token=token)
+
+
+_remote: dict[str, str | None] = {}
+
+
+def _client() -> Client:
+    """The engine: its REST API with --server/E2E_SERVER, else its Redis directly."""
+    if _remote.get("server"):
+        from orchestrator.api.remote import RemoteClient
+
+        return RemoteClient(_remote["server"], _remote.get("token") or "")  # type: ignore[return-value]
+    return Client(get_settings())
+
+
+def _dump(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=lambda o: getattr(o, "value", None) or getattr(o, "model_dump", str)()))
+
+
+def _job_doc(doc: dict[str, Any]) -> dict[str, Any]:
+    doc = dict(doc)
+    doc["runs_detail"] = [{**r, "progress": r["progress"].model_dump() if r.get("progress") else None}
+                          for r in doc.get("runs_detail", [])]
+    return doc
+
+
+def _state(value: str) -> str:
+    colour = {"COMPLETED": "green", "UP": "green", "RUNNING": "cyan", "FAILED": "red", "TERMINATED": "dim",
+              "STOPPED": "yellow", "TERMINATING": "yellow", "STOPPING": "yellow"}.get(value, "white")
+    return f"[{colour}]{value}[/]"
+
+
+def _age(ts: float) -> str:
+    return _duration(time.time() - ts)
+
+
+def _duration(secs: float) -> str:
+    secs = max(0.0, secs)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs / size:.0f}{unit}"
+    return f"{secs:.0f}s"

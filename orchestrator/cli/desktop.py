@@ -1,0 +1,250 @@
+"""`e2e desktop` (URL, browser, native-viewer file, SSH tunnel, password), `e2e keys` and `e2e access`."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import sys
+import webbrowser
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from orchestrator.cli.common import JSON_OPT, _client, _dump, app, err, out
+from orchestrator.model.errors import UserError
+
+keys_app = typer.Typer(help="Your SSH public keys: installed on the head node of every cluster you start.",
+                       no_args_is_help=True)
+access_app = typer.Typer(help="Your default desktop access rule (CIDRs), for jobs whose spec sets none.",
+                         no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(access_app, name="access")
+
+
+@app.command("desktop")
+def desktop_cmd(job: str,
+                open_browser: bool = typer.Option(False, "--open", help="open the desktop in your web browser"),
+                vnc_file: Optional[Path] = typer.Option(None, "--vnc-file", help="write a .vnc file for a native viewer"),
+                view_only: bool = typer.Option(False, "--view-only", help="with --vnc-file: use the view-only password"),
+                tunnel: bool = typer.Option(False, "--tunnel", help="print the SSH tunnel to the head node's display"),
+                run: bool = typer.Option(False, "--run", help="with --tunnel: open the tunnel (until Ctrl-C)"),
+                local_port: Optional[int] = typer.Option(None, "--local-port", help="tunnel's local port (5901, else 5900)"),
+                identity: Optional[Path] = typer.Option(None, "-i", "--identity", help="with --run: SSH private key"),
+                set_password: bool = typer.Option(False, "--set-password", help="change the VNC password (as vncpasswd)"),
+                wait: float = typer.Option(30, help="seconds to wait for a starting desktop"),
+                as_json: bool = JSON_OPT) -> None:
+    """Connect to a job's desktop: prints its URL (with a one-session token and the VNC password)."""
+    from orchestrator.desktop import connect
+
+    client = _client()
+    if getattr(client, "server", None):  # through the API (--server): the URL, tunnel and password it gives
+        return _remote_desktop(client, job, wait, tunnel, open_browser, as_json,
+                               unsupported=set_password or run or vnc_file is not None)
+    if set_password:
+        password, view = _ask_passwords()
+        version = connect.set_password(client, job, password, view)
+        out.print(f"VNC password changed (version {version})" + ("; view-only password set" if view else ""))
+        return
+    d = connect.desktop(client, job, wait=wait)
+    connect.check_access(client, d, "tunnel" if tunnel else "desktop url")
+    if vnc_file is not None:
+        host, port = _viewer_endpoint(d, local_port)
+        vnc_file.touch(mode=0o600)
+        vnc_file.write_text(d.vnc_file(host, port, view_only))
+        out.print(f"wrote {vnc_file} for {host}:{port}" + ("" if host == "127.0.0.1" and port == d.vnc_port
+                                                           else " (open the tunnel first: --tunnel --run)"))
+    if tunnel:
+        port = local_port or _free_local_port()
+        out.print(d.tunnel_instructions(port), highlight=False)
+        if run:
+            _run_tunnel(client, d, port, identity)
+        return
+    if as_json:
+        _dump({"id": d.job_id, "url": d.url, "vnc_port": d.vnc_port, "state": d.record["state"]})
+    elif vnc_file is None:
+        print(d.url)
+    if open_browser:
+        webbrowser.open(d.url)
+
+
+def _remote_desktop(client, job: str, wait: float, tunnel: bool, open_browser: bool, as_json: bool,
+                    unsupported: bool) -> None:
+    if unsupported:
+        raise UserError("--set-password, --vnc-file and --run work on the engine's machine only, not through "
+                        "--server")
+    info = client.desktop(job, wait)
+    if as_json:
+        _dump(info)
+    elif tunnel:
+        out.print(info["tunnel"], highlight=False)
+    else:
+        print(info["url"])
+    if open_browser:
+        webbrowser.open(info["url"])
+
+
+def _viewer_endpoint(d, local_port: Optional[int]) -> tuple[str, int]:
+    """Where a native viewer connects: the head node's port when it is this machine, else the tunnel's end."""
+    from orchestrator.cluster.base import Node
+    from orchestrator.desktop.nodes import is_loopback
+
+    user, host, _ = d.ssh
+    if local_port is None and is_loopback(Node("head", host, 1, Path("/"))):
+        return "127.0.0.1", d.vnc_port
+    return "127.0.0.1", local_port or 5901
+
+
+def _free_local_port() -> int:
+    from orchestrator.desktop.connect import LOCAL_TUNNEL_PORTS
+
+    for port in LOCAL_TUNNEL_PORTS:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise UserError("local ports 5901 and 5900 are both taken; choose one with --local-port")
+
+
+def _run_tunnel(client, d, port: int, identity: Optional[Path]) -> None:
+    from orchestrator.cluster.tunnel import Forwarder, engine_known_hosts
+    from orchestrator.desktop.connect import open_tunnel
+
+    _, host, _ = d.ssh
+    # the host keys the engine already trusts for its nodes count too (besides ~/.ssh/known_hosts)
+    ssh = open_tunnel(client, d, key_filename=str(identity) if identity else None,
+                      known_hosts=engine_known_hosts(client.settings.inventory))
+    try:
+        forwarder = Forwarder(ssh, port, d.vnc_port, owns_client=True).start()
+    except OSError as exc:
+        ssh.close()
+        raise UserError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}; choose a port with --local-port") \
+            from None
+    out.print(f"tunnel open: 127.0.0.1:{forwarder.local_port} -> {host}:{d.vnc_port}; Ctrl-C closes it")
+    try:
+        forwarder.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        forwarder.close()
+
+
+def _ask_passwords() -> tuple[str, Optional[str]]:
+    """vncpasswd's dialogue: Password, Verify, then an optional view-only pair; lines from stdin when piped."""
+    from orchestrator.desktop.vncauth import MIN_LENGTH, SIGNIFICANT
+
+    piped = not sys.stdin.isatty()
+    lines = iter(sys.stdin.read().splitlines()) if piped else None
+
+    def ask(prompt: str) -> str:
+        return next(lines, "") if lines is not None else getpass.getpass(prompt)
+
+    def pair(what: str) -> str:
+        for _ in range(3):
+            first = ask("Password:")
+            if not first:
+                raise UserError(f"{what} not changed (empty)")
+            if len(first) < MIN_LENGTH:
+                err.print("Password too short")
+                if piped:
+                    raise UserError(f"{what} too short: at least {MIN_LENGTH} characters")
+                continue
+            if ask("Verify:") != first:
+                err.print("Passwords don't match - try again")
+                if piped:
+                    raise UserError(f"{what}s do not match")
+                continue
+            if len(first) > SIGNIFICANT:
+                err.print(f"Password too long - only the first {SIGNIFICANT} characters are used")
+            return first
+        raise UserError(f"{what} not changed")
+
+    password = pair("password")
+    if piped:
+        answer = next(lines, "n")
+    else:
+        answer = input("Would you like to enter a view-only password (y/n)? ")
+    view = pair("view-only password") if answer.strip().lower().startswith("y") else None
+    return password, view
+
+
+@keys_app.command("add")
+def keys_add(file: Path = typer.Argument(..., help="public key file (e.g. ~/.ssh/id_ed25519.pub); - for stdin")) -> None:
+    """Register a public key (ssh-ed25519, ecdsa, or RSA of 2048+ bits)."""
+    text = sys.stdin.read() if str(file) == "-" else _read_key_file(file)
+    key = _client().add_key(text)
+    out.print(f"added {key['type']} {key['bits']} bits {key['fingerprint']} {key['comment']}".rstrip(),
+              highlight=False)
+
+
+def _read_key_file(file: Path) -> str:
+    try:
+        return file.expanduser().read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {str(file)!r}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+@keys_app.command("ls")
+def keys_ls(as_json: bool = JSON_OPT) -> None:
+    """List your registered keys."""
+    rows = _client().keys()
+    if as_json:
+        _dump([{k: v for k, v in r.items() if k != "blob"} for r in rows])
+        return
+    table = Table(box=None)
+    table.add_column("FINGERPRINT", no_wrap=True, min_width=50)  # whole: `e2e keys rm` takes it
+    for name in ("TYPE", "BITS", "COMMENT"):
+        table.add_column(name)
+    for r in rows:
+        table.add_row(r["fingerprint"], r["type"], str(r["bits"]), r["comment"])
+    out.print(table)
+
+
+@keys_app.command("rm")
+def keys_rm(which: str = typer.Argument(..., help="fingerprint (SHA256:...) or comment")) -> None:
+    """Remove a registered key; running clusters drop it within moments."""
+    for fp in _client().remove_key(which):
+        out.print(f"removed {fp}", highlight=False)
+
+
+@access_app.command("show")
+def access_show(as_json: bool = JSON_OPT) -> None:
+    """Your default rule and the address the engine sees you at now ('my-ip')."""
+    from orchestrator.desktop.access import EVERYWHERE, client_address, user_rules
+
+    client = _client()
+    rules = user_rules(client.store, client.user)
+    mine = client_address(client.store.r)
+    if as_json:
+        _dump({"rules": rules or [EVERYWHERE], "default": rules is None, "my_ip": mine})
+        return
+    out.print(f"default access: {', '.join(rules or [EVERYWHERE])}" + (" (built-in)" if rules is None else ""))
+    out.print(f"your address as the engine sees it: {mine or 'unknown'}")
+
+
+@access_app.command("set")
+def access_set(rules: list[str] = typer.Argument(..., help="everywhere | my-ip | CIDR ... (IPv4 or IPv6)")) -> None:
+    """Set your default rule; my-ip is fixed to your current address now."""
+    from orchestrator.desktop.access import MY_IP, client_address, normalise_rules, resolve, set_user_rules
+
+    client = _client()
+    try:
+        parsed = normalise_rules(rules)
+    except ValueError as exc:
+        raise UserError(f"access: {exc}") from None
+    concrete = resolve(parsed, client_address(client.store.r) if MY_IP in parsed else None)
+    set_user_rules(client.store, client.user, concrete)
+    out.print(f"default access: {', '.join(concrete)}")
+
+
+@access_app.command("clear")
+def access_clear() -> None:
+    """Go back to the built-in default (everywhere; the session token and VNC password still apply)."""
+    from orchestrator.desktop.access import set_user_rules
+
+    client = _client()
+    set_user_rules(client.store, client.user, None)
+    out.print("default access: everywhere (built-in)")

@@ -1,0 +1,289 @@
+"""The `e2e` command: start the engine, submit and follow jobs, terminate them, render specs dry."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import redis
+import typer
+from rich.table import Table
+
+from orchestrator.cli.common import JSON_OPT, _age, _client, _dump, _duration, _job_doc, _state, app, err, out
+from orchestrator.cli.watch import watch_job
+from orchestrator.control.client import run_finished
+from orchestrator.model.errors import E2EError, InfrastructureError, UserError
+from orchestrator.model.settings import get_settings
+from orchestrator.model.states import JOB_TERMINAL
+from orchestrator.worker.stack import Stack
+
+
+@app.command()
+def up(detach: bool = typer.Option(False, "--detach", "-d", help="start in the background and return")) -> None:
+    """Start the engine: Redis (embedded unless REDIS_URL is set), Celery workers and the reconcile loop."""
+    stack = Stack(get_settings())
+    info = stack.start()
+    where = "embedded Redis" if info["embedded_redis"] else "Redis from REDIS_URL"
+    out.print(f"[green]engine up[/] in {stack.home} ({where}; worker pid {info['pids']['worker']}, "
+              f"beat pid {info['pids']['beat']})")
+    if detach:
+        return
+    out.print("press Ctrl-C to stop")
+    stopping = False
+
+    def _stop(*_a):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    while not stopping:
+        time.sleep(0.5)
+        try:
+            for name in stack.revive():  # supervise: a worker or beat that died on its own comes back
+                err.print(f"[yellow]{name} had exited; restarted[/]")
+        except (E2EError, redis.RedisError) as exc:
+            err.print(f"[yellow]could not restart a stopped process yet: {exc}[/]")
+    stack.stop()
+    out.print("engine stopped")
+
+
+@app.command()
+def down() -> None:
+    """Stop the engine's workers, reconcile loop and embedded Redis (jobs and their state are kept)."""
+    stack = Stack(get_settings())
+    if not stack.read():
+        out.print("engine is not running")
+        return
+    stack.stop()
+    out.print("engine stopped")
+
+
+@app.command()
+def submit(spec: Path = typer.Argument(..., help="job spec (YAML or JSON)"),
+           wait: bool = typer.Option(False, "--wait", help="follow the run until it ends"),
+           sweep: Optional[list[str]] = typer.Option(None, "--sweep", help="KEY=v1,v2,...: one job per value "
+                                                     "(repeatable: every combination); see also `sweep:` in the spec. "
+                                                     "Members free their nodes 30s after their run ends "
+                                                     "unless limits.idle_shutdown says otherwise"),
+           as_json: bool = JSON_OPT) -> None:
+    """Validate a job spec and queue it; prints the job id (or a sweep's id and its jobs)."""
+    from orchestrator.control.sweeps import plan_from_file
+    from orchestrator.model.spec import load_spec
+
+    plan = plan_from_file(spec, sweep or [])  # every member validated before anything is created
+    if plan is not None:
+        from orchestrator.cli.sweeps import submit_sweep
+        return submit_sweep(plan, wait, as_json)
+    parsed = load_spec(spec)  # before connecting: a bad spec is reported even with no engine running
+    client = _client()
+    job_id = client.submit(parsed)
+    if as_json and not wait:
+        _dump({"id": job_id})
+    elif not wait:
+        print(job_id)
+    if wait:
+        if not as_json:
+            out.print(f"submitted [bold]{job_id}[/]")
+        doc = watch_job(client, job_id, out, quiet=as_json)
+        if as_json:
+            _dump(_job_doc(doc))
+
+
+@app.command("ls")
+def list_jobs(limit: int = typer.Option(50, help="how many of the newest jobs"), as_json: bool = JSON_OPT) -> None:
+    """List jobs, newest first."""
+    client = _client()
+    jobs = client.overview(limit)
+    if as_json:
+        _dump(jobs)
+        return
+    table = Table("ID", "NAME", "OWNER", "SOLVER", "JOB", "RUN", "PROGRESS", "AGE", box=None)
+    for job in jobs:
+        run = job["run"]
+        frac = run["progress"].fraction if run.get("progress") else None
+        table.add_row(job["id"], job["name"], job["owner"], job["solver"], job["state"].value,
+                      f"{run['id']} {run['state'].value if run['state'] else '-'}",
+                      f"{frac:.0%}" if frac is not None else "", _age(job["created_at"]))
+    out.print(table)
+
+
+@app.command()
+def status(job: str, as_json: bool = JSON_OPT) -> None:
+    """Show a job: state, nodes, runs with their progress, results."""
+    client = _client()
+    doc = client.status(job)
+    if as_json:
+        _dump(_job_doc(doc))
+        return
+    out.print(f"[bold]{doc['id']}[/] {doc['name']}  solver {doc['solver']}  owner {doc['owner']}")
+    out.print(f"  job      {_state(doc['state'].value)}  nodes {', '.join(doc['nodes']) or '-'}")
+    if doc.get("desktop"):
+        desk = doc["desktop"]
+        detail = desk.get("url") or desk.get("reason") or ""
+        out.print(f"  desktop  {desk.get('state', '-')}  {detail}  (e2e desktop {doc['id']})", highlight=False)
+    for run in doc["runs_detail"]:
+        prog = run.get("progress")
+        line = f"  {run['id']}  {_state(run['state'].value)}"
+        if (run.get("attempt") or 1) > 1:
+            line += f"  attempt {run['attempt']}"
+        if prog and prog.step is not None:
+            line += f"  step {prog.step:g}" + (f"/{prog.total:g}" if prog.total else "")
+        if run.get("reason"):
+            line += f"  ({run['reason']})"
+        out.print(line)
+    if (doc.get("revision") or 1) > 1:
+        out.print(f"  spec     revision {doc['revision']} (e2e history {doc['id']})")
+    for limit, deadline in doc.get("deadlines", {}).items():
+        out.print(f"  {limit:<8} ends the job in {_duration(deadline - time.time())}")
+    if doc.get("allowed"):
+        out.print(f"  commands {', '.join(doc['allowed'])}")
+    if doc.get("results"):
+        out.print(f"  results  {doc['results']}")
+
+
+@app.command()
+def watch(job: str) -> None:
+    """Follow a job live (progress, residuals, state) until its current run ends."""
+    client = _client()
+    watch_job(client, client.resolve(job), out)
+
+
+@app.command()
+def logs(job: str, follow: bool = typer.Option(False, "-f", "--follow", help="keep printing new lines"),
+         run: Optional[str] = typer.Option(None, help="run id, default the current run")) -> None:
+    """Print the solver log of the job's current (or given) run."""
+    client = _client()
+    offset = 0
+    while True:
+        chunk, offset = client.read_log(job, run, offset)
+        if chunk:
+            sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.flush()
+            continue
+        if not follow or run_finished(client.status(job)):
+            chunk, offset = client.read_log(job, run, offset)  # what was written before it ended
+            sys.stdout.write(chunk.decode(errors="replace"))
+            return
+        time.sleep(0.5)
+
+
+@app.command()
+def terminate(job: Optional[str] = typer.Argument(None, help="job id (or a unique start of it)"),
+              wait: bool = typer.Option(False, "--wait", help="wait until TERMINATED"),
+              timeout: float = typer.Option(300, help="seconds to wait with --wait"),
+              sweep: Optional[str] = typer.Option(None, "--sweep", help="terminate every job of this sweep"),
+              as_json: bool = JSON_OPT) -> None:
+    """Stop the solver (gracefully first), copy the job's files to results, release the nodes."""
+    if (job is None) == (sweep is None):
+        raise UserError("give either a job id or --sweep SWEEP_ID")
+    if sweep is not None:
+        from orchestrator.cli.sweeps import terminate_sweep
+        return terminate_sweep(sweep, wait, timeout, as_json)
+    client = _client()
+    doc = client.terminate(job)
+    if wait:
+        doc = client.wait(doc["id"], lambda d: d["state"] in JOB_TERMINAL, timeout=timeout)
+    if as_json:
+        _dump(_job_doc(client.status(doc["id"])))
+        return
+    out.print(f"{doc['id']} {_state(doc['state'].value)}" + (f"  results in {doc['results']}" if doc.get("results") else ""))
+
+
+@app.command()
+def solvers(as_json: bool = JSON_OPT) -> None:
+    """List the installed solver plugins."""
+    from solvers.base import registry
+
+    reg = registry()
+    rows = [{"name": p.name, "summary": p.summary, "options": sorted(p.Options.model_fields)} for p in reg]
+    if as_json:
+        for row, plugin in zip(rows, reg):  # the full options schema, for plugin authors and tooling
+            row["schema"] = plugin.Options.model_json_schema()
+        _dump({"solvers": rows, "broken": reg.broken})
+        return
+    table = Table("SOLVER", "OPTIONS", "WHAT", box=None)
+    for row in rows:
+        table.add_row(row["name"], ", ".join(o for o in row["options"] if o != "name"), row["summary"])
+    out.print(table)
+    for name, why in reg.broken.items():
+        err.print(f"[yellow]plugin {name} failed to load:[/] {why}")
+
+
+@app.command()
+def render(spec: Path, out_dir: Path = typer.Option(..., "--out", help="folder to write the rendered run into"),
+           hosts: str | None = typer.Option(None, "--hosts", help="render for these hosts (h1,h2,h3), each with the "
+                                                                  "spec's cores_per_node, instead of the allocation")) -> None:
+    """Dry run: write every file a run would get (inputs, hostfile, run.sh, wrapper.sh); start nothing."""
+    from orchestrator.cluster import get_backend
+    from orchestrator.cluster.base import Node
+    from orchestrator.engine.materialize import materialize_run
+    from orchestrator.model.paths import RunPaths
+    from orchestrator.model.spec import load_spec
+    from solvers.base import registry
+
+    settings = get_settings()
+    parsed = load_spec(spec)
+    if hosts is not None:
+        names = [h.strip() for h in hosts.split(",")]
+        if not all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}", h) for h in names):
+            raise UserError(f"--hosts {hosts!r}: give host names separated by commas, e.g. node1,node2,node3")
+        root = out_dir.resolve()
+        nodes = [Node(h, h, parsed.cluster.cores_per_node, root) for h in names]
+    else:
+        nodes = get_backend(parsed.cluster.backend, settings).inventory()[: parsed.cluster.nodes]
+    paths = RunPaths(out_dir.resolve())
+    prepared = materialize_run(parsed, registry().get(parsed.solver.name), "dry-run", "run-001", nodes, paths)
+    for path in sorted(p for p in paths.root.rglob("*") if p.is_file() and ".e2e" not in p.parts)[:50]:
+        out.print(f"  {path.relative_to(paths.root)}")
+    out.print(f"  {paths.relative(paths.wrapper)} (the engine's wrapper)")
+    out.print(f"rendered into {paths.root}; the solver log would be {prepared.log_file}")
+
+
+@app.command()
+def demo(keep: bool = typer.Option(False, "--keep", help="leave the engine running afterwards")) -> None:
+    """Run the showcase: OpenFOAM pitzDaily (simpleFoam) over 2 virtual nodes, live, then terminate."""
+    from orchestrator.cli.demo import run_demo
+
+    run_demo(out, keep_engine=keep)
+
+
+# Each area's commands live in their own module and add themselves to `app` when imported.
+from orchestrator.cli import (
+    admin,  # noqa: E402,F401  (serve, admin users and tokens)
+    control,  # noqa: E402,F401  (pause, resume, edit, restart, rerun, history)
+    desktop,  # noqa: E402,F401  (desktop, keys, access)
+    files,  # noqa: E402,F401  (files, download)
+    nodes,  # noqa: E402,F401  (nodes, nodes trust)
+    sweeps,  # noqa: E402,F401  (sweep ls, sweep status)
+)
+
+
+def main() -> None:
+    """Entry point: user errors print one clear message (exit 2), infrastructure errors exit 3."""
+    try:
+        app(standalone_mode=False)
+    except E2EError as exc:
+        err.print(f"[red]error:[/] {exc.message}", highlight=False)
+        sys.exit(3 if isinstance(exc, InfrastructureError) else 2)
+    except redis.RedisError as exc:
+        err.print(f"[red]error:[/] cannot reach the engine's Redis ({type(exc).__name__}); is it up? "
+                  "(`e2e up --detach`)", highlight=False)
+        sys.exit(3)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Spec edits: `key=value` assignments and replaced input files, checked into a new spec revision."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from orchestrator.model.errors import SpecError
+from orchestrator.model.paths import JobPaths
+from orchestrator.sync.confine import write_confined
+
+KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+TOP_LEVEL = ("name", "description", "cluster", "desktop", "limits", "solver")
+# Fixed once the cluster exists: the allocation, the plugin, and the job's identity.
+IMMUTABLE = ("name", "cluster", "solver.name")
+MAX_FILE_BYTES = 64 << 20
+
+
+def parse_assignments(items: list[str], fixed: tuple[str, ...] = IMMUTABLE,
+                      option: str = "--set") -> list[tuple[str, Any]]:
+    """'solver.parameters.endTime=0.5' -> ('solver.parameters.endTime', 0.5). A key that does not start
+    with a top-level spec field is taken as a solver option ('parameters.endTime' = 'solver.parameters...').
+    Values are YAML scalars/lists/maps, so 0.5 is a number and "0.5" a string. Keys under `fixed` are
+    refused (an edit cannot change the allocation; a sweep may)."""
+    problems, parsed = [], []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not KEY.match(key):
+            problems.append((option, f"{item!r} is not key=value with a dotted key (e.g. parameters.endTime=0.5)"))
+            continue
+        if key.split(".")[0] not in TOP_LEVEL:
+            key = f"solver.{key}"
+        if any(key == pinned or key.startswith(pinned + ".") for pinned in fixed):
+            problems.append((key, "cannot change once the job exists; submit a new job instead"))
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key, value))
+    if problems:
+        raise SpecError(problems)
+    return parsed
+
+
+def apply_assignments(spec: dict[str, Any], assignments: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A copy of the stored spec with the assignments made (intermediate maps created as needed)."""
+    new = copy.deepcopy(spec)
+    for key, value in assignments:
+        node = new
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SpecError([(key, f"{part!r} is a value, not a section")])
+            node = child
+        node[parts[-1]] = value
+    return new
+
+
+def diff(old: Any, new: Any, prefix: str = "") -> list[dict[str, Any]]:
+    """Every leaf that differs between two dumped specs, as {field, old, new} (secrets already masked)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        changes = []
+        for key in sorted(set(old) | set(new)):
+            changes += diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return changes
+    if old != new:
+        return [{"field": prefix.rstrip("."), "old": old, "new": new}]
+    return []
+
+
+def check_relpath(rel: str) -> PurePosixPath:
+    """A destination inside the run directory: relative, no '..', not the engine's .e2e folder."""
+    pure = PurePosixPath(rel)
+    if not rel or pure.is_absolute() or ".." in pure.parts or rel.endswith("/"):
+        raise SpecError([("--file", f"{rel!r} must be a relative file path inside the case, without '..'")])
+    if pure.parts[0] == ".e2e" or "\n" in rel or "\0" in rel:
+        raise SpecError([("--file", f"{rel!r} is not a path the solver's inputs may use")])
+    return pure
+
+
+def check_files(files: dict[str, str]) -> dict[PurePosixPath, Path]:
+    """Validate `LOCAL=RELPATH` file edits: the local file exists, is regular and not too large."""
+    checked, problems = {}, []
+    for local, rel in files.items():
+        try:
+            dest = check_relpath(rel)
+        except SpecError as exc:
+            problems += exc.problems
+            continue
+        src = Path(local).expanduser()
+        if not src.is_file():
+            problems.append(("--file", f"{local!r} is not a readable file"))
+        elif src.stat().st_size > MAX_FILE_BYTES:
+            problems.append(("--file", f"{local!r} is larger than {MAX_FILE_BYTES >> 20} MiB"))
+        else:
+            checked[dest] = src
+    if problems:
+        raise SpecError(problems)
+    return checked
+
+
+def save_files(paths: JobPaths, revision: int, files: dict[PurePosixPath, Path]) -> None:
+    """Keep the edited files of a revision under edits/rev-NNN/ (written whole, then renamed into place)."""
+    final = paths.edits / f"rev-{revision:03d}"
+    staging = paths.edits / f".rev-{revision:03d}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    for rel, src in files.items():
+        target = staging / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
+    if files:
+        os.replace(staging, final)
+
+
+def overlay(paths: JobPaths, up_to: int) -> dict[str, Path]:
+    """The newest edited version of every file, over revisions 2..up_to (later revisions win)."""
+    found: dict[str, Path] = {}
+    for revision in range(2, up_to + 1):
+        folder = paths.edits / f"rev-{revision:03d}"
+        if folder.is_dir():
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    found[str(path.relative_to(folder))] = path
+    return found
+
+
+def apply_overlay(files: dict[str, Path], run_dir: Path) -> list[str]:
+    """Copy edited files into a run directory (replacing what is there); the relative paths written."""
+    written = []
+    for rel, src in files.items():
+        # the solver may have left symlinks in its run directory: never write through one
+        write_confined(run_dir, str(check_relpath(rel)), src.read_bytes())
+        written.append(rel)
+    return written

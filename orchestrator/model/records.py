@@ -1,0 +1,139 @@
+"""Typed records of the engine's state: Job, Run and Attempt, as the store decodes them (its only codec)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.model.states import JobState, RunState
+from solvers.base import Progress, RunMode
+
+
+class StopIntent(str, Enum):
+    """Why a run is being stopped: a pause ends it PAUSED (restartable), a terminate ends it STOPPED."""
+
+    PAUSE = "pause"
+    TERMINATE = "terminate"
+
+
+class Signals(str, Enum):
+    """The freeze signal last applied to a run's processes on every node (SIGSTOP or SIGCONT)."""
+
+    FROZEN = "frozen"
+    RUNNING = "running"
+
+
+class Record(BaseModel):
+    """A stored record: typed fields, decoded once by the store; unknown stored fields are ignored."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=False, use_enum_values=False)
+
+    # TRANSITIONAL (removed before the architecture issue closes): string indexing, so callers move to
+    # attributes one package at a time while the suite stays green.
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        setattr(self, key, value)
+
+    def __contains__(self, key: str) -> bool:
+        return getattr(self, key, None) is not None
+
+    def keys(self) -> list[str]:
+        return [*type(self).model_fields, *(self.__pydantic_extra__ or {})]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = getattr(self, key, None)
+        return default if value is None else value
+
+
+class Attempt(Record):
+    """One ended attempt of a run (a restart continues the run in a new attempt); usage charges each."""
+
+    attempt: int = 1
+    started_at: float | None = None
+    ended_at: float | None = None
+
+
+class Job(Record):
+    """A submitted job: its spec revision, state, leased nodes and current run."""
+
+    id: str
+    name: str = ""
+    owner: str = ""
+    state: JobState
+    version: int = 1
+    spec: dict[str, Any] = Field(default_factory=dict)
+    backend: str = "local"
+    solver: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    runs: int = 1
+    current_run: str = "run-001"
+    nodes: list[str] = Field(default_factory=list)
+    seq: int | None = None
+    revision: int = 1
+    # sweep membership
+    sweep: str | None = None
+    sweep_index: int | None = None
+    sweep_values: dict[str, Any] | None = None
+    # life
+    up_at: float | None = None
+    error: str | None = None
+    terminate_requested_at: float | None = None
+    terminated_by: str | None = None
+    results: str | None = None
+    collect_error: str | None = None
+    # limits' warnings and desktop activity
+    walltime_warned_at: float | None = None
+    idle_shutdown_warned_at: float | None = None
+    desktop_activity_at: float | None = None
+    # per-job services' published state
+    desktop: dict[str, Any] | None = None
+    sync: dict[str, Any] | None = None
+    ssh_keys: str | None = None
+
+
+class Run(Record):
+    """One run of a job (run-001, run-002 ...): its current attempt's process, progress and outcome."""
+
+    id: str
+    job_id: str = ""
+    state: RunState
+    version: int = 1
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    attempt: int = 1
+    revision: int | None = None
+    mode: RunMode | None = None
+    past_attempts: list[Attempt] = Field(default_factory=list)
+    # where the run's log is and how far it was parsed
+    log_file: str | None = None
+    log_offset: int = 0
+    progress: Progress | None = None
+    progress_total: float | None = None
+    node: str | None = None
+    info: dict[str, Any] | None = None
+    # the current attempt
+    launch_requested_at: float | None = None
+    pid: int | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    # control
+    stop_intent: StopIntent | None = None
+    stop_requested_at: float | None = None
+    stop_sent_at: float | None = None
+    term_sent_at: float | None = None
+    kill_sent_at: float | None = None
+    signals: Signals | None = None
+    frozen_at: float | None = None
+    # node faults
+    failed_nodes: list[str] | None = None
+    recovery: str | None = None

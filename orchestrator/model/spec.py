@@ -1,0 +1,225 @@
+"""The user's contract: the job spec (YAML/JSON), validated at the edge with one message per problem."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
+
+from orchestrator.desktop.access import normalise_rules
+from orchestrator.model.errors import SpecError
+from solvers.base import Registry, SolverOptions, registry
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])", re.I)
+_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(value: Any) -> Any:
+    """'1h30m', '90s', '2d', 45 (seconds) -> seconds as float; anything else is left for pydantic to reject."""
+    if value is None:
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration; use e.g. 90s, 30m, 1h30m, 2d")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        parts = _DURATION.findall(text)
+        if text and parts and "".join(n + u for n, u in parts).lower() == text.lower():
+            return float(sum(float(n) * _UNIT_SECONDS[u.lower()] for n, u in parts))
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            return float(text)
+        raise ValueError(f"{value!r} is not a duration; use e.g. 90s, 30m, 1h30m, 2d")
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, description="seconds, or 90s/30m/1h/2d")]
+
+
+def resolve_input_path(value: Any, info: ValidationInfo) -> Any:
+    """Resolve a relative path against the spec file's folder (validation context `base_dir`)."""
+    if isinstance(value, str) and value.strip():
+        try:
+            path = Path(value).expanduser()
+            base = (info.context or {}).get("base_dir")
+            if not path.is_absolute() and base is not None:
+                path = Path(base) / path
+            path = path.resolve()
+            path.exists()  # a name too long for the OS raises here, not in the checks that follow
+        except RuntimeError:  # ~user of an unknown user
+            raise ValueError(f"{value!r}: no such user's home folder") from None
+        except OSError as exc:
+            raise ValueError(f"{value!r} is not a usable path: {exc.strerror or exc}") from None
+        return path
+    return value
+
+
+def check_input_dir(path: Path, info: ValidationInfo) -> Path:
+    """An input folder must exist when the spec comes from a user (skipped when re-reading stored specs)."""
+    if (info.context or {}).get("check_paths", True) and not path.is_dir():
+        raise ValueError(f"folder {str(path)!r} does not exist")
+    return path
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClusterSpec(StrictModel):
+    """How many nodes, of how many cores, from which backend."""
+
+    backend: Literal["local", "ssh", "slurm"] = "local"
+    nodes: int = Field(1, ge=1, le=1024)
+    cores_per_node: int = Field(1, ge=1, le=1024)
+    restart_on_node_failure: bool = Field(False, description="when a node stops answering, restart the run from "
+                                                             "its latest checkpoint on a replacement node")
+
+    @property
+    def total_cores(self) -> int:
+        return self.nodes * self.cores_per_node
+
+
+class DesktopSpec(StrictModel):
+    """The remote desktop on the head node, and who may reach it."""
+
+    enabled: bool = True
+    geometry: str = Field("1280x800", pattern=r"^\d{3,5}x\d{3,5}$")
+    depth: Literal[16, 24, 32] = 24
+    access: list[str] | None = Field(
+        None, description="everywhere, my-ip, or IPv4/IPv6 CIDRs; unset: the user's default (e2e access)")
+
+    @field_validator("access", mode="before")
+    @classmethod
+    def _access_rules(cls, value: Any) -> Any:
+        return None if value is None else normalise_rules(value)
+
+
+class Limits(StrictModel):
+    """Guards that end a job without a user's terminate."""
+
+    walltime: Duration | None = None
+    idle_shutdown: Duration | None = None
+
+
+class JobSpecBase(StrictModel):
+    """Fields shared by every job spec; `solver` is added per installed plugin set."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="letters, digits, . _ -; at most 64")
+    description: str = Field("", max_length=2000)
+    cluster: ClusterSpec = ClusterSpec()
+    desktop: DesktopSpec = DesktopSpec()
+    limits: Limits = Limits()
+
+
+def build_spec_model(reg: Registry) -> type[JobSpecBase]:
+    """JobSpec with `solver` as a union of the installed plugins' options, discriminated on `solver.name`."""
+    models = [plugin.Options for plugin in reg]
+    if not models:
+        solver_type: Any = SolverOptions
+    elif len(models) == 1:
+        solver_type = models[0]
+    else:
+        solver_type = Annotated[Union[tuple(models)], Field(discriminator="name")]
+    return create_model("JobSpec", __base__=JobSpecBase, solver=(solver_type, ...))
+
+
+@lru_cache(maxsize=1)
+def spec_model() -> type[JobSpecBase]:
+    return build_spec_model(registry())
+
+
+def validate_spec(data: Any, *, base_dir: Path | None = None, source: str = "spec", check_paths: bool = True):
+    """Validate a spec mapping; raise SpecError listing every problem with its field."""
+    model = spec_model()
+    if not isinstance(data, dict):
+        raise SpecError([("", f"must be a mapping of fields, got {type(data).__name__}")], source)
+    try:
+        return model.model_validate(data, context={"base_dir": base_dir, "check_paths": check_paths})
+    except ValidationError as exc:
+        raise SpecError([_describe(err, model) for err in exc.errors()], source) from None
+
+
+def spec_for_store(spec: JobSpecBase) -> dict[str, Any]:
+    """The spec as stored in Redis: JSON, with secrets (licence keys) revealed, since runs need them."""
+    return spec.model_dump(mode="json", context={"reveal_secrets": True})
+
+
+def load_spec(path: str | Path):
+    """Read and validate a YAML or JSON spec file; relative paths inside resolve against its folder."""
+    data, base_dir = read_spec_file(path)
+    return validate_spec(data, base_dir=base_dir, source=str(path))
+
+
+def read_spec_file(path: str | Path) -> tuple[Any, Path]:
+    """The parsed (not yet validated) content of a YAML or JSON spec file, and the folder it is in."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError([("", f"cannot read {str(path)!r}: {exc.strerror or exc}")], str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError([("", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}")], str(path)) from None
+    return data, path.resolve().parent
+
+
+def _describe(err: dict[str, Any], model: type[BaseModel]) -> tuple[str, str]:
+    """One (field, message) pair for a pydantic error, with the allowed names where that helps."""
+    # A blank key is still named, quoted, so the line never reads as if no field were meant.
+    loc = [str(part) if str(part).strip() else repr(str(part)) for part in err.get("loc", ())]
+    kind = err.get("type", "")
+    msg = err.get("msg", "invalid")
+    if kind == "extra_forbidden":
+        allowed = _fields_at(model, loc[:-1])
+        msg = "unknown field" + (f"; allowed fields: {', '.join(allowed)}" if allowed else "")
+    elif kind == "union_tag_invalid":
+        tags = err.get("ctx", {}).get("expected_tags", "")
+        msg = f"unknown solver {err.get('ctx', {}).get('tag')!r}; known solvers: {tags.replace(chr(39), '')}"
+        loc = loc + ["name"]
+    elif kind == "union_tag_not_found":
+        msg = f"missing; choose one of: {', '.join(registry().names())}"
+        loc = loc + ["name"]
+    elif kind == "missing":
+        msg = "required field is missing"
+    elif kind == "string_pattern_mismatch" and loc[-1:] == ["name"]:
+        msg = "must start with a letter or digit and use only letters, digits, '.', '_' or '-' (at most 64)"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    # Drop pydantic's union branch labels (e.g. 'openfoam') that follow the discriminated field.
+    if len(loc) > 1 and loc[0] == "solver" and loc[1] in registry().names():
+        loc = [loc[0]] + loc[2:]
+    return ".".join(loc), msg
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """Field names of the (sub)model at `loc`, walking through the discriminated solver union."""
+    current: Any = model
+    for i, part in enumerate(loc):
+        if part in registry().names() and i > 0 and loc[i - 1] == "solver":
+            current = registry().get(part).Options
+            continue
+        fields = getattr(current, "model_fields", {})
+        if part not in fields:
+            return []
+        annotation = fields[part].annotation
+        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if part == "solver" and current is None:
+            continue
+    return sorted(getattr(current, "model_fields", {}))

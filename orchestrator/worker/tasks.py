@@ -1,0 +1,63 @@
+"""Thin Celery tasks: each loads state by id, performs one idempotent lifecycle step, and returns."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from orchestrator.engine.lifecycle import Lifecycle
+from orchestrator.model.settings import get_settings
+from orchestrator.store.jobs import JobStore
+from orchestrator.worker.celery_app import app
+
+log = logging.getLogger(__name__)
+
+RETRIES = dict(max_retries=3, default_retry_delay=1)
+
+
+@lru_cache(maxsize=1)
+def lifecycle() -> Lifecycle:
+    """Built lazily in the worker child (never before fork), once per process."""
+    settings = get_settings()
+    store = JobStore.from_url(settings.resolved_redis_url(), events_maxlen=settings.events_maxlen)
+    return Lifecycle.create(store, settings)
+
+
+@app.task(name="e2e.provision", **RETRIES)
+def provision(job_id: str) -> None:
+    lifecycle().provision(job_id)
+
+
+@app.task(name="e2e.launch", **RETRIES)
+def launch(job_id: str, run_id: str) -> None:
+    lifecycle().launch(job_id, run_id)
+
+
+@app.task(name="e2e.signals", **RETRIES)
+def signals(job_id: str, run_id: str) -> None:
+    """Apply a control command's effect on the nodes (freeze, resume, graceful stop)."""
+    lifecycle().apply_signals(job_id, run_id)
+
+
+@app.task(name="e2e.terminate", **RETRIES)
+def terminate(job_id: str) -> None:
+    lifecycle().drive_termination(job_id)
+
+
+@app.task(name="e2e.reconcile", max_retries=0)
+def reconcile() -> int:
+    lc = lifecycle()
+    # A lease, not a correctness lock (transitions are compare-and-set): it only keeps two passes
+    # from doing the same work at once when a pass runs longer than the beat interval. Short, because a
+    # worker killed mid-pass holds it until it expires, and nothing is reconciled meanwhile.
+    lease = max(10.0, 5 * lc.settings.reconcile_interval)
+    lock = lc.store.r.lock(f"{lc.store.prefix}:lock:reconcile", timeout=lease, blocking=False)
+    if not lock.acquire():
+        return 0
+    try:
+        return lc.reconcile()
+    finally:
+        try:
+            lock.release()
+        except Exception:  # noqa: BLE001 - lease expired under a very long pass; harmless
+            log.warning("reconcile lease expired before release")
