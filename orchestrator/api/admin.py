@@ -10,7 +10,6 @@ from fastapi import APIRouter, Depends, Query
 from orchestrator.api.access import ScopedClient
 from orchestrator.api.app import API, admin_client
 from orchestrator.api.metrics import celery_queue_lengths
-from orchestrator.worker import task_stats
 
 router = APIRouter(prefix=API + "/admin", tags=["admin"])
 RATE_MINUTES = 5
@@ -35,10 +34,9 @@ def workers(client: ScopedClient = Depends(admin_client),
 
 @router.get("/queues", summary="Admins: waiting jobs, Celery queue depths, task outcomes and recent rates")
 def queues(client: ScopedClient = Depends(admin_client)) -> dict[str, Any]:
-    r, prefix = client.store.r, client.store.prefix
-    recent = task_stats.recent(r, RATE_MINUTES, prefix=prefix)
-    totals = task_stats.totals(r, prefix)
+    recent = client.store.metrics.task_recent(RATE_MINUTES)
+    totals = client.store.metrics.task_totals()
     tasks = [{"task": name, **counts, "per_minute": round(sum(recent.get(name, {}).values()) / (RATE_MINUTES + 1), 2),
               "failed_recently": recent.get(name, {}).get("failed", 0)} for name, counts in sorted(totals.items())]
-    return {"queued_jobs": client.store.queued_jobs(), "celery": celery_queue_lengths(r),
-            "unacked": r.hlen("unacked"), "tasks": tasks, "rate_window_minutes": RATE_MINUTES + 1}
+    return {"queued_jobs": client.store.queued_jobs(), "celery": celery_queue_lengths(client.store),
+            "unacked": client.store.metrics.celery_unacked(), "tasks": tasks, "rate_window_minutes": RATE_MINUTES + 1}

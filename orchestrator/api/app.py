@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from orchestrator.api import audit
 from orchestrator.api.access import ScopedClient
-from orchestrator.api.users import User, Users
+from orchestrator.api.users import User
 from orchestrator.model.errors import (
     E2EError,
     InfrastructureError,
@@ -111,7 +111,7 @@ class Engine:
     def __init__(self, settings: Settings, store: JobStore | None = None) -> None:
         self.settings = settings
         self.store = store or JobStore.from_url(settings.resolved_redis_url(), events_maxlen=settings.events_maxlen)
-        self.users = Users(self.store.r, self.store.prefix)
+        self.users = self.store.users
         self.celery = make_app(settings)
         self.limiter = RateLimiter(settings.api_rate, settings.api_burst)
 

@@ -6,7 +6,6 @@ latency, sync lag, node leases. No user names, job ids or anything secret, so th
 
 from __future__ import annotations
 
-import json
 from typing import Any, Iterator
 
 from fastapi import APIRouter, Request
@@ -18,44 +17,30 @@ from prometheus_client.registry import Collector
 from orchestrator.engine import control_latency
 from orchestrator.model.events import EventKind
 from orchestrator.model.states import JobState, RunState
-from orchestrator.worker import task_stats
 from orchestrator.worker.celery_app import JOBS_QUEUE, RECONCILE_QUEUE
 
 router = APIRouter(tags=["metrics"])
-PRIORITY_SEP, PRIORITY_STEPS = "\x06\x16", (0, 3, 6, 9)  # kombu's Redis transport: one list per priority step
 SYNC_LOOKBACK = 500  # newest events searched per job for its latest sync.stats
 
 
-def celery_queue_lengths(r: Any, queues: tuple[str, ...] = (JOBS_QUEUE, RECONCILE_QUEUE)) -> dict[str, int]:
+def celery_queue_lengths(store: Any, queues: tuple[str, ...] = (JOBS_QUEUE, RECONCILE_QUEUE)) -> dict[str, int]:
     """Messages waiting in each Celery queue (every priority list of it)."""
-    pipe = r.pipeline(transaction=False)
-    for queue in queues:
-        for step in PRIORITY_STEPS:
-            pipe.llen(queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}")
-    lengths = pipe.execute()
-    n = len(PRIORITY_STEPS)
-    return {queue: sum(lengths[i * n:(i + 1) * n]) for i, queue in enumerate(queues)}
+    return store.metrics.celery_queue_lengths(queues)
 
 
 def latest_sync_stats(store: Any, job_id: str) -> dict[str, Any] | None:
-    for _, fields in store.r.xrevrange(store.events_key(job_id), count=SYNC_LOOKBACK):
-        if fields.get("kind") == EventKind.SYNC_STATS.value:
-            return json.loads(fields["data"])
-    return None
+    event = store.latest_event(job_id, EventKind.SYNC_STATS, SYNC_LOOKBACK)
+    return event.data if event else None
 
 
 def snapshot(store: Any) -> dict[str, Any]:
-    """Every number /metrics shows, read from Redis now."""
-    r, prefix = store.r, store.prefix
+    """Every number /metrics shows, read from the store now."""
     active = store.active_jobs()
-    pipe = r.pipeline(transaction=False)
-    for job_id in active:
-        pipe.hget(f"{prefix}:job:{{{job_id}}}", "state")
     jobs = dict.fromkeys((s.value for s in JobState), 0)
-    for state in pipe.execute():
+    for state in store.job_states(active):
         if state:
             jobs[state] += 1
-    jobs[JobState.TERMINATED.value] = max(0, r.zcard(f"{prefix}:jobs") - len(active))
+    jobs[JobState.TERMINATED.value] = max(0, store.count_jobs() - len(active))
     runs = dict.fromkeys((s.value for s in RunState), 0)
     lag_p50, lag_max = [], []
     for job_id in active:
@@ -65,20 +50,11 @@ def snapshot(store: Any) -> dict[str, Any]:
         if stats:
             lag_p50 += [stats["lag_p50"]] if stats.get("lag_p50") is not None else []
             lag_max += [stats["lag_max"]] if stats.get("lag_max") is not None else []
-    nodes = {}
-    for key in r.scan_iter(match=f"{prefix}:nodes:*", count=100):
-        backend = key[len(prefix) + 7:]
-        if ":" in backend:
-            continue  # the :drained hash of a pool
-        pool = r.hgetall(key)
-        drained = r.hlen(f"{key}:drained")
-        leased = sum(1 for job in pool.values() if job)
-        nodes[backend] = {"total": len(pool), "leased": leased, "drained": drained}
-    return {"jobs": jobs, "runs_of_active_jobs": runs, "queued_jobs": r.zcard(f"{prefix}:queue"),
-            "celery_queues": celery_queue_lengths(r), "celery_unacked": r.hlen("unacked"),
-            "tasks": task_stats.totals(r, prefix), "control": control_latency.histogram(store),
+    return {"jobs": jobs, "runs_of_active_jobs": runs, "queued_jobs": store.queue_length(),
+            "celery_queues": celery_queue_lengths(store), "celery_unacked": store.metrics.celery_unacked(),
+            "tasks": store.metrics.task_totals(), "control": control_latency.histogram(store),
             "sync_lag_p50": max(lag_p50) if lag_p50 else None, "sync_lag_max": max(lag_max) if lag_max else None,
-            "nodes": nodes}
+            "nodes": store.pool_summary()}
 
 
 class EngineCollector(Collector):

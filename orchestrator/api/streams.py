@@ -10,14 +10,12 @@ import re
 import time
 from typing import Any, AsyncIterator, Optional
 
-import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from orchestrator.api.access import ScopedClient
 from orchestrator.api.app import API, client_for
 from orchestrator.model.errors import UserError
-from orchestrator.model.events import Event
 from orchestrator.model.states import JOB_TERMINAL
 
 router = APIRouter(prefix=API, tags=["live"])
@@ -65,28 +63,25 @@ async def events_stream(job: str, request: Request, client: ScopedClient = Depen
 
 async def _follow_events(request: Request, client: ScopedClient, job_id: str, after: str,
                          url: str) -> AsyncIterator[bytes]:
-    """Blocking XREAD on an asyncio connection: a new event reaches the client as soon as Redis has it.
-    Ends with an `end` event once the job is terminated and every event is sent."""
-    # the socket timeout outlasts the blocking read (redis-py's asyncio default of 5 s would cut every quiet stream)
-    r = aioredis.from_url(url, decode_responses=True, socket_timeout=KEEPALIVE + 10)
-    key = client.store.events_key(job_id)
+    """A blocking read on an asyncio connection (the store's async event reader): a new event reaches the
+    client as soon as Redis has it. Ends with an `end` event once the job is terminated and every event is sent."""
+    reader = client.store.async_events(url, socket_timeout=KEEPALIVE + 10)
     try:
         yield b"retry: 2000\n\n"
         while not await request.is_disconnected():
-            reply = await r.xread({key: after}, count=500, block=int(KEEPALIVE * 1000))
-            if not reply:
+            events = await reader.read(job_id, after, count=500, block_ms=int(KEEPALIVE * 1000))
+            if not events:
                 record = await asyncio.to_thread(client.store.get_job, job_id)
                 if record["state"] in JOB_TERMINAL:
                     yield sse({"state": "TERMINATED"}, event="end")
                     return
                 yield b": keepalive\n\n"
                 continue
-            for entry_id, fields in reply[0][1]:
-                after = entry_id
-                event = Event.from_stream(entry_id, fields)
-                yield sse(event.model_dump(mode="json"), event=event.kind.value, event_id=entry_id)
+            for event in events:
+                after = event.id
+                yield sse(event.model_dump(mode="json"), event=event.kind.value, event_id=event.id)
     finally:
-        await r.aclose()
+        await reader.aclose()
 
 
 @router.get("/jobs/{job}/logs", summary="The solver log of the current (or a given) run, from a byte offset")

@@ -16,10 +16,7 @@ app.add_typer(admin_app, name="admin")
 
 
 def _users():
-    from orchestrator.api.users import Users
-
-    store = _client().store
-    return Users(store.r, store.prefix)
+    return _client().store.users
 
 
 @app.command()

@@ -217,7 +217,7 @@ def access_show(as_json: bool = JSON_OPT) -> None:
 
     client = _client()
     rules = user_rules(client.store, client.user)
-    mine = client_address(client.store.r)
+    mine = client_address(client.store)
     if as_json:
         _dump({"rules": rules or [EVERYWHERE], "default": rules is None, "my_ip": mine})
         return
@@ -235,7 +235,7 @@ def access_set(rules: list[str] = typer.Argument(..., help="everywhere | my-ip |
         parsed = normalise_rules(rules)
     except ValueError as exc:
         raise UserError(f"access: {exc}") from None
-    concrete = resolve(parsed, client_address(client.store.r) if MY_IP in parsed else None)
+    concrete = resolve(parsed, client_address(client.store) if MY_IP in parsed else None)
     set_user_rules(client.store, client.user, concrete)
     out.print(f"default access: {', '.join(concrete)}")
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import redis
 import typer
 from rich.table import Table
 
@@ -19,6 +18,7 @@ from orchestrator.control.client import run_finished
 from orchestrator.model.errors import E2EError, InfrastructureError, UserError
 from orchestrator.model.settings import get_settings
 from orchestrator.model.states import JOB_TERMINAL
+from orchestrator.store import StoreError
 from orchestrator.worker.stack import Stack
 
 
@@ -46,7 +46,7 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="start in the b
         try:
             for name in stack.revive():  # supervise: a worker or beat that died on its own comes back
                 err.print(f"[yellow]{name} had exited; restarted[/]")
-        except (E2EError, redis.RedisError) as exc:
+        except (E2EError, StoreError) as exc:
             err.print(f"[yellow]could not restart a stopped process yet: {exc}[/]")
     stack.stop()
     out.print("engine stopped")
@@ -270,7 +270,7 @@ def main() -> None:
     except E2EError as exc:
         err.print(f"[red]error:[/] {exc.message}", highlight=False)
         sys.exit(3 if isinstance(exc, InfrastructureError) else 2)
-    except redis.RedisError as exc:
+    except StoreError as exc:
         err.print(f"[red]error:[/] cannot reach the engine's Redis ({type(exc).__name__}); is it up? "
                   "(`e2e up --detach`)", highlight=False)
         sys.exit(3)

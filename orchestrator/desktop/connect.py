@@ -89,7 +89,7 @@ def desktop(client: Any, job: str, wait: float = 0) -> Desktop:
 
 def check_access(client: Any, d: Desktop, entry: str) -> str:
     """Refuse (and record) a user whose current address is outside the job's CIDR rules; the address."""
-    address = client_address(client.store.r)
+    address = client_address(client.store)
     if address is None or not allowed(address, d.record.get("access") or []):
         client.store.append_event(d.job_id, EventKind.ACCESS_REFUSED, {
             "entry": entry, "address": address, "reason": "outside the allowed networks", "user": client.user})

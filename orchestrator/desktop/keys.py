@@ -1,11 +1,10 @@
-"""SSH public keys per user: validated (type, size), stored in Redis, rendered into authorized_keys blocks."""
+"""SSH public keys per user: validated (type, size), stored by the store, rendered into authorized_keys blocks."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
-import json
 import struct
 import time
 from dataclasses import dataclass
@@ -103,24 +102,20 @@ def _key_bits(kind: str, fields: list[bytes]) -> int:
 
 
 class KeyRegistry:
-    """A user's registered keys: `{prefix}:user:{user}:ssh-keys`, a hash fingerprint -> key record."""
+    """A user's registered keys, validated here and kept by the store's ssh_keys family."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
-
-    def _key(self, user: str) -> str:
-        return f"{self.store.prefix}:user:{user}:ssh-keys"
 
     def add(self, user: str, text: str) -> PublicKey:
         key = parse_public_key(text)
         record = {"type": key.type, "blob": key.blob, "comment": key.comment, "bits": key.bits,
                   "added_at": time.time()}
-        self.store.r.hset(self._key(user), key.fingerprint, json.dumps(record))
+        self.store.ssh_keys.put(user, key.fingerprint, record)
         return key
 
     def list(self, user: str) -> list[dict[str, Any]]:
-        raw = self.store.r.hgetall(self._key(user))
-        rows = [{"fingerprint": fp, **json.loads(v)} for fp, v in raw.items()]
+        rows = [{"fingerprint": fp, **record} for fp, record in self.store.ssh_keys.all(user).items()]
         return sorted(rows, key=lambda r: r["added_at"])
 
     def keys(self, user: str) -> list[PublicKey]:
@@ -133,7 +128,7 @@ class KeyRegistry:
                 or (len(which) >= 12 and r["fingerprint"].startswith(which))]
         if not gone:
             raise NotFound(f"no registered key matches {which!r} (see `e2e keys ls`)")
-        self.store.r.hdel(self._key(user), *gone)
+        self.store.ssh_keys.delete(user, *gone)
         return gone
 
 

@@ -340,8 +340,7 @@ class DesktopService(JobService):
     @contextlib.contextmanager
     def _lock(self, ctx: ServiceContext, wait: float = 0) -> Iterator[bool]:
         """One step at a time per desktop: provision's start and a reconcile pass may overlap."""
-        lock = ctx.store.r.lock(f"{ctx.store.prefix}:lock:desktop:{ctx.job_id}", timeout=60,
-                                blocking=wait > 0, blocking_timeout=wait or None)
+        lock = ctx.store.locks.desktop(ctx.job_id, timeout=60, wait=wait)
         got = lock.acquire()
         try:
             yield bool(got)

@@ -19,7 +19,7 @@ from pydantic import (
     field_validator,
 )
 
-from orchestrator.desktop.access import normalise_rules
+from orchestrator.model.access import normalise_rules
 from orchestrator.model.errors import SpecError
 from solvers.base import Registry, SolverOptions, registry
 

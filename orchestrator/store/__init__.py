@@ -2,9 +2,11 @@
 family (nodes and leases, users and tokens, keys and access rules, secrets, audit, metrics, locks).
 
 May import: `orchestrator.model` (and `solvers.base` for Progress). Nothing outside this package touches
-the Redis connection.
+the Redis connection: `JobStore` is the façade (jobs, runs, events, nodes and sweeps as its methods; the
+other families as `store.users`, `.ssh_keys`, `.access`, `.secrets`, `.audit`, `.metrics`, `.locks`), and
+every key name is built in `store.keys`.
 """
 
-from orchestrator.store.jobs import JobStore
+from orchestrator.store.jobs import JobStore, StoreError
 
-__all__ = ["JobStore"]
+__all__ = ["JobStore", "StoreError"]

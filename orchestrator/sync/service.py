@@ -108,11 +108,10 @@ class SyncService(JobService):
     # -- events: the process appends JSON lines; forwarded once each (offset and a short lock in Redis)
     def forward_events(self, ctx: ServiceContext) -> int:
         store = ctx.store
-        key = f"{store.prefix}:sync:{{{ctx.job_id}}}"
-        if not store.r.set(f"{key}:lock", "1", nx=True, px=10_000):
+        if not store.locks.claim_sync_forward(ctx.job_id, ms=10_000):
             return 0  # another worker is forwarding right now
         try:
-            offset = int(store.r.get(f"{key}:offset") or 0)
+            offset = store.locks.sync_forward_offset(ctx.job_id)
             data = self._host(ctx).read_bytes( ctx.paths.sync.events, offset, FORWARD_CHUNK) or b""
             cut = data.rfind(b"\n") + 1
             sent = 0
@@ -126,10 +125,10 @@ class SyncService(JobService):
                 store.append_event(ctx.job_id, kind, entry["data"])
                 sent += 1
             if cut:
-                store.r.set(f"{key}:offset", offset + cut)
+                store.locks.set_sync_forward_offset(ctx.job_id, offset + cut)
             return sent
         finally:
-            store.r.delete(f"{key}:lock")
+            store.locks.release_sync_forward(ctx.job_id)
 
     # -- helpers
     def _host(self, ctx: ServiceContext) -> _Host:

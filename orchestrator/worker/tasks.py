@@ -51,7 +51,7 @@ def reconcile() -> int:
     # from doing the same work at once when a pass runs longer than the beat interval. Short, because a
     # worker killed mid-pass holds it until it expires, and nothing is reconciled meanwhile.
     lease = max(10.0, 5 * lc.settings.reconcile_interval)
-    lock = lc.store.r.lock(f"{lc.store.prefix}:lock:reconcile", timeout=lease, blocking=False)
+    lock = lc.store.locks.reconcile(lease)
     if not lock.acquire():
         return 0
     try:

@@ -1,0 +1,82 @@
+"""Node leases per backend (atomic allocation in queue order, release, replacement), drains and leftovers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from orchestrator.store.keys import KeyNames
+
+
+class NodeLeases:
+    """JobStore's node methods (a mixin: they share its connection, key names and Lua scripts)."""
+
+    _r: Any
+    _keys: KeyNames
+    _allocate: Any
+    _release: Any
+    _replace: Any
+
+    def allocate(self, backend: str, job_id: str, count: int, inventory: list[str]) -> list[str] | str:
+        """Lease `count` nodes to the job (the head of the queue only); the node names, or why not."""
+        reply = self._allocate(keys=[self._keys.pool(backend), self._keys.queue, self._keys.drained(backend)],
+                               args=[job_id, count, *inventory])
+        if reply and reply[0].startswith("!"):
+            return reply[0][1:]
+        return list(reply)
+
+    def release(self, backend: str, job_id: str) -> int:
+        """Free every node the job holds and take it off the queue; the number of nodes freed."""
+        return int(self._release(keys=[self._keys.pool(backend), self._keys.queue], args=[job_id]))
+
+    def leases(self, backend: str) -> dict[str, str]:
+        return self._r.hgetall(self._keys.pool(backend))
+
+    def replace_nodes(self, backend: str, job_id: str, dead: list[str], inventory: list[str],
+                      note: dict[str, Any], allow_fewer: bool = False) -> dict[str, str | None] | str:
+        """Drain the job's dead nodes and lease a free node in place of each (see REPLACE): {dead: new or
+        None (dropped)}, or 'nofree' (nothing changed but the drain) or 'none' (nothing left to replace)."""
+        reply = self._replace(keys=[self._keys.pool(backend), self._keys.drained(backend), self._keys.job(job_id)],
+                              args=[job_id, json.dumps(note, default=str), "1" if allow_fewer else "",
+                                    len(dead), *dead, *inventory])
+        if reply and reply[0].startswith("!"):
+            return reply[0][1:]
+        return {reply[i]: reply[i + 1] or None for i in range(0, len(reply), 2)}
+
+    def drained(self, backend: str) -> dict[str, dict[str, Any]]:
+        """Nodes taken out of service after a fault, with why, when and during which job's run."""
+        return {name: json.loads(note) for name, note in self._r.hgetall(self._keys.drained(backend)).items()}
+
+    def leftovers(self) -> dict[str, dict[str, Any]]:
+        """Jobs terminated without some silent nodes, whose run processes there are still to be killed."""
+        return {job_id: json.loads(note) for job_id, note in self._r.hgetall(self._keys.leftovers).items()}
+
+    def set_leftovers(self, job_id: str, note: dict[str, Any] | None) -> None:
+        if note:
+            self._r.hset(self._keys.leftovers, job_id, json.dumps(note))
+        else:
+            self._r.hdel(self._keys.leftovers, job_id)
+
+    def drain(self, backend: str, node: str, note: dict[str, Any]) -> bool:
+        """Take a node out of service by hand (allocation skips drained nodes); False if drained already."""
+        return bool(self._r.hsetnx(self._keys.drained(backend), node, json.dumps(note, default=str)))
+
+    def undrain(self, backend: str, node: str) -> dict[str, Any] | None:
+        """Put a drained node back into service; its drain note, or None if it was not drained."""
+        note = self._r.hget(self._keys.drained(backend), node)
+        if note is None or not self._r.hdel(self._keys.drained(backend), node):
+            return None
+        return json.loads(note)
+
+    def pool_summary(self) -> dict[str, dict[str, int]]:
+        """backend -> {total, leased, drained} node counts, for every pool the store has seen."""
+        out = {}
+        for key in self._r.scan_iter(match=self._keys.pools_pattern, count=100):
+            backend = self._keys.pool_backend(key)
+            if backend is None:
+                continue  # the :drained hash of a pool
+            pool = self._r.hgetall(key)
+            drained = self._r.hlen(self._keys.drained(backend))
+            out[backend] = {"total": len(pool), "leased": sum(1 for job in pool.values() if job),
+                            "drained": drained}
+        return out
