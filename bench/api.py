@@ -37,7 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.latency import percentile  # noqa: E402
-from orchestrator.api.users import Users  # noqa: E402
 from orchestrator.model.events import EventKind  # noqa: E402
 from orchestrator.model.settings import Settings  # noqa: E402
 from orchestrator.store.jobs import JobStore  # noqa: E402
@@ -253,15 +252,13 @@ def fan_out(settings: Settings, store: JobStore, base: str, token: str, lines: i
             fh.write(f"bench-line {index}#\n")
 
     last = store.events(job_id)[-1].id
-    raw_key = store.events_key(job_id)
 
     def raw_events():
         after = last
         while True:
-            for _key, entries in store.r.xread({raw_key: after}, block=1000) or []:
-                for entry_id, fields in entries:
-                    after = entry_id
-                    yield fields.get("data", "")
+            for event in store.events(job_id, after, block_ms=1000):  # a blocking XREAD
+                after = event.id
+                yield json.dumps(event.data)
 
     event_receivers = [Receiver("event -> SSE", sse_lines(f"{base}/jobs/{job_id}/events", token, {"after": last}),
                                 "bench-event "),
@@ -297,7 +294,7 @@ def main() -> int:
         url = stack.start(workers=False, beat=False)["redis_url"]  # (a) runs with no worker to take the tasks
         settings = Settings(**{**settings.model_dump(), "redis_url": url})
         store = JobStore.from_url(url)
-        users = Users(store.r, store.prefix)
+        users = store.users
         token = users.create("bench")
         server = Server(home, url, args.api_workers)
         server.wait(token)
@@ -308,12 +305,12 @@ def main() -> int:
         elapsed, latencies, ids = asyncio.run(submit_all(server, token, args.jobs, args.clients))
         cpu = {"api": cpu_seconds(server.proc.pid) - cpu0, "bench_client": time.process_time() - own0,
                "redis": cpu_seconds(redis_pgid(stack)) - redis0}
-        queued = store.r.llen(JOBS_QUEUE)
+        queued = store.metrics.celery_queue_lengths([JOBS_QUEUE])[JOBS_QUEUE]
         if queued != args.jobs + 50 or store.owners(ids).count("bench") != args.jobs:
             raise RuntimeError(f"expected {args.jobs + 50} queued tasks and {args.jobs} stored jobs, found "
                                f"{queued} tasks")
         raw = celery_rate(settings, args.jobs)
-        store.r.flushdb()  # the queued jobs and tasks go; the workers start on an empty engine
+        store._r.flushdb()  # the queued jobs and tasks go; the workers start on an empty engine
         token = users.create("bench")
         print(f"(b) fan-out over {args.lines} log lines and {args.lines} events...", file=sys.stderr, flush=True)
         stack.start()

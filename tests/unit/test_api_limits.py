@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from orchestrator.api.app import create_app
-from orchestrator.api.users import Users, hash_token
+from orchestrator.api.users import hash_token
 from orchestrator.model.errors import NotFound, UserError
 from orchestrator.model.settings import Settings
 from orchestrator.store.jobs import JobStore
@@ -24,9 +24,9 @@ def app_client(store, tmp_path, **settings) -> TestClient:
 
 
 def test_tokens_are_stored_hashed_and_revocable(store):
-    users = Users(store.r, store.prefix)
+    users = store.users
     token = users.create("alice")
-    dump = {key: store.r.dump(key) for key in store.r.keys("*")}
+    dump = {key: store._r.dump(key) for key in store._r.keys("*")}
     assert token not in repr(dump) and hash_token(token) in repr(list(dump))
     assert users.authenticate(token).name == "alice"
     second = users.issue("alice", "laptop")
@@ -41,11 +41,11 @@ def test_tokens_are_stored_hashed_and_revocable(store):
 @pytest.mark.parametrize("name", ["", "Alice", "a b", "x" * 40, "-dash", "semi;colon"])
 def test_user_names_are_checked(store, name):
     with pytest.raises(UserError, match="user name"):
-        Users(store.r, store.prefix).create(name)
+        store.users.create(name)
 
 
 def test_a_user_is_created_once(store):
-    users = Users(store.r, store.prefix)
+    users = store.users
     users.create("bob")
     with pytest.raises(UserError, match="exists already"):
         users.create("bob", admin=True)
@@ -53,19 +53,19 @@ def test_a_user_is_created_once(store):
 
 
 def test_requests_over_the_rate_are_refused_with_retry_after(store, tmp_path):
-    token = Users(store.r, store.prefix).create("alice")
+    token = store.users.create("alice")
     client = app_client(store, tmp_path, api_rate=0.5, api_burst=3)
     headers = {"Authorization": f"Bearer {token}"}
     codes = [client.get("/api/v1/me", headers=headers).status_code for _ in range(5)]
     assert codes == [200, 200, 200, 429, 429]
     refused = client.get("/api/v1/me", headers=headers)
     assert refused.json()["error"].startswith("too many requests") and int(refused.headers["retry-after"]) >= 1
-    other = Users(store.r, store.prefix).create("bob")  # the limit is per user
+    other = store.users.create("bob")  # the limit is per user
     assert client.get("/api/v1/me", headers={"Authorization": f"Bearer {other}"}).status_code == 200
 
 
 def test_bodies_over_the_limit_are_refused_before_they_are_read(store, tmp_path):
-    token = Users(store.r, store.prefix).create("alice")
+    token = store.users.create("alice")
     client = app_client(store, tmp_path, api_max_body=1000)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     declared = client.post("/api/v1/jobs", content=b"{" + b" " * 2000 + b"}", headers=headers)

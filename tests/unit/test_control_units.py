@@ -119,7 +119,7 @@ def test_file_edits_are_checked_saved_per_revision_and_overlaid(tmp_path):
 def _job(store, **limits) -> dict:
     job_id = new_job(store)
     store.update_job(job_id, spec={"name": "x", "limits": limits}, up_at=time.time() - 100)
-    store.r.hset(store._job(job_id), "state", "UP")
+    store._r.hset(store._keys.job(job_id), "state", "UP")
     return store.get_job(job_id)
 
 
@@ -151,7 +151,7 @@ def test_idle_shutdown_counts_only_while_no_run_is_active(store):
 def test_add_run_only_after_the_current_run_ended(store):
     job_id = new_job(store)
     assert store.add_run(job_id, after="run-001") is None  # still PENDING
-    store.r.hset(store._run(job_id, "run-001"), "state", "COMPLETED")
+    store._r.hset(store._keys.run(job_id, "run-001"), "state", "COMPLETED")
     assert store.add_run(job_id, after="run-001", revision=2) == "run-002"
     assert store.add_run(job_id, after="run-001") is None  # run-001 is no longer current
     job = store.get_job(job_id)
@@ -179,7 +179,7 @@ def test_set_run_once_treats_a_cleared_field_as_unset(store):
 
 def test_restart_is_a_transition_back_to_pending(store, tmp_path: Path):
     job_id = new_job(store)
-    store.r.hset(store._run(job_id, "run-001"), "state", "PAUSED")
+    store._r.hset(store._keys.run(job_id, "run-001"), "state", "PAUSED")
     assert store.transition_run(job_id, "run-001", RunState.PENDING, expect=[RunState.PAUSED], attempt=2)
     run = store.get_run(job_id, "run-001")
     assert run["state"] is RunState.PENDING and run["attempt"] == 2

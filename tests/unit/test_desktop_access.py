@@ -81,15 +81,15 @@ def test_submit_uses_the_spec_then_the_users_default_then_everywhere(store):
 
 
 def test_my_ip_that_cannot_be_resolved_is_a_clear_error(store, monkeypatch):
-    monkeypatch.setattr(store.r, "client_info", lambda: {})
+    monkeypatch.setattr(store._r, "client_info", lambda: {})
     with pytest.raises(UserError, match="my-ip"):
         resolve_for_submit(_spec(access=["my-ip"]), store, "ann")
 
 
 def test_my_ip_is_the_address_the_engine_sees(store, monkeypatch):
-    monkeypatch.setattr(store.r, "client_info", lambda: {"addr": "198.51.100.4:51234"})
+    monkeypatch.setattr(store._r, "client_info", lambda: {"addr": "198.51.100.4:51234"})
     assert resolve_for_submit(_spec(access=["my-ip"]), store, "ann").desktop.access == ["198.51.100.4/32"]
-    monkeypatch.setattr(store.r, "client_info", lambda: {"addr": "[2001:db8::7]:51234"})
+    monkeypatch.setattr(store._r, "client_info", lambda: {"addr": "[2001:db8::7]:51234"})
     assert resolve_for_submit(_spec(access=["my-ip"]), store, "ann").desktop.access == ["2001:db8::7/128"]
 
 

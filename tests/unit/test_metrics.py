@@ -8,11 +8,11 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.api.metrics import PRIORITY_SEP, registry_for
+from orchestrator.api.metrics import registry_for
 from orchestrator.engine import control_latency
 from orchestrator.model.events import Event, EventKind
 from orchestrator.model.states import JobState, RunState
-from orchestrator.worker import task_stats
+from orchestrator.store.keys import CELERY_PRIORITY_SEP
 
 
 def scrape(store) -> dict[tuple[str, tuple], float]:
@@ -39,19 +39,19 @@ def up_and_running(store, job_id: str) -> None:
 def test_jobs_runs_queues_nodes_tasks_and_sync_lag_match_the_store(store):
     queued = [job(store) for _ in range(2)]
     running = job(store, "bob")
-    store.r.zrem("e2e:queue", running)
+    store.release("local", running)  # off the queue
     up_and_running(store, running)
     done = job(store)
-    store.r.zrem("e2e:queue", done)
+    store.release("local", done)
     store.transition_job(done, JobState.TERMINATING)
     store.transition_job(done, JobState.TERMINATED)
-    store.r.rpush("e2e.jobs", "m1", "m2")
-    store.r.rpush(f"e2e.jobs{PRIORITY_SEP}3", "m3")
-    store.r.rpush("e2e.reconcile", "r1")
-    store.r.hset("e2e:nodes:local", mapping={"node-00": running, "node-01": "", "node-02": "", "node-03": ""})
+    store._r.rpush("e2e.jobs", "m1", "m2")  # Celery messages (kombu's keys)
+    store._r.rpush(f"e2e.jobs{CELERY_PRIORITY_SEP}3", "m3")
+    store._r.rpush("e2e.reconcile", "r1")
+    store._r.hset("e2e:nodes:local", mapping={"node-00": running, "node-01": "", "node-02": "", "node-03": ""})
     store.drain("local", "node-03", {"reason": "test"})
     for outcome in ("succeeded", "succeeded", "failed"):
-        task_stats.count(store.r, "e2e.launch", outcome)
+        store.metrics.count_task("e2e.launch", outcome)
     store.append_event(running, EventKind.SYNC_STATS, {"files": 3, "lag_p50": 0.2, "lag_max": 0.9})
 
     m = scrape(store)
@@ -100,7 +100,7 @@ def test_commands_are_matched_with_the_event_that_applied_them():
 
 def test_control_latency_histogram_counts_each_command_once_across_scrapes(store):
     job_id = job(store)
-    store.r.zrem("e2e:queue", job_id)
+    store.release("local", job_id)
     up_and_running(store, job_id)
     store.transition_run(job_id, "run-001", RunState.STOPPING)
     store.append_event(job_id, EventKind.CONTROL, {"action": "pause", "run": "run-001", "by": "alice"})

@@ -10,7 +10,6 @@ import pytest
 import uvicorn
 
 from orchestrator.api.app import create_app
-from orchestrator.api.users import Users
 from orchestrator.worker.stack import free_port
 
 
@@ -46,7 +45,7 @@ def api(engine):
 @pytest.fixture(scope="session")
 def tokens(engine):
     """Tokens of three API users: alice and bob (plain users) and root (an admin); names unique per session."""
-    users = Users(engine.client.store.r, engine.client.store.prefix)
+    users = engine.client.store.users
     suffix = str(int(time.time() * 1000) % 10**8)
     names = {"alice": f"alice{suffix}", "bob": f"bob{suffix}", "root": f"root{suffix}"}
     return {role: (name, users.create(name, admin=role == "root")) for role, name in names.items()}

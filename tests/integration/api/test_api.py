@@ -10,7 +10,6 @@ import tarfile
 import httpx
 import pytest
 
-from orchestrator.api.users import Users
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -70,7 +69,7 @@ def test_requests_without_a_valid_token_are_refused_with_json(http, tokens, engi
     for client in (http(), http(token="e2e_not-a-token")):
         reply = client.get("/jobs")
         assert reply.status_code == 401 and "token" in reply.json()["error"]
-    users = Users(engine.client.store.r, engine.client.store.prefix)
+    users = engine.client.store.users
     spare = users.issue(tokens["bob"][0], "spare")
     assert http(token=spare).get("/me").json()["name"] == tokens["bob"][0]
     users.revoke(spare)

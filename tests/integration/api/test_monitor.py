@@ -8,7 +8,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.model.states import JOB_TERMINAL
-from orchestrator.worker import task_stats
 from tests.integration.api.test_api import current_run, spec, upload, wait_doc
 
 pytestmark = pytest.mark.integration
@@ -99,7 +98,7 @@ def test_metrics_parse_and_match_the_store(api, engine, bob_job):
     # bob's restart was applied: its latency is in the histogram
     assert samples[("e2e_control_latency_seconds_count", (("action", "restart"),))] >= 1
     # the real worker counted its tasks through the Celery signals
-    counted = task_stats.totals(store.r)
+    counted = store.metrics.task_totals()
     assert counted["e2e.provision"]["succeeded"] >= 1 and counted["e2e.launch"]["succeeded"] >= 1  # bob's restart
     assert samples[("e2e_celery_tasks_total", (("outcome", "succeeded"), ("task", "e2e.launch")))] == \
         counted["e2e.launch"]["succeeded"]

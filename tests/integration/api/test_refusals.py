@@ -8,7 +8,6 @@ import json
 
 import pytest
 
-from orchestrator.api.users import Users
 from tests.resilience import record
 
 from .test_api import current_run, spec, upload, wait_doc
@@ -37,7 +36,7 @@ def test_refusals_are_refused_and_recorded(http, tokens, engine):
     cases = passed = 0
 
     # a revoked token and an unknown one: 401 on every route, each one in the audit trail
-    users = Users(engine.client.store.r, engine.client.store.prefix)
+    users = engine.client.store.users
     revoked = users.issue(tokens["alice"][0], "to revoke")
     users.revoke(revoked)
     for token in (revoked, "e2e_never-issued"):

@@ -13,7 +13,6 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 
-from orchestrator.api.users import Users
 from orchestrator.control.client import Client
 from tests.integration.api.conftest import Served
 
@@ -30,7 +29,7 @@ SLEEPER = {"name": "fuzz-target", "desktop": {"enabled": False},
 def fuzz_target(engine):
     """An API server whose rate limit the fuzzer does not trip, a user owning a running job, and another
     user's job (which must stay invisible)."""
-    users = Users(engine.client.store.r, engine.client.store.prefix)
+    users = engine.client.store.users
     suffix = str(int(time.time() * 1000) % 10**8)
     me, other = f"fuzz{suffix}", f"owner{suffix}"
     tokens = {"user": users.create(me), "admin": users.create(f"fuzzadmin{suffix}", admin=True)}
