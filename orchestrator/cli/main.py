@@ -13,7 +13,20 @@ import redis
 import typer
 from rich.table import Table
 
-from orchestrator.cli.common import JSON_OPT, _age, _client, _dump, _duration, _job_doc, _state, app, err, out
+from orchestrator.cli.common import (
+    JSON_OPT,
+    _age,
+    _client,
+    _dump,
+    _duration,
+    _job_doc,
+    _percent,
+    _progress_line,
+    _state,
+    app,
+    err,
+    out,
+)
 from orchestrator.cli.watch import watch_job
 from orchestrator.control.client import run_finished
 from orchestrator.model.errors import E2EError, InfrastructureError, UserError
@@ -105,10 +118,9 @@ def list_jobs(limit: int = typer.Option(50, help="how many of the newest jobs"),
     table = Table("ID", "NAME", "OWNER", "SOLVER", "JOB", "RUN", "PROGRESS", "AGE", box=None)
     for job in jobs:
         run = job["run"]
-        frac = run["progress"].fraction if run.get("progress") else None
         table.add_row(job["id"], job["name"], job["owner"], job["solver"], job["state"].value,
                       f"{run['id']} {run['state'].value if run['state'] else '-'}",
-                      f"{frac:.0%}" if frac is not None else "", _age(job["created_at"]))
+                      _percent(run.get("progress")), _age(job["created_at"]))
     out.print(table)
 
 
@@ -131,8 +143,8 @@ def status(job: str, as_json: bool = JSON_OPT) -> None:
         line = f"  {run['id']}  {_state(run['state'].value)}"
         if (run.get("attempt") or 1) > 1:
             line += f"  attempt {run['attempt']}"
-        if prog and prog.step is not None:
-            line += f"  step {prog.step:g}" + (f"/{prog.total:g}" if prog.total else "")
+        if progress := _progress_line(prog):
+            line += f"  {progress}"
         if run.get("reason"):
             line += f"  ({run['reason']})"
         out.print(line)
