@@ -258,7 +258,7 @@ def render(spec: Path, out_dir: Path = typer.Option(..., "--out", help="folder t
 
 @app.command()
 def demo(keep: bool = typer.Option(False, "--keep", help="leave the engine running afterwards")) -> None:
-    """Run the showcase: OpenFOAM pitzDaily (simpleFoam) over 2 virtual nodes, live, then terminate."""
+    """Run the showcase job of examples/demo.yaml live (starting the engine if needed), then terminate it."""
     from orchestrator.cli.demo import run_demo
 
     run_demo(out, keep_engine=keep)

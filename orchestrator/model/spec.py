@@ -207,7 +207,7 @@ def _describe(err: dict[str, Any], model: type[BaseModel], data: Any = None) -> 
         msg = "must start with a letter or digit and use only letters, digits, '.', '_' or '-' (at most 64)"
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    # Drop pydantic's union branch labels (e.g. 'openfoam') that follow the discriminated field.
+    # Drop pydantic's union branch labels (a plugin's name) that follow the discriminated field.
     if len(loc) > 1 and loc[0] == "solver" and loc[1] in registry().names():
         loc = [loc[0]] + loc[2:]
     return ".".join(loc), msg
