@@ -22,13 +22,23 @@ DESKTOP_PACKAGES := tigervnc-standalone-server tigervnc-tools xfonts-base openbo
 LEAN_TEST_PACKAGES := $(SSH_PACKAGES) $(SLURM_PACKAGES) $(PLUGIN_PACKAGES) $(DESKTOP_PACKAGES) \
                       chromium chromium-driver nftables
 
-.PHONY: demo test unit integration bench resilience setup openapi system-deps-demo system-deps-test clean
+.PHONY: demo test lint typecheck unit integration bench resilience setup openapi system-deps-demo system-deps-test clean
 
 demo: system-deps-demo $(STAMP)
 	$(VENV)/bin/e2e demo
 
-test: system-deps-test $(STAMP)
+test: lint system-deps-test $(STAMP)
 	$(PY) -m pytest -q -ra
+
+# Style and the layer contracts ([tool.importlinter] in pyproject.toml); a violation fails `make test`.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+# Types of the bottom layers and the plugin contract (not part of `make test` yet).
+TYPECHECK_PATHS := orchestrator/model orchestrator/store orchestrator/control solvers/base.py
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy $(TYPECHECK_PATHS)
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

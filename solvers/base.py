@@ -107,6 +107,10 @@ class Progress(BaseModel):
 
     @property
     def fraction(self) -> float | None:
+        """How far the run is, 0..1: 1.0 once the solver reports convergence (it stops before `total`);
+        None while there is no step or no known total."""
+        if self.converged:
+            return 1.0
         if self.step is None or not self.total:
             return None
         return max(0.0, min(1.0, self.step / self.total))

@@ -53,6 +53,24 @@ def _job_doc(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def _percent(progress: Any) -> str:
+    """A run's progress as a percentage ("100%" once converged, however few steps it took); "" if unknown."""
+    frac = progress.fraction if progress is not None else None
+    return f"{frac:.0%}" if frac is not None else ""
+
+
+def _progress_line(progress: Any) -> str:
+    """A run's progress for `e2e status`: percentage, step of total, and convergence."""
+    if progress is None:
+        return ""
+    parts = [pct] if (pct := _percent(progress)) else []
+    if progress.step is not None:
+        parts.append(f"step {progress.step:g}" + (f"/{progress.total:g}" if progress.total else ""))
+    if progress.converged:
+        parts.append("converged")
+    return "  ".join(parts)
+
+
 def _state(value: str) -> str:
     colour = {"COMPLETED": "green", "UP": "green", "RUNNING": "cyan", "FAILED": "red", "TERMINATED": "dim",
               "STOPPED": "yellow", "TERMINATING": "yellow", "STOPPING": "yellow"}.get(value, "white")

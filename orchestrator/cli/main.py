@@ -12,7 +12,20 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from orchestrator.cli.common import JSON_OPT, _age, _client, _dump, _duration, _job_doc, _state, app, err, out
+from orchestrator.cli.common import (
+    JSON_OPT,
+    _age,
+    _client,
+    _dump,
+    _duration,
+    _job_doc,
+    _percent,
+    _progress_line,
+    _state,
+    app,
+    err,
+    out,
+)
 from orchestrator.cli.watch import watch_job
 from orchestrator.control.client import run_finished
 from orchestrator.model.errors import E2EError, InfrastructureError, UserError
@@ -105,10 +118,9 @@ def list_jobs(limit: int = typer.Option(50, help="how many of the newest jobs"),
     table = Table("ID", "NAME", "OWNER", "SOLVER", "JOB", "RUN", "PROGRESS", "AGE", box=None)
     for job in jobs:
         run = job["run"]
-        frac = run["progress"].fraction if run.get("progress") else None
         table.add_row(job["id"], job["name"], job["owner"], job["solver"], job["state"].value,
                       f"{run['id']} {run['state'].value if run['state'] else '-'}",
-                      f"{frac:.0%}" if frac is not None else "", _age(job["created_at"]))
+                      _percent(run.get("progress")), _age(job["created_at"]))
     out.print(table)
 
 
@@ -131,8 +143,8 @@ def status(job: str, as_json: bool = JSON_OPT) -> None:
         line = f"  {run['id']}  {_state(run['state'].value)}"
         if (run.get("attempt") or 1) > 1:
             line += f"  attempt {run['attempt']}"
-        if prog and prog.step is not None:
-            line += f"  step {prog.step:g}" + (f"/{prog.total:g}" if prog.total else "")
+        if progress := _progress_line(prog):
+            line += f"  {progress}"
         if run.get("reason"):
             line += f"  ({run['reason']})"
         out.print(line)
@@ -246,7 +258,7 @@ def render(spec: Path, out_dir: Path = typer.Option(..., "--out", help="folder t
 
 @app.command()
 def demo(keep: bool = typer.Option(False, "--keep", help="leave the engine running afterwards")) -> None:
-    """Run the showcase: OpenFOAM pitzDaily (simpleFoam) over 2 virtual nodes, live, then terminate."""
+    """Run the showcase job of examples/demo.yaml live (starting the engine if needed), then terminate it."""
     from orchestrator.cli.demo import run_demo
 
     run_demo(out, keep_engine=keep)
@@ -264,9 +276,10 @@ from orchestrator.cli import (
 
 
 def main() -> None:
-    """Entry point: user errors print one clear message (exit 2), infrastructure errors exit 3."""
+    """Entry point: user errors print one clear message (exit 2), infrastructure errors exit 3; a usage error
+    (unknown command or option, a missing or malformed value) prints one line and a usage hint (exit 2)."""
     try:
-        app(standalone_mode=False)
+        app(prog_name="e2e", standalone_mode=False)
     except E2EError as exc:
         err.print(f"[red]error:[/] {exc.message}", highlight=False)
         sys.exit(3 if isinstance(exc, InfrastructureError) else 2)
@@ -276,13 +289,83 @@ def main() -> None:
         sys.exit(3)
     except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
+    except _usage_errors() as exc:
+        sys.exit(_usage_error(exc))
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    """The command-line parser's exception classes: Typer's own copy of Click, and Click (older Typer)."""
+    classes: list[type[BaseException]] = []
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+        classes.append(TyperClickException)
+    except ImportError:
+        pass
+    try:
+        from click import ClickException
+        classes.append(ClickException)
+    except ImportError:
+        pass
+    return tuple(classes)
+
+
+def _usage_error(exc: BaseException) -> int:
+    """Print a parser error as `e2e CMD: what is wrong` and one usage line; returns the exit code (2)."""
+    import difflib
+
+    ctx = getattr(exc, "ctx", None) or _deepest_context()
+    kind = type(exc).__name__
+    if kind == "NoArgsIsHelpError":  # `e2e` or a command group alone: its help is the answer
+        if text := exc.format_message().strip():  # type: ignore[attr-defined]  (Typer prints rich help itself)
+            sys.stderr.write(text + "\n")
+        return 2
+    text = " ".join(str(exc.format_message() if hasattr(exc, "format_message") else exc).split())
+    if (unknown := re.match(r"No such command '(.*?)'", text)) and ctx is not None:
+        name = unknown.group(1)
+        close = difflib.get_close_matches(name, ctx.command.list_commands(ctx), n=3, cutoff=0.6)
+        text = f"no such command {name!r}" + _did_you_mean(close)
+    elif kind == "NoSuchOption" and ctx is not None:
+        name = getattr(exc, "option_name", "")
+        close = list(getattr(exc, "possibilities", None) or []) or difflib.get_close_matches(
+            name, [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("-")],
+            n=3, cutoff=0.6)
+        text = f"no such option {name!r}" + _did_you_mean(sorted(close))
+        parent = ctx.parent
+        while parent is not None and not close:  # an option of an outer level given after the command
+            if any(name in p.opts for p in parent.command.params):
+                text += f" ({name} goes before the command: {parent.command_path} {name} ... {ctx.info_name} ...)"
+                break
+            parent = parent.parent
+    else:
+        text = text[:1].lower() + text[1:]
+        text = text.removesuffix(".")
+    path = ctx.command_path if ctx is not None else "e2e"
+    usage = " ".join(ctx.get_usage().split()) if ctx is not None else "Usage: e2e [OPTIONS] COMMAND [ARGS]..."
+    sys.stderr.write(f"{path}: {text}\n{usage}  (try '{path} --help')\n")
+    return 2
+
+
+def _did_you_mean(names: list[str]) -> str:
+    if not names:
+        return ""
+    return " (did you mean " + " or ".join(repr(n) for n in names) + "?)"
+
+
+def _deepest_context():
+    """The context of the deepest command named on the command line (for errors raised without one)."""
+    from typer.main import get_command
+
+    cmd = get_command(app)
+    ctx = cmd.make_context("e2e", [], resilient_parsing=True)
+    for arg in sys.argv[1:]:
+        sub = cmd.get_command(ctx, arg) if hasattr(cmd, "get_command") else None
+        if sub is None:
+            if not arg.startswith("-") and hasattr(cmd, "get_command"):
+                break
+            continue
+        cmd = sub
+        ctx = cmd.make_context(arg, [], parent=ctx, resilient_parsing=True)
+    return ctx
 
 
 if __name__ == "__main__":

@@ -42,8 +42,10 @@ def watch_job(client: Client, job_id: str, console: Console, quiet: bool = False
                 data = event.data
                 step = f"step {data['step']:g}" + (f"/{data['total']:g}" if data.get("total") else "") \
                     if data.get("step") is not None else ""
+                if data.get("converged"):
+                    step += " converged"
                 res = "  ".join(f"{k} {v:.2e}" for k, v in list(data.get("residuals", {}).items())[:4])
-                bar.update(task, completed=data.get("fraction") or 0.0, step=step, res=res)
+                bar.update(task, completed=event_fraction(data), step=step, res=res)
             elif event.kind in (EventKind.JOB_STATE, EventKind.RUN_STATE):
                 who = event.data.get("run") or "job"
                 extra = f" ({event.data['reason']})" if event.data.get("reason") else ""
@@ -59,6 +61,14 @@ def watch_job(client: Client, job_id: str, console: Console, quiet: bool = False
             elif (line := sync_line(event)) is not None:
                 bar.console.print(line, highlight=False)
     return client.status(job_id)
+
+
+def event_fraction(data: dict[str, Any]) -> float:
+    """The bar's fill for a progress event: 1.0 once converged (events recorded before `fraction` said so
+    carry `converged` too), else the event's fraction."""
+    if data.get("converged"):
+        return 1.0
+    return data.get("fraction") or 0.0
 
 
 def sync_line(event) -> str | None:

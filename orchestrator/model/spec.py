@@ -150,7 +150,7 @@ def validate_spec(data: Any, *, base_dir: Path | None = None, source: str = "spe
     try:
         return model.model_validate(data, context={"base_dir": base_dir, "check_paths": check_paths})
     except ValidationError as exc:
-        raise SpecError([_describe(err, model) for err in exc.errors()], source) from None
+        raise SpecError([_describe(err, model, data) for err in exc.errors()], source) from None
 
 
 def spec_for_store(spec: JobSpecBase) -> dict[str, Any]:
@@ -180,7 +180,7 @@ def read_spec_file(path: str | Path) -> tuple[Any, Path]:
     return data, path.resolve().parent
 
 
-def _describe(err: dict[str, Any], model: type[BaseModel]) -> tuple[str, str]:
+def _describe(err: dict[str, Any], model: type[BaseModel], data: Any = None) -> tuple[str, str]:
     """One (field, message) pair for a pydantic error, with the allowed names where that helps."""
     # A blank key is still named, quoted, so the line never reads as if no field were meant.
     loc = [str(part) if str(part).strip() else repr(str(part)) for part in err.get("loc", ())]
@@ -188,7 +188,12 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> tuple[str, str]:
     msg = err.get("msg", "invalid")
     if kind == "extra_forbidden":
         allowed = _fields_at(model, loc[:-1])
-        msg = "unknown field" + (f"; allowed fields: {', '.join(allowed)}" if allowed else "")
+        field = [part for i, part in enumerate(loc)
+                 if not (i > 0 and loc[i - 1] == "solver" and part in registry().names())]
+        hint = _suggest(field, allowed, model, data)
+        listed = f"llowed fields: {', '.join(allowed)}" if allowed else ""
+        msg = f"unknown field; {hint}" + (f" A{listed}" if listed else "") if hint else \
+            "unknown field" + (f"; a{listed}" if listed else "")
     elif kind == "union_tag_invalid":
         tags = err.get("ctx", {}).get("expected_tags", "")
         msg = f"unknown solver {err.get('ctx', {}).get('tag')!r}; known solvers: {tags.replace(chr(39), '')}"
@@ -202,7 +207,7 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> tuple[str, str]:
         msg = "must start with a letter or digit and use only letters, digits, '.', '_' or '-' (at most 64)"
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    # Drop pydantic's union branch labels (e.g. 'openfoam') that follow the discriminated field.
+    # Drop pydantic's union branch labels (a plugin's name) that follow the discriminated field.
     if len(loc) > 1 and loc[0] == "solver" and loc[1] in registry().names():
         loc = [loc[0]] + loc[2:]
     return ".".join(loc), msg
@@ -223,3 +228,85 @@ def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
         if part == "solver" and current is None:
             continue
     return sorted(getattr(current, "model_fields", {}))
+
+
+def _suggest(path: list[str], allowed: list[str], model: type[BaseModel], data: Any) -> str:
+    """'did you mean X?' for an unknown field: a field of that very name elsewhere in the spec (or its
+    model), else a close spelling at that level (or at the top), else an entry of a free-form map there;
+    "" when nothing is close."""
+    import difflib
+
+    name, parent = path[-1], path[:-1]
+    solver = data.get("solver") if isinstance(data, dict) else None
+    options = _solver_options(solver.get("name") if isinstance(solver, dict) else None)
+    known = set(_model_paths(model, options)) | set(_data_paths(data))
+    same = sorted((p for p in known if p[-1].lower() == name.lower() and p != tuple(path)),
+                  key=lambda p: (p[:len(parent)] != tuple(parent), len(p), p))
+    if same:
+        return _did_you_mean([".".join(p) for p in same[:3]])
+    close = [".".join([*parent, m]) for m in difflib.get_close_matches(name, allowed, n=3, cutoff=0.6)]
+    if not close and len(parent) == 1:  # `--set clustr.nodes=2` arrives as solver.clustr
+        close = difflib.get_close_matches(name, sorted(model.model_fields), n=3, cutoff=0.6)
+    if close:
+        return _did_you_mean(close)
+    level = options if parent == ["solver"] and options is not None else _model_at(model, parent)
+    maps = [(field, info) for field, info in getattr(level, "model_fields", {}).items()
+            if getattr(info.annotation, "__origin__", None) is dict]
+    if len(maps) == 1:  # e.g. a solver's free-form parameters map
+        field, info = maps[0]
+        what = f" ({field}: {info.description})" if info.description else ""
+        return f"did you mean {'.'.join([*parent, field, name])}{what}?"
+    return ""
+
+
+def _did_you_mean(paths: list[str]) -> str:
+    return "did you mean " + " or ".join(paths) + "?"
+
+
+def _solver_options(name: Any) -> type[BaseModel] | None:
+    try:
+        return registry().get(name).Options if isinstance(name, str) else None
+    except Exception:  # an unknown solver is reported on its own
+        return None
+
+
+def _submodels(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation holds directly (X, X | None)."""
+    from typing import get_args
+
+    candidates = [annotation, *get_args(annotation)]
+    return [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+
+
+def _model_paths(model: type[BaseModel], options: type[BaseModel] | None, prefix: tuple[str, ...] = (),
+                 depth: int = 4):
+    """Every field path of the spec model, the job's solver options in place of the solver union."""
+    if depth == 0:
+        return
+    for field, info in model.model_fields.items():
+        path = (*prefix, field)
+        yield path
+        subs = [options] if path == ("solver",) and options is not None else _submodels(info.annotation)
+        for sub in subs[:1]:
+            yield from _model_paths(sub, None, path, depth - 1)
+
+
+def _data_paths(data: Any, prefix: tuple[str, ...] = (), depth: int = 6):
+    """Every key path of the (unvalidated) spec mapping."""
+    if depth == 0 or not isinstance(data, dict):
+        return
+    for key, value in data.items():
+        path = (*prefix, str(key))
+        yield path
+        yield from _data_paths(value, path, depth - 1)
+
+
+def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
+    current: Any = model
+    for part in path:
+        fields = getattr(current, "model_fields", {})
+        if part not in fields:
+            return None
+        subs = _submodels(fields[part].annotation)
+        current = subs[0] if subs else None
+    return current

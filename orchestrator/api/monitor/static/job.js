@@ -1,5 +1,5 @@
 // The job page: live state, residual plot, log tail (all from the API's Server-Sent Events), controls,
-// history and edits. Uses api/el/row/fill/flash/when from monitor.js.
+// history and edits. Uses api/el/row/fill/flash/when/progressPercent from monitor.js.
 "use strict";
 
 const PLOT = {width: 720, height: 280, left: 56, right: 12, top: 12, bottom: 28};
@@ -45,7 +45,9 @@ function startJobPage(jobId) {
 
   function showProgress(p) {
     const total = p && p.total ? ` of ${p.total}` : "";
-    set("run-progress", p ? `step ${p.step ?? "-"}${total}${p.converged ? " (converged)" : ""}` : "-");
+    const pct = progressPercent(p);
+    set("run-progress", p ? `${pct ? pct + ", " : ""}step ${p.step ?? "-"}${total}${p.converged ? " (converged)" : ""}`
+                          : "-");
   }
 
   async function history() {

@@ -58,6 +58,15 @@ function duration(seconds) {
   return `${h}:${String(m).padStart(2, "0")}:${String(s % 60).padStart(2, "0")}`;
 }
 
+// A run's progress as a percentage: 100% once the solver reports convergence (it stops before its total),
+// else step/total; "" when neither is known. The same rule as Progress.fraction on the engine side.
+function progressPercent(p) {
+  if (!p) return "";
+  if (p.converged) return "100%";
+  if (p.step === null || p.step === undefined || !p.total) return "";
+  return `${Math.round(100 * Math.max(0, Math.min(1, p.step / p.total)))}%`;
+}
+
 function when(epoch) { return epoch ? new Date(epoch * 1000).toLocaleString() : ""; }
 
 function every(seconds, fn) {
@@ -79,8 +88,7 @@ function renderJobs() {
   fill("jobs", lastJobs.map(job => {
     const link = el("a", job.id, {href: `/ui/jobs/${job.id}`});
     const progress = job.run?.progress;
-    const pct = progress && progress.step !== null && progress.total
-      ? `${Math.round(100 * progress.step / progress.total)}%` : (progress?.step ?? "");
+    const pct = progressPercent(progress) || (progress?.step ?? "");
     const used = usageByJob[job.id];
     const runtime = used ? used.attempts.reduce((sum, a) => sum + a.seconds, 0) : null;
     const tr = row([link, job.name, job.owner, job.solver, job.state, `${job.run?.id || ""} ${job.run?.state || ""}`,
