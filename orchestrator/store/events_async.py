@@ -3,6 +3,8 @@ connection of its own, so a new event reaches the reader as soon as Redis has it
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis.asyncio as aioredis
 
 from orchestrator.model.events import Event
@@ -20,7 +22,7 @@ class AsyncEvents:
 
     async def read(self, job_id: str, after: str = "0-0", *, block_ms: int, count: int = 500) -> list[Event]:
         """Events after `after` (a stream id), waiting up to block_ms for the first new one ([] if none came)."""
-        reply = await self._r.xread({self._keys.events(job_id): after}, count=count, block=block_ms)
+        reply: Any = await self._r.xread({self._keys.events(job_id): after}, count=count, block=block_ms)
         entries = reply[0][1] if reply else []
         return [Event.from_stream(entry_id, fields) for entry_id, fields in entries]
 

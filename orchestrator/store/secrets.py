@@ -32,7 +32,9 @@ class DesktopSecrets:
         pipe.hsetnx(key, "token", token)
         pipe.hsetnx(key, "version", 1)
         pipe.execute()
-        return self.read(job_id)
+        secret = self.read(job_id)
+        assert secret is not None  # both fields were just set, if they were not already
+        return secret
 
     def read(self, job_id: str) -> DesktopSecret | None:
         raw = self._r.hgetall(self._keys.desktop_secret(job_id))
