@@ -44,17 +44,6 @@ def _client() -> Control:
     return ControlService(get_settings())
 
 
-def _local() -> ControlService:
-    """The engine-side service, for what only the engine's machine can do (its inventory, its files, a
-    desktop's secrets); through --server those commands are refused with a clear error."""
-    client = _client()
-    if not isinstance(client, ControlService):
-        from orchestrator.control.remote import local_only
-
-        raise local_only()
-    return client
-
-
 def _dump(data: Any) -> None:
     print(json.dumps(data, indent=2, default=lambda o: getattr(o, "value", None) or getattr(o, "model_dump", str)()))
 

@@ -419,9 +419,10 @@ class ControlService:
         raise InvalidState(f"cannot edit job {job_id}: other edits keep landing; try again")
 
     def _apply_live(self, job_id: str, run_id: str, old_spec: dict[str, Any], new_spec: dict[str, Any],
-                    files: dict[str, str], timeout: float = LIVE_EDIT_TIMEOUT) -> list[str]:
+                    files: dict[str, str], timeout: float | None = None) -> list[str]:
         """Have a worker apply the edit to the running solver; what it applied, from its report on the job's
         stream. Its refusal is raised here as the error it was (a SpecError naming the field, ...)."""
+        timeout = LIVE_EDIT_TIMEOUT if timeout is None else timeout
         request = secrets.token_hex(6)
         after = self._audit(job_id, "edit-live", run=run_id, request=request)
         deadline = time.time() + timeout
