@@ -7,16 +7,16 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
-from orchestrator.api.access import ScopedClient
-from orchestrator.api.app import API, admin_client
+from orchestrator.api.deps import API, admin_client
 from orchestrator.api.metrics import celery_queue_lengths
+from orchestrator.control.service import ControlService
 
 router = APIRouter(prefix=API + "/admin", tags=["admin"])
 RATE_MINUTES = 5
 
 
 @router.get("/workers", summary="Admins: the Celery workers that answer now, with their pools and active tasks")
-def workers(client: ScopedClient = Depends(admin_client),
+def workers(client: ControlService = Depends(admin_client),
             timeout: float = Query(1.0, gt=0, le=5, description="seconds to wait for replies")) -> dict[str, Any]:
     inspect = client.celery.control.inspect(timeout=timeout)
     with ThreadPoolExecutor(2) as pool:  # each broadcast waits out the timeout: ask both at once
@@ -33,7 +33,7 @@ def workers(client: ScopedClient = Depends(admin_client),
 
 
 @router.get("/queues", summary="Admins: waiting jobs, Celery queue depths, task outcomes and recent rates")
-def queues(client: ScopedClient = Depends(admin_client)) -> dict[str, Any]:
+def queues(client: ControlService = Depends(admin_client)) -> dict[str, Any]:
     recent = client.store.metrics.task_recent(RATE_MINUTES)
     totals = client.store.metrics.task_totals()
     tasks = [{"task": name, **counts, "per_minute": round(sum(recent.get(name, {}).values()) / (RATE_MINUTES + 1), 2),

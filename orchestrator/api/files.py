@@ -12,24 +12,21 @@ from typing import Any, Iterator
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
-from orchestrator.api.access import ScopedClient
-from orchestrator.api.app import API, client_for
+from orchestrator.api.deps import API, client_for
+from orchestrator.control.service import ControlService
 from orchestrator.model.errors import NotFound
 from orchestrator.sync.confine import check_rel
-from orchestrator.sync.results import CHUNK, ResultsStore, files_of
+from orchestrator.sync.results import CHUNK, ResultsStore
 
 router = APIRouter(prefix=API, tags=["files"])
 
 
-def _files(client: ScopedClient, job: str) -> tuple[str, ResultsStore, dict[str, Any]]:
-    record = client.job(job)
-    store = files_of(client.settings.root, record)
-    manifest = store.manifest(record["id"]) or {"files": [], "links": [], "bytes": 0}
-    return record["id"], store, manifest
+def _files(client: ControlService, job: str) -> tuple[str, ResultsStore, dict[str, Any]]:
+    return client.file_store(job)
 
 
 @router.get("/jobs/{job}/files", summary="The job's files: live work folder while up, results (sha256) after")
-def list_files(job: str, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+def list_files(job: str, client: ControlService = Depends(client_for)) -> dict[str, Any]:
     job_id, store, manifest = _files(client, job)
     return {"job": job_id, "live": bool(manifest.get("live")), "files": manifest["files"],
             "links": manifest.get("links", []), "bytes": manifest.get("bytes", 0)}
@@ -38,7 +35,7 @@ def list_files(job: str, client: ScopedClient = Depends(client_for)) -> dict[str
 @router.get("/jobs/{job}/files/{path:path}", summary="Download one file (as `files` lists it)",
             response_class=StreamingResponse,
             responses={200: {"content": {"application/octet-stream": {}}}})
-def download_file(job: str, path: str, client: ScopedClient = Depends(client_for)) -> StreamingResponse:
+def download_file(job: str, path: str, client: ControlService = Depends(client_for)) -> StreamingResponse:
     job_id, store, manifest = _files(client, job)
     rel = check_rel(path.strip("/"))
     entry = next((f for f in manifest["files"] if f["path"] == rel), None)
@@ -53,7 +50,7 @@ def download_file(job: str, path: str, client: ScopedClient = Depends(client_for
 
 @router.get("/jobs/{job}/archive", summary="Every file of the job (or a folder's) as one tar.gz stream",
             response_class=StreamingResponse, responses={200: {"content": {"application/gzip": {}}}})
-def download_archive(job: str, folder: str = "", client: ScopedClient = Depends(client_for)) -> StreamingResponse:
+def download_archive(job: str, folder: str = "", client: ControlService = Depends(client_for)) -> StreamingResponse:
     job_id, store, manifest = _files(client, job)
     prefix = check_rel(folder.strip("/")) if folder.strip("/") else ""
     chosen = [f for f in manifest["files"] if not prefix or f["path"] == prefix or f["path"].startswith(prefix + "/")]

@@ -11,11 +11,9 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.api.access import ScopedClient
-from orchestrator.api.app import API, client_for
-from orchestrator.api.uploads import check_inside_uploads, uploads_root
+from orchestrator.api.deps import API, client_for
+from orchestrator.control.service import ControlService
 from orchestrator.model.errors import SpecError
-from orchestrator.model.spec import validate_spec
 from orchestrator.model.states import JobState
 
 router = APIRouter(prefix=API, tags=["jobs"])
@@ -44,81 +42,72 @@ class EditBody(Body):
     message: str = Field("", max_length=500)
 
 
-def job_doc(doc: dict[str, Any]) -> dict[str, Any]:
+def job_doc(doc: Any) -> dict[str, Any]:
     return jsonable_encoder(doc)
 
 
 @router.post("/jobs", status_code=201, summary="Submit a job (or a sweep of jobs)")
-def submit(body: SubmitBody, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
-    from orchestrator.control.sweeps import expand, parse_sweep_options, sweep_block
-
-    base = uploads_root(client.settings.root, client.user)
-    data = body.spec
-    axes = sweep_block(data["sweep"]) if "sweep" in data else {}
-    axes.update(parse_sweep_options(body.sweep))
-    if axes:
-        plan = expand(data, axes, base, "spec")
-        for member in plan.members:
-            check_inside_uploads(member.spec, base)
-        sweep_id, job_ids = client.submit_sweep(plan)
-        return {"sweep": sweep_id, "jobs": job_ids}
-    spec = validate_spec(data, base_dir=base)
-    check_inside_uploads(spec, base)
+def submit(body: SubmitBody, client: ControlService = Depends(client_for)) -> dict[str, Any]:
+    submitted = client.submit_document(body.spec, body.sweep, confine=True)
+    if "sweep" in submitted:
+        return submitted
     # A response built here skips FastAPI's validation and re-encoding of the return value (the hot path)
-    return JSONResponse({"id": client.submit(spec)}, status_code=201)
+    return JSONResponse(submitted, status_code=201)
+
+
+LISTED = ("id", "name", "owner", "state", "solver", "backend", "nodes", "created_at", "updated_at",
+          "current_run", "runs", "sweep", "reason", "run")
 
 
 @router.get("/jobs", summary="Your jobs, newest first (admins: everyone's, or one owner's)")
-def list_jobs(client: ScopedClient = Depends(client_for), limit: int = Query(100, ge=1, le=1000),
+def list_jobs(client: ControlService = Depends(client_for), limit: int = Query(100, ge=1, le=1000),
               state: Optional[JobState] = None, owner: Optional[str] = Query(None, max_length=32)) -> list[dict]:
-    keep = ("id", "name", "owner", "state", "solver", "backend", "nodes", "created_at", "updated_at",
-            "current_run", "runs", "sweep", "reason", "run")
-    return [jsonable_encoder({k: r.get(k) for k in keep})
-            for r in client.overview(limit, owner) if state is None or r["state"] is state]
+    return [jsonable_encoder({k: getattr(r, k, None) for k in LISTED})
+            for r in client.overview(limit, owner) if state is None or r.state is state]
 
 
 @router.get("/jobs/{job}", summary="One job with its runs, allowed commands and deadlines")
-def get_job(job: str, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+def get_job(job: str, client: ControlService = Depends(client_for)) -> dict[str, Any]:
     return job_doc(client.status(job))
 
 
 @router.get("/jobs/{job}/history", summary="Spec revisions (who, when, what) and runs with attempts")
-def history(job: str, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+def history(job: str, client: ControlService = Depends(client_for)) -> dict[str, Any]:
     return jsonable_encoder(client.history(job))
 
 
 @router.post("/jobs/{job}/pause", summary="Pause: checkpoint and stop the run (freeze: suspend in place)")
-def pause(job: str, body: Optional[PauseBody] = None, client: ScopedClient = Depends(client_for)) -> dict:
+def pause(job: str, body: Optional[PauseBody] = None, client: ControlService = Depends(client_for)) -> dict:
     return job_doc(client.pause(job, freeze=bool(body and body.freeze)))
 
 
 @router.post("/jobs/{job}/freeze", summary="Suspend every process of the run in place")
-def freeze(job: str, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+def freeze(job: str, client: ControlService = Depends(client_for)) -> dict[str, Any]:
     return job_doc(client.pause(job, freeze=True))
 
 
 @router.post("/jobs/{job}/resume", summary="Continue a frozen run")
-def resume(job: str, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+def resume(job: str, client: ControlService = Depends(client_for)) -> dict[str, Any]:
     return job_doc(client.resume(job))
 
 
 @router.post("/jobs/{job}/restart", summary="Continue the run from its latest checkpoint, with the edits")
-def restart(job: str, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+def restart(job: str, client: ControlService = Depends(client_for)) -> dict[str, Any]:
     return job_doc(client.restart(job))
 
 
 @router.post("/jobs/{job}/rerun", summary="A new run from the original inputs plus the edits")
-def rerun(job: str, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+def rerun(job: str, client: ControlService = Depends(client_for)) -> dict[str, Any]:
     return job_doc(client.rerun(job))
 
 
 @router.post("/jobs/{job}/terminate", summary="Stop the solver, collect results, release the nodes")
-def terminate(job: str, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+def terminate(job: str, client: ControlService = Depends(client_for)) -> dict[str, Any]:
     return job_doc(client.terminate(job))
 
 
 @router.post("/jobs/{job}/edit", summary="Record a new spec revision (and replaced input files)")
-def edit(job: str, body: EditBody, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+def edit(job: str, body: EditBody, client: ControlService = Depends(client_for)) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="e2e-edit-") as tmp:
         local: dict[str, str] = {}
         for index, (rel, content) in enumerate(body.files.items()):

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from orchestrator.engine import control_latency
+from orchestrator.control.metrics import control_latency_histogram, fold_control_latency
 from orchestrator.model.events import EventKind
 from orchestrator.model.states import JobState, RunState
 from orchestrator.worker.celery_app import JOBS_QUEUE, RECONCILE_QUEUE
@@ -45,14 +45,14 @@ def snapshot(store: Any) -> dict[str, Any]:
     lag_p50, lag_max = [], []
     for job_id in active:
         for run in store.list_runs(job_id):
-            runs[run["state"].value] += 1
+            runs[run.state.value] += 1
         stats = latest_sync_stats(store, job_id)
         if stats:
             lag_p50 += [stats["lag_p50"]] if stats.get("lag_p50") is not None else []
             lag_max += [stats["lag_max"]] if stats.get("lag_max") is not None else []
     return {"jobs": jobs, "runs_of_active_jobs": runs, "queued_jobs": store.queue_length(),
             "celery_queues": celery_queue_lengths(store), "celery_unacked": store.metrics.celery_unacked(),
-            "tasks": store.metrics.task_totals(), "control": control_latency.histogram(store),
+            "tasks": store.metrics.task_totals(), "control": control_latency_histogram(store),
             "sync_lag_p50": max(lag_p50) if lag_p50 else None, "sync_lag_max": max(lag_max) if lag_max else None,
             "nodes": store.pool_summary()}
 
@@ -64,7 +64,7 @@ class EngineCollector(Collector):
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
-        control_latency.fold(self.store)
+        fold_control_latency(self.store)
         snap = snapshot(self.store)
         yield _labelled("e2e_jobs", "Jobs by state", "state", snap["jobs"])
         yield _labelled("e2e_runs", "Runs of jobs not yet terminated, by state", "state", snap["runs_of_active_jobs"])

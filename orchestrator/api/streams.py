@@ -13,8 +13,8 @@ from typing import Any, AsyncIterator, Optional
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from orchestrator.api.access import ScopedClient
-from orchestrator.api.app import API, client_for
+from orchestrator.api.deps import API, client_for
+from orchestrator.control.service import ControlService
 from orchestrator.model.errors import UserError
 from orchestrator.model.states import JOB_TERMINAL
 
@@ -44,14 +44,14 @@ def _resume_from(after: Optional[str], last_event_id: Optional[str]) -> str:
 
 
 @router.get("/jobs/{job}/events.json", summary="The job's events after an id, as a JSON list")
-def events_page(job: str, client: ScopedClient = Depends(client_for),
+def events_page(job: str, client: ControlService = Depends(client_for),
                 after: str = Query("0-0", pattern=STREAM_ID), limit: int = Query(1000, ge=1, le=10000)) -> list[dict]:
-    return [e.model_dump(mode="json") for e in client.store.events(client.resolve(job), after, count=limit)]
+    return [e.model_dump(mode="json") for e in client.events(job, after, count=limit)]
 
 
 @router.get("/jobs/{job}/events", summary="The job's events as Server-Sent Events (resumable: Last-Event-ID)",
             response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
-async def events_stream(job: str, request: Request, client: ScopedClient = Depends(client_for),
+async def events_stream(job: str, request: Request, client: ControlService = Depends(client_for),
                         after: Optional[str] = Query(None, pattern=STREAM_ID),
                         last_event_id: Optional[str] = Header(None, max_length=64)) -> StreamingResponse:
     job_id = client.resolve(job)
@@ -61,7 +61,7 @@ async def events_stream(job: str, request: Request, client: ScopedClient = Depen
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _follow_events(request: Request, client: ScopedClient, job_id: str, after: str,
+async def _follow_events(request: Request, client: ControlService, job_id: str, after: str,
                          url: str) -> AsyncIterator[bytes]:
     """A blocking read on an asyncio connection (the store's async event reader): a new event reaches the
     client as soon as Redis has it. Ends with an `end` event once the job is terminated and every event is sent."""
@@ -72,7 +72,7 @@ async def _follow_events(request: Request, client: ScopedClient, job_id: str, af
             events = await reader.read(job_id, after, count=500, block_ms=int(KEEPALIVE * 1000))
             if not events:
                 record = await asyncio.to_thread(client.store.get_job, job_id)
-                if record["state"] in JOB_TERMINAL:
+                if record.state in JOB_TERMINAL:
                     yield sse({"state": "TERMINATED"}, event="end")
                     return
                 yield b": keepalive\n\n"
@@ -85,18 +85,18 @@ async def _follow_events(request: Request, client: ScopedClient, job_id: str, af
 
 
 @router.get("/jobs/{job}/logs", summary="The solver log of the current (or a given) run, from a byte offset")
-def log_page(job: str, client: ScopedClient = Depends(client_for), run: Optional[str] = Query(None, max_length=32),
+def log_page(job: str, client: ControlService = Depends(client_for), run: Optional[str] = Query(None, max_length=32),
              offset: int = Query(0, ge=0, le=MAX_OFFSET),
              limit: int = Query(LOG_PAGE, ge=1, le=16 * LOG_PAGE)) -> dict[str, Any]:
     text, next_offset = client.read_log(job, run, offset, limit)
-    return {"run": run or client.job(job)["current_run"], "offset": offset, "next_offset": next_offset,
+    return {"run": run or client.job(job).current_run, "offset": offset, "next_offset": next_offset,
             "text": text.decode(errors="replace")}
 
 
 @router.get("/jobs/{job}/logs/stream", summary="The solver log as Server-Sent Events, one per chunk of lines "
                                                 "(resumable: Last-Event-ID is the byte offset)",
             response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
-async def log_stream(job: str, request: Request, client: ScopedClient = Depends(client_for),
+async def log_stream(job: str, request: Request, client: ControlService = Depends(client_for),
                      run: Optional[str] = Query(None, max_length=32), offset: int = Query(0, ge=0, le=MAX_OFFSET),
                      last_event_id: Optional[str] = Header(None, max_length=32)) -> StreamingResponse:
     job_id = client.resolve(job)
@@ -109,7 +109,7 @@ async def log_stream(job: str, request: Request, client: ScopedClient = Depends(
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _follow_log(request: Request, client: ScopedClient, job_id: str, run: Optional[str],
+async def _follow_log(request: Request, client: ControlService, job_id: str, run: Optional[str],
                       offset: int) -> AsyncIterator[bytes]:
     """Whole lines as they are written; ends once the run has ended and its log is sent."""
     yield b"retry: 2000\n\n"
@@ -135,8 +135,8 @@ async def _follow_log(request: Request, client: ScopedClient, job_id: str, run: 
         await asyncio.sleep(LOG_POLL)
 
 
-def _log_state(client: ScopedClient, job_id: str, run: Optional[str]) -> tuple[Any, bool]:
-    from orchestrator.control.client import run_finished
+def _log_state(client: ControlService, job_id: str, run: Optional[str]) -> tuple[Any, bool]:
+    from orchestrator.control.protocol import run_finished
 
     doc = client.status(job_id)
     path = client.log_path(job_id, run)

@@ -11,50 +11,19 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel
 
-from orchestrator.api.access import ScopedClient
-from orchestrator.api.app import API, client_for
-from orchestrator.model.errors import SpecError, UserError
+from orchestrator.api.deps import API, client_for
+from orchestrator.control.service import ControlService
+from orchestrator.control.uploads import check_inside_uploads, path_fields, uploads_root  # noqa: F401  (re-exported)
+from orchestrator.model.errors import UserError
 
 router = APIRouter(prefix=API, tags=["files"])
 MAX_MEMBERS = 100_000
 
 
-def uploads_root(home: Path, user: str) -> Path:
-    return home / "uploads" / user
-
-
-def path_fields(model: Any, prefix: str = "") -> list[tuple[str, Path]]:
-    """Every Path value in a validated spec (input folders, case files), with its field name."""
-    found: list[tuple[str, Path]] = []
-    if isinstance(model, BaseModel):
-        for name in type(model).model_fields:
-            found += path_fields(getattr(model, name), f"{prefix}{name}.")
-    elif isinstance(model, Path):
-        found.append((prefix.rstrip("."), model))
-    elif isinstance(model, (list, tuple)):
-        for index, item in enumerate(model):
-            found += path_fields(item, f"{prefix}{index}.")
-    elif isinstance(model, dict):
-        for key, item in model.items():
-            found += path_fields(item, f"{prefix}{key}.")
-    return found
-
-
-def check_inside_uploads(spec: Any, base: Path) -> None:
-    """Refuse a spec naming a path outside the user's uploads (another user's files, the server's)."""
-    base = base.resolve()
-    problems = [(field, "must be a folder you uploaded (POST /uploads), named relative to your uploads")
-                for field, path in path_fields(spec)
-                if not Path(path).resolve().is_relative_to(base)]
-    if problems:
-        raise SpecError(problems)
-
-
 @router.post("/uploads", status_code=201, summary="Upload input files (a tar.gz body); returns the folder to "
                                                      "name in a spec")
-async def upload(request: Request, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+async def upload(request: Request, client: ControlService = Depends(client_for)) -> dict[str, Any]:
     base = uploads_root(client.settings.root, client.user)
     base.mkdir(parents=True, exist_ok=True)
     upload_id = "up-" + secrets.token_hex(6)

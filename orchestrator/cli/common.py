@@ -9,7 +9,8 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from orchestrator.control.client import Client
+from orchestrator.control.protocol import Control
+from orchestrator.control.service import ControlService
 from orchestrator.model.settings import get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -33,24 +34,23 @@ def _global(server: str = typer.Option(None, "--server", envvar="E2E_SERVER", sh
 _remote: dict[str, str | None] = {}
 
 
-def _client() -> Client:
-    """The engine: its REST API with --server/E2E_SERVER, else its Redis directly."""
+def _client() -> Control:
+    """The engine's control surface: over its REST API with --server/E2E_SERVER, else in this process (on the
+    engine's machine). Commands are written against the `Control` protocol only, whichever it is."""
     if _remote.get("server"):
-        from orchestrator.api.remote import RemoteClient
+        from orchestrator.control.remote import RemoteControl
 
-        return RemoteClient(_remote["server"], _remote.get("token") or "")  # type: ignore[return-value]
-    return Client(get_settings())
+        return RemoteControl(_remote["server"], _remote.get("token") or "")
+    return ControlService(get_settings())
 
 
 def _dump(data: Any) -> None:
     print(json.dumps(data, indent=2, default=lambda o: getattr(o, "value", None) or getattr(o, "model_dump", str)()))
 
 
-def _job_doc(doc: dict[str, Any]) -> dict[str, Any]:
-    doc = dict(doc)
-    doc["runs_detail"] = [{**r, "progress": r["progress"].model_dump() if r.get("progress") else None}
-                          for r in doc.get("runs_detail", [])]
-    return doc
+def _job_doc(doc: Any) -> dict[str, Any]:
+    """A job document (JobStatus, Job) as JSON data."""
+    return doc.model_dump(mode="json")
 
 
 def _percent(progress: Any) -> str:

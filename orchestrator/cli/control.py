@@ -9,20 +9,20 @@ import typer
 from rich.table import Table
 
 from orchestrator.cli.common import JSON_OPT, _client, _dump, _job_doc, _state, app, out
+from orchestrator.control.protocol import Control, JobStatus
 from orchestrator.model.errors import SpecError
 from orchestrator.model.states import RUN_ENDED, RunState
 
 
-def _report(doc: dict, verb: str) -> None:
-    run = next(r for r in doc["runs_detail"] if r["id"] == doc["current_run"])
-    out.print(f"{doc['id']} {verb}: {run['id']} {_state(run['state'].value)}"
-              + (f" (attempt {run.get('attempt') or 1})" if (run.get("attempt") or 1) > 1 else ""))
+def _report(doc: JobStatus, verb: str) -> None:
+    run = doc.current
+    out.print(f"{doc.id} {verb}: {run.id} {_state(run.state.value)}"
+              + (f" (attempt {run.attempt or 1})" if (run.attempt or 1) > 1 else ""))
 
 
-def _wait_run(client, job_id: str, states: set[RunState], timeout: float) -> dict:
-    def reached(doc):
-        run = next(r for r in doc["runs_detail"] if r["id"] == doc["current_run"])
-        return run["state"] in states
+def _wait_run(client: Control, job_id: str, states: set[RunState], timeout: float) -> JobStatus:
+    def reached(doc: JobStatus) -> bool:
+        return doc.current.state in states
     return client.wait(job_id, reached, timeout=timeout)
 
 
@@ -39,7 +39,7 @@ def pause(job: str,
     client = _client()
     doc = client.pause(job, freeze=freeze)
     if wait and not freeze:
-        doc = _wait_run(client, doc["id"], set(RUN_ENDED), timeout)
+        doc = _wait_run(client, doc.id, set(RUN_ENDED), timeout)
     _dump(_job_doc(doc)) if as_json else _report(doc, "frozen" if freeze else "pause requested")
 
 
@@ -53,9 +53,9 @@ def resume(job: str, as_json: bool = JSON_OPT) -> None:
 def _launch(job: str, start: str, verb: str, wait: bool, timeout: float, as_json: bool) -> None:
     """restart/rerun: start the next attempt or run, optionally wait until it runs (or already ended)."""
     client = _client()
-    doc = getattr(client, start)(job)
+    doc = client.restart(job) if start == "restart" else client.rerun(job)
     if wait:
-        doc = _wait_run(client, doc["id"], {RunState.RUNNING} | set(RUN_ENDED), timeout)
+        doc = _wait_run(client, doc.id, {RunState.RUNNING} | set(RUN_ENDED), timeout)
     _dump(_job_doc(doc)) if as_json else _report(doc, verb)
 
 
@@ -103,10 +103,10 @@ def history(job: str, as_json: bool = JSON_OPT) -> None:
     """Show the job's spec revisions (who, when, what changed) and its runs."""
     doc = _client().history(job)
     if as_json:
-        _dump(doc)
+        _dump(doc.model_dump(mode="json"))
         return
     table = Table("REV", "WHEN", "BY", "CHANGES", box=None)
-    for rev in doc["revisions"]:
+    for rev in doc.revisions:
         what = [f"{c['field']}={c['new']}" for c in rev.get("changes", [])] + [f"file {f}" for f in rev.get("files", [])]
         if rev.get("live"):
             what.append("(live)")
@@ -114,7 +114,7 @@ def history(job: str, as_json: bool = JSON_OPT) -> None:
                       rev.get("by", ""), ", ".join(what) or rev.get("message", ""))
     out.print(table)
     runs = Table("RUN", "STATE", "ATTEMPT", "REVISION", "REASON", box=None)
-    for run in doc["runs"]:
-        runs.add_row(run["id"], _state(run["state"].value), str(run.get("attempt") or 1),
-                     str(run.get("revision") or 1), run.get("reason") or "")
+    for run in doc.runs:
+        runs.add_row(run.id, _state(run.state.value), str(run.attempt or 1), str(run.revision or 1),
+                     run.reason or "")
     out.print(runs)

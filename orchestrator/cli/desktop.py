@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from orchestrator.cli.common import JSON_OPT, _client, _dump, app, err, out
+from orchestrator.control.service import ControlService
 from orchestrator.model.errors import UserError
 
 keys_app = typer.Typer(help="Your SSH public keys: installed on the head node of every cluster you start.",
@@ -36,21 +37,19 @@ def desktop_cmd(job: str,
                 wait: float = typer.Option(30, help="seconds to wait for a starting desktop"),
                 as_json: bool = JSON_OPT) -> None:
     """Connect to a job's desktop: prints its URL (with a one-session token and the VNC password)."""
-    from orchestrator.desktop import connect
-
     client = _client()
-    if getattr(client, "server", None):  # through the API (--server): the URL, tunnel and password it gives
+    if not isinstance(client, ControlService):  # through the API (--server): the URL, tunnel and password it gives
         return _remote_desktop(client, job, wait, tunnel, open_browser, as_json,
                                unsupported=set_password or run or vnc_file is not None)
     if set_password:
         password, view = _ask_passwords()
-        version = connect.set_password(client, job, password, view)
+        version = client.set_desktop_password(job, password, view)
         out.print(f"VNC password changed (version {version})" + ("; view-only password set" if view else ""))
         return
-    d = connect.desktop(client, job, wait=wait)
-    connect.check_access(client, d, "tunnel" if tunnel else "desktop url")
+    d = client.desktop_session(job, wait=wait)
+    client.check_desktop_access(d, "tunnel" if tunnel else "desktop url")
     if vnc_file is not None:
-        host, port = _viewer_endpoint(d, local_port)
+        host, port = _viewer_endpoint(client, d, local_port)
         vnc_file.touch(mode=0o600)
         vnc_file.write_text(d.vnc_file(host, port, view_only))
         out.print(f"wrote {vnc_file} for {host}:{port}" + ("" if host == "127.0.0.1" and port == d.vnc_port
@@ -85,13 +84,9 @@ def _remote_desktop(client, job: str, wait: float, tunnel: bool, open_browser: b
         webbrowser.open(info["url"])
 
 
-def _viewer_endpoint(d, local_port: Optional[int]) -> tuple[str, int]:
+def _viewer_endpoint(client: ControlService, d, local_port: Optional[int]) -> tuple[str, int]:
     """Where a native viewer connects: the head node's port when it is this machine, else the tunnel's end."""
-    from orchestrator.cluster.base import Node
-    from orchestrator.desktop.nodes import is_loopback
-
-    user, host, _ = d.ssh
-    if local_port is None and is_loopback(Node("head", host, 1, Path("/"))):
+    if local_port is None and client.head_is_local(d):
         return "127.0.0.1", d.vnc_port
     return "127.0.0.1", local_port or 5901
 
@@ -109,20 +104,10 @@ def _free_local_port() -> int:
     raise UserError("local ports 5901 and 5900 are both taken; choose one with --local-port")
 
 
-def _run_tunnel(client, d, port: int, identity: Optional[Path]) -> None:
-    from orchestrator.cluster.tunnel import Forwarder, engine_known_hosts
-    from orchestrator.desktop.connect import open_tunnel
-
+def _run_tunnel(client: ControlService, d, port: int, identity: Optional[Path]) -> None:
     _, host, _ = d.ssh
     # the host keys the engine already trusts for its nodes count too (besides ~/.ssh/known_hosts)
-    ssh = open_tunnel(client, d, key_filename=str(identity) if identity else None,
-                      known_hosts=engine_known_hosts(client.settings.inventory))
-    try:
-        forwarder = Forwarder(ssh, port, d.vnc_port, owns_client=True).start()
-    except OSError as exc:
-        ssh.close()
-        raise UserError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}; choose a port with --local-port") \
-            from None
+    forwarder = client.open_desktop_tunnel(d, port, str(identity) if identity else None)
     out.print(f"tunnel open: 127.0.0.1:{forwarder.local_port} -> {host}:{d.vnc_port}; Ctrl-C closes it")
     try:
         forwarder.wait()
@@ -213,38 +198,23 @@ def keys_rm(which: str = typer.Argument(..., help="fingerprint (SHA256:...) or c
 @access_app.command("show")
 def access_show(as_json: bool = JSON_OPT) -> None:
     """Your default rule and the address the engine sees you at now ('my-ip')."""
-    from orchestrator.desktop.access import EVERYWHERE, client_address, user_rules
-
-    client = _client()
-    rules = user_rules(client.store, client.user)
-    mine = client_address(client.store)
+    access = _client().access_rules()
     if as_json:
-        _dump({"rules": rules or [EVERYWHERE], "default": rules is None, "my_ip": mine})
+        _dump({"rules": access["shown"], "default": access["default"], "my_ip": access["my_ip"]})
         return
-    out.print(f"default access: {', '.join(rules or [EVERYWHERE])}" + (" (built-in)" if rules is None else ""))
-    out.print(f"your address as the engine sees it: {mine or 'unknown'}")
+    out.print(f"default access: {', '.join(access['shown'])}" + (" (built-in)" if access["default"] else ""))
+    out.print(f"your address as the engine sees it: {access['my_ip'] or 'unknown'}")
 
 
 @access_app.command("set")
 def access_set(rules: list[str] = typer.Argument(..., help="everywhere | my-ip | CIDR ... (IPv4 or IPv6)")) -> None:
     """Set your default rule; my-ip is fixed to your current address now."""
-    from orchestrator.desktop.access import MY_IP, client_address, normalise_rules, resolve, set_user_rules
-
-    client = _client()
-    try:
-        parsed = normalise_rules(rules)
-    except ValueError as exc:
-        raise UserError(f"access: {exc}") from None
-    concrete = resolve(parsed, client_address(client.store) if MY_IP in parsed else None)
-    set_user_rules(client.store, client.user, concrete)
+    concrete = _client().set_access_rules(rules)
     out.print(f"default access: {', '.join(concrete)}")
 
 
 @access_app.command("clear")
 def access_clear() -> None:
     """Go back to the built-in default (everywhere; the session token and VNC password still apply)."""
-    from orchestrator.desktop.access import set_user_rules
-
-    client = _client()
-    set_user_rules(client.store, client.user, None)
+    _client().set_access_rules(None)
     out.print("default access: everywhere (built-in)")

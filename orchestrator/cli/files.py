@@ -8,25 +8,18 @@ import typer
 from rich.table import Table
 
 from orchestrator.cli.common import JSON_OPT, _age, _client, _dump, app, out
-from orchestrator.sync.results import ResultsStore, download, files_of
-
-
-def _store_for(job: str) -> tuple[str, ResultsStore]:
-    client = _client()
-    record = client.job(job)
-    return record["id"], files_of(client.settings.root, record)
 
 
 @app.command()
 def files(job: str, as_json: bool = JSON_OPT) -> None:
     """List a job's files: its results (with sha256) once terminated, the live work folder while it is up."""
-    job_id, store = _store_for(job)
-    manifest = store.manifest(job_id) or {"files": [], "links": [], "bytes": 0}
+    manifest = _client().files(job)
+    job_id, location = manifest["job"], manifest["location"]
     if as_json:
-        _dump({"job": job_id, "location": store.location(job_id), **manifest})
+        _dump(manifest)
         return
     live = bool(manifest.get("live"))
-    table = Table(title=f"{'live files' if live else 'results'} of {job_id}  ({store.location(job_id)})")
+    table = Table(title=f"{'live files' if live else 'results'} of {job_id}  ({location})")
     table.add_column("path", overflow="fold")
     table.add_column("size", justify="right")
     table.add_column("modified" if live else "sha256")
@@ -43,9 +36,7 @@ def download_cmd(job: str, path: str = typer.Argument(None, help="a file or fold
                  to: Path = typer.Option(..., "--to", help="folder to download into (created if missing)"),
                  as_json: bool = JSON_OPT) -> None:
     """Download a job's files (checked against their sha256) into a folder, named the way `cp -r` would."""
-    job_id, store = _store_for(job)
-    to.mkdir(parents=True, exist_ok=True)
-    written = download(store, job_id, path, to.resolve())
+    job_id, written = _client().download(job, path, to)
     if as_json:
         _dump({"job": job_id, "to": str(to), "files": written})
         return

@@ -27,7 +27,7 @@ from orchestrator.cli.common import (
     out,
 )
 from orchestrator.cli.watch import watch_job
-from orchestrator.control.client import run_finished
+from orchestrator.control.protocol import run_finished
 from orchestrator.model.errors import E2EError, InfrastructureError, UserError
 from orchestrator.model.settings import get_settings
 from orchestrator.model.states import JOB_TERMINAL
@@ -85,14 +85,14 @@ def submit(spec: Path = typer.Argument(..., help="job spec (YAML or JSON)"),
                                                      "unless limits.idle_shutdown says otherwise"),
            as_json: bool = JSON_OPT) -> None:
     """Validate a job spec and queue it; prints the job id (or a sweep's id and its jobs)."""
-    from orchestrator.control.sweeps import plan_from_file
-    from orchestrator.model.spec import load_spec
+    from orchestrator.control.sweeps import SweepPlan, read_submission
 
-    plan = plan_from_file(spec, sweep or [])  # every member validated before anything is created
-    if plan is not None:
+    # parsed once, before connecting: a bad spec (or any bad member of a sweep) is reported even with no
+    # engine running, and nothing is created
+    parsed = read_submission(spec, sweep or [])
+    if isinstance(parsed, SweepPlan):
         from orchestrator.cli.sweeps import submit_sweep
-        return submit_sweep(plan, wait, as_json)
-    parsed = load_spec(spec)  # before connecting: a bad spec is reported even with no engine running
+        return submit_sweep(parsed, wait, as_json)
     client = _client()
     job_id = client.submit(parsed)
     if as_json and not wait:
@@ -113,14 +113,14 @@ def list_jobs(limit: int = typer.Option(50, help="how many of the newest jobs"),
     client = _client()
     jobs = client.overview(limit)
     if as_json:
-        _dump(jobs)
+        _dump([_job_doc(job) for job in jobs])
         return
     table = Table("ID", "NAME", "OWNER", "SOLVER", "JOB", "RUN", "PROGRESS", "AGE", box=None)
     for job in jobs:
-        run = job["run"]
-        table.add_row(job["id"], job["name"], job["owner"], job["solver"], job["state"].value,
-                      f"{run['id']} {run['state'].value if run['state'] else '-'}",
-                      _percent(run.get("progress")), _age(job["created_at"]))
+        run = job.run
+        table.add_row(job.id, job.name, job.owner, job.solver, job.state.value,
+                      f"{run.id if run else job.current_run} {run.state.value if run and run.state else '-'}",
+                      _percent(run.progress if run else None), _age(job.created_at))
     out.print(table)
 
 
@@ -132,30 +132,30 @@ def status(job: str, as_json: bool = JSON_OPT) -> None:
     if as_json:
         _dump(_job_doc(doc))
         return
-    out.print(f"[bold]{doc['id']}[/] {doc['name']}  solver {doc['solver']}  owner {doc['owner']}")
-    out.print(f"  job      {_state(doc['state'].value)}  nodes {', '.join(doc['nodes']) or '-'}")
-    if doc.get("desktop"):
-        desk = doc["desktop"]
+    out.print(f"[bold]{doc.id}[/] {doc.name}  solver {doc.solver}  owner {doc.owner}")
+    out.print(f"  job      {_state(doc.state.value)}  nodes {', '.join(doc.nodes) or '-'}")
+    if doc.desktop:
+        desk = doc.desktop
         detail = desk.get("url") or desk.get("reason") or ""
-        out.print(f"  desktop  {desk.get('state', '-')}  {detail}  (e2e desktop {doc['id']})", highlight=False)
-    for run in doc["runs_detail"]:
-        prog = run.get("progress")
-        line = f"  {run['id']}  {_state(run['state'].value)}"
-        if (run.get("attempt") or 1) > 1:
-            line += f"  attempt {run['attempt']}"
+        out.print(f"  desktop  {desk.get('state', '-')}  {detail}  (e2e desktop {doc.id})", highlight=False)
+    for run in doc.runs_detail:
+        prog = run.progress
+        line = f"  {run.id}  {_state(run.state.value)}"
+        if (run.attempt or 1) > 1:
+            line += f"  attempt {run.attempt}"
         if progress := _progress_line(prog):
             line += f"  {progress}"
-        if run.get("reason"):
-            line += f"  ({run['reason']})"
+        if run.reason:
+            line += f"  ({run.reason})"
         out.print(line)
-    if (doc.get("revision") or 1) > 1:
-        out.print(f"  spec     revision {doc['revision']} (e2e history {doc['id']})")
-    for limit, deadline in doc.get("deadlines", {}).items():
+    if (doc.revision or 1) > 1:
+        out.print(f"  spec     revision {doc.revision} (e2e history {doc.id})")
+    for limit, deadline in doc.deadlines.items():
         out.print(f"  {limit:<8} ends the job in {_duration(deadline - time.time())}")
-    if doc.get("allowed"):
-        out.print(f"  commands {', '.join(doc['allowed'])}")
-    if doc.get("results"):
-        out.print(f"  results  {doc['results']}")
+    if doc.allowed:
+        out.print(f"  commands {', '.join(doc.allowed)}")
+    if doc.results:
+        out.print(f"  results  {doc.results}")
 
 
 @app.command()
@@ -199,11 +199,11 @@ def terminate(job: Optional[str] = typer.Argument(None, help="job id (or a uniqu
     client = _client()
     doc = client.terminate(job)
     if wait:
-        doc = client.wait(doc["id"], lambda d: d["state"] in JOB_TERMINAL, timeout=timeout)
+        doc = client.wait(doc.id, lambda d: d.state in JOB_TERMINAL, timeout=timeout)
     if as_json:
-        _dump(_job_doc(client.status(doc["id"])))
+        _dump(_job_doc(client.status(doc.id)))
         return
-    out.print(f"{doc['id']} {_state(doc['state'].value)}" + (f"  results in {doc['results']}" if doc.get("results") else ""))
+    out.print(f"{doc.id} {_state(doc.state.value)}" + (f"  results in {doc.results}" if doc.results else ""))
 
 
 @app.command()
@@ -231,29 +231,13 @@ def render(spec: Path, out_dir: Path = typer.Option(..., "--out", help="folder t
            hosts: str | None = typer.Option(None, "--hosts", help="render for these hosts (h1,h2,h3), each with the "
                                                                   "spec's cores_per_node, instead of the allocation")) -> None:
     """Dry run: write every file a run would get (inputs, hostfile, run.sh, wrapper.sh); start nothing."""
-    from orchestrator.cluster import get_backend
-    from orchestrator.cluster.base import Node
-    from orchestrator.engine.materialize import materialize_run
-    from orchestrator.model.paths import RunPaths
-    from orchestrator.model.spec import load_spec
-    from solvers.base import registry
+    from orchestrator.control.service import ControlService
 
-    settings = get_settings()
-    parsed = load_spec(spec)
-    if hosts is not None:
-        names = [h.strip() for h in hosts.split(",")]
-        if not all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}", h) for h in names):
-            raise UserError(f"--hosts {hosts!r}: give host names separated by commas, e.g. node1,node2,node3")
-        root = out_dir.resolve()
-        nodes = [Node(h, h, parsed.cluster.cores_per_node, root) for h in names]
-    else:
-        nodes = get_backend(parsed.cluster.backend, settings).inventory()[: parsed.cluster.nodes]
-    paths = RunPaths(out_dir.resolve())
-    prepared = materialize_run(parsed, registry().get(parsed.solver.name), "dry-run", "run-001", nodes, paths)
-    for path in sorted(p for p in paths.root.rglob("*") if p.is_file() and ".e2e" not in p.parts)[:50]:
-        out.print(f"  {path.relative_to(paths.root)}")
-    out.print(f"  {paths.relative(paths.wrapper)} (the engine's wrapper)")
-    out.print(f"rendered into {paths.root}; the solver log would be {prepared.log_file}")
+    rendered = ControlService(get_settings()).render(spec, out_dir, hosts)  # on this machine, never --server
+    for rel in rendered.files[:50]:
+        out.print(f"  {rel}")
+    out.print(f"  {rendered.wrapper} (the engine's wrapper)")
+    out.print(f"rendered into {rendered.root}; the solver log would be {rendered.log_file}")
 
 
 @app.command()

@@ -8,18 +8,13 @@ import typer
 from rich.table import Table
 
 from orchestrator.cli.common import JSON_OPT, _client, _dump, app, err, out
-from orchestrator.cluster import get_backend
-from orchestrator.engine.nodes_admin import drain, node_rows, undrain
-from orchestrator.model.errors import BackendError, UserError
+from orchestrator.control.service import ControlService
+from orchestrator.model.errors import UserError
 from orchestrator.model.settings import get_settings
 
 nodes_app = typer.Typer(help="The cluster's nodes: leases, load, reachability; trusting host keys.",
                         invoke_without_command=True, no_args_is_help=False)
 app.add_typer(nodes_app, name="nodes")
-
-
-def _default_backend() -> str:
-    return "ssh" if get_settings().inventory else "local"
 
 
 @nodes_app.callback()
@@ -29,9 +24,7 @@ def nodes(ctx: typer.Context,
     """Show every node: free or leased (to which job), its load average and whether it answers."""
     if ctx.invoked_subcommand is not None:
         return
-    chosen = get_backend(backend or _default_backend(), get_settings())
-    store = _client().store
-    rows = node_rows(chosen, store.leases(chosen.name), store.drained(chosen.name))
+    rows = _client().nodes(backend)
     if as_json:
         _dump(rows)
         return
@@ -54,8 +47,7 @@ def undrain_node(node: str = typer.Argument(..., help="node name"),
                  ) -> None:
     """Put a node drained after a fault back into service, once it answers again; leftover processes of
     the run that lost it are killed first, so they cannot compete with the next job."""
-    chosen = get_backend(backend or _default_backend(), get_settings())
-    killed, warning = undrain(_client().store, chosen, node, force)
+    killed, warning = _client().undrain(node, force, backend)
     if warning:
         err.print(f"[yellow]warning:[/] {warning}")
     out.print(f"node {node} undrained" + (f"; killed {killed} leftover process(es)" if killed else ""))
@@ -67,9 +59,7 @@ def drain_node(node: str = typer.Argument(..., help="node name"),
                backend: Optional[str] = typer.Option(None, help="local or ssh; default ssh with E2E_INVENTORY"),
                ) -> None:
     """Take a node out of service: no new job gets it (a job holding it keeps it until the job ends)."""
-    client = _client()
-    chosen = get_backend(backend or _default_backend(), get_settings())
-    drain(client.store, chosen, node, client.user, reason)
+    _client().drain(node, reason, backend)
     out.print(f"node {node} drained; `e2e nodes undrain {node}` puts it back")
 
 
@@ -79,30 +69,18 @@ def trust_node(node: str = typer.Argument(..., help="node name from the inventor
                replace: bool = typer.Option(False, "--replace", help="replace a different key already trusted"),
                ) -> None:
     """Show a node's host key fingerprint and, once confirmed, add it to the managed known_hosts."""
-    from orchestrator.cluster.hostkeys import fingerprint, host_entry, trust, trusted_keys
-    from orchestrator.cluster.ssh import SSHBackend
-    from orchestrator.cluster.sshconn import fetch_host_key
-
-    backend = SSHBackend(get_settings())
-    try:
-        spec = backend.spec(node)
-    except BackendError:
-        raise UserError(f"node {node!r} is not in the inventory; known nodes: "
-                        f"{', '.join(n.name for n in backend.config.nodes)}") from None
-    known_hosts = backend.config.known_hosts
-    key = fetch_host_key(spec, backend.config.connect_timeout)
-    entry = host_entry(spec.address, spec.port)
-    out.print(f"node {spec.name} ({entry}) presents {key.get_name()} {fingerprint(key)}")
-    current = trusted_keys(known_hosts, spec.address, spec.port)
-    if current.get(key.get_name()) == key:
-        out.print(f"already trusted in {known_hosts}")
+    control = ControlService(get_settings())  # the engine's inventory and known_hosts, never --server
+    offer = control.host_key(node)
+    out.print(f"node {offer.node} ({offer.entry}) presents {offer.type} {offer.fingerprint}")
+    if offer.trusted:
+        out.print(f"already trusted in {offer.known_hosts}")
         return
-    if current:
-        listed = ", ".join(f"{t} {fingerprint(k)}" for t, k in current.items())
-        err.print(f"[yellow]warning:[/] {known_hosts} trusts a different key for {entry}: {listed}")
+    if offer.others:
+        err.print(f"[yellow]warning:[/] {offer.known_hosts} trusts a different key for {offer.entry}: "
+                  f"{', '.join(offer.others)}")
         if not replace:
-            raise UserError(f"not changed: pass --replace to trust the new key of node {spec.name}")
+            raise UserError(f"not changed: pass --replace to trust the new key of node {offer.node}")
     if not yes and not typer.confirm("Compare it with `ssh-keygen -lf` on the node. Trust this key?"):
         raise UserError("not trusted: nothing changed")
-    trust(known_hosts, spec.address, spec.port, key, replace=replace)
-    out.print(f"trusted: {entry} {key.get_name()} {fingerprint(key)} added to {known_hosts}")
+    control.trust_host_key(offer, replace=replace)
+    out.print(f"trusted: {offer.entry} {offer.type} {offer.fingerprint} added to {offer.known_hosts}")

@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from orchestrator.cli.common import JSON_OPT, _age, _client, _dump, _state, app, out
-from orchestrator.control.client import run_finished
-from orchestrator.control.sweeps import SweepPlan, member_rows, resolve_sweep, summary
+from orchestrator.control.protocol import run_finished
+from orchestrator.control.sweeps import SweepPlan, summary
 from orchestrator.model.states import JOB_TERMINAL
 
 sweep_app = typer.Typer(help="Parameter sweeps: one job per combination of swept values.", no_args_is_help=True)
@@ -28,7 +28,7 @@ def submit_sweep(plan: SweepPlan, wait: bool, as_json: bool) -> None:
         for job_id in job_ids:
             client.wait(job_id, run_finished, timeout=24 * 3600, poll=1.0)
     if as_json:
-        members = {"members": member_rows(client.store, sweep_id)} if wait else {}
+        members = {"members": client.sweep_status(sweep_id)[1]} if wait else {}
         _dump({"sweep": sweep_id, "jobs": job_ids, **members})
         return
     out.print(f"sweep [bold]{sweep_id}[/]: {len(job_ids)} jobs ({' x '.join(str(len(v)) for v in plan.axes.values())} "
@@ -36,7 +36,7 @@ def submit_sweep(plan: SweepPlan, wait: bool, as_json: bool) -> None:
     for member, job_id in zip(plan.members, job_ids):
         out.print(f"  {job_id}  {member.spec.name}  {_values(member.values)}")
     if wait:
-        _print_members(member_rows(client.store, sweep_id))
+        _print_members(client.sweep_status(sweep_id)[1])
 
 
 def terminate_sweep(sweep: str, wait: bool, timeout: float, as_json: bool) -> None:
@@ -45,8 +45,8 @@ def terminate_sweep(sweep: str, wait: bool, timeout: float, as_json: bool) -> No
     if wait:
         deadline = time.monotonic() + timeout
         for doc in docs:
-            client.wait(doc["id"], lambda d: d["state"] in JOB_TERMINAL, timeout=max(1.0, deadline - time.monotonic()))
-    rows = member_rows(client.store, sweep_id)
+            client.wait(doc.id, lambda d: d.state in JOB_TERMINAL, timeout=max(1.0, deadline - time.monotonic()))
+    _, rows = client.sweep_status(sweep_id)
     if as_json:
         _dump({"sweep": sweep_id, "members": rows})
         return
@@ -65,14 +65,7 @@ def _print_members(rows: list[dict]) -> None:
 @sweep_app.command("ls")
 def list_sweeps(limit: int = typer.Option(50, help="how many of the newest sweeps"), as_json: bool = JSON_OPT) -> None:
     """List sweeps, newest first, with how their members stand."""
-    client = _client()
-    found = []
-    for sweep_id in client.store.sweeps(limit):
-        rows = member_rows(client.store, sweep_id)
-        first = client.store.get_job(rows[0]["id"]) if rows else None
-        found.append({"sweep": sweep_id, "name": first["name"].rsplit("-", 1)[0] if first else "",
-                      "members": len(rows), "summary": summary(rows),
-                      "created_at": first["created_at"] if first else None})
+    found = _client().sweeps(limit)
     if as_json:
         _dump(found)
         return
@@ -87,9 +80,7 @@ def list_sweeps(limit: int = typer.Option(50, help="how many of the newest sweep
 def sweep_status(sweep: str = typer.Argument(..., help="sweep id (or a unique start of it)"),
                  as_json: bool = JSON_OPT) -> None:
     """Show every member of a sweep: its values, job and run state, progress and nodes."""
-    client = _client()
-    sweep_id = resolve_sweep(client.store, sweep)
-    rows = member_rows(client.store, sweep_id)
+    sweep_id, rows = _client().sweep_status(sweep)
     if as_json:
         _dump({"sweep": sweep_id, "members": rows})
         return

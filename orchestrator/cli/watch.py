@@ -7,17 +7,17 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from orchestrator.control.client import Client
+from orchestrator.control.protocol import Control, JobStatus
 from orchestrator.model.events import EventKind
 from orchestrator.model.states import JOB_TERMINAL, RUN_ENDED, JobState, RunState
 
 
-def watch_job(client: Client, job_id: str, console: Console, quiet: bool = False,
-              timeout: float | None = None) -> dict[str, Any]:
+def watch_job(client: Control, job_id: str, console: Console, quiet: bool = False,
+              timeout: float | None = None) -> JobStatus:
     """Follow events until the current run ends (or the job does); returns the final job document."""
     doc = client.status(job_id)
-    run_id = doc["current_run"]
-    attempt = next(r.get("attempt") or 1 for r in doc["runs_detail"] if r["id"] == run_id)
+    run_id = doc.current_run
+    attempt = next(r.attempt or 1 for r in doc.runs_detail if r.id == run_id)
     launched = {"attempt": 0}  # the attempt whose launch the replay has reached
 
     def done(event) -> bool:

@@ -104,7 +104,7 @@ def expand(data: Any, axes: dict[str, list[Any]], base_dir: Path | None = None,
     members: list[Member] = []
     problems: list[tuple[str, str]] = []
     for index, combo in enumerate(combos, 1):
-        values = dict(zip(keys, combo))
+        values = dict(zip(keys, combo, strict=True))
         try:
             member = apply_assignments(data, list(values.items()))
             member["name"] = f"{name}-{index}"
@@ -123,15 +123,26 @@ def expand(data: Any, axes: dict[str, list[Any]], base_dir: Path | None = None,
     return SweepPlan(name, {k: list(axes[k]) for k in keys}, members)
 
 
-def plan_from_file(path: str | Path, options: list[str]) -> SweepPlan | None:
-    """The sweep a spec file asks for (its `sweep:` block, plus --sweep options, which win on the same key),
-    fully validated; None when it is a plain spec with no sweep at all."""
-    data, base_dir = read_spec_file(path)
+def parse_submission(data: Any, options: list[str], base_dir: Path | None = None, source: str = "spec") -> Any:
+    """A submitted spec parsed once: a validated JobSpec, or the SweepPlan its `sweep:` block and --sweep
+    options (which win on the same key) ask for, every member validated."""
     axes = sweep_block(data["sweep"]) if isinstance(data, dict) and "sweep" in data else {}
     axes.update(parse_sweep_options(options))
-    if not axes:
-        return None
-    return expand(data, axes, base_dir, str(path))
+    if axes:
+        return expand(data, axes, base_dir, source)
+    return validate_spec(data, base_dir=base_dir, source=source)
+
+
+def read_submission(path: str | Path, options: list[str]) -> Any:
+    """A spec file read and parsed once (parse_submission): a JobSpec or a SweepPlan."""
+    data, base_dir = read_spec_file(path)
+    return parse_submission(data, options, base_dir, str(path))
+
+
+def plan_from_file(path: str | Path, options: list[str]) -> SweepPlan | None:
+    """The sweep a spec file asks for, fully validated; None when it is a plain spec with no sweep at all."""
+    parsed = read_submission(path, options)
+    return parsed if isinstance(parsed, SweepPlan) else None
 
 
 def new_sweep_id() -> str:
@@ -154,13 +165,12 @@ def member_rows(store: JobStore, sweep_id: str) -> list[dict[str, Any]]:
     rows = []
     for job_id in store.sweep_members(sweep_id):
         job = store.get_job(job_id)
-        run = store.get_run(job_id, job["current_run"])
-        progress = run.get("progress")
-        rows.append({"index": job.get("sweep_index"), "id": job_id, "name": job["name"],
-                     "values": job.get("sweep_values") or {}, "state": job["state"].value,
-                     "run": run["id"], "run_state": run["state"].value,
-                     "progress": progress.fraction if progress else None, "nodes": job["nodes"],
-                     "results": job.get("results")})
+        run = store.get_run(job_id, job.current_run)
+        rows.append({"index": job.sweep_index, "id": job_id, "name": job.name,
+                     "values": job.sweep_values or {}, "state": job.state.value,
+                     "run": run.id, "run_state": run.state.value,
+                     "progress": run.progress.fraction if run.progress else None, "nodes": job.nodes,
+                     "results": job.results})
     return rows
 
 

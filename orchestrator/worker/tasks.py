@@ -6,8 +6,10 @@ import logging
 from functools import lru_cache
 
 from orchestrator.engine.lifecycle import Lifecycle
+from orchestrator.engine.live_edit import apply_live_edit
 from orchestrator.model.settings import get_settings
 from orchestrator.store.jobs import JobStore
+from orchestrator.worker import names
 from orchestrator.worker.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -23,28 +25,35 @@ def lifecycle() -> Lifecycle:
     return Lifecycle.create(store, settings)
 
 
-@app.task(name="e2e.provision", **RETRIES)
+@app.task(name=names.PROVISION, **RETRIES)
 def provision(job_id: str) -> None:
     lifecycle().provision(job_id)
 
 
-@app.task(name="e2e.launch", **RETRIES)
+@app.task(name=names.LAUNCH, **RETRIES)
 def launch(job_id: str, run_id: str) -> None:
     lifecycle().launch(job_id, run_id)
 
 
-@app.task(name="e2e.signals", **RETRIES)
+@app.task(name=names.SIGNALS, **RETRIES)
 def signals(job_id: str, run_id: str) -> None:
     """Apply a control command's effect on the nodes (freeze, resume, graceful stop)."""
     lifecycle().apply_signals(job_id, run_id)
 
 
-@app.task(name="e2e.terminate", **RETRIES)
+@app.task(name=names.TERMINATE, **RETRIES)
 def terminate(job_id: str) -> None:
     lifecycle().drive_termination(job_id)
 
 
-@app.task(name="e2e.reconcile", max_retries=0)
+@app.task(name=names.APPLY_LIVE, max_retries=0)
+def apply_live(job_id: str, run_id: str, request: str, old_spec: dict, new_spec: dict, files: dict[str, str],
+               by: str = "", deadline: float | None = None) -> None:
+    """Apply a live edit to the running solver; the outcome goes to the job's stream (control waits for it)."""
+    apply_live_edit(lifecycle(), job_id, run_id, request, old_spec, new_spec, files, by, deadline)
+
+
+@app.task(name=names.RECONCILE, max_retries=0)
 def reconcile() -> int:
     lc = lifecycle()
     # A lease, not a correctness lock (transitions are compare-and-set): it only keeps two passes

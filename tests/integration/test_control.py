@@ -157,7 +157,7 @@ def test_edits_are_validated_recorded_and_used_by_rerun_and_live(engine, openfoa
         client.edit(job_id, files={str(tmp_path / "missing"): "system/fvSolution"})
     with pytest.raises(SpecError, match="--file"):
         client.edit(job_id, files={str(tmp_path / "pitz" / "system" / "fvSolution"): "../escape"})
-    assert client.history(job_id)["revision"] == 1
+    assert client.history(job_id).revision == 1
     # A valid edit: new parameters and a replaced input file
     schemes = tmp_path / "fvSchemes"
     schemes.write_text((tmp_path / "pitz" / "system" / "fvSchemes").read_text() + "\n// edited by test\n")
@@ -189,8 +189,8 @@ def test_edits_are_validated_recorded_and_used_by_rerun_and_live(engine, openfoa
     assert run3["state"] is RunState.COMPLETED and run3["progress"].step == new_end
     assert (runs / "run-003" / str(new_end)).is_dir()
     history = client.history(job_id)
-    assert [r["revision"] for r in history["revisions"]] == [1, 2, 3, 4]
-    assert history["revisions"][3]["live"] and history["revisions"][1]["message"] == "longer"
+    assert [r["revision"] for r in history.revisions] == [1, 2, 3, 4]
+    assert history.revisions[3]["live"] and history.revisions[1]["message"] == "longer"
     assert any(e.kind is EventKind.CONTROL and e.data.get("action") == "edit" for e in client.events(job_id))
     client.terminate(job_id)
     assert engine.wait_job_terminal(job_id)["state"] is JobState.TERMINATED

@@ -184,7 +184,7 @@ def test_redis_sigkill_with_aof_loses_nothing(tmp_path):
             client.edit(job_id, ["limits.walltime=1h"])
             client.terminate(job_id)
             assert engine.wait_job_terminal(job_id)["state"] is JobState.TERMINATED
-            assert client.history(job_id)["revision"] == 2
+            assert client.history(job_id).revision == 2
     finally:
         engine.close()
         server.terminate()

@@ -14,9 +14,9 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.api.access import ScopedClient
-from orchestrator.api.app import TOKEN_COOKIE, client_for
+from orchestrator.api.deps import TOKEN_COOKIE, client_for
 from orchestrator.api.users import User
+from orchestrator.control.service import ControlService
 from orchestrator.model.errors import NotFound, SpecError
 
 HERE = Path(__file__).parent
@@ -122,7 +122,7 @@ class SpecText(BaseModel):
 
 
 @router.post("/submit", status_code=201)
-def submit(body: SpecText, client: ScopedClient = Depends(client_for)) -> dict[str, Any]:
+def submit(body: SpecText, client: ControlService = Depends(client_for)) -> dict[str, Any]:
     """The submit form's spec text, parsed here (YAML is a superset of JSON), then submitted as POST /jobs."""
     from orchestrator.api.jobs import SubmitBody
     from orchestrator.api.jobs import submit as submit_job

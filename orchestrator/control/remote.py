@@ -1,5 +1,5 @@
-"""The typed Python client of the REST API: the same calls and documents as orchestrator.control.client.Client, over
-HTTP with a token (the CLI uses it when --server / E2E_SERVER is set)."""
+"""RemoteControl: the `Control` protocol over the REST API with a token (the CLI uses it when --server /
+E2E_SERVER is set): the same calls and typed documents as the engine-side ControlService."""
 
 from __future__ import annotations
 
@@ -12,37 +12,26 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
-from orchestrator.api.uploads import path_fields
-from orchestrator.control.client import wait_until
+from orchestrator.control.protocol import History, JobStatus, JobSummary, wait_until
+from orchestrator.control.uploads import path_fields
 from orchestrator.model.errors import InfrastructureError, InvalidState, NotFound, SpecError, UserError
 from orchestrator.model.events import Event
+from orchestrator.model.records import Job
 from orchestrator.model.spec import spec_for_store
-from orchestrator.model.states import JobState, RunState
-from solvers.base import Progress
 
 _BY_STATUS = {404: NotFound, 409: InvalidState}
+# What only the engine's own machine can do (its files, its inventory, a desktop's secrets on disk).
+LOCAL_ONLY = frozenset({"store", "settings", "log_path", "render", "host_key", "trust_host_key", "file_store",
+                        "desktop_session", "check_desktop_access", "set_desktop_password", "open_desktop_tunnel",
+                        "head_is_local"})
 
 
-def typed_job(doc: dict[str, Any]) -> dict[str, Any]:
-    """A job document from JSON with the engine's types back (states as enums, progress as Progress)."""
-    doc = dict(doc)
-    doc["state"] = JobState(doc["state"])
-    runs = []
-    for run in doc.get("runs_detail") or []:
-        run = dict(run, state=RunState(run["state"]))
-        if run.get("progress"):
-            run["progress"] = Progress.model_validate(run["progress"])
-        runs.append(run)
-    if "runs_detail" in doc:
-        doc["runs_detail"] = runs
-    if doc.get("run"):
-        run = doc["run"]
-        doc["run"] = dict(run, state=RunState(run["state"]) if run.get("state") else None,
-                          progress=Progress.model_validate(run["progress"]) if run.get("progress") else None)
-    return doc
+def local_only() -> UserError:
+    return UserError("this command works on the engine's machine only, not through --server "
+                     "(the REST API offers the same through its endpoints)")
 
 
-class RemoteClient:
+class RemoteControl:
     """One user's connection to an engine's API. Errors come back as the engine's error types."""
 
     def __init__(self, server: str, token: str, timeout: float = 30.0, transport: Any = None) -> None:
@@ -107,14 +96,14 @@ class RemoteClient:
     def resolve(self, job: str) -> str:
         return self._call("GET", f"/jobs/{job}")["id"]
 
-    def job(self, job: str) -> dict[str, Any]:
-        return typed_job(self._call("GET", f"/jobs/{job}"))
+    def status(self, job: str) -> JobStatus:
+        return JobStatus.model_validate(self._call("GET", f"/jobs/{job}"))
 
-    status = job
+    job = status
 
-    def overview(self, limit: int = 100, owner: str | None = None) -> list[dict[str, Any]]:
+    def overview(self, limit: int = 100, owner: str | None = None) -> list[JobSummary]:
         params = {"limit": limit, **({"owner": owner} if owner else {})}
-        return [typed_job(row) for row in self._call("GET", "/jobs", params=params)]
+        return [JobSummary.model_validate(row) for row in self._call("GET", "/jobs", params=params)]
 
     jobs = overview
 
@@ -154,24 +143,27 @@ class RemoteClient:
         page = self._call("GET", f"/jobs/{job}/logs", params=params)
         return page["text"].encode(), page["next_offset"]
 
-    def history(self, job: str) -> dict[str, Any]:
-        return self._call("GET", f"/jobs/{job}/history")
+    def history(self, job: str) -> History:
+        return History.model_validate(self._call("GET", f"/jobs/{job}/history"))
 
     # -- control
-    def pause(self, job: str, freeze: bool = False) -> dict[str, Any]:
-        return typed_job(self._call("POST", f"/jobs/{job}/pause", json={"freeze": freeze}))
+    def pause(self, job: str, freeze: bool = False) -> JobStatus:
+        return JobStatus.model_validate(self._call("POST", f"/jobs/{job}/pause", json={"freeze": freeze}))
 
-    def resume(self, job: str) -> dict[str, Any]:
-        return typed_job(self._call("POST", f"/jobs/{job}/resume"))
+    def resume(self, job: str) -> JobStatus:
+        return JobStatus.model_validate(self._call("POST", f"/jobs/{job}/resume"))
 
-    def restart(self, job: str) -> dict[str, Any]:
-        return typed_job(self._call("POST", f"/jobs/{job}/restart"))
+    def restart(self, job: str) -> JobStatus:
+        return JobStatus.model_validate(self._call("POST", f"/jobs/{job}/restart"))
 
-    def rerun(self, job: str) -> dict[str, Any]:
-        return typed_job(self._call("POST", f"/jobs/{job}/rerun"))
+    def rerun(self, job: str) -> JobStatus:
+        return JobStatus.model_validate(self._call("POST", f"/jobs/{job}/rerun"))
 
-    def terminate(self, job: str) -> dict[str, Any]:
-        return typed_job(self._call("POST", f"/jobs/{job}/terminate"))
+    def terminate(self, job: str) -> Job:
+        return Job.model_validate(self._call("POST", f"/jobs/{job}/terminate"))
+
+    def terminate_sweep(self, sweep: str) -> tuple[str, list[Job]]:
+        raise local_only()
 
     def edit(self, job: str, sets: list[str] | tuple[str, ...] = (), files: dict[str, str] | None = None,
              live: bool = False, message: str = "") -> dict[str, Any]:
@@ -184,7 +176,35 @@ class RemoteClient:
         return self._call("POST", f"/jobs/{job}/edit", json={"set": list(sets), "files": contents, "live": live,
                                                                "message": message})
 
-    # -- keys, desktop
+    # -- sweeps (no endpoints yet)
+    def sweeps(self, limit: int = 50) -> list[dict[str, Any]]:
+        raise local_only()
+
+    def sweep_status(self, sweep: str) -> tuple[str, list[dict[str, Any]]]:
+        raise local_only()
+
+    # -- nodes
+    def nodes(self, backend: str | None = None) -> list[dict[str, Any]]:
+        return self._call("GET", "/nodes", params={"backend": backend} if backend else {})
+
+    def drain(self, node: str, reason: str = "", backend: str | None = None) -> dict[str, Any]:
+        return self._call("POST", f"/nodes/{node}/drain", json={"reason": reason},
+                          params={"backend": backend} if backend else {})
+
+    def undrain(self, node: str, force: bool = False, backend: str | None = None) -> tuple[int, str | None]:
+        params: dict[str, Any] = {"force": force, **({"backend": backend} if backend else {})}
+        reply = self._call("POST", f"/nodes/{node}/undrain", params=params)
+        return reply["killed"], reply["warning"]
+
+    # -- files
+    def files(self, job: str) -> dict[str, Any]:
+        listing = self._call("GET", f"/jobs/{job}/files")
+        return {"location": f"{self.server}/api/v1/jobs/{listing['job']}/files", **listing}
+
+    def download(self, job: str, path: str | None, to: Path) -> tuple[str, list[str]]:
+        raise local_only()
+
+    # -- keys, access rules, desktop, usage
     def keys(self) -> list[dict[str, Any]]:
         return self._call("GET", "/keys")
 
@@ -194,19 +214,34 @@ class RemoteClient:
     def remove_key(self, which: str) -> list[str]:
         return self._call("DELETE", f"/keys/{which}")["removed"]
 
+    def access_rules(self) -> dict[str, Any]:
+        rules = self._call("GET", "/access")["rules"]
+        return {"rules": rules, "shown": rules or ["everywhere"], "default": rules is None, "my_ip": None}
+
+    def set_access_rules(self, rules: list[str] | None) -> list[str] | None:
+        return self._call("PUT", "/access", json={"rules": rules})["rules"]
+
     def desktop(self, job: str, wait: float = 0) -> dict[str, Any]:
         """The desktop's URL (with its token and password), VNC port and SSH tunnel."""
         return self._call("GET", f"/jobs/{job}/desktop", params={"wait": min(wait, 30)})
 
-    def wait(self, job: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 600,
-             poll: float = 0.5) -> dict[str, Any]:
+    def usage(self, owner: str | None = None, limit: int = 1000, since: float | None = None,
+              until: float | None = None) -> dict[str, Any]:
+        params = {k: v for k, v in (("owner", owner), ("limit", limit), ("since", since), ("until", until))
+                  if v is not None}
+        return self._call("GET", "/usage", params=params)
+
+    def wait(self, job: str, predicate: Callable[[JobStatus], bool], timeout: float = 600,
+             poll: float = 0.5) -> JobStatus:
         return wait_until(self.status, job, predicate, timeout, poll)
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("store", "settings", "log_path"):
-            raise UserError("this command works on the engine's machine only, not through --server "
-                            "(the REST API offers the same through its endpoints)")
+        if name in LOCAL_ONLY:
+            raise local_only()
         raise AttributeError(name)
+
+
+RemoteClient = RemoteControl
 
 
 def _tar_gz(path: Path) -> bytes:

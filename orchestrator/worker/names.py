@@ -1,0 +1,10 @@
+"""The Celery task names: the worker registers its tasks under these, and control sends them by these."""
+
+from __future__ import annotations
+
+PROVISION = "e2e.provision"    # (job_id): lease nodes, prepare the job, launch its first run
+LAUNCH = "e2e.launch"          # (job_id, run_id): start a run (a restart's next attempt, a rerun)
+SIGNALS = "e2e.signals"        # (job_id, run_id): apply a pause, freeze or resume to the run's processes
+TERMINATE = "e2e.terminate"    # (job_id): stop the solver, collect results, release the nodes
+RECONCILE = "e2e.reconcile"    # (): the periodic pass that drives every job towards its state
+APPLY_LIVE = "e2e.apply_live"  # (job_id, run_id, request, old_spec, new_spec, files, by, deadline): a live edit
