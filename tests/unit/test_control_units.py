@@ -22,6 +22,7 @@ from orchestrator.model.commands import ALLOWED, Command, allowed_commands, chec
 from orchestrator.model.errors import InvalidState, SpecError
 from orchestrator.model.events import EventKind
 from orchestrator.model.paths import JobPaths
+from orchestrator.model.records import Run
 from orchestrator.model.states import RUN_ACTIVE, RUN_ENDED, JobState, RunState
 
 
@@ -137,9 +138,9 @@ def test_walltime_warns_first_then_terminates(store):
 
 def test_idle_shutdown_counts_only_while_no_run_is_active(store):
     job = _job(store, idle_shutdown=50.0)
-    running = {"id": "run-001", "state": RunState.RUNNING}
+    running = Run(id="run-001", state=RunState.RUNNING)
     assert deadlines(job, running) == {}
-    ended = {"id": "run-001", "state": RunState.COMPLETED, "ended_at": time.time() - 60}
+    ended = Run(id="run-001", state=RunState.COMPLETED, ended_at=time.time() - 60)
     assert check_limits(store, job, ended) == "idle_shutdown"
     job2 = _job(store, idle_shutdown=50.0)
     store.update_job(job2["id"], desktop_activity_at=time.time())  # someone uses the desktop

@@ -181,7 +181,7 @@ def test_a_run_that_ends_between_the_looks_completes_rather_than_fails(store, se
         assert store.transition_run(job_id, "run-001", to, pid=4321)
     lc = Lifecycle.create(store, settings)
     backend = EndsBetweenLooks(settings)
-    lc.backend_of = lambda job: backend
+    lc.ctx.backend_of = lambda job: backend  # the steps find a job's backend through their shared context
 
     lc.observe(store.get_job(job_id), store.get_run(job_id, "run-001"))
 
