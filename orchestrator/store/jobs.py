@@ -114,7 +114,7 @@ class JobStore:
         pipe.execute()
         return job_id
 
-    def get_job(self, job_id: str) -> dict[str, Any]:
+    def get_job(self, job_id: str) -> Job:
         raw = self.r.hgetall(self._job(job_id))
         if not raw:
             raise NotFound(f"no job {job_id!r}")
@@ -141,7 +141,7 @@ class JobStore:
             pipe.hget(self._job(job_id), "owner")
         return pipe.execute()
 
-    def list_jobs(self, limit: int = 100, owner: str | None = None) -> list[dict[str, Any]]:
+    def list_jobs(self, limit: int = 100, owner: str | None = None) -> list[Job]:
         """The newest jobs first; only `owner`'s when given."""
         ids = self.r.zrevrange(self._owned(owner) if owner is not None else self._index, 0, limit - 1)
         pipe = self.r.pipeline(transaction=False)
@@ -171,13 +171,13 @@ class JobStore:
                          deactivate=to in JOB_TERMINAL)
 
     # -- runs
-    def get_run(self, job_id: str, run_id: str) -> dict[str, Any]:
+    def get_run(self, job_id: str, run_id: str) -> Run:
         raw = self.r.hgetall(self._run(job_id, run_id))
         if not raw:
             raise NotFound(f"job {job_id} has no run {run_id!r}")
         return _decode_run(raw)
 
-    def list_runs(self, job_id: str) -> list[dict[str, Any]]:
+    def list_runs(self, job_id: str) -> list[Run]:
         count = int(self.r.hget(self._job(job_id), "runs") or 0)
         pipe = self.r.pipeline(transaction=False)
         for i in range(1, count + 1):
