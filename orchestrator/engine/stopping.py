@@ -33,7 +33,7 @@ class Stopping:
     def stop_run(self, job: Job, run: Run, intent: StopIntent = StopIntent.TERMINATE) -> None:
         """Ask an active run to stop (intent pause ends it PAUSED, terminate STOPPED); a run that has not
         started yet is stopped before it can."""
-        ctx = self.ctx
+        ctx, intent = self.ctx, StopIntent(intent)
         job_id, run_id = job.id, run.id
         state = run.state
         if state is RunState.PENDING:
@@ -55,7 +55,7 @@ class Stopping:
             return
         if state in (RunState.RUNNING, RunState.FROZEN):
             if not self.store.transition_run(job_id, run_id, RunState.STOPPING, expect=[state],
-                                             data={"intent": StopIntent(intent).value}, stop_intent=intent,
+                                             data={"intent": intent.value}, stop_intent=intent,
                                              stop_requested_at=time.time()):
                 return
             run = self.store.get_run(job_id, run_id)
