@@ -10,10 +10,11 @@ from urllib.parse import quote
 
 from orchestrator.desktop.access import allowed, client_address
 from orchestrator.desktop.secrets import DesktopSecret, DesktopSecrets
-from orchestrator.desktop.service import READY, STARTING, desktop_record
+from orchestrator.desktop.service import FAILED, READY, STARTING, desktop_record
 from orchestrator.desktop.vncauth import check_password, passwd_file
 from orchestrator.model.errors import InvalidState, UserError
 from orchestrator.model.events import EventKind
+from orchestrator.model.records import DesktopRecord
 from orchestrator.model.states import JobState
 
 LOCAL_TUNNEL_PORTS = (5901, 5900)  # what VNC viewers call display :1 and :0
@@ -24,23 +25,23 @@ class Desktop:
     """A ready desktop as its user sees it (holds the secret: print it to the user, never log it)."""
 
     job_id: str
-    record: dict[str, Any]
+    record: DesktopRecord
     secret: DesktopSecret
 
     @property
     def url(self) -> str:
         """noVNC with everything after '#': a fragment never reaches a server or its logs."""
         path = quote(f"websockify?token={self.secret.token}", safe="")
-        return (f"{self.record['url']}#autoconnect=1&resize=scale&reconnect=1&path={path}"
+        return (f"{self.record.url}#autoconnect=1&resize=scale&reconnect=1&path={path}"
                 f"&password={quote(self.secret.password, safe='')}")
 
     @property
     def vnc_port(self) -> int:
-        return int(self.record["vnc_port"])
+        return int(self.record.vnc_port)
 
     @property
     def ssh(self) -> tuple[str, str, int]:
-        user, host, port = self.record["ssh"]
+        user, host, port = self.record.ssh
         return user, host, int(port)
 
     def vnc_file(self, host: str, port: int, view_only: bool = False) -> str:
@@ -69,32 +70,32 @@ def desktop(client: Any, job: str, wait: float = 0) -> Desktop:
     deadline = time.monotonic() + wait
     while True:
         record = client.store.get_job(job_id)
-        if not record["spec"].get("desktop", {}).get("enabled", True):
+        if not record.spec.get("desktop", {}).get("enabled", True):
             raise InvalidState(f"job {job_id} has no desktop (desktop.enabled: false)")
         rec = desktop_record(record)
-        state = rec.get("state")
-        if state == READY:
+        state = rec.state
+        if state is READY:
             secret = DesktopSecrets(client.store).read(job_id)
             if secret is not None:
                 return Desktop(job_id, rec, secret)
-        if state not in (STARTING, None) or record["state"] not in (JobState.QUEUED, JobState.PROVISIONING,
+        if state not in (STARTING, None) or record.state not in (JobState.QUEUED, JobState.PROVISIONING,
                                                                     JobState.UP) or time.monotonic() >= deadline:
             break
         time.sleep(0.2)
-    if state == "failed":
-        raise InvalidState(f"the desktop of job {job_id} failed: {rec.get('reason')}")
+    if state is FAILED:
+        raise InvalidState(f"the desktop of job {job_id} failed: {rec.reason}")
     raise InvalidState(f"the desktop of job {job_id} is not ready (desktop {state or 'not started'}, "
-                       f"job {record['state'].value})")
+                       f"job {record.state.value})")
 
 
 def check_access(client: Any, d: Desktop, entry: str) -> str:
     """Refuse (and record) a user whose current address is outside the job's CIDR rules; the address."""
     address = client_address(client.store)
-    if address is None or not allowed(address, d.record.get("access") or []):
+    if address is None or not allowed(address, d.record.access or []):
         client.store.append_event(d.job_id, EventKind.ACCESS_REFUSED, {
             "entry": entry, "address": address, "reason": "outside the allowed networks", "user": client.user})
         raise UserError(f"your address {address or '(unknown)'} is outside the desktop's allowed networks "
-                        f"({', '.join(d.record.get('access') or [])}); change desktop.access or `e2e access`")
+                        f"({', '.join(d.record.access or [])}); change desktop.access or `e2e access`")
     return address
 
 
@@ -126,7 +127,7 @@ def set_password(client: Any, job: str, password: str, view_password: str | None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         rec = desktop_record(client.store.get_job(d.job_id))
-        if int(rec.get("password_version") or 0) >= version:
+        if int(rec.password_version or 0) >= version:
             return version
         time.sleep(0.1)
     raise InvalidState(f"the engine has not applied the new password within {timeout:.0f}s; is it running? "

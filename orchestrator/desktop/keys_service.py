@@ -30,7 +30,7 @@ class SshKeysService(JobService):
         return True
 
     def _sync(self, ctx: ServiceContext, force: bool) -> None:
-        keys = KeyRegistry(ctx.store).keys(ctx.job["owner"])
+        keys = KeyRegistry(ctx.store).keys(ctx.job.owner)
         try:
             cidrs = resolve(ctx.spec.desktop.access or [EVERYWHERE])
         except UserError as exc:  # an unresolvable rule: no key gets in rather than every address
@@ -39,7 +39,7 @@ class SshKeysService(JobService):
             why = None
         block = authorized_keys_block(keys, cidrs) if keys else ""
         digest = hashlib.sha256(block.encode()).hexdigest()[:16]
-        if not force and ctx.store.get_job(ctx.job_id).get("ssh_keys") == digest:
+        if not force and ctx.store.get_job(ctx.job_id).ssh_keys == digest:
             return
         if why:
             ctx.store.append_event(ctx.job_id, EventKind.WARNING, {"service": self.name,

@@ -18,14 +18,16 @@ from orchestrator.desktop.secrets import DesktopSecret, DesktopSecrets
 from orchestrator.desktop.vncauth import passwd_file
 from orchestrator.model.errors import BackendError, UserError
 from orchestrator.model.events import EventKind
+from orchestrator.model.records import DesktopRecord, Job
 from orchestrator.model.rendering import Raw, render
 from orchestrator.model.services import JobService, ServiceContext
+from orchestrator.model.states import DesktopState
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 GATEWAY_SOURCE = Path(__file__).with_name("gateway.py")
 NOVNC_DIR = "/usr/share/novnc"
 
-STARTING, READY, FAILED, STOPPED = "starting", "ready", "failed", "stopped"
+STARTING, READY, FAILED, STOPPED = DesktopState.STARTING, DesktopState.READY, DesktopState.FAILED, DesktopState.STOPPED
 READY_WAIT = 2.0          # seconds start() waits for the first login before leaving it to supervise
 START_TIMEOUT = 30.0      # seconds a session may take to accept a login before it counts as failed
 MAX_RESTARTS = 5          # restarts after deaths while the job is up, before giving up
@@ -54,11 +56,15 @@ def nftables_removal(job_id: str) -> str:
     return render((TEMPLATES,), "desktop/nftables.conf.j2", {"job_id": job_id, "remove": True})
 
 
-def desktop_record(job: dict[str, Any]) -> dict[str, Any]:
-    value = job.get("desktop")
-    if isinstance(value, str):  # a store that does not decode the field
+def desktop_record(job: Job | dict[str, Any]) -> DesktopRecord:
+    """The job's desktop record (empty before the desktop first starts); from a stored job, or from a job
+    document as the API sends it."""
+    value = job.desktop if isinstance(job, Job) else job.get("desktop")
+    if isinstance(value, DesktopRecord):
+        return value
+    if isinstance(value, str):  # a field not decoded (raw hash)
         value = json.loads(value)
-    return dict(value or {})
+    return DesktopRecord.model_validate(value or {})
 
 
 class DesktopService(JobService):
@@ -75,14 +81,14 @@ class DesktopService(JobService):
             if not mine:
                 return
             rec = self._record(ctx)
-            if rec.get("state") in (STARTING, READY) and self._alive(ctx):
+            if rec.state in (STARTING, READY) and self._alive(ctx):
                 return  # adopt the session that already runs (a re-delivered provision)
-            if rec.get("state") == FAILED and rec.get("permanent"):
+            if rec.state is FAILED and rec.permanent:
                 return
             self._launch(ctx, rec)
             deadline = time.monotonic() + READY_WAIT
             while time.monotonic() < deadline:
-                if self._check_starting(ctx, self._record(ctx)) != STARTING:
+                if self._check_starting(ctx, self._record(ctx)) is not STARTING:
                     return
                 time.sleep(0.02)
 
@@ -91,14 +97,14 @@ class DesktopService(JobService):
             if not mine:
                 return
             rec = self._record(ctx)
-            state = rec.get("state")
+            state = rec.state
             if state is None:
                 return self._launch(ctx, rec)
             if state in (FAILED, STOPPED):
                 return
             self._report_refusals(ctx, rec)
             self._report_activity(ctx)
-            if state == STARTING:
+            if state is STARTING:
                 self._check_starting(ctx, rec)
             elif not self._alive(ctx):
                 self._restart(ctx, rec, "the desktop session exited")
@@ -110,15 +116,15 @@ class DesktopService(JobService):
             if not mine:
                 return False
             rec = self._record(ctx)
-            if not rec or rec.get("state") == STOPPED:
+            if not rec.model_fields_set or rec.state is STOPPED:
                 return True
             pgid = self._pgid(ctx)
             if pgid and ctx.backend.group_alive(ctx.head, pgid):
                 now = time.time()
-                if not rec.get("term_sent_at"):
+                if not rec.term_sent_at:
                     ctx.backend.signal_group(ctx.head, pgid, signal.SIGTERM)
                     self._save(ctx, term_sent_at=now)
-                elif now - rec["term_sent_at"] > STOP_GRACE:
+                elif now - rec.term_sent_at > STOP_GRACE:
                     ctx.backend.signal_group(ctx.head, pgid, signal.SIGKILL)
                 for _ in range(50):  # the session usually ends within moments: spare the job a pass
                     if not ctx.backend.group_alive(ctx.head, pgid):
@@ -127,14 +133,14 @@ class DesktopService(JobService):
                 else:
                     return False
             self._report_refusals(ctx, self._record(ctx))
-            if rec.get("firewall"):
+            if rec.firewall:
                 self._load_rules(ctx, "nftables-removal.conf", nftables_removal(ctx.job_id), "removed")
             self._set_state(ctx, STOPPED, {}, url=None, firewall=False)
             DesktopSecrets(ctx.store).delete(ctx.job_id)
             return True
 
     # -- steps
-    def _launch(self, ctx: ServiceContext, rec: dict[str, Any]) -> None:
+    def _launch(self, ctx: ServiceContext, rec: DesktopRecord) -> None:
         """Write the session's files on the head node and start session.sh detached (ending any old one)."""
         try:
             cidrs = resolve(ctx.spec.desktop.access or [EVERYWHERE])  # concrete already, unless submitted around
@@ -159,7 +165,7 @@ class DesktopService(JobService):
             "activity_every": ACTIVITY_EVERY,
         }).encode())
         write("session.sh", self.session_script(ctx, desk).encode())
-        restarts = rec.get("restarts", 0)
+        restarts = rec.restarts
         self._set_state(ctx, STARTING, {"restarts": restarts} if restarts else {}, restarts=restarts,
                         started_at=time.time(),
                         access=cidrs, password_version=secret.version, url=None, reason=None,
@@ -172,13 +178,13 @@ class DesktopService(JobService):
         return render((TEMPLATES,), "desktop/session.sh.j2", {
             "job_id": ctx.job_id, "desktop_dir": str(desk), "work_dir": str(ctx.paths.work),
             "home": str(home) if home else "", "geometry": spec.geometry, "depth": spec.depth,
-            "title": f"{ctx.job.get('name') or 'job'} ({ctx.job_id})", "novnc_dir": NOVNC_DIR,
+            "title": f"{ctx.job.name or 'job'} ({ctx.job_id})", "novnc_dir": NOVNC_DIR,
             "blacklist_threshold": BLACKLIST_THRESHOLD,
             # openbox runs its startup command from $HOME: the terminal changes to the work folder itself
             "startup": "bash -c 'cd \"$E2E_WORK\" && exec xterm -geometry 100x30+40+40 -title \"$E2E_TITLE\"'",
         })
 
-    def _check_starting(self, ctx: ServiceContext, rec: dict[str, Any]) -> str:
+    def _check_starting(self, ctx: ServiceContext, rec: DesktopRecord) -> DesktopState:
         """STARTING -> READY once a VNC login works and the gateway listens; FAILED on a reported failure."""
         desk = self.folder(ctx)
         failed = self._read(ctx, desk / "failed")
@@ -187,7 +193,7 @@ class DesktopService(JobService):
             if kind == "missing":  # a component to install: restarting cannot help
                 return self._fail(ctx, reason.strip(), permanent=True)
             self._restart(ctx, rec, reason.strip() or failed)
-            return self._record(ctx).get("state", STARTING)
+            return self._record(ctx).state or STARTING
         vnc_port, web_port = self._read(ctx, desk / "vnc.port"), self._read(ctx, desk / "gateway.port")
         secret = DesktopSecrets(ctx.store).read(ctx.job_id)
         try:
@@ -201,10 +207,10 @@ class DesktopService(JobService):
             self._set_state(ctx, READY, {"url": url}, url=url, vnc_port=int(vnc_port), web_port=int(web_port),
                             display=self._read(ctx, desk / "display"), ready_at=time.time(),
                             ssh=list(nodes.ssh_endpoint(ctx.backend, ctx.head)))
-            self._firewall(ctx, int(web_port), rec.get("access") or [])
+            self._firewall(ctx, int(web_port), rec.access or [])
             return READY
         alive = self._alive(ctx)
-        if time.time() - (rec.get("started_at") or time.time()) > START_TIMEOUT:
+        if time.time() - (rec.started_at or time.time()) > START_TIMEOUT:
             return self._fail(ctx, f"no VNC login possible within {START_TIMEOUT:.0f}s; see {desk}/xvnc.log")
         if not alive and self._pgid(ctx):
             self._restart(ctx, rec, "the desktop session exited while starting")
@@ -224,33 +230,33 @@ class DesktopService(JobService):
         finally:
             stream.close()
 
-    def _restart(self, ctx: ServiceContext, rec: dict[str, Any], why: str) -> None:
-        restarts = rec.get("restarts", 0) + 1
+    def _restart(self, ctx: ServiceContext, rec: DesktopRecord, why: str) -> None:
+        restarts = rec.restarts + 1
         if restarts > MAX_RESTARTS:
             self._fail(ctx, f"{why}, {MAX_RESTARTS} restarts did not help; see {self.folder(ctx)}")
             return
         ctx.store.append_event(ctx.job_id, EventKind.WARNING, {"service": self.name,
                                                                "message": f"{why}; restarting ({restarts})"})
-        self._launch(ctx, {**rec, "restarts": restarts})
+        self._launch(ctx, rec.merged(restarts=restarts))
 
-    def _fail(self, ctx: ServiceContext, reason: str, permanent: bool = False) -> str:
+    def _fail(self, ctx: ServiceContext, reason: str, permanent: bool = False) -> DesktopState:
         pgid = self._pgid(ctx)
         if pgid and ctx.backend.group_alive(ctx.head, pgid):
             ctx.backend.signal_group(ctx.head, pgid, signal.SIGKILL)
         self._set_state(ctx, FAILED, {"reason": reason}, reason=reason, permanent=permanent, url=None)
         return FAILED
 
-    def _apply_password(self, ctx: ServiceContext, rec: dict[str, Any]) -> None:
+    def _apply_password(self, ctx: ServiceContext, rec: DesktopRecord) -> None:
         """A changed password (e2e desktop --set-password) reaches the passwd file Xvnc reads at every login."""
         secret = DesktopSecrets(ctx.store).read(ctx.job_id)
-        if secret is None or secret.version == rec.get("password_version"):
+        if secret is None or secret.version == rec.password_version:
             return
         nodes.write_private(ctx.backend, ctx.head, self.folder(ctx) / "passwd",
                             passwd_file(secret.password, secret.view_password))
         self._save(ctx, password_version=secret.version)
         ctx.store.append_event(ctx.job_id, EventKind.DESKTOP, {"state": READY, "message": "VNC password changed"})
 
-    def _report_refusals(self, ctx: ServiceContext, rec: dict[str, Any]) -> None:
+    def _report_refusals(self, ctx: ServiceContext, rec: DesktopRecord) -> None:
         """Refusals on the head node become ACCESS_REFUSED events: the gateway's (its refused.log) and Xvnc's
         failed VNC logins (wrong password, or an address blacklisted after too many), read from xvnc.log."""
         refused = self._new_lines(ctx, rec, "refused.log", "refused_offset")
@@ -263,7 +269,8 @@ class DesktopService(JobService):
             found.append({"entry": "web gateway", "address": entry.get("address"), "reason": entry.get("reason")})
         for line in self._new_lines(ctx, rec, "xvnc.log", "xvnc_offset"):
             if (m := _VNC_REFUSAL.search(line)):
-                found.append({"entry": "vnc", "address": m.group(1), "reason": _VNC_REASONS.get(m.group(2), m.group(2))})
+                reason = _VNC_REASONS.get(m.group(2), m.group(2))
+                found.append({"entry": "vnc", "address": m.group(1), "reason": reason})
         for data in found[:REFUSALS_PER_PASS]:
             ctx.store.append_event(ctx.job_id, EventKind.ACCESS_REFUSED, data)
         if len(found) > REFUSALS_PER_PASS:
@@ -273,11 +280,11 @@ class DesktopService(JobService):
     def _log_offsets(self, ctx: ServiceContext) -> dict[str, int]:
         """How far the logs were read, from the stored record (a caller's copy may predate the last read)."""
         fresh = self._record(ctx)
-        return {"refused_offset": fresh.get("refused_offset", 0), "xvnc_offset": fresh.get("xvnc_offset", 0)}
+        return {"refused_offset": fresh.refused_offset, "xvnc_offset": fresh.xvnc_offset}
 
-    def _new_lines(self, ctx: ServiceContext, rec: dict[str, Any], name: str, offset_field: str) -> list[str]:
+    def _new_lines(self, ctx: ServiceContext, rec: DesktopRecord, name: str, offset_field: str) -> list[str]:
         """Complete lines a head-node log gained since the offset kept on the desktop record (then moved on)."""
-        offset = rec.get(offset_field) or 0
+        offset = getattr(rec, offset_field) or 0  # refused_offset or xvnc_offset
         data = ctx.backend.read_bytes(ctx.head, self.folder(ctx) / name, offset, 1 << 16)
         if not data:
             return []
@@ -292,7 +299,7 @@ class DesktopService(JobService):
             seen = float(text)
         except ValueError:
             return
-        if seen > (ctx.store.get_job(ctx.job_id).get("desktop_activity_at") or 0):
+        if seen > (ctx.store.get_job(ctx.job_id).desktop_activity_at or 0):
             ctx.store.update_job(ctx.job_id, desktop_activity_at=seen)
 
     def _firewall(self, ctx: ServiceContext, port: int, cidrs: list[str]) -> None:
@@ -316,13 +323,13 @@ class DesktopService(JobService):
     def folder(ctx: ServiceContext) -> Path:
         return ctx.paths.root / "desktop"
 
-    def _record(self, ctx: ServiceContext) -> dict[str, Any]:
+    def _record(self, ctx: ServiceContext) -> DesktopRecord:
         return desktop_record(ctx.store.get_job(ctx.job_id))
 
     def _save(self, ctx: ServiceContext, **fields: Any) -> None:
-        ctx.store.update_job(ctx.job_id, desktop={**self._record(ctx), **fields})
+        ctx.store.update_job(ctx.job_id, desktop=self._record(ctx).merged(**fields))
 
-    def _set_state(self, ctx: ServiceContext, state: str, event: dict[str, Any], **fields: Any) -> None:
+    def _set_state(self, ctx: ServiceContext, state: DesktopState, event: dict[str, Any], **fields: Any) -> None:
         self._save(ctx, state=state, **fields)
         ctx.store.append_event(ctx.job_id, EventKind.DESKTOP, {"state": state, **event})
 

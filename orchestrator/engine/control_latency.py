@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.model.commands import Command
 from orchestrator.model.events import Event, EventKind
+from orchestrator.model.states import RUN_ENDED, JobState, RunState
 
 BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-ACTIONS = ("pause", "restart", "rerun", "terminate")
-ENDED = {"PAUSED", "COMPLETED", "FAILED", "STOPPED"}
+# the commands timed, as the strings their control events and the histogram's keys carry
+ACTIONS = tuple(c.value for c in (Command.PAUSE, Command.RESTART, Command.RERUN, Command.TERMINATE))
 PENDING_MAX_AGE = 3600.0  # a command not applied within the hour is forgotten (it never will be)
 LOCK_SECONDS = 30
 
@@ -22,11 +24,11 @@ LOCK_SECONDS = 30
 def applies(action: str, run: str | None, event: Event) -> bool:
     """Does `event` show the command `action` (on `run`) done?"""
     state = event.data.get("state")
-    if action == "terminate":
-        return event.kind is EventKind.JOB_STATE and state == "TERMINATED"
+    if action == Command.TERMINATE:
+        return event.kind is EventKind.JOB_STATE and state == JobState.TERMINATED
     if event.kind is not EventKind.RUN_STATE or event.data.get("run") != run:
         return False
-    return state in ENDED if action == "pause" else state == "RUNNING"
+    return state in RUN_ENDED if action == Command.PAUSE else state == RunState.RUNNING
 
 
 def step(events: list[Event], pending: list[list[Any]]) -> tuple[list[tuple[str, float]], list[list[Any]]]:

@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from orchestrator.cluster import get_backend
 from orchestrator.cluster.base import ClusterBackend, HostKeyRefused, Node
+from orchestrator.engine.context import EngineContext
 from orchestrator.engine.edits import apply_overlay, overlay
 from orchestrator.engine.faults import fault_point
 from orchestrator.engine.limits import check_limits
 from orchestrator.engine.materialize import materialize_run
 from orchestrator.engine.node_health import fail_on_node_fault, kill_leftovers, restart_on_replacement, wants_recovery
-from orchestrator.engine.runctl import RunControl
-from orchestrator.engine.stopping import StoppingSteps, remove_stale_files
+from orchestrator.engine.runctl import adopt_started
+from orchestrator.engine.stopping import Stopping, remove_stale_files
 from orchestrator.model.errors import E2EError
 from orchestrator.model.events import EventKind
 from orchestrator.model.paths import JobPaths, RunPaths
-from orchestrator.model.services import ServiceContext, services
+from orchestrator.model.records import Job, Run, Signals, StopIntent
 from orchestrator.model.settings import Settings
-from orchestrator.model.spec import validate_spec
 from orchestrator.model.states import RUN_ENDED, JobState, RunState
 from orchestrator.store.jobs import JobStore
 from solvers.base import Registry, RunMode, SolverPlugin, registry
@@ -32,71 +30,57 @@ PID_WAIT = 2.0          # seconds launch waits for the wrapper's pid before leav
 LOG_CHUNK = 1 << 20     # bytes of solver log parsed per observation
 
 
-@dataclass
-class Lifecycle(StoppingSteps):
-    """The engine's steps, each short and idempotent: safe to run twice, safe to resume after a crash."""
+class Lifecycle:
+    """The engine's steps, each short and idempotent: safe to run twice, safe to resume after a crash.
+    What they share is an EngineContext; stopping a run and terminating a job are the Stopping steps."""
 
-    store: JobStore
-    settings: Settings
-    plugins: Registry
+    def __init__(self, store: JobStore, settings: Settings, plugins: Registry) -> None:
+        self.ctx = EngineContext(store, settings, plugins)
+        self.stopping = Stopping(self.ctx, observe=self.observe)
 
     @classmethod
     def create(cls, store: JobStore, settings: Settings) -> Lifecycle:
         return cls(store, settings, registry())
 
     @property
-    def control(self) -> RunControl:
-        return RunControl(self.store, self.settings)
+    def store(self) -> JobStore:
+        return self.ctx.store
 
-    # -- helpers
-    def backend_of(self, job: dict[str, Any]) -> ClusterBackend:
-        return get_backend(job["backend"], self.settings)
+    @property
+    def settings(self) -> Settings:
+        return self.ctx.settings
 
-    def nodes_of(self, job: dict[str, Any], backend: ClusterBackend) -> list[Node]:
-        by_name = {n.name: n for n in backend.inventory()}
-        return [by_name[name] for name in job["nodes"] if name in by_name]
+    # -- what callers outside the engine look up (the client's live edit)
+    def backend_of(self, job: Job) -> ClusterBackend:
+        return self.ctx.backend_of(job)
+
+    def nodes_of(self, job: Job, backend: ClusterBackend) -> list[Node]:
+        return self.ctx.nodes_of(job, backend)
 
     def paths(self, job_id: str) -> JobPaths:
-        return JobPaths.for_job(self.settings.root, job_id)
+        return self.ctx.paths(job_id)
 
-    def spec_of(self, job: dict[str, Any]):
-        return validate_spec(job["spec"], check_paths=False, source=f"job {job['id']} spec")
+    def plugin_of(self, job: Job) -> SolverPlugin:
+        return self.ctx.plugin_of(job)
 
-    def plugin_of(self, job: dict[str, Any]) -> SolverPlugin:
-        return self.plugins.get(job["solver"])
+    # -- the stopping steps (the control and terminate tasks call these)
+    def stop_run(self, job: Job, run: Run, intent: StopIntent = StopIntent.TERMINATE) -> None:
+        self.stopping.stop_run(job, run, intent)
 
-    def service_context(self, job: dict[str, Any]) -> ServiceContext | None:
-        backend = self.backend_of(job)
-        nodes = self.nodes_of(job, backend)
-        if not nodes:
-            return None
-        return ServiceContext(job=job, spec=self.spec_of(job), backend=backend, nodes=nodes,
-                              paths=self.paths(job["id"]), store=self.store, settings=self.settings)
+    def apply_signals(self, job_id: str, run_id: str) -> None:
+        self.stopping.apply_signals(job_id, run_id)
 
-    def _each_service(self, job: dict[str, Any], step: str) -> bool:
-        """Run one step (start, supervise, stop) of every wanted service; True when all stops finished."""
-        ctx = self.service_context(job)
-        if ctx is None:
-            return True
-        done = True
-        for service in services():
-            try:
-                if not service.wanted(ctx):
-                    continue
-                result = getattr(service, step)(ctx)
-                done = done and (result is not False)
-            except (E2EError, OSError) as exc:  # a failing service is reported, never fatal to the job
-                self.store.append_event(job["id"], EventKind.WARNING,
-                                        {"service": service.name, "step": step, "message": str(exc)})
-        return done
+    def drive_termination(self, job_id: str) -> None:
+        self.stopping.drive_termination(job_id)
 
     # -- provision
     def provision(self, job_id: str) -> None:
         """QUEUED -> PROVISIONING (lease nodes) -> UP (directories ready), then launch the current run."""
+        ctx = self.ctx
         job = self.store.get_job(job_id)
-        backend = self.backend_of(job)
-        if job["state"] is JobState.QUEUED:
-            spec = self.spec_of(job)
+        backend = ctx.backend_of(job)
+        if job.state is JobState.QUEUED:
+            spec = ctx.spec_of(job)
             leased = self.store.allocate(backend.name, job_id, spec.cluster.nodes,
                                          [n.name for n in backend.inventory()])
             if isinstance(leased, str):
@@ -105,13 +89,14 @@ class Lifecycle(StoppingSteps):
                                              data={"nodes": leased}, nodes=leased):
                 return
             job = self.store.get_job(job_id)
-        if job["state"] is not JobState.PROVISIONING:
+        if job.state is not JobState.PROVISIONING:
             return
         try:
-            backend.allocate(job_id, self.nodes_of(job, backend), self.spec_of(job).cluster.cores_per_node)
-            for node in self.nodes_of(job, backend):
+            nodes = ctx.nodes_of(job, backend)
+            backend.allocate(job_id, nodes, ctx.spec_of(job).cluster.cores_per_node)  # parsed once: cached
+            for node in nodes:
                 backend.prepare_node(node, job_id)
-            paths = self.paths(job_id)
+            paths = ctx.paths(job_id)
             paths.work.mkdir(parents=True, exist_ok=True)
             (paths.root / "runs").mkdir(parents=True, exist_ok=True)
         except (E2EError, OSError) as exc:
@@ -123,31 +108,32 @@ class Lifecycle(StoppingSteps):
             self.store.release(backend.name, job_id)
             return
         if self.store.transition_job(job_id, JobState.UP, expect=[JobState.PROVISIONING], up_at=time.time()):
-            self._each_service(self.store.get_job(job_id), "start")
-            self.launch(job_id, job["current_run"])
+            ctx.each_service(self.store.get_job(job_id), "start")
+            self.launch(job_id, job.current_run)
 
     # -- launch
     def launch(self, job_id: str, run_id: str, redrive: bool = False) -> None:
         """PENDING -> LAUNCHING -> RUNNING, for the run's current attempt. Only the caller that moved the run
         to LAUNCHING spawns it (or reconcile, re-driving a launch that stalled); and a second spawn never
         starts a second solver: the wrapper claims its attempt with an atomic mkdir."""
+        ctx = self.ctx
         job = self.store.get_job(job_id)
-        if job["state"] is not JobState.UP:
+        if job.state is not JobState.UP:
             return
         run = self.store.get_run(job_id, run_id)
-        if run["state"] is RunState.PENDING:
+        if run.state is RunState.PENDING:
             if not self.store.transition_run(job_id, run_id, RunState.LAUNCHING, expect=[RunState.PENDING],
-                                             data={"attempt": run.get("attempt") or 1},
+                                             data={"attempt": run.attempt},
                                              launch_requested_at=time.time()):
                 return
             run = self.store.get_run(job_id, run_id)
         elif not redrive:
             return
-        if run["state"] is not RunState.LAUNCHING:
+        if run.state is not RunState.LAUNCHING:
             return
-        backend = self.backend_of(job)
-        nodes = self.nodes_of(job, backend)
-        paths = self.paths(job_id).run(run_id, run.get("attempt") or 1)
+        backend = ctx.backend_of(job)
+        nodes = ctx.nodes_of(job, backend)
+        paths = ctx.paths(job_id).run(run_id, run.attempt)
         head = nodes[0]
         if not backend.exists(head, paths.claim):
             try:
@@ -166,79 +152,69 @@ class Lifecycle(StoppingSteps):
             fault_point(f"{step}.after_spawn")
         deadline = time.monotonic() + PID_WAIT
         while time.monotonic() < deadline:
-            if self._adopt_started(job_id, run_id, backend, head, paths):
+            if adopt_started(self.store, job_id, run_id, backend, head, paths):
                 return
             time.sleep(0.002)
 
-    def _write_run_files(self, job: dict[str, Any], run: dict[str, Any], nodes: list[Node], paths: RunPaths,
+    def _write_run_files(self, job: Job, run: Run, nodes: list[Node], paths: RunPaths,
                          stage_to: tuple[str, ...] = ()) -> None:
-        mode = RunMode(run.get("mode") or RunMode.FRESH.value)
-        plugin = self.plugin_of(job)
-        if paths.attempt > 1 or run["id"] != "run-001":
+        ctx = self.ctx
+        mode = RunMode(run.mode or RunMode.FRESH)
+        plugin = ctx.plugin_of(job)
+        if paths.attempt > 1 or run.id != "run-001":
             remove_stale_files(plugin, paths.root)  # a leftover stop file would stop the new attempt at once
         # Edited input files go in first: a fresh prepare copies inputs without overwriting them, and a
         # restart's prepare applies the spec's parameters on top of them.
         paths.root.mkdir(parents=True, exist_ok=True)
-        apply_overlay(overlay(self.paths(job["id"]), run.get("revision") or job.get("revision") or 1), paths.root)
-        prepared = materialize_run(self.spec_of(job), plugin, job["id"], run["id"], nodes, paths, mode=mode,
+        apply_overlay(overlay(ctx.paths(job.id), run.revision or job.revision or 1), paths.root)
+        prepared = materialize_run(ctx.spec_of(job), plugin, job.id, run.id, nodes, paths, mode=mode,
                                    site_env=self.settings.solver_env, stage_hosts=stage_to)
-        previous = run.get("log_file")
-        offset = run.get("log_offset") or 0
+        previous = run.log_file
+        offset = run.log_offset or 0
         log_path = paths.root / prepared.log_file
         if previous != prepared.log_file or not log_path.exists() or log_path.stat().st_size < offset:
             offset = 0  # a new log (or one the solver will overwrite): parse it from the start
-        self.store.update_run(job["id"], run["id"], log_file=prepared.log_file, log_offset=offset,
+        self.store.update_run(job.id, run.id, log_file=prepared.log_file, log_offset=offset,
                               progress_total=prepared.progress_total, node=nodes[0].name, info=prepared.info)
 
-    def _adopt_started(self, job_id: str, run_id: str, backend: ClusterBackend, head: Node,
-                       paths: RunPaths) -> bool:
-        """LAUNCHING -> RUNNING once the wrapper has recorded its pid."""
-        pid = backend.read_bytes(head, paths.pid)
-        if not pid:
-            return False
-        started = backend.read_bytes(head, paths.started_at) or b""
-        self.store.transition_run(job_id, run_id, RunState.RUNNING, expect=[RunState.LAUNCHING],
-                                  data={"pid": int(pid)}, pid=int(pid),
-                                  started_at=float(started or time.time()))
-        return True
-
     # -- observe
-    def observe(self, job: dict[str, Any], run: dict[str, Any]) -> None:
+    def observe(self, job: Job, run: Run) -> None:
         """Move an active run along: launch or adopt it, parse new log, notice the exit, apply pending
         freeze/stop effects, escalate slow stops."""
-        job_id, run_id = job["id"], run["id"]
-        state = run["state"]
+        ctx = self.ctx
+        job_id, run_id = job.id, run.id
+        state = run.state
         if state is RunState.PENDING:
-            if job["state"] is JobState.UP and time.time() - run["updated_at"] > self.settings.launch_timeout / 2:
+            if job.state is JobState.UP and time.time() - run.updated_at > self.settings.launch_timeout / 2:
                 self.launch(job_id, run_id)  # the launch task was lost
             return
-        backend = self.backend_of(job)
-        nodes = self.nodes_of(job, backend)
+        backend = ctx.backend_of(job)
+        nodes = ctx.nodes_of(job, backend)
         if not nodes or state in RUN_ENDED:
             if wants_recovery(job, run):
                 self.recover_node_fault(job_id, run_id)  # one a crashed worker left undone
             return
         head = nodes[0]
-        paths = self.paths(job_id).run(run_id, run.get("attempt") or 1)
+        paths = ctx.paths(job_id).run(run_id, run.attempt)
         if state is RunState.LAUNCHING:
-            if self._adopt_started(job_id, run_id, backend, head, paths):
+            if adopt_started(self.store, job_id, run_id, backend, head, paths):
                 return
-            if time.time() - (run.get("launch_requested_at") or 0) > self.settings.launch_timeout:
+            if time.time() - (run.launch_requested_at or 0) > self.settings.launch_timeout:
                 log.warning("re-driving launch of %s/%s", job_id, run_id)
                 self.store.update_run(job_id, run_id, launch_requested_at=time.time())
                 self.launch(job_id, run_id, redrive=True)
             return
-        plugin = self.plugin_of(job)
+        plugin = ctx.plugin_of(job)
         if fail_on_node_fault(self.store, job, run, backend, nodes):
             self.recover_node_fault(job_id, run_id)
             return
         self._follow_log(job_id, run, plugin, backend, head, paths)
-        code = _exit_code(backend, head, paths)
-        if code is None and not backend.group_alive(head, run["pid"]):
-            code = _exit_code(backend, head, paths)  # the wrapper may have recorded it and left just now
+        code = exit_code(backend, head, paths)
+        if code is None and not backend.group_alive(head, run.pid):
+            code = exit_code(backend, head, paths)  # the wrapper may have recorded it and left just now
             if code is None:
                 reason = "the run's processes are gone and no exit code was recorded (killed?)"
-                to = _stopped_state(run) if state is RunState.STOPPING else RunState.FAILED
+                to = stopped_state(run) if state is RunState.STOPPING else RunState.FAILED
                 self.store.transition_run(job_id, run_id, to, expect=[state], data={"reason": reason},
                                           reason=reason, ended_at=time.time())
                 return
@@ -248,58 +224,58 @@ class Lifecycle(StoppingSteps):
             except (E2EError, OSError) as exc:  # the next attempt's launch gathers again
                 log.warning("gathering %s/%s to the head failed: %s", job_id, run_id, exc)
             self._finish(job_id, run, plugin, code, backend, head, paths)
-        elif state is RunState.FROZEN and run.get("signals") != "frozen":
-            self.control.freeze(backend, nodes, job_id, run)   # the freeze task was lost
-        elif state is RunState.RUNNING and run.get("signals") == "frozen":
-            self.control.thaw(backend, nodes, job_id, run)     # the resume task was lost
+        elif state is RunState.FROZEN and run.signals is not Signals.FROZEN:
+            ctx.control.freeze(backend, nodes, job_id, run)   # the freeze task was lost
+        elif state is RunState.RUNNING and run.signals is Signals.FROZEN:
+            ctx.control.thaw(backend, nodes, job_id, run)     # the resume task was lost
         elif state is RunState.STOPPING:
-            if run.get("stop_sent_at") is None:
-                self.control.stop(plugin, backend, nodes, job_id, run, paths.root)  # the stop task was lost
+            if run.stop_sent_at is None:
+                ctx.control.stop(plugin, backend, nodes, job_id, run, paths.root)  # the stop task was lost
             else:
-                self.control.escalate(backend, nodes, job_id, run)
+                ctx.control.escalate(backend, nodes, job_id, run)
 
     def recover_node_fault(self, job_id: str, run_id: str) -> None:
         """restart_on_node_failure: the run failed by a node fault restarts on replacement nodes."""
         job = self.store.get_job(job_id)
-        if restart_on_replacement(self.store, self.settings, job_id, run_id, self.backend_of(job)):
+        if restart_on_replacement(self.store, self.settings, job_id, run_id, self.ctx.backend_of(job)):
             self.launch(job_id, run_id)
 
-    def _follow_log(self, job_id: str, run: dict[str, Any], plugin: SolverPlugin, backend: ClusterBackend,
+    def _follow_log(self, job_id: str, run: Run, plugin: SolverPlugin, backend: ClusterBackend,
                     head: Node, paths: RunPaths) -> None:
-        if not run.get("log_file"):
+        if not run.log_file:
             return
-        offset = run.get("log_offset") or 0
-        data = backend.read_bytes(head, paths.root / run["log_file"], offset, LOG_CHUNK)
+        offset = run.log_offset or 0
+        data = backend.read_bytes(head, paths.root / run.log_file, offset, LOG_CHUNK)
         if not data:
             return
         cut = data.rfind(b"\n") + 1
         if cut == 0:
             return  # no complete line yet
-        last = run.get("progress")
-        progress = plugin.parse_progress(data[:cut].decode(errors="replace"), last)
+        progress = plugin.parse_progress(data[:cut].decode(errors="replace"), run.progress)
         if progress is None:
-            self.store.update_run(job_id, run["id"], log_offset=offset + cut)
+            self.store.update_run(job_id, run.id, log_offset=offset + cut)
             return
-        if progress.total is None and run.get("progress_total") is not None:
-            progress = progress.model_copy(update={"total": run["progress_total"]})
-        self.store.record_progress(job_id, run["id"], progress, offset + cut)
-        run["progress"], run["log_offset"] = progress, offset + cut
+        if progress.total is None and run.progress_total is not None:
+            progress = progress.model_copy(update={"total": run.progress_total})
+        self.store.record_progress(job_id, run.id, progress, offset + cut)
+        run.progress, run.log_offset = progress, offset + cut
 
-    def _finish(self, job_id: str, run: dict[str, Any], plugin: SolverPlugin, code: int,
+    def _finish(self, job_id: str, run: Run, plugin: SolverPlugin, code: int,
                 backend: ClusterBackend, head: Node, paths: RunPaths) -> None:
         tail = b""
-        if run.get("log_file"):
-            size_hint = max(0, (run.get("log_offset") or 0) - 8192)
-            tail = backend.read_bytes(head, paths.root / run["log_file"], size_hint) or b""
+        if run.log_file:
+            size_hint = max(0, (run.log_offset or 0) - 8192)
+            tail = backend.read_bytes(head, paths.root / run.log_file, size_hint) or b""
         outcome = plugin.judge_exit(code, tail.decode(errors="replace")[-8192:])
-        if run["state"] is RunState.STOPPING:
-            to = _stopped_state(run) if outcome.ok or run.get("stop_intent") != "pause" else RunState.FAILED
-            verb = {RunState.PAUSED: "paused on request", RunState.STOPPED: "stopped on request"}.get(to, "pause failed")
+        if run.state is RunState.STOPPING:
+            to = stopped_state(run) if outcome.ok or run.stop_intent is not StopIntent.PAUSE else RunState.FAILED
+            verbs = {RunState.PAUSED: "paused on request", RunState.STOPPED: "stopped on request"}
+            verb = verbs.get(to, "pause failed")
             reason = f"{verb} ({outcome.reason})"
         else:
             to, reason = (RunState.COMPLETED if outcome.ok else RunState.FAILED), outcome.reason
         ended = backend.read_bytes(head, paths.ended_at) or b""
-        self.store.transition_run(job_id, run["id"], to, expect=[run["state"]],
+        self.store.transition_run(job_id, run.id, to, expect=[run.state],
                                   data={"exit_code": code, "reason": reason}, exit_code=code, reason=reason,
                                   ended_at=float(ended or time.time()))
 
@@ -307,17 +283,17 @@ class Lifecycle(StoppingSteps):
     def reconcile_job(self, job_id: str) -> None:
         """One observation of one job, moving its state machine where the world has moved."""
         job = self.store.get_job(job_id)
-        state = job["state"]
+        state = job.state
         if state is JobState.QUEUED:
             self.provision(job_id)
         elif state is JobState.PROVISIONING:
-            if time.time() - job["updated_at"] > self.settings.launch_timeout:
+            if time.time() - job.updated_at > self.settings.launch_timeout:
                 self.provision(job_id)
         elif state is JobState.UP:
-            run = self.store.get_run(job_id, job["current_run"])
+            run = self.store.get_run(job_id, job.current_run)
             self.observe(job, run)
-            self._each_service(job, "supervise")
-            check_limits(self.store, job, self.store.get_run(job_id, run["id"]))
+            self.ctx.each_service(job, "supervise")
+            check_limits(self.store, job, self.store.get_run(job_id, run.id))
         elif state is JobState.TERMINATING:
             self.drive_termination(job_id)
 
@@ -350,10 +326,10 @@ def stage_hosts(backend: ClusterBackend, nodes: list[Node]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def _exit_code(backend: ClusterBackend, head: Node, paths: RunPaths) -> int | None:
+def exit_code(backend: ClusterBackend, head: Node, paths: RunPaths) -> int | None:
     raw = backend.read_bytes(head, paths.exit_code)
     return int(raw) if raw is not None and raw.strip() else None
 
 
-def _stopped_state(run: dict[str, Any]) -> RunState:
-    return RunState.PAUSED if run.get("stop_intent") == "pause" else RunState.STOPPED
+def stopped_state(run: Run) -> RunState:
+    return RunState.PAUSED if run.stop_intent is StopIntent.PAUSE else RunState.STOPPED

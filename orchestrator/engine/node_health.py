@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
 
 from orchestrator.cluster.base import ClusterBackend, Node
 from orchestrator.cluster.ssh import PROBE_TIMEOUT, node_faults
@@ -15,6 +14,7 @@ from orchestrator.engine.attempts import next_attempt
 from orchestrator.engine.runctl import signal_run
 from orchestrator.model.errors import BackendError, InvalidState
 from orchestrator.model.events import EventKind
+from orchestrator.model.records import Job, Run
 from orchestrator.model.settings import Settings
 from orchestrator.model.states import JobState, RunState
 from orchestrator.store.jobs import JobStore
@@ -26,12 +26,12 @@ LEFTOVER_RETRY = 15.0   # seconds between tries to reach a node that was silent 
 WATCHED = (RunState.RUNNING, RunState.FROZEN, RunState.STOPPING)
 
 
-def fail_on_node_fault(store: JobStore, job: dict[str, Any], run: dict[str, Any], backend: ClusterBackend,
+def fail_on_node_fault(store: JobStore, job: Job, run: Run, backend: ClusterBackend,
                        nodes: list[Node], timeout: float = PROBE_TIMEOUT) -> bool:
     """Probe every node of the job (in parallel, each within timeout); when any does not answer, mark the
     run FAILED with the nodes named, record an error event, and kill the run's processes on the nodes that
     still answer (MPI ranks would otherwise wait forever for the lost ones). True when the run failed."""
-    if run["state"] not in WATCHED:
+    if run.state not in WATCHED:
         return False
     faults = node_faults(backend, nodes, timeout)
     if not faults:
@@ -39,21 +39,21 @@ def fail_on_node_fault(store: JobStore, job: dict[str, Any], run: dict[str, Any]
     names = sorted(faults)
     reason = f"node{'s' if len(names) > 1 else ''} {', '.join(names)} stopped answering: " + \
         "; ".join(faults[n] for n in names)
-    if not store.transition_run(job["id"], run["id"], RunState.FAILED, expect=[run["state"]],
+    if not store.transition_run(job.id, run.id, RunState.FAILED, expect=[run.state],
                                 data={"reason": reason, "nodes": names}, reason=reason, ended_at=time.time(),
                                 failed_nodes=names):
         return False
-    store.append_event(job["id"], EventKind.ERROR, {"step": "observe", "nodes": names, "message": reason})
+    store.append_event(job.id, EventKind.ERROR, {"step": "observe", "nodes": names, "message": reason})
     for name in names:
-        store.append_event(job["id"], EventKind.NODE_FAILED, {"run": run["id"], "node": name,
-                                                              "message": f"node {name}: {faults[name]}"})
-    tag = f"{job['id']}/{run['id']}"
+        store.append_event(job.id, EventKind.NODE_FAILED, {"run": run.id, "node": name,
+                                                           "message": f"node {name}: {faults[name]}"})
+    tag = f"{job.id}/{run.id}"
     for node in nodes:
         if node.name in faults:
             continue
         try:
-            if node is nodes[0] and run.get("pid"):
-                backend.signal_group(node, run["pid"], signal.SIGKILL)
+            if node is nodes[0] and run.pid:
+                backend.signal_group(node, run.pid, signal.SIGKILL)
             backend.signal_tagged(node, tag, signal.SIGKILL)
         except BackendError:
             pass  # this one went silent too; the failure above already names the cause
@@ -71,12 +71,12 @@ def answering_nodes(store: JobStore, job_id: str, backend: ClusterBackend, nodes
     return [n for n in nodes if n.name not in faults]
 
 
-def wants_recovery(job: dict[str, Any], run: dict[str, Any]) -> bool:
+def wants_recovery(job: Job, run: Run) -> bool:
     """A run failed by a node fault, of a job that asked to restart then, not yet handled; never a run
     being paused or frozen by its user (restarting it would undo what they asked for)."""
-    return (run["state"] is RunState.FAILED and bool(run.get("failed_nodes")) and not run.get("recovery")
-            and not run.get("stop_intent") and not run.get("frozen_at")
-            and bool(((job.get("spec") or {}).get("cluster") or {}).get("restart_on_node_failure")))
+    return (run.state is RunState.FAILED and bool(run.failed_nodes) and not run.recovery
+            and not run.stop_intent and not run.frozen_at
+            and bool(((job.spec or {}).get("cluster") or {}).get("restart_on_node_failure")))
 
 
 def restart_on_replacement(store: JobStore, settings: Settings, job_id: str, run_id: str,
@@ -86,13 +86,13 @@ def restart_on_replacement(store: JobStore, settings: Settings, job_id: str, run
     its latest checkpoint. True when the caller should launch it; otherwise the run stays FAILED with why.
     Safe to repeat: the swap happens once, the restart is a compare-and-set."""
     job, run = store.get_job(job_id), store.get_run(job_id, run_id)
-    if job["state"] is not JobState.UP or not wants_recovery(job, run):
+    if job.state is not JobState.UP or not wants_recovery(job, run):
         return False  # e.g. the job is terminating: a failed run is what terminate expects
     if type(backend).allocate is not ClusterBackend.allocate:
         return _give_up(store, job_id, run, f"the {backend.name} backend's allocation cannot take a replacement node")
-    dead = run["failed_nodes"]
-    plugin = registry().get(job["solver"])
-    note = {"reason": run.get("reason"), "job": job_id, "run": run_id, "at": time.time()}
+    dead = run.failed_nodes
+    plugin = registry().get(job.solver)
+    note = {"reason": run.reason, "job": job_id, "run": run_id, "at": time.time()}
     swaps = store.replace_nodes(backend.name, job_id, dead, [n.name for n in backend.inventory()], note,
                                 allow_fewer=plugin.runs_on_fewer_nodes)
     if swaps == "nofree":
@@ -104,7 +104,7 @@ def restart_on_replacement(store: JobStore, settings: Settings, job_id: str, run
     job = store.get_job(job_id)
     by_name = {n.name: n for n in backend.inventory()}
     try:
-        for name in job["nodes"]:
+        for name in job.nodes:
             backend.prepare_node(by_name[name], job_id)
         started = next_attempt(store, settings.root, job, run, by="engine", cause="node fault")
     except (BackendError, InvalidState) as exc:
@@ -116,22 +116,22 @@ def restart_on_replacement(store: JobStore, settings: Settings, job_id: str, run
     return True
 
 
-def _give_up(store: JobStore, job_id: str, run: dict[str, Any], why: str) -> bool:
+def _give_up(store: JobStore, job_id: str, run: Run, why: str) -> bool:
     """Leave the run FAILED, saying why it was not restarted (once: the marker stops further tries)."""
-    reason = f"{run.get('reason')}; not restarted: {why}"
-    store.update_run(job_id, run["id"], recovery=why, reason=reason)
-    store.append_event(job_id, EventKind.WARNING, {"run": run["id"], "message": f"not restarted: {why}"})
+    reason = f"{run.reason}; not restarted: {why}"
+    store.update_run(job_id, run.id, recovery=why, reason=reason)
+    store.append_event(job_id, EventKind.WARNING, {"run": run.id, "message": f"not restarted: {why}"})
     return False
 
 
-def note_leftovers(store: JobStore, job: dict[str, Any], silent: list[str]) -> None:
+def note_leftovers(store: JobStore, job: Job, silent: list[str]) -> None:
     """Terminate goes on without silent nodes; remember them, because the run's processes may live on there
     (a cut link leaves them running): once released, the node would run that ghost beside its next job."""
-    runs = [r["id"] for r in store.list_runs(job["id"]) if r.get("pid")]
-    if not silent or not runs or job["id"] in store.leftovers():
+    runs = [r.id for r in store.list_runs(job.id) if r.pid]
+    if not silent or not runs or job.id in store.leftovers():
         return
-    store.set_leftovers(job["id"], {"backend": job["backend"], "nodes": silent, "runs": runs, "next": time.time()})
-    store.append_event(job["id"], EventKind.WARNING, {
+    store.set_leftovers(job.id, {"backend": job.backend, "nodes": silent, "runs": runs, "next": time.time()})
+    store.append_event(job.id, EventKind.WARNING, {
         "step": "terminate", "nodes": silent,
         "message": f"processes of this job may still run on {', '.join(silent)}: killed when it answers again"})
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from orchestrator.cluster.base import ClusterBackend, Node
 from orchestrator.model.errors import BackendError, UserError
+from orchestrator.model.states import NodeState
 from orchestrator.store.jobs import JobStore
 
 PROBE_TIMEOUT = 3.0
@@ -29,9 +30,9 @@ def node_rows(backend: ClusterBackend, leases: dict[str, str],
             problem = exc.message
         job = leases.get(node.name) or None  # the pool stores free nodes with an empty job
         note = drained.get(node.name)
-        return {"name": node.name, "address": node.address, "cores": node.cores,
-                "state": "drained" if note else "leased" if job else "free", "job": job, "load": load,
-                "reachable": problem is None, "problem": problem, "drained": note}
+        state = NodeState.DRAINED if note else NodeState.LEASED if job else NodeState.FREE
+        return {"name": node.name, "address": node.address, "cores": node.cores, "state": state, "job": job,
+                "load": load, "reachable": problem is None, "problem": problem, "drained": note}
     nodes = backend.inventory()
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as pool:
         return list(pool.map(row, nodes))

@@ -12,13 +12,14 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable
 
+from orchestrator.model.records import Attempt, Job, Run
 from orchestrator.model.states import JOB_TERMINAL, RUN_ENDED, RunState
 
 NOT_STARTED = frozenset({RunState.PENDING, RunState.LAUNCHING})  # no interval yet for this attempt
 
 
-def _shape(job: dict[str, Any]) -> tuple[int, int]:
-    cluster = (job.get("spec") or {}).get("cluster") or {}
+def _shape(job: Job) -> tuple[int, int]:
+    cluster = (job.spec or {}).get("cluster") or {}
     return int(cluster.get("nodes") or 1), int(cluster.get("cores_per_node") or 1)
 
 
@@ -31,19 +32,18 @@ def overlap(start: float | None, end: float | None, since: float | None, until: 
     return max(0.0, end - start)
 
 
-def attempts(run: dict[str, Any]) -> list[dict[str, Any]]:
+def attempts(run: Run) -> list[Attempt]:
     """Every attempt of a run with its interval (ended_at None: still going): the recorded past ones, then
     the current one once it has started."""
-    found = [dict(a) for a in run.get("past_attempts") or []]
-    state = RunState(run["state"])
-    if state not in NOT_STARTED and run.get("started_at") is not None:
+    found = list(run.past_attempts)
+    if run.state not in NOT_STARTED and run.started_at is not None:
         # an ended run without ended_at ended when it last changed state
-        end = run.get("ended_at") or (run.get("updated_at") if state in RUN_ENDED else None)
-        found.append({"attempt": run.get("attempt") or 1, "started_at": run["started_at"], "ended_at": end})
+        end = run.ended_at or (run.updated_at if run.state in RUN_ENDED else None)
+        found.append(Attempt(attempt=run.attempt, started_at=run.started_at, ended_at=end))
     return found
 
 
-def job_usage(job: dict[str, Any], runs: Iterable[dict[str, Any]], now: float | None = None,
+def job_usage(job: Job, runs: Iterable[Run], now: float | None = None,
               since: float | None = None, until: float | None = None) -> dict[str, Any]:
     """One job's charged core-hours (per run and attempt) and its uncharged desktop hours, in [since, until]."""
     now = time.time() if now is None else now
@@ -52,26 +52,26 @@ def job_usage(job: dict[str, Any], runs: Iterable[dict[str, Any]], now: float | 
     rows, charged = [], 0.0
     for run in runs:
         for attempt in attempts(run):
-            seconds = overlap(attempt["started_at"], attempt["ended_at"], since, until)
+            seconds = overlap(attempt.started_at, attempt.ended_at, since, until)
             used = nodes * cores * seconds / 3600
             charged += used
-            rows.append({"run": run["id"], "attempt": attempt.get("attempt"), "started_at": attempt["started_at"],
-                         "ended_at": attempt["ended_at"], "seconds": round(seconds, 3),
+            rows.append({"run": run.id, "attempt": attempt.attempt, "started_at": attempt.started_at,
+                         "ended_at": attempt.ended_at, "seconds": round(seconds, 3),
                          "core_hours": round(used, 6)})
-    return {"id": job["id"], "owner": job.get("owner"), "name": job.get("name"), "state": _value(job["state"]),
+    return {"id": job.id, "owner": job.owner, "name": job.name, "state": job.state.value,
             "nodes": nodes, "cores_per_node": cores, "core_hours": round(charged, 6),
             "desktop_hours": round(desktop_seconds(job, since, until) / 3600, 6), "attempts": rows}
 
 
-def desktop_seconds(job: dict[str, Any], since: float | None, until: float) -> float:
+def desktop_seconds(job: Job, since: float | None, until: float) -> float:
     """How long the job's desktop was there: from the cluster up (the desktop starts with it) until the job
     terminated (or now)."""
-    desktop = job.get("desktop") or {}
-    enabled = ((job.get("spec") or {}).get("desktop") or {}).get("enabled", True)
-    if not enabled or not desktop or job.get("up_at") is None:
+    published = job.desktop is not None and bool(job.desktop.model_dump())  # a desktop record with anything in it
+    enabled = ((job.spec or {}).get("desktop") or {}).get("enabled", True)
+    if not enabled or not published or job.up_at is None:
         return 0.0
-    end = job.get("updated_at") if _value(job["state"]) in {s.value for s in JOB_TERMINAL} else None
-    return overlap(job["up_at"], end, since, until)
+    end = job.updated_at if job.state in JOB_TERMINAL else None
+    return overlap(job.up_at, end, since, until)
 
 
 def summarise(jobs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -89,7 +89,7 @@ def usage(store: Any, owner: str | None, limit: int = 10_000, since: float | Non
           until: float | None = None) -> dict[str, Any]:
     """Usage of the newest `limit` jobs (only `owner`'s when given): per job and per user."""
     now = time.time()
-    rows = [job_usage(job, store.list_runs(job["id"]), now, since, until)
+    rows = [job_usage(job, store.list_runs(job.id), now, since, until)
             for job in store.list_jobs(limit, owner=owner)]
     users = summarise(rows)
     return {"since": since, "until": min(until, now) if until is not None else now, "jobs": rows, "users": users,
@@ -97,6 +97,3 @@ def usage(store: Any, owner: str | None, limit: int = 10_000, since: float | Non
                       "desktop_hours": round(sum(u["desktop_hours"] for u in users.values()), 6)},
             "charged": "core_hours", "note": "desktop time is shown, not charged"}
 
-
-def _value(state: Any) -> str:
-    return state.value if hasattr(state, "value") else str(state)

@@ -1,13 +1,14 @@
-"""Typed records of the engine's state: Job, Run and Attempt, as the store decodes them (its only codec)."""
+"""Typed records of the engine's state: Job, Run and Attempt, and the desktop and sync records the per-job
+services publish on the job, as the store decodes them (its only codec)."""
 
 from __future__ import annotations
 
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
-from orchestrator.model.states import JobState, RunState
+from orchestrator.model.states import DesktopState, JobState, RunState, SyncState
 from solvers.base import Progress, RunMode
 
 
@@ -60,6 +61,50 @@ class Attempt(Record):
     ended_at: float | None = None
 
 
+class Published(Record):
+    """A record a per-job service publishes on the job, stored as JSON in one job field. Only the fields it
+    was given are stored and shown (as the dict it replaces did): an unset field reads as its default."""
+
+    @model_serializer(mode="wrap")
+    def _given_fields_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        given = self.model_fields_set | set(self.__pydantic_extra__ or {})
+        return {key: value for key, value in handler(self).items() if key in given}
+
+    def merged(self, **fields: Any) -> Published:
+        """A copy with `fields` set (validated), the rest as given so far."""
+        return type(self).model_validate({**self.model_dump(), **fields})
+
+
+class DesktopRecord(Published):
+    """The job's desktop session (`Job.desktop`), written by the desktop service only."""
+
+    state: DesktopState | None = None
+    reason: str | None = None
+    permanent: bool = False          # a failure restarting cannot help (a missing component)
+    restarts: int = 0
+    started_at: float | None = None
+    ready_at: float | None = None
+    term_sent_at: float | None = None
+    # how to reach it
+    url: str | None = None
+    vnc_port: int | None = None
+    web_port: int | None = None
+    display: str | None = None
+    ssh: list[Any] | None = None     # [user, host, port] of the head node
+    access: list[str] | None = None  # the CIDRs allowed in
+    firewall: bool = False           # nftables rules loaded on the head node
+    password_version: int | None = None
+    # how far the head node's logs were read for refusals
+    refused_offset: int = 0
+    xvnc_offset: int = 0
+
+
+class SyncRecord(Published):
+    """The job's sync (`Job.sync`); reserved: the sync reports through SYNC_STATE events today."""
+
+    state: SyncState | None = None
+
+
 class Job(Record):
     """A submitted job: its spec revision, state, leased nodes and current run."""
 
@@ -94,8 +139,8 @@ class Job(Record):
     idle_shutdown_warned_at: float | None = None
     desktop_activity_at: float | None = None
     # per-job services' published state
-    desktop: dict[str, Any] | None = None
-    sync: dict[str, Any] | None = None
+    desktop: DesktopRecord | None = None
+    sync: SyncRecord | None = None
     ssh_keys: str | None = None
 
 

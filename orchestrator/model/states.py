@@ -1,8 +1,9 @@
-"""Job and run states, and the only transitions allowed between them, as data."""
+"""Job and run states, and the only transitions allowed between them, as data; the states of the per-job
+services (desktop, sync) and of nodes."""
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, StrEnum
 
 
 class JobState(str, Enum):
@@ -68,3 +69,30 @@ def job_sources(target: JobState) -> frozenset[JobState]:
 def run_sources(target: RunState) -> frozenset[RunState]:
     """Every run state from which `target` may be entered."""
     return frozenset(s for s, nxt in RUN_TRANSITIONS.items() if target in nxt)
+
+
+# -- the per-job services' and the nodes' states (StrEnum: they print and format as their value)
+class DesktopState(StrEnum):
+    """Where the job's desktop session is (the `desktop` record published on the job)."""
+
+    STARTING = "starting"  # session.sh spawned; no VNC login has worked yet
+    READY = "ready"        # the engine logged in over RFB with the session password; the gateway listens
+    FAILED = "failed"      # gave up (a missing component, or too many restarts)
+    STOPPED = "stopped"    # stopped with the job
+
+
+class SyncState(StrEnum):
+    """What the job's sync process reports (SYNC_STATE events)."""
+
+    STARTED = "started"      # a sync process began
+    PAUSED = "paused"        # it left because the engine stopped calling (no heartbeat)
+    STOPPED = "stopped"      # its final pass is done
+    RESTARTED = "restarted"  # the engine started a new one after the last had died
+
+
+class NodeState(StrEnum):
+    """A node of a backend's inventory, as `e2e nodes` and the API show it."""
+
+    FREE = "free"
+    LEASED = "leased"    # held by a job
+    DRAINED = "drained"  # out of service (after a fault, or by hand)

@@ -118,7 +118,7 @@ class JobStore(NodeLeases, Sweeps):
         pipe.execute()
         return job_id
 
-    def get_job(self, job_id: str) -> dict[str, Any]:
+    def get_job(self, job_id: str) -> Job:
         raw = self._r.hgetall(self._keys.job(job_id))
         if not raw:
             raise NotFound(f"no job {job_id!r}")
@@ -145,7 +145,7 @@ class JobStore(NodeLeases, Sweeps):
             pipe.hget(self._keys.job(job_id), "owner")
         return pipe.execute()
 
-    def list_jobs(self, limit: int = 100, owner: str | None = None) -> list[dict[str, Any]]:
+    def list_jobs(self, limit: int = 100, owner: str | None = None) -> list[Job]:
         """The newest jobs first; only `owner`'s when given."""
         ids = self._r.zrevrange(self._keys.owned(owner) if owner is not None else self._keys.jobs, 0, limit - 1)
         pipe = self._r.pipeline(transaction=False)
@@ -189,13 +189,13 @@ class JobStore(NodeLeases, Sweeps):
                          deactivate=to in JOB_TERMINAL)
 
     # -- runs
-    def get_run(self, job_id: str, run_id: str) -> dict[str, Any]:
+    def get_run(self, job_id: str, run_id: str) -> Run:
         raw = self._r.hgetall(self._keys.run(job_id, run_id))
         if not raw:
             raise NotFound(f"job {job_id} has no run {run_id!r}")
         return _decode_run(raw)
 
-    def list_runs(self, job_id: str) -> list[dict[str, Any]]:
+    def list_runs(self, job_id: str) -> list[Run]:
         count = int(self._r.hget(self._keys.job(job_id), "runs") or 0)
         pipe = self._r.pipeline(transaction=False)
         for i in range(1, count + 1):

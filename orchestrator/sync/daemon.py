@@ -27,6 +27,7 @@ from watchdog.observers import Observer
 
 from orchestrator.model.errors import BackendError
 from orchestrator.model.paths import JobPaths
+from orchestrator.model.states import SyncState
 from orchestrator.sync.engine import SyncPair
 from orchestrator.sync.nodelink import NodeLink
 from orchestrator.sync.tree import TEMP_MARK, LocalSide
@@ -196,7 +197,7 @@ def run(job_dir: Path, rescan: float = RESCAN, orphan_after: float = ORPHAN_AFTE
     for folder in (paths.runs, paths.work):
         observer.schedule(changes, str(folder), recursive=True)
     observer.start()
-    job.emit("sync.state", {"state": "started", "pid": os.getpid()})
+    job.emit("sync.state", {"state": SyncState.STARTED.value, "pid": os.getpid()})
     try:
         due, full_at, last_pass = None, 0.0, 0.0
         while not _asked_to_stop(sp.stop_request):
@@ -205,7 +206,8 @@ def run(job_dir: Path, rescan: float = RESCAN, orphan_after: float = ORPHAN_AFTE
                 return 0
             if _silent_for(sp.heartbeat) > orphan_after:
                 log.warning("no heartbeat from the engine for %.0fs; leaving", orphan_after)
-                job.emit("sync.state", {"state": "paused", "message": "the engine stopped looking after this job"})
+                job.emit("sync.state", {"state": SyncState.PAUSED.value,
+                                        "message": "the engine stopped looking after this job"})
                 return 0
             timeout = rescan if due is None else max(0.0, min(rescan, due - time.time()))
             if node is not None:  # no inotify on the node: its run directories are listed every `poll`
@@ -229,7 +231,7 @@ def run(job_dir: Path, rescan: float = RESCAN, orphan_after: float = ORPHAN_AFTE
             moved += job.sync_all(final=True)[0]
             if not moved:
                 break
-        job.emit("sync.state", {"state": "stopped"})
+        job.emit("sync.state", {"state": SyncState.STOPPED.value})
         sp.done.write_text(str(time.time()))
         return 0
     finally:

@@ -257,7 +257,7 @@ class SyncPair:
                 outcomes = list(pool.map(self._copy, copies))
         else:
             outcomes = [self._copy(job) for job in copies]
-        for job, outcome in zip(copies, outcomes):
+        for job, outcome in zip(copies, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 self._warn(job.rel, f"not synced: {outcome}")
             elif outcome is None:  # still being written: look again soon

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 from orchestrator.model.errors import InfrastructureError, NotFound
 from orchestrator.model.paths import JobPaths, results_dir
+from orchestrator.model.records import Job
 from orchestrator.model.services import ServiceContext
 from orchestrator.model.states import JobState
 from orchestrator.sync.confine import check_rel, confined, link_stays_inside, open_confined
@@ -182,12 +183,12 @@ def results_store(home: Path) -> ResultsStore:
     return LocalResultsStore(home)
 
 
-def files_of(home: Path, record: dict[str, Any]) -> ResultsStore:
+def files_of(home: Path, job: Job) -> ResultsStore:
     """Where a job's files are read from: its stored results once it has them, the live work folder before."""
     store = results_store(home)
-    if record["state"] is JobState.TERMINATED or store.manifest(record["id"]) is not None:
+    if job.state is JobState.TERMINATED or store.manifest(job.id) is not None:
         return store
-    return LiveFiles(JobPaths.for_job(home, record["id"]).work)
+    return LiveFiles(JobPaths.for_job(home, job.id).work)
 
 
 def store_results(ctx: ServiceContext) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from orchestrator.cluster.base import ClusterBackend, Node
 from orchestrator.cluster.local import LocalBackend
 from orchestrator.model.events import EventKind
 from orchestrator.model.services import JobService, ServiceContext
+from orchestrator.model.states import SyncState
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,8 @@ class SyncService(JobService):
         if not self._needs_spawn(ctx):
             return
         # A fresh start while the job is UP: forget a stop asked of an earlier process.
-        self._host(ctx).write_bytes( sp.stop_request, b"")
-        self._host(ctx).write_bytes( sp.done, b"")
+        self._host(ctx).write_bytes(sp.stop_request, b"")
+        self._host(ctx).write_bytes(sp.done, b"")
         self._spawn(ctx)
 
     def supervise(self, ctx: ServiceContext) -> None:
@@ -81,7 +82,7 @@ class SyncService(JobService):
         self.forward_events(ctx)
         if self._stop_requested_at(ctx) is not None or not self._needs_spawn(ctx):
             return
-        ctx.store.append_event(ctx.job_id, EventKind.SYNC_STATE, {"state": "restarted",
+        ctx.store.append_event(ctx.job_id, EventKind.SYNC_STATE, {"state": SyncState.RESTARTED.value,
                                                                   "message": "the sync process had died"})
         self._spawn(ctx)
 
@@ -95,7 +96,7 @@ class SyncService(JobService):
             return True
         asked = self._stop_requested_at(ctx)
         if asked is None:
-            self._host(ctx).write_bytes( sp.stop_request, f"{time.time():.3f}".encode())
+            self._host(ctx).write_bytes(sp.stop_request, f"{time.time():.3f}".encode())
             asked = time.time()
         if time.time() - asked > STOP_TIMEOUT:
             ctx.store.append_event(ctx.job_id, EventKind.WARNING, {
@@ -112,7 +113,7 @@ class SyncService(JobService):
             return 0  # another worker is forwarding right now
         try:
             offset = store.locks.sync_forward_offset(ctx.job_id)
-            data = self._host(ctx).read_bytes( ctx.paths.sync.events, offset, FORWARD_CHUNK) or b""
+            data = self._host(ctx).read_bytes(ctx.paths.sync.events, offset, FORWARD_CHUNK) or b""
             cut = data.rfind(b"\n") + 1
             sent = 0
             for line in data[:cut].splitlines():
@@ -140,8 +141,8 @@ class SyncService(JobService):
 
     def _spawn(self, ctx: ServiceContext) -> None:
         sp = ctx.paths.sync
-        self._host(ctx).write_bytes( sp.pid, b"")  # the new process writes its own
-        self._host(ctx).write_bytes( sp.spawned_at, f"{time.time():.3f}".encode())
+        self._host(ctx).write_bytes(sp.pid, b"")  # the new process writes its own
+        self._host(ctx).write_bytes(sp.spawned_at, f"{time.time():.3f}".encode())
         # The shell hands the process its log as stdout/stderr at once: a spawner waiting for its stderr
         # to close (to report start-up errors) returns immediately. Paths travel as arguments, never as code.
         host = self._host(ctx)
@@ -154,29 +155,29 @@ class SyncService(JobService):
 
     def _heartbeat(self, ctx: ServiceContext) -> None:
         """The process leaves when the engine stops calling (no orphans once the engine is gone)."""
-        self._host(ctx).write_bytes( ctx.paths.sync.heartbeat, f"{time.time():.3f}".encode())
+        self._host(ctx).write_bytes(ctx.paths.sync.heartbeat, f"{time.time():.3f}".encode())
 
     def _pid(self, ctx: ServiceContext) -> int | None:
-        pid = (self._host(ctx).read_bytes( ctx.paths.sync.pid) or b"").strip()
+        pid = (self._host(ctx).read_bytes(ctx.paths.sync.pid) or b"").strip()
         return int(pid) if pid.isdigit() else None
 
     def _alive(self, ctx: ServiceContext) -> bool:
         pid = self._pid(ctx)
-        return pid is not None and self._host(ctx).group_alive( pid)
+        return pid is not None and self._host(ctx).group_alive(pid)
 
     def _needs_spawn(self, ctx: ServiceContext) -> bool:
         """Nothing runs: no live process, and none just spawned that has not written its pid yet."""
         pid = self._pid(ctx)
         if pid is not None:
-            return not self._host(ctx).group_alive( pid)
-        when = _number(self._host(ctx).read_bytes( ctx.paths.sync.spawned_at))
+            return not self._host(ctx).group_alive(pid)
+        when = _number(self._host(ctx).read_bytes(ctx.paths.sync.spawned_at))
         return when is None or time.time() - when > SPAWN_GRACE
 
     def _stop_requested_at(self, ctx: ServiceContext) -> float | None:
-        return _number(self._host(ctx).read_bytes( ctx.paths.sync.stop_request))
+        return _number(self._host(ctx).read_bytes(ctx.paths.sync.stop_request))
 
     def _done(self, ctx: ServiceContext) -> bool:
-        return _number(self._host(ctx).read_bytes( ctx.paths.sync.done)) is not None
+        return _number(self._host(ctx).read_bytes(ctx.paths.sync.done)) is not None
 
 
 def _number(data: bytes | None) -> float | None:

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from orchestrator.desktop.service import desktop_record
+from orchestrator.model.records import DesktopRecord
 from tests.conftest import require
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -29,8 +30,8 @@ def spec(name: str, seconds: int = 300, **desktop) -> dict:
             "desktop": {"enabled": True, **desktop}}
 
 
-def wait_desktop(engine, job_id: str, states=("ready", "failed"), timeout: float = 60) -> dict:
-    doc = engine.client.wait(job_id, lambda d: desktop_record(d).get("state") in states, timeout=timeout, poll=0.05)
+def wait_desktop(engine, job_id: str, states=("ready", "failed"), timeout: float = 60) -> DesktopRecord:
+    doc = engine.client.wait(job_id, lambda d: desktop_record(d).state in states, timeout=timeout, poll=0.05)
     return desktop_record(doc)
 
 

@@ -171,7 +171,7 @@ def test_redis_sigkill_with_aof_loses_nothing(tmp_path):
         wait_for_redis(url)
         # Then every job and every event seen before the kill is still there, and the jobs carry on
         for job_id, (job, event_ids) in before.items():
-            assert client.store.get_job(job_id)["spec"] == job["spec"]
+            assert client.store.get_job(job_id).spec == job.spec
             after = [e.id for e in client.events(job_id)]
             assert after[:len(event_ids)] == event_ids
         for job_id, starts in jobs:

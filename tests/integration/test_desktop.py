@@ -58,7 +58,7 @@ def test_desktop_logs_in_with_its_password_only_and_shows_connected_in_chromium(
     job_id = client.submit_data(spec("desk", geometry="1024x768", depth=24))
 
     rec = wait_desktop(engine, job_id)
-    assert rec["state"] == "ready", rec.get("reason")
+    assert rec.state == "ready", rec.reason
     d = connect.desktop(client, job_id)
 
     # a VNC client gets in with the session password, and sees the geometry the spec asked for
@@ -97,7 +97,7 @@ def test_desktop_logs_in_with_its_password_only_and_shows_connected_in_chromium(
         driver.save_screenshot(str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         # a connected viewer counts as activity (for limits.idle_shutdown)
-        wait_for(lambda: (client.job(job_id).get("desktop_activity_at") or 0) > rec["ready_at"], 30,
+        wait_for(lambda: (client.job(job_id).get("desktop_activity_at") or 0) > rec.ready_at, 30,
                  "desktop activity recorded")
     finally:
         close_chromium(driver)
@@ -151,18 +151,18 @@ def test_gateway_admits_only_the_allowed_networks_and_the_session_token(engine, 
     # 127.0.0.2 is allowed, 127.0.0.1 is not: both are this machine, so the test needs no other host
     job_id = client.submit_data(spec("desk-cidr", access=["127.0.0.2/32", "2001:db8::/32"]))
     rec = wait_desktop(engine, job_id)
-    assert rec["state"] == "ready", rec.get("reason")
-    assert rec["access"] == ["127.0.0.2/32", "2001:db8::/32"]
+    assert rec.state == "ready", rec.reason
+    assert rec.access == ["127.0.0.2/32", "2001:db8::/32"]
     d = connect.desktop(client, job_id)
 
-    assert _http_get(d.record["web_port"], "127.0.0.1") == b""          # outside: no answer at all
-    inside = _http_get(d.record["web_port"], "127.0.0.2")
+    assert _http_get(d.record.web_port, "127.0.0.1") == b""          # outside: no answer at all
+    inside = _http_get(d.record.web_port, "127.0.0.2")
     assert inside.startswith(b"HTTP/1.1 200") and b"noVNC" in inside
     upgrade = ("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
-    assert _http_get(d.record["web_port"], "127.0.0.2", "/websockify?token=forged", upgrade).startswith(
+    assert _http_get(d.record.web_port, "127.0.0.2", "/websockify?token=forged", upgrade).startswith(
         b"HTTP/1.1 403")
-    assert _http_get(d.record["web_port"], "127.0.0.2", f"/websockify?token={d.secret.token}",
+    assert _http_get(d.record.web_port, "127.0.0.2", f"/websockify?token={d.secret.token}",
                      upgrade).startswith(b"HTTP/1.1 101")
 
     # the tunnel helper checks the user's address too: this client reaches Redis from 127.0.0.1
@@ -182,14 +182,14 @@ def test_gateway_admits_only_the_allowed_networks_and_the_session_token(engine, 
 
     # nftables rules were rendered for the gateway port with the job's networks
     rules = (JobPaths.for_job(engine.settings.root, job_id).root / "desktop" / "nftables.conf").read_text()
-    assert f"tcp dport {d.record['web_port']} ip saddr @allowed4 accept" in rules and "127.0.0.2" in rules
+    assert f"tcp dport {d.record.web_port} ip saddr @allowed4 accept" in rules and "127.0.0.2" in rules
     _terminate(engine, job_id)
 
 
 def test_set_password_reaches_the_running_session_with_a_view_only_password(engine):
     client = engine.client
     job_id = client.submit_data(spec("desk-pw"))
-    assert wait_desktop(engine, job_id)["state"] == "ready"
+    assert wait_desktop(engine, job_id).state == "ready"
     old = connect.desktop(client, job_id).secret.password
 
     version = connect.set_password(client, job_id, "n3wpassword", "v1ewonly")  # 11 chars: 8 count
@@ -207,14 +207,14 @@ def test_set_password_reaches_the_running_session_with_a_view_only_password(engi
 def test_a_dead_session_is_restarted_while_the_job_is_up(engine):
     client = engine.client
     job_id = client.submit_data(spec("desk-restart"))
-    assert wait_desktop(engine, job_id)["state"] == "ready"
+    assert wait_desktop(engine, job_id).state == "ready"
     first = _pgid(engine, job_id)
     os.killpg(first, 9)
 
     wait_for(lambda: client.job(job_id)["desktop"].get("restarts") == 1, 30, "a restart")
     rec = wait_desktop(engine, job_id)
-    assert rec["state"] == "ready" and _pgid(engine, job_id) != first
-    authenticate("127.0.0.1", rec["vnc_port"], connect.desktop(client, job_id).secret.password)
+    assert rec.state == "ready" and _pgid(engine, job_id) != first
+    authenticate("127.0.0.1", rec.vnc_port, connect.desktop(client, job_id).secret.password)
     warnings = [e.data["message"] for e in client.events(job_id) if e.kind is EventKind.WARNING]
     assert any("restarting" in m for m in warnings)
     _terminate(engine, job_id)

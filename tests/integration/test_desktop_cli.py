@@ -55,32 +55,32 @@ def test_keys_access_and_desktop_commands(e2e, engine, tmp_path):
     job_id = e2e("submit", str(spec)).strip()
     try:
         rec = wait_desktop(engine, job_id)
-        assert rec["state"] == "ready" and rec["access"] == ["127.0.0.0/8", "2001:db8::/32"]
+        assert rec.state == "ready" and rec.access == ["127.0.0.0/8", "2001:db8::/32"]
 
         url = e2e("desktop", job_id).strip()
-        assert url.startswith(rec["url"] + "#autoconnect=1") and "token%3D" in url and "password=" in url
+        assert url.startswith(rec.url + "#autoconnect=1") and "token%3D" in url and "password=" in url
         status = e2e("status", job_id)
-        assert "desktop  ready" in status and rec["url"] in status and "token" not in status
+        assert "desktop  ready" in status and rec.url in status and "token" not in status
 
         # a native viewer's file: the head node is this machine, so it points at the display's port
         vnc = tmp_path / "out.vnc"
         e2e("desktop", job_id, "--vnc-file", str(vnc))
         fields = dict(line.split("=", 1) for line in vnc.read_text().splitlines() if "=" in line)
-        assert fields["Host"] == f"127.0.0.1:{rec['vnc_port']}" and oct(vnc.stat().st_mode & 0o777) == "0o600"
+        assert fields["Host"] == f"127.0.0.1:{rec.vnc_port}" and oct(vnc.stat().st_mode & 0o777) == "0o600"
         password, _ = read_passwd_file(bytes.fromhex(fields["Password"]))
-        assert authenticate("127.0.0.1", rec["vnc_port"], password).width == 800
+        assert authenticate("127.0.0.1", rec.vnc_port, password).width == 800
 
         tunnel = e2e("desktop", job_id, "--tunnel", "--local-port", "15901")
-        assert f"ssh -N -L 15901:127.0.0.1:{rec['vnc_port']} " in tunnel and "PuTTY" in tunnel
+        assert f"ssh -N -L 15901:127.0.0.1:{rec.vnc_port} " in tunnel and "PuTTY" in tunnel
 
         # vncpasswd's dialogue, piped: password, verify, view-only? y, password, verify
         assert "too short" in e2e("desktop", job_id, "--set-password", stdin="abc\nabc\n", code=2)
         assert "mismatch" not in e2e("desktop", job_id, "--set-password",
                                      stdin="s3cret99\ns3cret99\ny\nlook0nly\nlook0nly\n")
-        assert authenticate("127.0.0.1", rec["vnc_port"], "s3cret99")
-        assert authenticate("127.0.0.1", rec["vnc_port"], "look0nly")
+        assert authenticate("127.0.0.1", rec.vnc_port, "s3cret99")
+        assert authenticate("127.0.0.1", rec.vnc_port, "look0nly")
         with pytest.raises(AuthFailed):
-            authenticate("127.0.0.1", rec["vnc_port"], password)
+            authenticate("127.0.0.1", rec.vnc_port, password)
 
         # the head node's authorized_keys has the key, restricted to the job's networks
         node = engine.client.job(job_id)["nodes"][0]

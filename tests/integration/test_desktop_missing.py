@@ -20,7 +20,7 @@ def test_job_completes_while_its_desktop_fails_for_want_of_xvnc(redis_url, tmp_p
     try:
         job_id = engine.client.submit_data(spec("no-xvnc", seconds=1))
         rec = wait_desktop(engine, job_id)
-        assert rec["state"] == "failed" and "Xvnc is not installed" in rec["reason"]
+        assert rec.state == "failed" and "Xvnc is not installed" in rec.reason
         doc = engine.wait_run(job_id, timeout=60)
         assert doc["runs_detail"][0]["state"] is RunState.COMPLETED
         engine.client.terminate(job_id)

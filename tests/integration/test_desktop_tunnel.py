@@ -64,7 +64,7 @@ def test_tunnel_reaches_the_display_from_inside_the_rules_only(engine, tmp_path)
     job_id = engine.client.submit_data(spec("desk-tunnel", access=["127.0.0.2/32"]))
     sshd = None
     try:
-        assert wait_desktop(engine, job_id)["state"] == "ready"
+        assert wait_desktop(engine, job_id).state == "ready"
         d = desktop_connect.desktop(engine.client, job_id)
         node = engine.client.job(job_id)["nodes"][0]
         authorized = engine.settings.root / "nodes" / node / "home" / ".ssh" / "authorized_keys"

@@ -22,6 +22,7 @@ from orchestrator.model.commands import ALLOWED, Command, allowed_commands, chec
 from orchestrator.model.errors import InvalidState, SpecError
 from orchestrator.model.events import EventKind
 from orchestrator.model.paths import JobPaths
+from orchestrator.model.records import Run
 from orchestrator.model.states import RUN_ACTIVE, RUN_ENDED, JobState, RunState
 
 
@@ -126,24 +127,24 @@ def _job(store, **limits) -> dict:
 def test_walltime_warns_first_then_terminates(store):
     job = _job(store, walltime=105.0)  # up 100 s ago: inside the warning window (10% = 10.5 s)
     assert check_limits(store, job, None) is None
-    warnings = [e for e in store.events(job["id"]) if e.kind is EventKind.WARNING]
+    warnings = [e for e in store.events(job.id) if e.kind is EventKind.WARNING]
     assert len(warnings) == 1 and "walltime" in warnings[0].data["message"]
-    assert check_limits(store, store.get_job(job["id"]), None) is None   # warned once only
-    assert len([e for e in store.events(job["id"]) if e.kind is EventKind.WARNING]) == 1
-    store.update_job(job["id"], up_at=time.time() - 200)
-    assert check_limits(store, store.get_job(job["id"]), None) == "walltime"
-    assert store.get_job(job["id"])["state"] is JobState.TERMINATING
+    assert check_limits(store, store.get_job(job.id), None) is None   # warned once only
+    assert len([e for e in store.events(job.id) if e.kind is EventKind.WARNING]) == 1
+    store.update_job(job.id, up_at=time.time() - 200)
+    assert check_limits(store, store.get_job(job.id), None) == "walltime"
+    assert store.get_job(job.id).state is JobState.TERMINATING
 
 
 def test_idle_shutdown_counts_only_while_no_run_is_active(store):
     job = _job(store, idle_shutdown=50.0)
-    running = {"id": "run-001", "state": RunState.RUNNING}
+    running = Run(id="run-001", state=RunState.RUNNING)
     assert deadlines(job, running) == {}
-    ended = {"id": "run-001", "state": RunState.COMPLETED, "ended_at": time.time() - 60}
+    ended = Run(id="run-001", state=RunState.COMPLETED, ended_at=time.time() - 60)
     assert check_limits(store, job, ended) == "idle_shutdown"
     job2 = _job(store, idle_shutdown=50.0)
-    store.update_job(job2["id"], desktop_activity_at=time.time())  # someone uses the desktop
-    assert check_limits(store, store.get_job(job2["id"]), ended) is None
+    store.update_job(job2.id, desktop_activity_at=time.time())  # someone uses the desktop
+    assert check_limits(store, store.get_job(job2.id), ended) is None
 
 
 # -- store: runs and revisions
@@ -155,16 +156,16 @@ def test_add_run_only_after_the_current_run_ended(store):
     assert store.add_run(job_id, after="run-001", revision=2) == "run-002"
     assert store.add_run(job_id, after="run-001") is None  # run-001 is no longer current
     job = store.get_job(job_id)
-    assert job["current_run"] == "run-002" and job["runs"] == 2
-    assert store.get_run(job_id, "run-002")["revision"] == 2
-    assert [r["id"] for r in store.list_runs(job_id)] == ["run-001", "run-002"]
+    assert job.current_run == "run-002" and job.runs == 2
+    assert store.get_run(job_id, "run-002").revision == 2
+    assert [r.id for r in store.list_runs(job_id)] == ["run-001", "run-002"]
 
 
 def test_add_revision_is_compare_and_set(store):
     job_id = new_job(store)
     assert store.add_revision(job_id, 1, {"name": "b"}, {"by": "u", "changes": []}) == 2
     assert store.add_revision(job_id, 1, {"name": "c"}, {"by": "v", "changes": []}) is None
-    assert store.get_job(job_id)["spec"] == {"name": "b"} and store.get_job(job_id)["revision"] == 2
+    assert store.get_job(job_id).spec == {"name": "b"} and store.get_job(job_id).revision == 2
     assert [r["revision"] for r in store.revisions(job_id)] == [2]
 
 
@@ -174,7 +175,7 @@ def test_set_run_once_treats_a_cleared_field_as_unset(store):
     assert not store.set_run_once(job_id, "run-001", "term_sent_at", 2.0)
     store.update_run(job_id, "run-001", term_sent_at=None)   # a restart clears it
     assert store.set_run_once(job_id, "run-001", "term_sent_at", 3.0)
-    assert store.get_run(job_id, "run-001")["term_sent_at"] == 3.0
+    assert store.get_run(job_id, "run-001").term_sent_at == 3.0
 
 
 def test_restart_is_a_transition_back_to_pending(store, tmp_path: Path):
@@ -182,4 +183,4 @@ def test_restart_is_a_transition_back_to_pending(store, tmp_path: Path):
     store._r.hset(store._keys.run(job_id, "run-001"), "state", "PAUSED")
     assert store.transition_run(job_id, "run-001", RunState.PENDING, expect=[RunState.PAUSED], attempt=2)
     run = store.get_run(job_id, "run-001")
-    assert run["state"] is RunState.PENDING and run["attempt"] == 2
+    assert run.state is RunState.PENDING and run.attempt == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ from orchestrator.model.paths import JobPaths
 from orchestrator.model.services import ServiceContext
 from orchestrator.model.settings import Settings
 from orchestrator.model.spec import spec_for_store, validate_spec
+from orchestrator.model.states import DesktopState
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +58,19 @@ def test_a_head_node_without_xvnc_fails_the_desktop_with_the_package_to_install(
     service.start(ctx)
 
     rec = desktop_record(ctx.store.get_job(ctx.job_id))
-    assert rec["state"] == "failed" and rec["permanent"] is True
-    assert "Xvnc is not installed" in rec["reason"] and "tigervnc-standalone-server" in rec["reason"]
+    assert rec.state is DesktopState.FAILED and rec.permanent is True
+    assert "Xvnc is not installed" in rec.reason and "tigervnc-standalone-server" in rec.reason
     events = [e.data for e in ctx.store.events(ctx.job_id) if e.kind is EventKind.DESKTOP]
-    assert events[-1] == {"state": "failed", "reason": rec["reason"]}
+    assert events[-1] == {"state": "failed", "reason": rec.reason}
+    # stored as the JSON the API shows: only the fields the service set
+    stored = json.loads(ctx.store._r.hget(ctx.store._keys.job(ctx.job_id), "desktop"))
+    assert stored["state"] == "failed" and "vnc_port" not in stored and "ready_at" not in stored
     # nothing is retried, and stopping a failed desktop is immediate
     service.supervise(ctx)
     service.start(ctx)
-    assert desktop_record(ctx.store.get_job(ctx.job_id))["state"] == "failed"
+    assert desktop_record(ctx.store.get_job(ctx.job_id)).state is DesktopState.FAILED
     assert service.stop(ctx) is True
-    assert desktop_record(ctx.store.get_job(ctx.job_id))["state"] == "stopped"
+    assert desktop_record(ctx.store.get_job(ctx.job_id)).state is DesktopState.STOPPED
 
 
 def test_session_files_keep_secrets_private_and_the_script_parses(ctx, no_xvnc_path, monkeypatch):

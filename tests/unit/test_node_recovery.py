@@ -31,17 +31,17 @@ def owners(store) -> dict[str, str]:
 
 def test_a_dead_node_is_drained_and_swapped_in_place_once(store):
     job_id = leased_job(store)
-    assert store.get_job(job_id)["nodes"] == ["node-01", "node-02"]
+    assert store.get_job(job_id).nodes == ["node-01", "node-02"]
 
     swaps = store.replace_nodes("local", job_id, ["node-01"], INVENTORY, NOTE)
 
     assert swaps == {"node-01": "node-03"}
-    assert store.get_job(job_id)["nodes"] == ["node-03", "node-02"]  # the replacement is the new head
+    assert store.get_job(job_id).nodes == ["node-03", "node-02"]  # the replacement is the new head
     assert owners(store) == {"node-01": "", "node-02": job_id, "node-03": job_id}
     assert store.drained("local") == {"node-01": NOTE}
     # a second call (a redelivered task) finds nothing left to swap and changes nothing
     assert store.replace_nodes("local", job_id, ["node-01"], INVENTORY, NOTE) == "none"
-    assert store.get_job(job_id)["nodes"] == ["node-03", "node-02"]
+    assert store.get_job(job_id).nodes == ["node-03", "node-02"]
 
 
 def test_drained_nodes_are_never_leased_until_undrained(store):
@@ -59,11 +59,11 @@ def test_without_a_free_node_nothing_moves_unless_fewer_nodes_will_do(store):
     job_id = leased_job(store, nodes=3)
     before = owners(store)
     assert store.replace_nodes("local", job_id, ["node-02"], INVENTORY, NOTE) == "nofree"
-    assert owners(store) == before and store.get_job(job_id)["nodes"] == INVENTORY
+    assert owners(store) == before and store.get_job(job_id).nodes == INVENTORY
     assert "node-02" in store.drained("local")  # dead either way
 
     assert store.replace_nodes("local", job_id, ["node-02"], INVENTORY, NOTE, allow_fewer=True) == {"node-02": None}
-    assert store.get_job(job_id)["nodes"] == ["node-01", "node-03"]
+    assert store.get_job(job_id).nodes == ["node-01", "node-03"]
     assert owners(store)["node-02"] == ""
 
 
@@ -92,9 +92,9 @@ def test_the_flag_restarts_the_run_as_its_next_attempt_on_a_replacement(store, s
     assert restart_on_replacement(store, settings, job_id, "run-001", LocalBackend(settings))
 
     run = store.get_run(job_id, "run-001")
-    assert run["state"] is RunState.PENDING and run["attempt"] == 2 and run["mode"] == "restart"
-    assert run.get("pid") is None and run.get("failed_nodes") is None and run.get("reason") is None
-    assert store.get_job(job_id)["nodes"] == ["node-01", "node-03"]
+    assert run.state is RunState.PENDING and run.attempt == 2 and run.mode == "restart"
+    assert run.pid is None and run.failed_nodes is None and run.reason is None
+    assert store.get_job(job_id).nodes == ["node-01", "node-03"]
     assert (settings.root / "nodes" / "node-03" / "jobs" / job_id).is_dir()  # prepared for the job
     events = store.events(job_id)
     replaced = [e.data for e in events if e.kind is EventKind.NODE_REPLACED]
@@ -111,7 +111,7 @@ def test_without_the_flag_the_run_stays_failed(store, settings):
     run = failed_by_node_fault(store, settings, job_id, ["node-02"])
     assert not wants_recovery(store.get_job(job_id), run)
     assert not restart_on_replacement(store, settings, job_id, "run-001", LocalBackend(settings))
-    assert store.get_run(job_id, "run-001")["state"] is RunState.FAILED
+    assert store.get_run(job_id, "run-001").state is RunState.FAILED
     assert store.drained("local") == {}
 
 
@@ -124,18 +124,18 @@ def test_no_free_node_leaves_the_run_failed_saying_so(store, settings, monkeypat
     assert not restart_on_replacement(store, settings, job_id, "run-001", LocalBackend(settings))
 
     run = store.get_run(job_id, "run-001")
-    assert run["state"] is RunState.FAILED
-    assert run["reason"] == "node node-03 stopped answering; not restarted: no replacement node free"
+    assert run.state is RunState.FAILED
+    assert run.reason == "node node-03 stopped answering; not restarted: no replacement node free"
     assert not wants_recovery(store.get_job(job_id), run)  # not tried again on every pass
-    assert store.get_job(job_id)["nodes"] == INVENTORY
+    assert store.get_job(job_id).nodes == INVENTORY
 
 
 def test_a_plugin_that_runs_on_fewer_nodes_restarts_on_the_survivors(store, settings):
     job_id = leased_job(store, nodes=3, restart_on_node_failure=True)
     failed_by_node_fault(store, settings, job_id, ["node-01"])
     assert restart_on_replacement(store, settings, job_id, "run-001", LocalBackend(settings))
-    assert store.get_job(job_id)["nodes"] == ["node-02", "node-03"]
-    assert store.get_run(job_id, "run-001")["state"] is RunState.PENDING
+    assert store.get_job(job_id).nodes == ["node-02", "node-03"]
+    assert store.get_run(job_id, "run-001").state is RunState.PENDING
 
 
 def test_a_terminating_job_is_not_restarted(store, settings):
@@ -143,7 +143,7 @@ def test_a_terminating_job_is_not_restarted(store, settings):
     failed_by_node_fault(store, settings, job_id, ["node-02"])
     assert store.transition_job(job_id, JobState.TERMINATING)
     assert not restart_on_replacement(store, settings, job_id, "run-001", LocalBackend(settings))
-    assert store.get_run(job_id, "run-001")["state"] is RunState.FAILED
+    assert store.get_run(job_id, "run-001").state is RunState.FAILED
 
 
 def test_the_flag_is_a_cluster_field_defaulting_to_false():
@@ -181,9 +181,9 @@ def test_a_run_that_ends_between_the_looks_completes_rather_than_fails(store, se
         assert store.transition_run(job_id, "run-001", to, pid=4321)
     lc = Lifecycle.create(store, settings)
     backend = EndsBetweenLooks(settings)
-    lc.backend_of = lambda job: backend
+    lc.ctx.backend_of = lambda job: backend  # the steps find a job's backend through their shared context
 
     lc.observe(store.get_job(job_id), store.get_run(job_id, "run-001"))
 
     assert backend.reads == 2
-    assert store.get_run(job_id, "run-001")["state"] is RunState.COMPLETED
+    assert store.get_run(job_id, "run-001").state is RunState.COMPLETED

@@ -34,16 +34,16 @@ def test_create_job_is_queued_with_a_pending_first_run_and_two_events(store):
 
     # Then the job is QUEUED, version 1, with run-001 PENDING as its current run
     job = store.get_job(job_id)
-    assert job["id"] == job_id
-    assert job["state"] is JobState.QUEUED
-    assert job["version"] == 1
-    assert job["name"] == "first" and job["owner"] == "alice" and job["solver"] == "command"
-    assert job["spec"] == {"name": "first", "cluster": {"nodes": 1}}  # JSON round trip
-    assert job["nodes"] == []
-    assert job["current_run"] == "run-001" and job["runs"] == 1
+    assert job.id == job_id
+    assert job.state is JobState.QUEUED
+    assert job.version == 1
+    assert job.name == "first" and job.owner == "alice" and job.solver == "command"
+    assert job.spec == {"name": "first", "cluster": {"nodes": 1}}  # JSON round trip
+    assert job.nodes == []
+    assert job.current_run == "run-001" and job.runs == 1
     run = store.get_run(job_id, "run-001")
-    assert run["state"] is RunState.PENDING and run["job_id"] == job_id
-    assert [r["id"] for r in store.list_runs(job_id)] == ["run-001"]
+    assert run.state is RunState.PENDING and run.job_id == job_id
+    assert [r.id for r in store.list_runs(job_id)] == ["run-001"]
 
     # And exactly two events were recorded: the job's creation then the run's
     events = store.events(job_id)
@@ -59,7 +59,7 @@ def test_create_job_is_queued_with_a_pending_first_run_and_two_events(store):
 def test_jobs_queue_in_submission_order(store):
     ids = [new_job(store, f"j{i}") for i in range(4)]
     assert store.queued_jobs() == ids
-    assert [j["id"] for j in store.list_jobs()] == list(reversed(ids))  # newest first
+    assert [j.id for j in store.list_jobs()] == list(reversed(ids))  # newest first
 
 
 def test_create_job_retries_when_the_random_id_is_taken(store, monkeypatch):
@@ -71,7 +71,7 @@ def test_create_job_retries_when_the_random_id_is_taken(store, monkeypatch):
     second = new_job(store)
     # Then it gets the next, free one and the first job is untouched
     assert (first, second) == ("aaaa0000", "bbbb0000")
-    assert store.get_job(first)["version"] == 1
+    assert store.get_job(first).version == 1
 
 
 def test_unknown_job_and_run_are_not_found(store):
@@ -95,10 +95,10 @@ def test_transition_from_an_allowed_state_bumps_version_and_sets_fields(store):
 
     assert ok is True
     job = store.get_job(job_id)
-    assert job["state"] is JobState.PROVISIONING
-    assert job["version"] == before["version"] + 1
-    assert job["nodes"] == ["node-01"]
-    assert job["updated_at"] >= before["updated_at"]
+    assert job.state is JobState.PROVISIONING
+    assert job.version == before.version + 1
+    assert job.nodes == ["node-01"]
+    assert job.updated_at >= before.updated_at
     last = store.events(job_id)[-1]
     assert last.kind is EventKind.JOB_STATE
     assert last.data == {"state": "PROVISIONING", "nodes": ["node-01"]}
@@ -117,9 +117,9 @@ def test_transition_from_a_wrong_state_changes_nothing(store):
     # Then it is refused, and neither state, version, fields nor events changed
     assert ok is False
     after = store.get_job(job_id)
-    assert after["state"] is JobState.PROVISIONING
-    assert after["version"] == before["version"]
-    assert after["nodes"] == before["nodes"]
+    assert after.state is JobState.PROVISIONING
+    assert after.version == before.version
+    assert after.nodes == before.nodes
     assert store.events(job_id) == events_before
 
 
@@ -132,7 +132,7 @@ def test_a_target_not_reachable_from_the_current_state_is_refused(store):
     assert store.transition_job(job_id, JobState.TERMINATED) is False
 
     job = store.get_job(job_id)
-    assert job["state"] is JobState.QUEUED and job["version"] == 1
+    assert job.state is JobState.QUEUED and job.version == 1
     assert len(store.events(job_id)) == n_events
     assert job_id in store.active_jobs()
 
@@ -144,7 +144,7 @@ def test_an_expect_set_outside_the_table_is_an_invalid_state(store):
         store.transition_job(job_id, JobState.PROVISIONING, expect=[JobState.UP])
     with pytest.raises(InvalidState):
         store.transition_run(job_id, "run-001", RunState.PENDING, expect=[RunState.RUNNING])  # no such edge
-    assert store.get_job(job_id)["version"] == 1
+    assert store.get_job(job_id).version == 1
 
 
 JOB_PATH = [JobState.PROVISIONING, JobState.UP, JobState.TERMINATING, JobState.TERMINATED]
@@ -160,16 +160,16 @@ def test_every_successful_transition_appends_exactly_one_state_event(store):
         new = store.events(job_id, after=before[-1].id)
         assert kinds(new) == [EventKind.RUN_STATE]
         assert new[0].data == {"state": to.value, "run": "run-001"}
-        assert store.get_run(job_id, "run-001")["state"] is to
+        assert store.get_run(job_id, "run-001").state is to
     for to in JOB_PATH:
         before = store.events(job_id)
         assert store.transition_job(job_id, to)
         new = store.events(job_id, after=before[-1].id)
         assert kinds(new) == [EventKind.JOB_STATE]
         assert new[0].data["state"] == to.value
-        assert store.get_job(job_id)["state"] is to
-    assert store.get_job(job_id)["version"] == 1 + len(JOB_PATH)
-    assert store.get_run(job_id, "run-001")["version"] == 1 + len(RUN_PATH)
+        assert store.get_job(job_id).state is to
+    assert store.get_job(job_id).version == 1 + len(JOB_PATH)
+    assert store.get_run(job_id, "run-001").version == 1 + len(RUN_PATH)
 
 
 def test_run_transitions_refuse_a_wrong_state_without_side_effects(store):
@@ -178,7 +178,7 @@ def test_run_transitions_refuse_a_wrong_state_without_side_effects(store):
     events = store.events(job_id)
     assert store.transition_run(job_id, "run-001", RunState.RUNNING, pid=123) is False
     run = store.get_run(job_id, "run-001")
-    assert run["state"] is RunState.PENDING and run["version"] == 1 and "pid" not in run
+    assert run.state is RunState.PENDING and run.version == 1 and run.pid is None
     assert store.events(job_id) == events
 
 
@@ -188,7 +188,7 @@ def test_terminal_job_state_removes_the_job_from_active_jobs(store):
     assert set(store.active_jobs()) == {job_id, other}  # TERMINATING is still active
     assert store.transition_job(job_id, JobState.TERMINATED)
     assert store.active_jobs() == [other]
-    assert job_id in [j["id"] for j in store.list_jobs()]  # but still listed
+    assert job_id in [j.id for j in store.list_jobs()]  # but still listed
 
 
 def test_update_job_and_run_refuse_state_and_version(store):
@@ -198,15 +198,15 @@ def test_update_job_and_run_refuse_state_and_version(store):
             store.update_job(job_id, **bad)
         with pytest.raises(ValueError):
             store.update_run(job_id, "run-001", **bad)
-    assert store.get_job(job_id)["state"] is JobState.QUEUED
-    assert store.get_job(job_id)["version"] == 1
+    assert store.get_job(job_id).state is JobState.QUEUED
+    assert store.get_job(job_id).version == 1
 
     store.update_job(job_id, results="/tmp/r", nodes=["a", "b"])
     store.update_run(job_id, "run-001", pid=4242, log_file="log.x")
-    assert store.get_job(job_id)["nodes"] == ["a", "b"]
-    assert store.get_job(job_id)["results"] == "/tmp/r"
+    assert store.get_job(job_id).nodes == ["a", "b"]
+    assert store.get_job(job_id).results == "/tmp/r"
     run = store.get_run(job_id, "run-001")
-    assert run["pid"] == 4242 and run["log_file"] == "log.x"
+    assert run.pid == 4242 and run.log_file == "log.x"
 
 
 # -- events
@@ -262,8 +262,8 @@ def test_record_progress_stores_it_and_appends_a_progress_event(store):
     store.record_progress(job_id, "run-001", progress, log_offset=2048)
 
     run = store.get_run(job_id, "run-001")
-    assert run["progress"] == progress
-    assert run["log_offset"] == 2048
+    assert run.progress == progress
+    assert run.log_offset == 2048
     event = store.events(job_id)[-1]
     assert event.kind is EventKind.PROGRESS
     assert event.data["run"] == "run-001"
@@ -371,7 +371,7 @@ def test_only_one_of_twenty_racing_transitions_wins(make_store):
     assert not errors
     assert len(results) == 20 and results.count(True) == 1
     job = make_store().get_job(job_id)
-    assert job["state"] is JobState.PROVISIONING
-    assert job["version"] == 2
-    assert job["winner"] in {str(i) for i in range(20)}
+    assert job.state is JobState.PROVISIONING
+    assert job.version == 2
+    assert job.winner in {str(i) for i in range(20)}
     assert kinds(make_store().events(job_id)).count(EventKind.JOB_STATE) == 1

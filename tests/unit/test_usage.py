@@ -54,7 +54,7 @@ def test_every_attempt_of_a_restarted_run_and_every_rerun_is_charged(store, tmp_
     assert next_attempt(store, tmp_path, record, store.get_run(job, "run-001"), by="alice")
     run = store.get_run(job, "run-001")
     # the next attempt does not inherit the last one's start: until it runs it is charged nothing
-    assert run["state"] is RunState.PENDING and run.get("started_at") is None
+    assert run.state is RunState.PENDING and run.started_at is None
     assert hours(store, job, now=T0 + 5000)["core_hours"] == pytest.approx(600 / 3600, abs=1e-6)
     run_attempt(store, job, "run-001", T0 + 1000, T0 + 2200)
     rerun = store.add_run(job, after="run-001")
