@@ -77,7 +77,8 @@ def edit(job: str,
                                                                       "or limits.walltime=2h (repeatable)"),
          file: Optional[list[str]] = typer.Option(None, "--file", help="LOCAL=RELPATH: replace an input file "
                                                                        "of the case (repeatable)"),
-         live: bool = typer.Option(False, "--live", help="apply to the running solver (OpenFOAM controlDict)"),
+         live: bool = typer.Option(False, "--live", help="apply to the running solver too (its solver plugin "
+                                                          "decides which edits it can apply live)"),
          message: str = typer.Option("", "-m", "--message", help="why; kept in the history"),
          as_json: bool = JSON_OPT) -> None:
     """Change solver parameters and/or input files; applies at the next restart or rerun (or now, --live)."""

@@ -16,7 +16,7 @@ import yaml
 from rich.console import Console
 
 from orchestrator.cli.watch import watch_job
-from orchestrator.control.client import Client
+from orchestrator.control.service import ControlService
 from orchestrator.model.errors import StackError, UserError
 from orchestrator.model.settings import get_settings
 from orchestrator.model.states import JOB_TERMINAL
@@ -103,22 +103,25 @@ def run_demo(console: Console, keep_engine: bool = False) -> None:
     try:
         spec = prepare_case(demo, settings.root / "demo")
         console.print(f"job spec: {spec} (from {demo.manifest})")
-        client = Client(settings)
+        client = ControlService(settings)
         job_id = client.submit_file(spec)
         console.print(f"submitted [bold]{job_id}[/]" + (f": {demo.summary}" if demo.summary else ""))
         doc = watch_job(client, job_id, console, timeout=demo.timeout)
-        run = next(r for r in doc["runs_detail"] if r["id"] == doc["current_run"])
-        console.print(f"run {run['id']}: [bold]{run['state'].value}[/] ({run.get('reason')}); "
+        run = next(r for r in doc.runs_detail if r.id == doc.current_run)
+        console.print(f"run {run.id}: [bold]{run.state.value}[/] ({run.reason}); "
                       f"the cluster stays up until you terminate it. Terminating now ...")
         client.terminate(job_id)
-        doc = client.wait(job_id, lambda d: d["state"] in JOB_TERMINAL, timeout=120)
-        results = Path(doc["results"])
-        run_dir = results / "runs" / run["id"]
+        doc = client.wait(job_id, lambda d: d.state in JOB_TERMINAL, timeout=120)
+        console.print(f"job {job_id} {doc.state.value} in {time.monotonic() - t0:.1f}s")
+        if doc.results is None:  # the collect failed: the job says why
+            console.print(f"no results collected: {doc.collect_error or doc.error or 'unknown reason'}")
+            return
+        results = Path(doc.results)
+        run_dir = results / "runs" / run.id
         names = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) if run_dir.is_dir() else []
-        console.print(f"job {job_id} {doc['state'].value} in {time.monotonic() - t0:.1f}s")
         console.print(f"results: [bold]{results}[/]")
         shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
-        console.print(f"  {run['id']}: {shown or 'empty'}; solver log: {run_dir / (run.get('log_file') or '')}",
+        console.print(f"  {run.id}: {shown or 'empty'}; solver log: {run_dir / (run.log_file or '')}",
                       highlight=False)
     finally:
         if started_here and not keep_engine:

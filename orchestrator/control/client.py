@@ -4,7 +4,8 @@ its old name for scripts, benchmarks and tests."""
 from __future__ import annotations
 
 from orchestrator.control.protocol import run_finished, wait_until
-from orchestrator.control.service import ALLOWED_PAUSE, TERMINABLE, ControlService
+from orchestrator.control.service import ControlService
+from orchestrator.control.steering import ALLOWED_PAUSE, TERMINABLE
 
 Client = ControlService
 

@@ -7,7 +7,7 @@ from celery.signals import task_failure, task_retry, task_success
 
 from orchestrator.model.errors import StackError
 from orchestrator.model.settings import Settings, get_settings
-from orchestrator.worker import task_stats
+from orchestrator.worker import names, task_stats
 
 JOBS_QUEUE = "e2e.jobs"
 RECONCILE_QUEUE = "e2e.reconcile"
@@ -46,10 +46,10 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_soft_shutdown_timeout=10,
         worker_hijack_root_logger=False,
         task_default_queue=JOBS_QUEUE,
-        task_routes={"e2e.reconcile": {"queue": RECONCILE_QUEUE}},
+        task_routes={names.RECONCILE: {"queue": RECONCILE_QUEUE}},
         beat_schedule={
             "reconcile": {
-                "task": "e2e.reconcile",
+                "task": names.RECONCILE,
                 "schedule": settings.reconcile_interval,
                 # a pass that waited behind a dead worker is worthless: the next one is already due
                 "options": {"expires": max(5.0, settings.reconcile_interval * 5), "queue": RECONCILE_QUEUE},

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.control import service as service_module
+from orchestrator.control import steering
 from orchestrator.control.protocol import Control, JobStatus
 from orchestrator.control.remote import RemoteControl
 from orchestrator.control.service import ControlService
@@ -156,7 +157,7 @@ def test_a_refused_live_edit_comes_back_as_its_error_and_records_nothing(store, 
 
 def test_a_live_edit_no_worker_takes_fails_clearly_and_late_delivery_applies_nothing(store, tmp_path, monkeypatch):
     job_id = running_job(store)
-    monkeypatch.setattr(service_module, "LIVE_EDIT_TIMEOUT", 0.6)
+    monkeypatch.setattr(steering, "LIVE_EDIT_TIMEOUT", 0.6)
     client = ControlService(settings(tmp_path), store, "alice", celery=InlineCelery(None))
     with pytest.raises(InfrastructureError, match="not applied within"):
         client.edit(job_id, ["limits.walltime=2h"], live=True)

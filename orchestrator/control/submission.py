@@ -1,0 +1,97 @@
+"""Submitting specs: one job, or a sweep's members, each checked against its backend before any job is created;
+and the sweeps' listings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.control.sweeps import SweepPlan, member_rows, new_sweep_id, parse_submission, resolve_sweep, summary
+from orchestrator.control.uploads import check_inside_uploads, uploads_root
+from orchestrator.desktop.access import resolve_for_submit
+from orchestrator.model.errors import SpecError
+from orchestrator.model.spec import load_spec, spec_for_store, validate_spec
+from orchestrator.worker import names
+
+if TYPE_CHECKING:
+    from orchestrator.control.service import ControlService
+
+
+def submit_file(service: ControlService, path: str | Path) -> str:
+    return submit(service, load_spec(path))
+
+
+def submit_data(service: ControlService, data: dict[str, Any], base_dir: Path | None = None) -> str:
+    return submit(service, validate_spec(data, base_dir=base_dir))
+
+
+def submit_document(service: ControlService, data: Any, sweep: list[str] | tuple[str, ...] = (),
+                    base_dir: Path | None = None, confine: bool = False) -> dict[str, Any]:
+    if confine:
+        base_dir = uploads_root(service.settings.root, service.user)
+    parsed = parse_submission(data, list(sweep), base_dir, "spec")
+    specs = [m.spec for m in parsed.members] if isinstance(parsed, SweepPlan) else [parsed]
+    if confine:
+        for spec in specs:
+            check_inside_uploads(spec, base_dir)
+    if isinstance(parsed, SweepPlan):
+        sweep_id, job_ids = submit_sweep(service, parsed)
+        return {"sweep": sweep_id, "jobs": job_ids}
+    return {"id": submit(service, parsed)}
+
+
+def submit(service: ControlService, spec: Any, extra: dict[str, Any] | None = None) -> str:
+    backend = check_fits(service, spec)
+    spec = resolve_for_submit(spec, service.store, service.user, service.address)  # desktop.access: default, my-ip
+    job_id = service.store.create_job(name=spec.name, owner=service.user, spec=spec_for_store(spec),
+                                      backend=backend, solver=spec.solver.name, extra=extra)
+    service.send(names.PROVISION, job_id)
+    return job_id
+
+
+def submit_sweep(service: ControlService, plan: SweepPlan) -> tuple[str, list[str]]:
+    # Every member is checked first: a sweep is queued whole or not at all.
+    for member in plan.members:
+        check_fits(service, member.spec)
+        resolve_for_submit(member.spec, service.store, service.user, service.address)  # raises before any job
+    sweep_id = new_sweep_id()
+    job_ids = [submit(service, member.spec, extra={"sweep": sweep_id, "sweep_index": member.index,
+                                                   "sweep_values": member.values})
+               for member in plan.members]
+    return sweep_id, job_ids
+
+
+def check_fits(service: ControlService, spec: Any) -> str:
+    """The backend's name, once the spec's node and core counts fit it; SpecError otherwise."""
+    from orchestrator.cluster import get_backend
+
+    backend = get_backend(spec.cluster.backend, service.settings)
+    nodes = backend.inventory()
+    problems = []
+    if spec.cluster.nodes > len(nodes):
+        problems.append(("cluster.nodes", f"{spec.cluster.nodes} requested, but the {backend.name} "
+                                          f"backend has {len(nodes)} nodes"))
+    max_cores = min((n.cores for n in nodes), default=0)
+    if spec.cluster.cores_per_node > max_cores:
+        problems.append(("cluster.cores_per_node", f"{spec.cluster.cores_per_node} requested, but "
+                                                   f"{backend.name} nodes have {max_cores} cores"))
+    if problems:
+        raise SpecError(problems)
+    return backend.name
+
+
+def sweeps(service: ControlService, limit: int = 50) -> list[dict[str, Any]]:
+    store = service.store
+    found = []
+    for sweep_id in store.sweeps(limit):
+        rows = member_rows(store, sweep_id)
+        first = store.get_job(rows[0]["id"]) if rows else None
+        found.append({"sweep": sweep_id, "name": first.name.rsplit("-", 1)[0] if first else "",
+                      "members": len(rows), "summary": summary(rows),
+                      "created_at": first.created_at if first else None})
+    return found
+
+
+def sweep_status(service: ControlService, sweep: str) -> tuple[str, list[dict[str, Any]]]:
+    sweep_id = resolve_sweep(service.store, sweep)
+    return sweep_id, member_rows(service.store, sweep_id)
