@@ -140,7 +140,7 @@ class Fluent(SolverPlugin):
             values = match.group(3).split()
             progress.step = float(match.group(2))
             if columns and len(columns) == len(values):
-                progress.residuals = {c: float(v) for c, v in zip(columns, values)}
+                progress.residuals = {c: float(v) for c, v in zip(columns, values, strict=False)}
             found = True
         for time_value, step in _TIME_STEP.findall(text):
             progress.step, progress.solver_time, found = float(step), float(time_value), True

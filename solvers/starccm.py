@@ -102,7 +102,7 @@ class StarCCM(SolverPlugin):
             values = match.group(3).split()
             progress.step, found = float(match.group(2)), True
             if columns:
-                progress.residuals = {c: float(v) for c, v in zip(columns, values)}
+                progress.residuals = {c: float(v) for c, v in zip(columns, values, strict=False)}
         for criterion in _STOPPED.findall(text):
             progress.message, found = f"Stopping criterion {criterion} satisfied", True
             progress.converged = "Maximum Steps" not in criterion and "Stop File" not in criterion

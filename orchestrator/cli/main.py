@@ -214,7 +214,7 @@ def solvers(as_json: bool = JSON_OPT) -> None:
     reg = registry()
     rows = [{"name": p.name, "summary": p.summary, "options": sorted(p.Options.model_fields)} for p in reg]
     if as_json:
-        for row, plugin in zip(rows, reg):  # the full options schema, for plugin authors and tooling
+        for row, plugin in zip(rows, reg, strict=False):  # the full options schema, for plugin authors and tooling
             row["schema"] = plugin.Options.model_json_schema()
         _dump({"solvers": rows, "broken": reg.broken})
         return

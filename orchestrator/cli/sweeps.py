@@ -33,7 +33,7 @@ def submit_sweep(plan: SweepPlan, wait: bool, as_json: bool) -> None:
         return
     out.print(f"sweep [bold]{sweep_id}[/]: {len(job_ids)} jobs ({' x '.join(str(len(v)) for v in plan.axes.values())} "
               f"over {', '.join(k.removeprefix('solver.') for k in plan.axes)})")
-    for member, job_id in zip(plan.members, job_ids):
+    for member, job_id in zip(plan.members, job_ids, strict=False):
         out.print(f"  {job_id}  {member.spec.name}  {_values(member.values)}")
     if wait:
         _print_members(client.sweep_status(sweep_id)[1])

@@ -238,4 +238,4 @@ def node_faults(backend: ClusterBackend, nodes: list[Node], timeout: float = PRO
     # In parallel: a dead node costs one timeout, not one per node.
     with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
         reasons = list(pool.map(lambda n: probe(n, timeout), nodes))
-    return {node.name: reason for node, reason in zip(nodes, reasons) if reason}
+    return {node.name: reason for node, reason in zip(nodes, reasons, strict=False) if reason}

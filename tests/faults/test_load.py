@@ -66,7 +66,7 @@ def test_load_hundreds_of_queued_jobs_over_six_nodes(redis_url, tmp_path):
         tally.settle(set(jobs))
         times = [_state_times(client, j) for j in jobs]
         leased_at = [t["PROVISIONING"] for t in times]
-        inversions = sum(1 for a, b in zip(leased_at, leased_at[1:]) if b < a)
+        inversions = sum(1 for a, b in zip(leased_at, leased_at[1:], strict=False) if b < a)
         busy = sum(t["TERMINATED"] - t["PROVISIONING"] for t in times) / (NODES * elapsed)
         phases = {f"{a}->{b}": round(statistics.mean(t[b] - t[a] for t in times), 2)
                   for a, b in (("PROVISIONING", "RUNNING"), ("RUNNING", "COMPLETED"), ("COMPLETED", "TERMINATING"),

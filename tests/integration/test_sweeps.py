@@ -65,7 +65,7 @@ def test_a_three_value_sweep_runs_one_job_per_value_and_terminates_as_one(redis_
         ended = e2e(engine.settings, "terminate", "--sweep", sweep_id, "--wait", "--json")
         assert ended.returncode == 0, ended.stderr
         assert {m["state"] for m in json.loads(ended.stdout)["members"]} == {"TERMINATED"}
-        for job_id, gain in zip(jobs, ("low", "mid", "high")):
+        for job_id, gain in zip(jobs, ("low", "mid", "high"), strict=False):
             doc = engine.client.status(job_id)
             assert doc["state"] is JobState.TERMINATED and doc["runs_detail"][0]["state"] is RunState.COMPLETED
             out = (engine.settings.root / "results" / job_id / "runs" / "run-001" / "out.txt").read_text()

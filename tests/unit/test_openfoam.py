@@ -208,7 +208,7 @@ def test_set_entry_replaces_an_existing_top_level_key(control_dict):
     assert read_entry(text, "endTime") == "300"
     assert text.count("endTime") == control_dict.count("endTime")  # replaced, not added
     # every other line is untouched
-    changed = [(a, b) for a, b in zip(control_dict.splitlines(), text.splitlines()) if a != b]
+    changed = [(a, b) for a, b in zip(control_dict.splitlines(), text.splitlines(), strict=False) if a != b]
     assert len(changed) == 1 and changed[0][0].startswith("endTime")
     assert len(text.splitlines()) == len(control_dict.splitlines())
 

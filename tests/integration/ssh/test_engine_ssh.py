@@ -96,7 +96,7 @@ def test_openfoam_over_two_ssh_nodes_matches_a_single_node_run(ssh_engine, ssh_c
         distributed, serial = internal_field(results / "0.5" / name), internal_field(local / "0.5" / name)
         assert len(distributed) == len(serial) > 100
         scale = max(abs(v) for v in serial)
-        assert max(abs(a - b) for a, b in zip(distributed, serial)) <= 1e-4 * scale, name
+        assert max(abs(a - b) for a, b in zip(distributed, serial, strict=False)) <= 1e-4 * scale, name
     client.terminate(local_job)
     ssh_engine.wait_job_terminal(local_job, timeout=60)
 
@@ -187,7 +187,7 @@ def test_two_node_run_freezes_pauses_restarts_and_completes_like_a_serial_run(
         distributed, reference = internal_field(results / "10" / name), internal_field(local / "10" / name)
         assert len(distributed) == len(reference) > 100
         scale = max(abs(v) for v in reference)
-        assert max(abs(a - b) for a, b in zip(distributed, reference)) <= 1e-4 * scale, name
+        assert max(abs(a - b) for a, b in zip(distributed, reference, strict=False)) <= 1e-4 * scale, name
     client.terminate(serial)
     ssh_engine.wait_job_terminal(serial, timeout=60)
 
