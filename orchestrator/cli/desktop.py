@@ -61,7 +61,7 @@ def desktop_cmd(job: str,
             _run_tunnel(client, d, port, identity)
         return
     if as_json:
-        _dump({"id": d.job_id, "url": d.url, "vnc_port": d.vnc_port, "state": d.record["state"]})
+        _dump({"id": d.job_id, "url": d.url, "vnc_port": d.vnc_port, "state": d.record.state})
     elif vnc_file is None:
         print(d.url)
     if open_browser:

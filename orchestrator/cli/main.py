@@ -136,8 +136,8 @@ def status(job: str, as_json: bool = JSON_OPT) -> None:
     out.print(f"  job      {_state(doc.state.value)}  nodes {', '.join(doc.nodes) or '-'}")
     if doc.desktop:
         desk = doc.desktop
-        detail = desk.get("url") or desk.get("reason") or ""
-        out.print(f"  desktop  {desk.get('state', '-')}  {detail}  (e2e desktop {doc.id})", highlight=False)
+        detail = desk.url or desk.reason or ""
+        out.print(f"  desktop  {desk.state or '-'}  {detail}  (e2e desktop {doc.id})", highlight=False)
     for run in doc.runs_detail:
         prog = run.progress
         line = f"  {run.id}  {_state(run.state.value)}"

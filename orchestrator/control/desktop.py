@@ -90,10 +90,10 @@ def check_desktop_access(service: ControlService, session: Any, entry: str, addr
     from orchestrator.desktop.access import allowed
 
     address = address or my_address(service)
-    if address is None or not allowed(address, session.record.get("access") or []):
+    if address is None or not allowed(address, session.record.access or []):
         service.store.append_event(session.job_id, EventKind.ACCESS_REFUSED, {
             "entry": entry, "address": address, "reason": "outside the allowed networks", "user": service.user})
-        raise DesktopRefused(address, session.record.get("access") or [], hint=not service.scoped)
+        raise DesktopRefused(address, session.record.access or [], hint=not service.scoped)
     return address
 
 
@@ -101,7 +101,7 @@ def desktop(service: ControlService, job: str, wait: float = 0) -> dict[str, Any
     d = desktop_session(service, job, wait)
     check_desktop_access(service, d, "api desktop" if service.scoped else "desktop url")
     user, host, port = d.ssh
-    return {"id": d.job_id, "state": d.record.get("state"), "url": d.url, "vnc_port": d.vnc_port,
+    return {"id": d.job_id, "state": d.record.state, "url": d.url, "vnc_port": d.vnc_port,
             "password": d.secret.password, "ssh": {"user": user, "host": host, "port": port},
             "tunnel": d.tunnel_instructions(VNC_LOCAL_PORT)}
 

@@ -29,28 +29,7 @@ class Signals(str, Enum):
 class Record(BaseModel):
     """A stored record: typed fields, decoded once by the store; unknown stored fields are ignored."""
 
-    model_config = ConfigDict(extra="allow", validate_assignment=False, use_enum_values=False)
-
-    # TRANSITIONAL (removed before the architecture issue closes): string indexing, so callers move to
-    # attributes one package at a time while the suite stays green.
-    def __getitem__(self, key: str) -> Any:
-        try:
-            return getattr(self, key)
-        except AttributeError:
-            raise KeyError(key) from None
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        setattr(self, key, value)
-
-    def __contains__(self, key: str) -> bool:
-        return getattr(self, key, None) is not None
-
-    def keys(self) -> list[str]:
-        return [*type(self).model_fields, *(self.__pydantic_extra__ or {})]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        value = getattr(self, key, None)
-        return default if value is None else value
+    model_config = ConfigDict(extra="ignore", validate_assignment=False, use_enum_values=False)
 
 
 class Attempt(Record):
@@ -67,11 +46,14 @@ class Published(Record):
 
     @model_serializer(mode="wrap")
     def _given_fields_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        given = self.model_fields_set | set(self.__pydantic_extra__ or {})
-        return {key: value for key, value in handler(self).items() if key in given}
+        return {key: value for key, value in handler(self).items() if key in self.model_fields_set}
 
     def merged(self, **fields: Any) -> Published:
-        """A copy with `fields` set (validated), the rest as given so far."""
+        """A copy with `fields` set (validated), the rest as given so far; a field the record does not
+        declare is refused (it would be dropped when stored)."""
+        unknown = set(fields) - set(type(self).model_fields)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no field {', '.join(sorted(unknown))}")
         return type(self).model_validate({**self.model_dump(), **fields})
 
 

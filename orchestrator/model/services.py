@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from orchestrator.cluster.base import ClusterBackend, Node
+    from orchestrator.model.records import Job
     from orchestrator.model.paths import JobPaths
     from orchestrator.model.settings import Settings
     from orchestrator.store.jobs import JobStore
@@ -24,7 +25,7 @@ ENTRY_POINT_GROUP = "orchestrator.services"
 class ServiceContext:
     """What a service gets to act on one job: its record, spec, nodes (head node first) and folders."""
 
-    job: dict[str, Any]
+    job: Job
     spec: Any                      # the validated job spec
     backend: ClusterBackend
     nodes: list[Node]
@@ -34,7 +35,7 @@ class ServiceContext:
 
     @property
     def job_id(self) -> str:
-        return self.job["id"]
+        return self.job.id
 
     @property
     def head(self) -> Node:

@@ -15,6 +15,7 @@ import redis
 
 from orchestrator.cluster.local import tagged_processes
 from orchestrator.control.client import Client
+from orchestrator.control.protocol import JobStatus
 from orchestrator.model.settings import Settings
 from orchestrator.model.states import JOB_TERMINAL, RUN_ENDED
 from orchestrator.worker.stack import Stack, free_port, wait_for_redis
@@ -58,15 +59,15 @@ class Engine:
         self.stack.start()
         self.client = Client(settings, user="tester")
 
-    def wait_run(self, job_id: str, timeout: float = 120) -> dict:
+    def wait_run(self, job_id: str, timeout: float = 120) -> JobStatus:
         """Wait until the job's current run has ended; the job document."""
         def ended(doc):
-            run = next(r for r in doc["runs_detail"] if r["id"] == doc["current_run"])
-            return run["state"] in RUN_ENDED
+            run = next(r for r in doc.runs_detail if r.id == doc.current_run)
+            return run.state in RUN_ENDED
         return self.client.wait(job_id, ended, timeout=timeout)
 
-    def wait_job_terminal(self, job_id: str, timeout: float = 120) -> dict:
-        return self.client.wait(job_id, lambda d: d["state"] in JOB_TERMINAL, timeout=timeout)
+    def wait_job_terminal(self, job_id: str, timeout: float = 120) -> JobStatus:
+        return self.client.wait(job_id, lambda d: d.state in JOB_TERMINAL, timeout=timeout)
 
     def close(self) -> None:
         try:
@@ -85,14 +86,14 @@ class Engine:
             return
         for job_id, job_runs in runs.items():
             for run in job_runs:
-                pids = tagged_processes(f"{job_id}/{run['id']}")
+                pids = tagged_processes(f"{job_id}/{run.id}")
                 for sig in (signal.SIGCONT, signal.SIGKILL):
                     for pid in pids:
                         with contextlib.suppress(OSError):
                             os.kill(pid, sig)
-                    if run.get("pid"):
+                    if run.pid:
                         with contextlib.suppress(OSError):
-                            os.killpg(run["pid"], sig)
+                            os.killpg(run.pid, sig)
 
 
 @pytest.fixture(scope="session")

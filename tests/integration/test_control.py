@@ -13,6 +13,7 @@ import pytest
 from orchestrator.cluster.local import process_states, tagged_processes
 from orchestrator.model.errors import InvalidState, SpecError
 from orchestrator.model.events import EventKind
+from orchestrator.model.records import Run
 from orchestrator.model.states import JobState, RunState
 
 from .conftest import PITZ, wait_for
@@ -31,13 +32,13 @@ def _spec(name: str, case: Path, **params) -> dict:
             "cluster": {"backend": "local", "nodes": 2, "cores_per_node": 1}, "desktop": {"enabled": False}}
 
 
-def _run(client, job_id: str) -> dict:
+def _run(client, job_id: str) -> Run:
     doc = client.status(job_id)
-    return next(r for r in doc["runs_detail"] if r["id"] == doc["current_run"])
+    return next(r for r in doc.runs_detail if r.id == doc.current_run)
 
 
 def _step(client, job_id: str) -> float:
-    progress = _run(client, job_id).get("progress")
+    progress = _run(client, job_id).progress
     return progress.step if progress and progress.step is not None else -1
 
 
@@ -68,10 +69,10 @@ def test_paused_then_restarted_run_ends_with_the_same_fields(engine, openfoam, t
     wait_for(lambda: _step(client, paused) >= 40, 120, "the second run past iteration 40")
     client.pause(paused)
     doc = engine.wait_run(paused, timeout=120)
-    run = doc["runs_detail"][0]
-    assert run["state"] is RunState.PAUSED, run
-    assert run["exit_code"] == 0 and run.get("term_sent_at") is None, "the pause needed SIGTERM"
-    paused_at = run["progress"].step
+    run = doc.runs_detail[0]
+    assert run.state is RunState.PAUSED, run
+    assert run.exit_code == 0 and run.term_sent_at is None, "the pause needed SIGTERM"
+    paused_at = run.progress.step
     assert 40 <= paused_at < END
     run_dir = engine.settings.root / "jobs" / paused / "runs" / "run-001"
     assert (run_dir / "processor0" / f"{paused_at:g}" / "U").is_file(), "no checkpoint at the pause point"
@@ -81,10 +82,10 @@ def test_paused_then_restarted_run_ends_with_the_same_fields(engine, openfoam, t
     # When it is restarted
     client.restart(paused)
     doc = engine.wait_run(paused, timeout=180)
-    run = doc["runs_detail"][0]
+    run = doc.runs_detail[0]
     # Then the second attempt continued from the checkpoint (counters continue) to the end
-    assert run["state"] is RunState.COMPLETED, run
-    assert run["attempt"] == 2 and run["progress"].step == END
+    assert run.state is RunState.COMPLETED, run
+    assert run.attempt == 2 and run.progress.step == END
     log = (run_dir / "log.simpleFoam").read_text()
     assert f"Time = {paused_at:g}\n" in log and log.count("\nStarting time loop") == 2
     assert log.count(f"\nTime = {paused_at + 1:g}\n") == 1, "an iteration ran twice"
@@ -99,7 +100,7 @@ def test_paused_then_restarted_run_ends_with_the_same_fields(engine, openfoam, t
     for job_id in (straight, paused):
         client.terminate(job_id)
     for job_id in (straight, paused):
-        assert engine.wait_job_terminal(job_id)["state"] is JobState.TERMINATED
+        assert engine.wait_job_terminal(job_id).state is JobState.TERMINATED
 
 
 def test_freeze_stops_every_rank_and_resume_continues(engine, openfoam, tmp_path):
@@ -113,15 +114,15 @@ def test_freeze_stops_every_rank_and_resume_continues(engine, openfoam, tmp_path
     assert len(ranks) == 2, "expected two simpleFoam ranks"
     # When the run is frozen
     client.pause(job_id, freeze=True)
-    assert _run(client, job_id)["state"] is RunState.FROZEN
+    assert _run(client, job_id).state is RunState.FROZEN
     wait_for(lambda: process_states(tagged_processes(tag)) == {"T"}, 10, "every process of the run stopped")
     log = engine.settings.root / "jobs" / job_id / "runs" / "run-001" / "log.simpleFoam"
     # the engine has parsed everything written before the stop: the parse offset stops moving (the log may
     # end in a partial line, which is never parsed)
     def parse_settled():
-        before = _run(client, job_id).get("log_offset") or 0
+        before = _run(client, job_id).log_offset or 0
         time.sleep(3 * engine.settings.reconcile_interval)
-        return (_run(client, job_id).get("log_offset") or 0) == before and log.stat().st_size - before < 200
+        return (_run(client, job_id).log_offset or 0) == before and log.stat().st_size - before < 200
     wait_for(parse_settled, 15, "the log parsed up to the freeze")
     size = log.stat().st_size
     step = _step(client, job_id)
@@ -138,7 +139,7 @@ def test_freeze_stops_every_rank_and_resume_continues(engine, openfoam, tmp_path
     client.pause(job_id, freeze=True)
     client.terminate(job_id)
     doc = engine.wait_job_terminal(job_id, timeout=120)
-    assert doc["runs_detail"][0]["state"] is RunState.STOPPED
+    assert doc.runs_detail[0].state is RunState.STOPPED
     assert tagged_processes(tag) == []
 
 
@@ -147,7 +148,7 @@ def test_edits_are_validated_recorded_and_used_by_rerun_and_live(engine, openfoa
     client = engine.client
     job_id = client.submit_data(_spec("edits", tmp_path / "pitz", endTime=30, writeInterval=10))
     doc = engine.wait_run(job_id, timeout=120)
-    assert doc["runs_detail"][0]["state"] is RunState.COMPLETED
+    assert doc.runs_detail[0].state is RunState.COMPLETED
     # Invalid edits are refused with the field named, and change nothing
     with pytest.raises(SpecError, match="cluster"):
         client.edit(job_id, ["cluster.nodes=3"])
@@ -168,13 +169,13 @@ def test_edits_are_validated_recorded_and_used_by_rerun_and_live(engine, openfoa
     # Rerun: a new run directory from the inputs plus the edits; the first run's results stay
     client.rerun(job_id)
     doc = engine.wait_run(job_id, timeout=120)
-    run2 = doc["runs_detail"][1]
-    assert doc["current_run"] == "run-002" and run2["state"] is RunState.COMPLETED and run2["revision"] == 2
+    run2 = doc.runs_detail[1]
+    assert doc.current_run == "run-002" and run2.state is RunState.COMPLETED and run2.revision == 2
     runs = engine.settings.root / "jobs" / job_id / "runs"
     assert (runs / "run-001" / "30").is_dir() and (runs / "run-002" / "40").is_dir()
     assert "// edited by test" in (runs / "run-002" / "system" / "fvSchemes").read_text()
     assert "// edited by test" not in (runs / "run-001" / "system" / "fvSchemes").read_text()
-    assert doc["deadlines"]["walltime"] > doc["up_at"]
+    assert doc.deadlines["walltime"] > doc.up_at
     # Live: raise endTime of a running solver; a value off the write interval is refused
     client.edit(job_id, ["parameters.endTime=5000", "parameters.writeInterval=5000"])
     client.rerun(job_id)
@@ -185,12 +186,12 @@ def test_edits_are_validated_recorded_and_used_by_rerun_and_live(engine, openfoa
     new_end = (reached // 10 + 3) * 10
     client.edit(job_id, [f"parameters.endTime={new_end}", "parameters.writeInterval=10"], live=True)
     doc = engine.wait_run(job_id, timeout=120)
-    run3 = doc["runs_detail"][2]
-    assert run3["state"] is RunState.COMPLETED and run3["progress"].step == new_end
+    run3 = doc.runs_detail[2]
+    assert run3.state is RunState.COMPLETED and run3.progress.step == new_end
     assert (runs / "run-003" / str(new_end)).is_dir()
     history = client.history(job_id)
     assert [r["revision"] for r in history.revisions] == [1, 2, 3, 4]
     assert history.revisions[3]["live"] and history.revisions[1]["message"] == "longer"
     assert any(e.kind is EventKind.CONTROL and e.data.get("action") == "edit" for e in client.events(job_id))
     client.terminate(job_id)
-    assert engine.wait_job_terminal(job_id)["state"] is JobState.TERMINATED
+    assert engine.wait_job_terminal(job_id).state is JobState.TERMINATED

@@ -14,6 +14,7 @@ import redis
 
 from orchestrator.cluster.local import tagged_processes
 from orchestrator.model.errors import InvalidState
+from orchestrator.model.records import Run
 from orchestrator.model.states import RUN_ENDED, JobState, RunState
 from orchestrator.worker.stack import free_port, wait_for_redis
 from tests.conftest import require
@@ -38,18 +39,18 @@ def _job(client, tmp_path: Path, name: str, steps: int = 600) -> tuple[str, Path
     return job_id, starts
 
 
-def _run(client, job_id: str) -> dict:
+def _run(client, job_id: str) -> Run:
     doc = client.status(job_id)
-    return next(r for r in doc["runs_detail"] if r["id"] == doc["current_run"])
+    return next(r for r in doc.runs_detail if r.id == doc.current_run)
 
 
-def _wait_state(client, job_id: str, states: set[RunState], timeout: float = 60) -> dict:
-    return wait_for(lambda: (r := _run(client, job_id))["state"] in states and r, timeout,
+def _wait_state(client, job_id: str, states: set[RunState], timeout: float = 60) -> Run:
+    return wait_for(lambda: (r := _run(client, job_id)).state in states and r, timeout,
                     f"run of {job_id} in {sorted(s.value for s in states)}")
 
 
-def _wait_running(client, job_id: str) -> dict:
-    return wait_for(lambda: (r := _run(client, job_id))["state"] is RunState.RUNNING and r.get("progress") and r,
+def _wait_running(client, job_id: str) -> Run:
+    return wait_for(lambda: (r := _run(client, job_id)).state is RunState.RUNNING and r.progress and r,
                     60, f"{job_id} running with progress")
 
 
@@ -99,17 +100,17 @@ def test_worker_sigkill_at_each_control_step(redis_url, tmp_path, step):
             _wait_running(client, job_id)
         elif step == "pause":
             run = _wait_state(client, job_id, set(RUN_ENDED))
-            assert run["state"] is RunState.PAUSED and run["exit_code"] == 0, (run.get("reason"), run.get("exit_code"))
+            assert run.state is RunState.PAUSED and run.exit_code == 0, (run.reason, run.exit_code)
         elif step == "restart":
             run = _wait_running(client, job_id)
-            assert run["attempt"] == 2
+            assert run.attempt == 2
         if step != "terminate":
             r = redis.Redis.from_url(url)
             wait_for(lambda: r.hlen("unacked") == 0, 60, "the killed worker's task redelivered and acked")
             assert starts.read_text().splitlines() == expected_starts
             client.terminate(job_id)
         doc = engine.wait_job_terminal(job_id, timeout=90)
-        assert doc["state"] is JobState.TERMINATED
+        assert doc.state is JobState.TERMINATED
         assert starts.read_text().splitlines() == expected_starts
         assert tagged_processes(f"{job_id}/run-001") == [], "orphan processes after terminate"
         assert (settings.root / "results" / job_id / "runs" / "run-001" / "output.log").is_file()
@@ -126,7 +127,7 @@ def test_control_plane_restart_reattaches_running_jobs(redis_url, tmp_path):
         jobs = [_job(client, tmp_path, f"keep-{i}", steps=60) for i in range(3)]
         for job_id, _ in jobs:
             _wait_running(client, job_id)
-        pids = {job_id: _run(client, job_id)["pid"] for job_id, _ in jobs}
+        pids = {job_id: _run(client, job_id).pid for job_id, _ in jobs}
         # When every worker and the beat loop stop while the 3 runs go on
         engine.stack.stop_process("beat")
         engine.stack.stop_process("worker")
@@ -135,12 +136,12 @@ def test_control_plane_restart_reattaches_running_jobs(redis_url, tmp_path):
         # Then each run is re-attached (same pid, progress moves on) and completes: none relaunched
         for job_id, starts in jobs:
             run = _wait_state(client, job_id, set(RUN_ENDED), timeout=90)
-            assert run["state"] is RunState.COMPLETED and run["pid"] == pids[job_id]
-            assert run["progress"].step == 60
+            assert run.state is RunState.COMPLETED and run.pid == pids[job_id]
+            assert run.progress.step == 60
             assert starts.read_text().splitlines() == ["start 1"]
         for job_id, _ in jobs:
             client.terminate(job_id)
-            assert engine.wait_job_terminal(job_id)["state"] is JobState.TERMINATED
+            assert engine.wait_job_terminal(job_id).state is JobState.TERMINATED
     finally:
         engine.close()
 
@@ -176,14 +177,14 @@ def test_redis_sigkill_with_aof_loses_nothing(tmp_path):
             assert after[:len(event_ids)] == event_ids
         for job_id, starts in jobs:
             # (as `e2e up` does: a worker kombu made exit on the Redis flap is started again)
-            run = wait_for(lambda: engine.stack.revive() is not None and (r := _run(client, job_id))["state"]
+            run = wait_for(lambda: engine.stack.revive() is not None and (r := _run(client, job_id)).state
                            in RUN_ENDED and r, 120, f"run of {job_id} ended")
-            assert run["state"] is RunState.COMPLETED, run
+            assert run.state is RunState.COMPLETED, run
             assert starts.read_text().splitlines() == ["start 1"]
         for job_id, _ in jobs:
             client.edit(job_id, ["limits.walltime=1h"])
             client.terminate(job_id)
-            assert engine.wait_job_terminal(job_id)["state"] is JobState.TERMINATED
+            assert engine.wait_job_terminal(job_id).state is JobState.TERMINATED
             assert client.history(job_id).revision == 2
     finally:
         engine.close()
@@ -230,12 +231,12 @@ def test_pause_racing_terminate_always_ends_consistent(redis_url, tmp_path):
             assert not errors, errors
             for job_id in jobs:
                 doc = engine.wait_job_terminal(job_id, timeout=90)
-                run = doc["runs_detail"][0]
-                assert doc["state"] is JobState.TERMINATED
-                assert run["state"] in (RunState.PAUSED, RunState.STOPPED), run
+                run = doc.runs_detail[0]
+                assert doc.state is JobState.TERMINATED
+                assert run.state in (RunState.PAUSED, RunState.STOPPED), run
                 assert tagged_processes(f"{job_id}/run-001") == [], f"orphans of {job_id}"
                 assert job_id not in client.store.leases("local").values()
-                outcomes.append(run["state"])
+                outcomes.append(run.state)
         assert len(outcomes) == rounds
     finally:
         engine.close()

@@ -36,12 +36,12 @@ def _tools():
 @pytest.fixture(autouse=True)
 def _no_desktop_outlives_its_test(engine):
     """A failing test must not leave its job's desktop running: terminate whatever it submitted."""
-    before = {j["id"] for j in engine.client.jobs(1000)}
+    before = {j.id for j in engine.client.jobs(1000)}
     yield
     for job in engine.client.jobs(1000):
-        if job["id"] not in before and job["state"].value not in ("TERMINATING", "TERMINATED"):
-            engine.client.terminate(job["id"])
-            engine.wait_job_terminal(job["id"], timeout=60)
+        if job.id not in before and job.state.value not in ("TERMINATING", "TERMINATED"):
+            engine.client.terminate(job.id)
+            engine.wait_job_terminal(job.id, timeout=60)
 
 
 def _pgid(engine, job_id: str) -> int:
@@ -97,7 +97,7 @@ def test_desktop_logs_in_with_its_password_only_and_shows_connected_in_chromium(
         driver.save_screenshot(str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         # a connected viewer counts as activity (for limits.idle_shutdown)
-        wait_for(lambda: (client.job(job_id).get("desktop_activity_at") or 0) > rec.ready_at, 30,
+        wait_for(lambda: (client.job(job_id).desktop_activity_at or 0) > rec.ready_at, 30,
                  "desktop activity recorded")
     finally:
         close_chromium(driver)
@@ -110,7 +110,7 @@ def test_desktop_logs_in_with_its_password_only_and_shows_connected_in_chromium(
 
     # terminate: the session ends with the job, its secret goes
     doc = _terminate(engine, job_id)
-    assert doc["desktop"]["state"] == "stopped"
+    assert doc.desktop.state == "stopped"
     assert session_processes(pgid) == {}
     assert DesktopSecrets(client.store).read(job_id) is None
     states = [e.data for e in client.events(job_id)
@@ -211,7 +211,7 @@ def test_a_dead_session_is_restarted_while_the_job_is_up(engine):
     first = _pgid(engine, job_id)
     os.killpg(first, 9)
 
-    wait_for(lambda: client.job(job_id)["desktop"].get("restarts") == 1, 30, "a restart")
+    wait_for(lambda: client.job(job_id).desktop.restarts == 1, 30, "a restart")
     rec = wait_desktop(engine, job_id)
     assert rec.state == "ready" and _pgid(engine, job_id) != first
     authenticate("127.0.0.1", rec.vnc_port, connect.desktop(client, job_id).secret.password)
@@ -230,13 +230,13 @@ def test_registered_ssh_keys_are_installed_on_the_head_node_while_the_cluster_is
     try:
         job_id = engine.client.submit_data({**spec("desk-keys", access=["10.0.0.0/8"]), "desktop": {
             "enabled": False, "access": ["10.0.0.0/8"]}})
-        doc = engine.client.wait(job_id, lambda d: bool(d.get("ssh_keys")), timeout=30)
+        doc = engine.client.wait(job_id, lambda d: bool(d.ssh_keys), timeout=30)
         node = next(n for n in engine.client.store.leases("local") if engine.client.store.leases("local")[n] == job_id)
         authorized = engine.settings.root / "nodes" / node / "home" / ".ssh" / "authorized_keys"
         text = authorized.read_text()
         assert f'from="10.0.0.0/8" {key.split()[0]} {key.split()[1]}' in text
         assert oct(authorized.stat().st_mode & 0o777) == "0o600"
-        assert doc.get("desktop") is None  # the desktop was off; the keys are still there
+        assert doc.desktop is None  # the desktop was off; the keys are still there
         _terminate(engine, job_id)
         assert key.split()[1] not in authorized.read_text()
     finally:

@@ -83,7 +83,7 @@ def test_keys_access_and_desktop_commands(e2e, engine, tmp_path):
             authenticate("127.0.0.1", rec.vnc_port, password)
 
         # the head node's authorized_keys has the key, restricted to the job's networks
-        node = engine.client.job(job_id)["nodes"][0]
+        node = engine.client.job(job_id).nodes[0]
         authorized = (engine.settings.root / "nodes" / node / "home" / ".ssh" / "authorized_keys").read_text()
         assert 'from="127.0.0.0/8,2001:db8::/32" ssh-ed25519 ' in authorized
     finally:

@@ -22,8 +22,8 @@ def test_job_completes_while_its_desktop_fails_for_want_of_xvnc(redis_url, tmp_p
         rec = wait_desktop(engine, job_id)
         assert rec.state == "failed" and "Xvnc is not installed" in rec.reason
         doc = engine.wait_run(job_id, timeout=60)
-        assert doc["runs_detail"][0]["state"] is RunState.COMPLETED
+        assert doc.runs_detail[0].state is RunState.COMPLETED
         engine.client.terminate(job_id)
-        assert engine.wait_job_terminal(job_id)["desktop"]["state"] == "stopped"
+        assert engine.wait_job_terminal(job_id).desktop.state == "stopped"
     finally:
         engine.close()

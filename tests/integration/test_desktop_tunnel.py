@@ -66,7 +66,7 @@ def test_tunnel_reaches_the_display_from_inside_the_rules_only(engine, tmp_path)
     try:
         assert wait_desktop(engine, job_id).state == "ready"
         d = desktop_connect.desktop(engine.client, job_id)
-        node = engine.client.job(job_id)["nodes"][0]
+        node = engine.client.job(job_id).nodes[0]
         authorized = engine.settings.root / "nodes" / node / "home" / ".ssh" / "authorized_keys"
         sshd, port, known = _sshd(tmp_path, authorized)
         user = d.ssh[0]

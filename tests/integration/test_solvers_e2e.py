@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.model.events import EventKind
+from orchestrator.model.records import Run
 from orchestrator.model.states import JobState, RunState
 from orchestrator.worker.stack import free_port
 from tests.conftest import require
@@ -36,13 +37,13 @@ def vendor_engine(redis_url, tmp_path_factory):
     eng.close()
 
 
-def _run(client, job_id: str) -> dict:
+def _run(client, job_id: str) -> Run:
     doc = client.status(job_id)
-    return next(r for r in doc["runs_detail"] if r["id"] == doc["current_run"])
+    return next(r for r in doc.runs_detail if r.id == doc.current_run)
 
 
 def _step(client, job_id: str) -> float:
-    progress = _run(client, job_id).get("progress")
+    progress = _run(client, job_id).progress
     return progress.step if progress and progress.step is not None else -1
 
 
@@ -73,28 +74,28 @@ def test_submit_progress_pause_restart_complete_terminate(solver, vendor_engine,
 
     # progress events arrive while it runs
     wait_for(lambda: _step(client, job_id) >= pause_after, 90, f"{solver} progress past {pause_after}")
-    assert _run(client, job_id)["state"] is RunState.RUNNING
+    assert _run(client, job_id).state is RunState.RUNNING
     if solver == "starccm":
-        assert _run(client, job_id)["info"]["server"].endswith(f":{spec['solver']['server_port']}")
+        assert _run(client, job_id).info["server"].endswith(f":{spec['solver']['server_port']}")
 
     # pause: checkpoint and stop (AEDT has no stop file: the engine's SIGTERM, its passes are kept)
     client.pause(job_id)
     doc = vendor_engine.wait_run(job_id, timeout=90)
-    run = doc["runs_detail"][0]
-    assert run["state"] is RunState.PAUSED, run
-    paused_at = run["progress"].step
-    assert paused_at < final, ({k: run.get(k) for k in ("term_sent_at", "stop_sent_at", "stop_requested_at", "exit_code", "started_at", "ended_at")}, [(e.kind, e.data) for e in client.events(job_id)][-12:])
+    run = doc.runs_detail[0]
+    assert run.state is RunState.PAUSED, run
+    paused_at = run.progress.step
+    assert paused_at < final, ({k: getattr(run, k) for k in ("term_sent_at", "stop_sent_at", "stop_requested_at", "exit_code", "started_at", "ended_at")}, [(e.kind, e.data) for e in client.events(job_id)][-12:])
     if solver != "electronics":
-        assert run.get("term_sent_at") is None, f"{solver}: the graceful pause needed SIGTERM"
-    assert doc["state"] is JobState.UP
+        assert run.term_sent_at is None, f"{solver}: the graceful pause needed SIGTERM"
+    assert doc.state is JobState.UP
 
     # restart: a second attempt in the same run directory, from the checkpoint, to the end
     client.restart(job_id)
     doc = vendor_engine.wait_run(job_id, timeout=120)
-    run = doc["runs_detail"][0]
-    assert run["state"] is RunState.COMPLETED, run
-    assert run["attempt"] == 2
-    assert run["progress"].step == pytest.approx(final)
+    run = doc.runs_detail[0]
+    assert run.state is RunState.COMPLETED, run
+    assert run.attempt == 2
+    assert run.progress.step == pytest.approx(final)
     _check_continued(solver, run_dir, paused_at)
 
     events = client.events(job_id)
@@ -111,7 +112,7 @@ def test_submit_progress_pause_restart_complete_terminate(solver, vendor_engine,
 
     client.terminate(job_id)
     doc = vendor_engine.wait_job_terminal(job_id)
-    assert doc["state"] is JobState.TERMINATED
+    assert doc.state is JobState.TERMINATED
     results = vendor_engine.settings.root / "results" / job_id / "runs" / "run-001"
     assert any(results.iterdir())
 
@@ -146,9 +147,9 @@ def test_terminate_while_running_stops_through_the_exit_file(vendor_engine, tmp_
     wait_for(lambda: _step(client, job_id) >= 10, 60, "fluent progress past 10")
     client.terminate(job_id)
     doc = vendor_engine.wait_job_terminal(job_id, timeout=60)
-    run = doc["runs_detail"][0]
-    assert doc["state"] is JobState.TERMINATED and run["state"] is RunState.STOPPED
-    assert run.get("term_sent_at") is None, "exit-fluent did not stop the run: SIGTERM was needed"
+    run = doc.runs_detail[0]
+    assert doc.state is JobState.TERMINATED and run.state is RunState.STOPPED
+    assert run.term_sent_at is None, "exit-fluent did not stop the run: SIGTERM was needed"
     results = vendor_engine.settings.root / "results" / job_id / "runs" / "run-001"
     assert "exit requested" in (results / "fluent-1.trn").read_text()
     assert list((results / "autosave").glob("run-*.dat.h5")), "no checkpoint was written at the stop"

@@ -67,7 +67,7 @@ def test_a_three_value_sweep_runs_one_job_per_value_and_terminates_as_one(redis_
         assert {m["state"] for m in json.loads(ended.stdout)["members"]} == {"TERMINATED"}
         for job_id, gain in zip(jobs, ("low", "mid", "high"), strict=False):
             doc = engine.client.status(job_id)
-            assert doc["state"] is JobState.TERMINATED and doc["runs_detail"][0]["state"] is RunState.COMPLETED
+            assert doc.state is JobState.TERMINATED and doc.runs_detail[0].state is RunState.COMPLETED
             out = (engine.settings.root / "results" / job_id / "runs" / "run-001" / "out.txt").read_text()
             assert out.startswith(f"gain={gain} "), out
         assert set(engine.client.store.leases("local").values()) == {""}
@@ -88,12 +88,12 @@ def test_members_beyond_the_pool_queue_and_start_as_earlier_members_free_their_n
         assert sent.returncode == 0, sent.stderr
         jobs = json.loads(sent.stdout)["jobs"]
         docs = [engine.wait_job_terminal(job_id, timeout=120) for job_id in jobs]
-        runs = [d["runs_detail"][0] for d in docs]
-        assert [r["state"] for r in runs] == [RunState.COMPLETED] * 3, runs
+        runs = [d.runs_detail[0] for d in docs]
+        assert [r.state for r in runs] == [RunState.COMPLETED] * 3, runs
         # the third waited for a node: it came up only after one of the first two had released theirs
         released = min(e.ts for j in jobs[:2] for e in engine.client.events(j)
                        if e.kind.value == "job.state" and e.data["state"] == "TERMINATED")
-        assert docs[2]["up_at"] >= released
+        assert docs[2].up_at >= released
         assert [(engine.settings.root / "results" / j / "runs" / "run-001" / "out.txt").read_text().strip()
                 for j in jobs] == ["a", "b", "c"]
     finally:

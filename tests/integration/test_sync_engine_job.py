@@ -55,7 +55,7 @@ def test_sync_runs_with_the_job_and_results_are_complete_after_terminate(engine,
     # When the job is terminated
     client.terminate(job_id)
     doc = engine.wait_job_terminal(job_id, timeout=120)
-    assert doc["state"] is JobState.TERMINATED
+    assert doc.state is JobState.TERMINATED
     events = client.events(job_id)
     states = [e.data["state"] for e in events if e.kind is EventKind.SYNC_STATE]
     assert states[0] == "started" and states[-1] == "stopped", states

@@ -42,7 +42,7 @@ def test_a_controldict_edited_on_the_desktop_is_used_by_the_restart(engine, open
     # When it is paused (it writes the current step and exits) and the pause's controlDict reached the desktop
     client.pause(job_id)
     engine.wait_run(job_id, timeout=120)
-    assert client.status(job_id)["runs_detail"][0]["state"] is RunState.PAUSED
+    assert client.status(job_id).runs_detail[0].state is RunState.PAUSED
     wait_for(lambda: "stopAt writeNow;" in (work / "system" / "controlDict").read_text(), 30,
              "the paused controlDict")
     before = _times(run_dir)
@@ -58,5 +58,5 @@ def test_a_controldict_edited_on_the_desktop_is_used_by_the_restart(engine, open
     new = _times(run_dir) - before
     assert new and all(s % 7 == 0 for s in new), sorted(new)
     client.terminate(job_id)
-    assert engine.wait_job_terminal(job_id, timeout=120)["state"] is JobState.TERMINATED
+    assert engine.wait_job_terminal(job_id, timeout=120).state is JobState.TERMINATED
     assert _times(work) == _times(run_dir)

@@ -56,7 +56,7 @@ def test_outputs_written_on_an_ssh_node_reach_the_work_folder_and_edits_go_back(
              "an output from the edited input")
     # Then terminate ends with a final sync, and the sync process stopped
     client.terminate(job_id)
-    assert engine.wait_job_terminal(job_id, timeout=120)["state"] is JobState.TERMINATED
+    assert engine.wait_job_terminal(job_id, timeout=120).state is JobState.TERMINATED
     run_outputs = sorted(p.name for p in (paths.run("run-001").root / "out").iterdir())
     assert sorted(p.name for p in (work / "out").iterdir()) == run_outputs
     states = [e.data["state"] for e in client.events(job_id) if e.kind is EventKind.SYNC_STATE]

@@ -36,14 +36,14 @@ def test_worker_sigkill_during_launch_runs_the_solver_exactly_once(redis_url, tm
         engine.stack.start_worker()
         doc = engine.wait_run(job_id, timeout=90)
         # Then the run completed, and the solver started exactly once
-        assert doc["runs_detail"][0]["state"] is RunState.COMPLETED, doc["runs_detail"][0]
-        assert doc["state"] is JobState.UP
+        assert doc.runs_detail[0].state is RunState.COMPLETED, doc.runs_detail[0]
+        assert doc.state is JobState.UP
         # ... also after the broker handed the killed worker's task out again
         r = redis.Redis.from_url(url)
         wait_for(lambda: r.hlen("unacked") == 0, 60, "the unacked launch task to be redelivered and acked")
         assert counter.read_text().splitlines() == ["started"]
         client.terminate(job_id)
-        assert engine.wait_job_terminal(job_id)["state"] is JobState.TERMINATED
+        assert engine.wait_job_terminal(job_id).state is JobState.TERMINATED
         assert counter.read_text().splitlines() == ["started"]
     finally:
         engine.close()

@@ -355,7 +355,7 @@ def test_only_one_of_twenty_racing_transitions_wins(make_store):
     def race(s, i):
         try:
             barrier.wait()
-            ok = s.transition_job(job_id, JobState.PROVISIONING, expect=[JobState.QUEUED], winner=str(i))
+            ok = s.transition_job(job_id, JobState.PROVISIONING, expect=[JobState.QUEUED], error=str(i))
             with lock:
                 results.append(ok)
         except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
@@ -373,5 +373,5 @@ def test_only_one_of_twenty_racing_transitions_wins(make_store):
     job = make_store().get_job(job_id)
     assert job.state is JobState.PROVISIONING
     assert job.version == 2
-    assert job.winner in {str(i) for i in range(20)}
+    assert job.error in {str(i) for i in range(20)}
     assert kinds(make_store().events(job_id)).count(EventKind.JOB_STATE) == 1

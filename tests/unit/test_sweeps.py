@@ -98,7 +98,7 @@ def test_members_share_a_sweep_id_and_report_their_values(store, tmp_path):
     assert resolve_sweep(store, sweep_id[:5]) == sweep_id
     with pytest.raises(NotFound):
         resolve_sweep(store, "sw-nope")
-    assert [doc["state"].value for doc in client.terminate_sweep(sweep_id)[1]] == ["TERMINATING"] * 3
+    assert [doc.state.value for doc in client.terminate_sweep(sweep_id)[1]] == ["TERMINATING"] * 3
 
 
 def test_members_free_their_nodes_soon_after_their_run_ends_unless_the_spec_says_otherwise():

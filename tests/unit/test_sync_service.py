@@ -11,13 +11,15 @@ import pytest
 
 from orchestrator.cluster.base import Node
 from orchestrator.model.paths import JobPaths
+from orchestrator.model.records import Job
 from orchestrator.model.services import ServiceContext
+from orchestrator.model.states import JobState
 from orchestrator.sync.service import SyncService, _Host
 
 
 def _ctx(backend) -> ServiceContext:
     node = Node("node-01", "10.0.0.2", 1, Path("/var/tmp/e2e"))
-    return ServiceContext(job={"id": "j"}, spec=None, backend=backend, nodes=[node], paths=JobPaths(Path("/x")),
+    return ServiceContext(job=Job(id="j", state=JobState.UP), spec=None, backend=backend, nodes=[node], paths=JobPaths(Path("/x")),
                           store=None, settings=None)
 
 

@@ -88,10 +88,10 @@ def test_metrics_parse_and_match_the_store(api, engine, bob_job):
     store = engine.client.store
     jobs = store.list_jobs(10_000)
     for state in ("QUEUED", "UP", "TERMINATED"):
-        assert samples[("e2e_jobs", (("state", state),))] == sum(1 for j in jobs if j["state"].value == state)
-    active_runs = [r for j in jobs if j["state"] not in JOB_TERMINAL for r in store.list_runs(j["id"])]
+        assert samples[("e2e_jobs", (("state", state),))] == sum(1 for j in jobs if j.state.value == state)
+    active_runs = [r for j in jobs if j.state not in JOB_TERMINAL for r in store.list_runs(j.id)]
     assert samples[("e2e_runs", (("state", "COMPLETED"),))] == sum(1 for r in active_runs
-                                                                  if r["state"].value == "COMPLETED")
+                                                                  if r.state.value == "COMPLETED")
     leases = store.leases("local")
     assert samples[("e2e_nodes", (("backend", "local"), ("state", "leased")))] == sum(1 for v in leases.values() if v)
     assert samples[("e2e_queued_jobs", ())] == len(store.queued_jobs())

@@ -36,7 +36,7 @@ def fuzz_target(engine):
     users.create(other)
     mine = Client(engine.settings, user=me).submit_data(SLEEPER)
     theirs = Client(engine.settings, user=other).submit_data(SLEEPER)
-    engine.client.wait(mine, lambda doc: doc["state"].value == "UP", timeout=60)
+    engine.client.wait(mine, lambda doc: doc.state.value == "UP", timeout=60)
     served = Served(engine.settings.model_copy(update={"api_rate": 100_000.0, "api_burst": 1_000_000}))
     yield served, tokens, mine, theirs
     served.stop()
