@@ -54,7 +54,7 @@ def until(predicate, timeout: float = 30.0) -> float:
 
 def run_state(client: Client, job_id: str) -> RunState:
     doc = client.status(job_id)
-    return next(r for r in doc["runs_detail"] if r["id"] == doc["current_run"])["state"]
+    return next(r for r in doc.runs_detail if r.id == doc.current_run).state
 
 
 def engine_samples(client: Client, home: Path, samples: int) -> dict[str, list[float]]:

@@ -108,12 +108,12 @@ def main() -> int:
             started = time.time()
             job_id = client.submit_data(spec)
             secrets = DesktopSecrets(client.store)
-            port = lambda: desktop_record(client.store.get_job(job_id)).get("vnc_port")  # noqa: E731
+            port = lambda: desktop_record(client.store.get_job(job_id)).vnc_port  # noqa: E731
             password = lambda: (secrets.read(job_id) or None) and secrets.read(job_id).password  # noqa: E731
             login_until(port, password, args.timeout)
             elapsed = time.time() - started
             client.terminate(job_id)
-            client.wait(job_id, lambda d: d["state"] in JOB_TERMINAL, timeout=args.timeout)
+            client.wait(job_id, lambda d: d.state in JOB_TERMINAL, timeout=args.timeout)
             return elapsed
 
         scratch = home / "xvnc"

@@ -90,7 +90,7 @@ def main() -> int:
             secrets = DesktopSecrets(client.store)
             deadline = time.monotonic() + args.timeout
             while True:
-                port = desktop_record(client.store.get_job(job_id)).get("vnc_port")
+                port = desktop_record(client.store.get_job(job_id)).vnc_port
                 secret = secrets.read(job_id)
                 if port and secret:
                     try:
@@ -103,7 +103,7 @@ def main() -> int:
                 time.sleep(0.005)
             elapsed = time.time() - started
             client.terminate(job_id)
-            client.wait(job_id, lambda d: d["state"] in JOB_TERMINAL, timeout=args.timeout)
+            client.wait(job_id, lambda d: d.state in JOB_TERMINAL, timeout=args.timeout)
             return elapsed
 
         sample("ssh"), sample("local")  # warm-up: the worker's first tasks import everything, connect to the node

@@ -83,11 +83,11 @@ class Tally:
             self.extra_starts += max(0, len(runs) - 1)
             if len(runs) > 1:
                 self.problem(job_id, f"{tag} started {len(runs)} times: attempts {runs}")
-            if doc["state"] is not JobState.TERMINATED:
-                self.problem(job_id, f"{job_id} ended {doc['state'].value}")
-            run = doc["runs_detail"][0]
-            if run["state"] is not RunState.COMPLETED:
-                self.problem(job_id, f"{tag} ended {run['state'].value}: {run.get('reason')}")
+            if doc.state is not JobState.TERMINATED:
+                self.problem(job_id, f"{job_id} ended {doc.state.value}")
+            run = doc.runs_detail[0]
+            if run.state is not RunState.COMPLETED:
+                self.problem(job_id, f"{tag} ended {run.state.value}: {run.reason}")
             out = home / "results" / job_id / "runs" / "run-001" / "output.txt"
             if not out.is_file() or out.read_text().splitlines() != [tag, "done"]:
                 self.files_lost += 1

@@ -69,20 +69,20 @@ class Lifecycles:
         """A stuck job for the failure message: its state, its run's, and its last events."""
         store = self.client.store
         job = store.get_job(job_id)
-        run = store.get_run(job_id, job["current_run"])
+        run = store.get_run(job_id, job.current_run)
         events = [f"{e.kind.value} {e.data}" for e in self.client.events(job_id)[-6:]]
-        return (f"{job_id} {job['state'].value}, run {run['state'].value} attempt {run.get('attempt')} "
-                f"pid {run.get('pid')} reason {run.get('reason')!r}; last events: {events}")
+        return (f"{job_id} {job.state.value}, run {run.state.value} attempt {run.attempt} "
+                f"pid {run.pid} reason {run.reason!r}; last events: {events}")
 
     def _step(self, terminated: set[str]) -> None:
         store = self.client.store
         for job_id in sorted(self.alive()):
             job = store.get_job(job_id)
-            if job["state"] in JOB_TERMINAL:
+            if job.state in JOB_TERMINAL:
                 self.ended_at[job_id] = time.monotonic()
                 with self._lock:
                     self._alive.discard(job_id)
-            elif job["state"] is JobState.UP and job_id not in terminated:
-                if store.get_run(job_id, job["current_run"])["state"] in RUN_ENDED:
+            elif job.state is JobState.UP and job_id not in terminated:
+                if store.get_run(job_id, job.current_run).state in RUN_ENDED:
                     self.client.terminate(job_id)
                     terminated.add(job_id)

@@ -60,7 +60,7 @@ def test_every_desktop_entry_refuses_and_records_and_keeps_secrets(engine, tmp_p
     leaks: list[str] | None = None
     try:
         rec = wait_desktop(engine, job_id)
-        assert rec["state"] == "ready", rec.get("reason")
+        assert rec.state == "ready", rec.reason
         d = connect.desktop(client, job_id)
 
         # 1. a wrong VNC password, straight at Xvnc: refused by Xvnc, recorded from its log
@@ -72,7 +72,7 @@ def test_every_desktop_entry_refuses_and_records_and_keeps_secrets(engine, tmp_p
             "the wrong-password event"))
 
         # 2. outside the CIDR at the web gateway (no answer at all), 3. inside with a forged token (403)
-        port = d.record["web_port"]
+        port = d.record.web_port
         assert _http_get(port, "127.0.0.2").startswith(b"HTTP/1.1 200")
         assert _http_get(port, "127.0.0.1") == b""
         assert _http_get(port, "127.0.0.2", "/websockify?token=forged", UPGRADE).startswith(b"HTTP/1.1 403")
@@ -90,7 +90,7 @@ def test_every_desktop_entry_refuses_and_records_and_keeps_secrets(engine, tmp_p
                                                reason="outside the allowed networks") is not None
 
         # 5./6. the tunnel to an sshd whose host key is unknown, then one whose key changed
-        node = client.job(job_id)["nodes"][0]
+        node = client.job(job_id).nodes[0]
         authorized = engine.settings.root / "nodes" / node / "home" / ".ssh" / "authorized_keys"
         sshd, ssh_port, known = _sshd(tmp_path, authorized)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "imposter")], check=True)

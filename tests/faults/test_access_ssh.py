@@ -64,9 +64,9 @@ def test_unknown_and_changed_host_keys_are_refused_recorded_and_secrets_kept(ssh
         sshconn.close_all()
         job_id = _submit(engine, label.replace(" ", "-"), tmp_path / "in.cas.h5")
         jobs.append(job_id)
-        doc = client.wait(job_id, lambda d: d["state"] in (JobState.FAILED, JobState.UP), timeout=60)
+        doc = client.wait(job_id, lambda d: d.state in (JobState.FAILED, JobState.UP), timeout=60)
         refusal = next((e.data for e in client.events(job_id) if e.kind is EventKind.ACCESS_REFUSED), None)
-        results[label] = (doc["state"] is JobState.FAILED and refusal is not None and refusal["reason"] == reason
+        results[label] = (doc.state is JobState.FAILED and refusal is not None and refusal["reason"] == reason
                           and fingerprint(node.host_key) in refusal["message"])
         assert known.read_text() == known_text, "the engine changed known_hosts on its own"
 
@@ -75,8 +75,8 @@ def test_unknown_and_changed_host_keys_are_refused_recorded_and_secrets_kept(ssh
     sshconn.close_all()
     job_id = _submit(engine, "trusted", tmp_path / "in.cas.h5")
     jobs.append(job_id)
-    doc = client.wait(job_id, lambda d: d["state"] in (JobState.FAILED, JobState.UP), timeout=60)
-    control_ok = doc["state"] is JobState.UP
+    doc = client.wait(job_id, lambda d: d.state in (JobState.FAILED, JobState.UP), timeout=60)
+    control_ok = doc.state is JobState.UP
     client.terminate(job_id)
     try:
         engine.wait_job_terminal(job_id, timeout=120)

@@ -283,21 +283,21 @@ def check_edit(client: Client, job_id: str, items: list[str], files: dict[str, s
         entry = client.edit(job_id, sets=items, files=files)
     except UserError as exc:
         after = client.store.get_job(job_id)
-        assert after["spec"] == before["spec"] and after.get("revision") == before.get("revision"), \
+        assert after.spec == before.spec and after.revision == before.revision, \
             f"a refused edit changed the job: {items!r} {files!r}"
         assert (sorted(edits_dir.rglob("*")) if edits_dir.exists() else []) == before_files, \
             f"a refused edit left files behind: {items!r} {files!r}"
         if not isinstance(exc, SpecError):
             assert "nothing" in exc.message, f"a refusal that names no field: {exc.message}"
             return "no-op"
-        view = _edited_view(before["spec"], items)
+        view = _edited_view(before.spec, items)
         for field, _ in exc.problems:
             assert field in ("--set", "--file") or names_a_field(field, view), \
                 f"edit refusal names {field!r}: {exc.message}\nitems: {items!r}"
         return "refused"
     after = client.store.get_job(job_id)
-    assert after["revision"] == entry["revision"] == (before.get("revision") or 1) + 1
-    validate_spec(after["spec"], check_paths=False)  # the stored revision stays readable
+    assert after.revision == entry["revision"] == before.revision + 1
+    validate_spec(after.spec, check_paths=False)  # the stored revision stays readable
     for rel in entry["files"]:
         saved = edits_dir / f"rev-{entry['revision']:03d}" / rel
         assert saved.is_file() and edits_dir in saved.resolve().parents, f"an uploaded file landed outside: {rel}"

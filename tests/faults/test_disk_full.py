@@ -53,7 +53,7 @@ def test_results_disk_full_during_terminate_fails_clearly_then_completes(redis_u
             "name": "command", "command": ["bash", "-c", f"head -c {OUTPUT_BYTES} /dev/urandom > big.bin; "
                                                          "echo done > output.txt"]}})
         doc = engine.wait_run(job_id, timeout=60)
-        assert doc["runs_detail"][0]["state"] is RunState.COMPLETED
+        assert doc.runs_detail[0].state is RunState.COMPLETED
         run_dir = home / "jobs" / job_id / "runs" / "run-001"
         before = _digests(run_dir)
         # When it is terminated
@@ -63,7 +63,7 @@ def test_results_disk_full_during_terminate_fails_clearly_then_completes(redis_u
                                        and e.data.get("step") == "collect"), None), 60, "a collect error event")
         assert "No space left on device" in error.data["message"], error.data
         status = client.status(job_id)
-        assert status["state"] is JobState.TERMINATING and status["collect_error"] == error.data["message"]
+        assert status.state is JobState.TERMINATING and status.collect_error == error.data["message"]
         assert sum(e.kind is EventKind.ERROR for e in client.events(job_id)) == 1, "said once, not every pass"
         # ... the run directory is intact, no half-stored results are kept, and the solver is gone
         assert _digests(run_dir) == before
@@ -73,7 +73,7 @@ def test_results_disk_full_during_terminate_fails_clearly_then_completes(redis_u
         # When space is freed, the same termination completes collection on a later pass
         subprocess.run(["mount", "-o", "remount,size=64m", str(results)], check=True, timeout=30)
         doc = engine.wait_job_terminal(job_id, timeout=60)
-        assert doc["state"] is JobState.TERMINATED
+        assert doc.state is JobState.TERMINATED
         stored = _digests(results / job_id / "runs" / "run-001")
         tally.files_lost = sum(1 for rel, digest in before.items()
                                if Path(rel).name != "wrapper.sh" and stored.get(rel) != digest)

@@ -55,7 +55,7 @@ def test_load_hundreds_of_queued_jobs_over_six_nodes(redis_url, tmp_path):
         queued_mem = r.info("memory")["used_memory"] - mem0
         # When the engine works through them
         store = client.store
-        wait_for(lambda: all(store.get_job(j)["state"] in JOB_TERMINAL for j in jobs), 60 + 3 * JOBS,
+        wait_for(lambda: all(store.get_job(j).state in JOB_TERMINAL for j in jobs), 60 + 3 * JOBS,
                  f"{JOBS} jobs terminal", poll=2.0)
         elapsed = time.monotonic() - t0
         cpu = {name: cpu_seconds(pids[name]) - cpu0[name] for name in cpu0}

@@ -40,26 +40,26 @@ def test_node_network_drop_midrun_is_detected_and_leaves_nothing_behind(own_clus
                                          "cluster": {"backend": "ssh", "nodes": 2},
                                          "solver": {"name": "command", "command": ["sleep", "600"]}})
             tag = f"{job_id}/run-001"
-            wait_for(lambda: client.status(job_id)["runs_detail"][0]["state"] is RunState.RUNNING, 60, "RUNNING")
+            wait_for(lambda: client.status(job_id).runs_detail[0].state is RunState.RUNNING, 60, "RUNNING")
             wait_for(lambda: tagged_processes(tag), 30, "the solver process on its node")
-            victim_name = client.status(job_id)["nodes"][trial % 2]
+            victim_name = client.status(job_id).nodes[trial % 2]
             victim = next(n for n in own_cluster.nodes if n.name == victim_name)
             # When the node's link goes down mid-run
             cut_at = time.time()
             own_cluster.cut(victim)
             try:
                 # Then the run fails naming the node, and terminate still completes without it
-                run = wait_for(lambda: (r := client.status(job_id)["runs_detail"][0])["state"] in
+                run = wait_for(lambda: (r := client.status(job_id).runs_detail[0]).state in
                                (RunState.FAILED, RunState.COMPLETED) and r, 60, "the run to end")
                 failed = next(e for e in client.events(job_id) if e.kind is EventKind.NODE_FAILED)
                 detections.append(failed.ts - cut_at)
-                outcomes.append(f"{'head' if trial % 2 == 0 else 'other'}: run {run['state'].value}")
-                if run["state"] is not RunState.FAILED or victim_name not in (run.get("reason") or ""):
-                    tally.problem(job_id, f"{tag} ended {run['state'].value}: {run.get('reason')}")
+                outcomes.append(f"{'head' if trial % 2 == 0 else 'other'}: run {run.state.value}")
+                if run.state is not RunState.FAILED or victim_name not in (run.reason or ""):
+                    tally.problem(job_id, f"{tag} ended {run.state.value}: {run.reason}")
                 client.terminate(job_id)
                 doc = engine.wait_job_terminal(job_id, timeout=90)
-                if doc["state"] is not JobState.TERMINATED:
-                    tally.problem(job_id, f"{job_id} ended {doc['state'].value}")
+                if doc.state is not JobState.TERMINATED:
+                    tally.problem(job_id, f"{job_id} ended {doc.state.value}")
             finally:
                 own_cluster.mend(victim)
             mended = time.monotonic()

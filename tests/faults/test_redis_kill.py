@@ -34,7 +34,7 @@ def test_redis_kill9_and_restart_midrun_loses_nothing(aof_redis, tmp_path):
         # than the fsync window ago, so each job record is on disk
         jobs = life.submit(JOBS, prefix="aof")
         time.sleep(FSYNC_WINDOW + 0.5)
-        before = {job_id: client.store.get_job(job_id)["spec"] for job_id in jobs}
+        before = {job_id: client.store.get_job(job_id).spec for job_id in jobs}
         done = threading.Event()
 
         def killer() -> None:
@@ -68,7 +68,7 @@ def test_redis_kill9_and_restart_midrun_loses_nothing(aof_redis, tmp_path):
             for thread in threads:
                 thread.join(60)
         # Then no job submitted before the fsync window was lost, and each ran once and completed whole
-        lost = [job_id for job_id, spec in before.items() if client.store.get_job(job_id)["spec"] != spec]
+        lost = [job_id for job_id, spec in before.items() if client.store.get_job(job_id).spec != spec]
         tally = Tally()
         for job_id in lost:
             tally.problem(job_id, f"{job_id}: record lost or changed by the restart")

@@ -24,17 +24,17 @@ def test_job_runs_in_its_slurm_allocation_freezes_and_terminates(slurm, redis_ur
         job_id = client.submit_data({"name": "in-slurm", "desktop": {"enabled": False}, "cluster": {"backend": "slurm", "nodes": 1},
                                      "solver": {"name": "command", "command": [
                                          "sh", "-c", "while :; do sleep 0.2; echo tick >> ticks; done"]}})
-        wait_for(lambda: client.status(job_id)["runs_detail"][0]["state"] is RunState.RUNNING, 60, "RUNNING")
+        wait_for(lambda: client.status(job_id).runs_detail[0].state is RunState.RUNNING, 60, "RUNNING")
         assert backend.allocation_state(job_id) == "RUNNING"
-        pid = client.status(job_id)["runs_detail"][0]["pid"]
+        pid = client.status(job_id).runs_detail[0].pid
         client.pause(job_id, freeze=True)
         wait_for(lambda: backend.allocation_state(job_id) == "SUSPENDED", 30, "the allocation to be suspended")
         wait_for(lambda: process_states([pid]) == {"T"}, 10, "the run to be stopped")
         client.resume(job_id)
         wait_for(lambda: backend.allocation_state(job_id) == "RUNNING", 30, "the allocation to run again")
-        assert client.status(job_id)["runs_detail"][0]["state"] is RunState.RUNNING
+        assert client.status(job_id).runs_detail[0].state is RunState.RUNNING
         client.terminate(job_id)
-        assert engine.wait_job_terminal(job_id, timeout=120)["state"] is JobState.TERMINATED
+        assert engine.wait_job_terminal(job_id, timeout=120).state is JobState.TERMINATED
         # scancel was sent; Slurm shows COMPLETING while it ends the allocation's steps
         wait_for(lambda: backend.allocation_state(job_id) in ("CANCELLED", "COMPLETED", None), 30,
                  "the allocation to end")

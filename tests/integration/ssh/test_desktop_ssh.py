@@ -129,7 +129,7 @@ def test_desktop_runs_on_the_ssh_head_node_and_the_tunnel_reaches_it(cluster, en
     job = spec("desk-ssh", access=[f"{host}/32", "127.0.0.1/32"], geometry="1024x768")
     job_id = client.submit_data({**job, "cluster": {"backend": "ssh", "nodes": 1, "cores_per_node": 1}})
     rec = wait_desktop(engine, job_id)
-    assert rec["state"] == "ready", rec.get("reason")
+    assert rec.state == "ready", rec.reason
     d = connect.desktop(client, job_id)
     assert d.ssh == ("root", head.address, head.port)
 
@@ -160,10 +160,10 @@ def test_desktop_runs_on_the_ssh_head_node_and_the_tunnel_reaches_it(cluster, en
             stream.close()
 
     # noVNC from the node's gateway at the URL the user gets, and a VNC login over its WebSocket
-    assert d.record["url"].startswith(f"http://{head.address}:")
-    with urllib.request.urlopen(d.record["url"], timeout=10) as page:
+    assert d.record.url.startswith(f"http://{head.address}:")
+    with urllib.request.urlopen(d.record.url, timeout=10) as page:
         assert page.status == 200 and b"noVNC" in page.read()
-    ws = WebSocketStream(f"ws://{head.address}:{d.record['web_port']}/websockify?token={d.secret.token}")
+    ws = WebSocketStream(f"ws://{head.address}:{d.record.web_port}/websockify?token={d.secret.token}")
     try:
         assert job_id in handshake(ws, d.secret.password).name
     finally:
@@ -171,12 +171,12 @@ def test_desktop_runs_on_the_ssh_head_node_and_the_tunnel_reaches_it(cluster, en
 
     # the nftables rules are loaded in the head node's network: an address outside the rule is dropped there
     with pytest.raises(OSError):
-        socket.create_connection((head.address, d.record["web_port"]), timeout=2, source_address=(outsider, 0))
+        socket.create_connection((head.address, d.record.web_port), timeout=2, source_address=(outsider, 0))
     table = _netns(cluster, "nft", "list", "table", "inet", f"e2e_desktop_{job_id}")
     assert table.returncode == 0, table.stderr
     assert f"{host}" in table.stdout and "127.0.0.1" in table.stdout
     drop = next(line for line in table.stdout.splitlines() if "drop" in line)
-    assert f"dport {d.record['web_port']}" in drop and "counter packets 0 " not in drop, drop
+    assert f"dport {d.record.web_port}" in drop and "counter packets 0 " not in drop, drop
 
     # the user's key is in the head node's authorized_keys (private, limited to the rule's networks)
     authorized = head.dir / "home" / ".ssh" / "authorized_keys"

@@ -34,7 +34,7 @@ def _spec(name: str, **cluster) -> dict:
 
 
 def _run(client, job_id):
-    return client.status(job_id)["runs_detail"][0]
+    return client.status(job_id).runs_detail[0]
 
 
 def test_a_silent_node_is_replaced_and_the_run_continues_from_its_checkpoint(own_cluster, redis_url, tmp_path):
@@ -43,19 +43,19 @@ def test_a_silent_node_is_replaced_and_the_run_continues_from_its_checkpoint(own
     try:
         client = engine.client
         job_id = client.submit_data(_spec("replace", restart_on_node_failure=True))
-        wait_for(lambda: (p := _run(client, job_id).get("progress")) and p.step >= 5, 60, "checkpoints")
-        head, victim = client.status(job_id)["nodes"]
+        wait_for(lambda: (p := _run(client, job_id).progress) and p.step >= 5, 60, "checkpoints")
+        head, victim = client.status(job_id).nodes
         spare = next(n.name for n in own_cluster.nodes if n.name not in (head, victim))
 
         # When the second node stops answering mid-run
         own_cluster.cut(next(n for n in own_cluster.nodes if n.name == victim))
 
         # Then the run fails naming it, the spare takes its place, and the run restarts as attempt 2
-        wait_for(lambda: (_run(client, job_id).get("attempt") or 1) > 1, 60, "a restart")
-        assert client.status(job_id)["nodes"] == [head, spare]
+        wait_for(lambda: (_run(client, job_id).attempt or 1) > 1, 60, "a restart")
+        assert client.status(job_id).nodes == [head, spare]
         doc = engine.wait_run(job_id, timeout=120)
-        run = doc["runs_detail"][0]
-        assert run["state"] is RunState.COMPLETED and run["attempt"] == 2, run
+        run = doc.runs_detail[0]
+        assert run.state is RunState.COMPLETED and run.attempt == 2, run
         events = client.events(job_id)
         assert [e.data["node"] for e in events if e.kind is EventKind.NODE_FAILED] == [victim]
         assert [(e.data["node"], e.data["replacement"]) for e in events if e.kind is EventKind.NODE_REPLACED] == \
@@ -81,7 +81,7 @@ def test_a_silent_node_is_replaced_and_the_run_continues_from_its_checkpoint(own
 
         client.terminate(job_id)
         doc = engine.wait_job_terminal(job_id, timeout=60)
-        assert doc["state"] is JobState.TERMINATED
+        assert doc.state is JobState.TERMINATED
         assert (engine.settings.root / "results" / job_id / "runs" / "run-001" / "step").read_text().strip() == \
             str(STEPS)
         assert client.store.drained("ssh")[victim]["run"] == "run-001"
@@ -105,13 +105,13 @@ def test_terminate_completes_when_the_head_node_is_silent(own_cluster, redis_url
     try:
         client = engine.client
         job_id = client.submit_data(_spec("headless"))
-        wait_for(lambda: _run(client, job_id)["state"] is RunState.RUNNING, 60, "RUNNING")
-        head = client.status(job_id)["nodes"][0]
+        wait_for(lambda: _run(client, job_id).state is RunState.RUNNING, 60, "RUNNING")
+        head = client.status(job_id).nodes[0]
         own_cluster.cut(next(n for n in own_cluster.nodes if n.name == head))
         client.terminate(job_id)
         doc = engine.wait_job_terminal(job_id, timeout=120)
-        assert doc["state"] is JobState.TERMINATED
-        assert head in doc["runs_detail"][0]["reason"]
+        assert doc.state is JobState.TERMINATED
+        assert head in doc.runs_detail[0].reason
         skipped = [e.data for e in client.events(job_id) if e.kind is EventKind.WARNING and e.data.get("node")]
         assert head in {w["node"] for w in skipped if w.get("step") == "terminate"}
     finally:

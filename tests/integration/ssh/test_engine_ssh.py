@@ -61,9 +61,9 @@ def test_openfoam_over_two_ssh_nodes_matches_a_single_node_run(ssh_engine, ssh_c
     # When the cavity runs decomposed over two ssh nodes
     job_id = client.submit_data(_spec("cavity-ssh", tmp_path / "cavity", "ssh", 2, endTime=0.5, writeInterval=20))
     doc = ssh_engine.wait_run(job_id, timeout=180)
-    run = doc["runs_detail"][0]
-    assert run["state"] is RunState.COMPLETED, run
-    assert doc["nodes"] == ["nodea", "nodeb"]
+    run = doc.runs_detail[0]
+    assert run.state is RunState.COMPLETED, run
+    assert doc.nodes == ["nodea", "nodeb"]
     run_dir = ssh_engine.settings.root / "jobs" / job_id / "runs" / "run-001"
     assert (run_dir / "processor0").is_dir() and (run_dir / "processor1").is_dir()
     hostfile = (run_dir / "hostfile").read_text()
@@ -82,7 +82,7 @@ def test_openfoam_over_two_ssh_nodes_matches_a_single_node_run(ssh_engine, ssh_c
 
     # When it is terminated, the results reach the head node and the nodes are free again
     client.terminate(job_id)
-    assert ssh_engine.wait_job_terminal(job_id, timeout=120)["state"] is JobState.TERMINATED
+    assert ssh_engine.wait_job_terminal(job_id, timeout=120).state is JobState.TERMINATED
     results = ssh_engine.settings.root / "results" / job_id / "runs" / "run-001"
     assert not any(client.store.leases("ssh").values())
 
@@ -90,7 +90,7 @@ def test_openfoam_over_two_ssh_nodes_matches_a_single_node_run(ssh_engine, ssh_c
     local_job = client.submit_data(_spec("cavity-local", tmp_path / "cavity", "local", 1, endTime=0.5,
                                          writeInterval=20))
     local_doc = ssh_engine.wait_run(local_job, timeout=180)
-    assert local_doc["runs_detail"][0]["state"] is RunState.COMPLETED
+    assert local_doc.runs_detail[0].state is RunState.COMPLETED
     local = ssh_engine.settings.root / "jobs" / local_job / "runs" / "run-001"
     for name in ("U", "p"):
         distributed, serial = internal_field(results / "0.5" / name), internal_field(local / "0.5" / name)
@@ -146,7 +146,7 @@ def test_two_node_run_freezes_pauses_restarts_and_completes_like_a_serial_run(
     tag = f"{job_id}/run-001"
 
     def step():
-        progress = client.status(job_id)["runs_detail"][0].get("progress")
+        progress = client.status(job_id).runs_detail[0].progress
         return progress.step if progress and progress.step is not None else 0.0
 
     wait_for(lambda: step() >= 0.5, 120, "progress past t=0.5")
@@ -160,16 +160,16 @@ def test_two_node_run_freezes_pauses_restarts_and_completes_like_a_serial_run(
              "every process to run again")
     # graceful pause: the solver writes its time and exits; restart continues from that checkpoint
     client.pause(job_id)
-    doc = wait_for(lambda: (d := client.status(job_id))["runs_detail"][0]["state"] is RunState.PAUSED and d,
+    doc = wait_for(lambda: (d := client.status(job_id)).runs_detail[0].state is RunState.PAUSED and d,
                    120, "the run to pause")
     paused_at = step()
     assert 0.5 <= paused_at < 10
     assert backend.tagged_processes(nodeb, tag) == [] and backend.tagged_processes(nodea, tag) == []
     client.restart(job_id)
     doc = ssh_engine.wait_run(job_id, timeout=300)
-    run = doc["runs_detail"][0]
-    assert run["state"] is RunState.COMPLETED, run
-    assert run["attempt"] == 2
+    run = doc.runs_detail[0]
+    assert run.state is RunState.COMPLETED, run
+    assert run.attempt == 2
     run_dir = ssh_engine.settings.root / "jobs" / job_id / "runs" / "run-001"
     log = (run_dir / "log.icoFoam").read_text()
     attempts = log.split("Starting time loop")[1:]  # the restart appends its attempt to the log
@@ -177,11 +177,11 @@ def test_two_node_run_freezes_pauses_restarts_and_completes_like_a_serial_run(
     resumed_from = float(re.search(r"^Time = (\S+)$", attempts[1], re.M).group(1))
     assert resumed_from >= 0.5, "the restart began at t=0 again"
     client.terminate(job_id)
-    assert ssh_engine.wait_job_terminal(job_id, timeout=120)["state"] is JobState.TERMINATED
+    assert ssh_engine.wait_job_terminal(job_id, timeout=120).state is JobState.TERMINATED
     results = ssh_engine.settings.root / "results" / job_id / "runs" / "run-001"
 
     serial = client.submit_data(_spec("cavity-serial", tmp_path / "cavity", "local", 1, endTime=10, writeInterval=20))
-    assert ssh_engine.wait_run(serial, timeout=300)["runs_detail"][0]["state"] is RunState.COMPLETED
+    assert ssh_engine.wait_run(serial, timeout=300).runs_detail[0].state is RunState.COMPLETED
     local = ssh_engine.settings.root / "jobs" / serial / "runs" / "run-001"
     for name in ("U", "p"):
         distributed, reference = internal_field(results / "10" / name), internal_field(local / "10" / name)
@@ -200,7 +200,7 @@ def test_jobs_wait_for_free_ssh_nodes_in_submission_order(ssh_engine):
                                    "solver": {"name": "command", "command": ["sleep", "600"]}})
 
     def state(job_id):
-        return client.status(job_id)["state"]
+        return client.status(job_id).state
 
     first = sleeper("first", 2)
     wait_for(lambda: state(first) is JobState.UP, 60, "the first job to be up")
@@ -216,4 +216,4 @@ def test_jobs_wait_for_free_ssh_nodes_in_submission_order(ssh_engine):
     for job_id in (second, third):
         client.terminate(job_id)
     for job_id in (first, second, third):
-        assert ssh_engine.wait_job_terminal(job_id, timeout=60)["state"] is JobState.TERMINATED
+        assert ssh_engine.wait_job_terminal(job_id, timeout=60).state is JobState.TERMINATED

@@ -33,11 +33,11 @@ def _spec(name: str, case, backend: str, nodes: int, cores: int) -> dict:
 
 
 def _run(client, job_id: str) -> dict:
-    return client.status(job_id)["runs_detail"][0]
+    return client.status(job_id).runs_detail[0]
 
 
 def _step(client, job_id: str) -> float:
-    progress = _run(client, job_id).get("progress")
+    progress = _run(client, job_id).progress
     return progress.step if progress and progress.step is not None else -1.0
 
 
@@ -74,10 +74,10 @@ def test_decomposed_run_on_unshared_nodes_pauses_restarts_and_matches_a_single_n
     assert backend.exists(nodeb, run_dir / "processor1" / "constant" / "polyMesh" / "points"), \
         "the decomposition made on the first node did not reach the second"
     client.pause(job_id)
-    run = wait_for(lambda: (r := _run(client, job_id))["state"] in (RunState.PAUSED, RunState.FAILED) and r,
+    run = wait_for(lambda: (r := _run(client, job_id)).state in (RunState.PAUSED, RunState.FAILED) and r,
                    120, "the run to pause")
-    assert run["state"] is RunState.PAUSED and run["exit_code"] == 0, run
-    paused_at = run["progress"].step
+    assert run.state is RunState.PAUSED and run.exit_code == 0, run
+    paused_at = run.progress.step
     assert 0.25 <= paused_at < END
     checkpoint = f"{paused_at:g}"
     # The checkpoint of the rank on nodeb was written on nodeb only, and gathered to the first node
@@ -87,9 +87,9 @@ def test_decomposed_run_on_unshared_nodes_pauses_restarts_and_matches_a_single_n
     # When it is restarted: every node must get the latest time directories of its processor
     client.restart(job_id)
     doc = engine.wait_run(job_id, timeout=300)
-    run = doc["runs_detail"][0]
-    assert run["state"] is RunState.COMPLETED, run
-    assert run["attempt"] == 2 and run["progress"].step == END
+    run = doc.runs_detail[0]
+    assert run.state is RunState.COMPLETED, run
+    assert run.attempt == 2 and run.progress.step == END
     two_nodes = time.monotonic() - started
     log = backend.read_bytes(nodea, run_dir / "log.icoFoam").decode()
     attempts = log.split("Starting time loop")[1:]
@@ -100,7 +100,7 @@ def test_decomposed_run_on_unshared_nodes_pauses_restarts_and_matches_a_single_n
         "the restart did not continue from the checkpoint"
     # Then terminate brings every node's output to the head node
     client.terminate(job_id)
-    assert engine.wait_job_terminal(job_id, timeout=120)["state"] is JobState.TERMINATED
+    assert engine.wait_job_terminal(job_id, timeout=120).state is JobState.TERMINATED
     results = engine.settings.root / "results" / job_id / "runs" / "run-001"
     # (nodeb holds an older copy of the log, from the restart's spread: it must not replace the real one)
     assert (results / "log.icoFoam").read_text() == log
@@ -109,7 +109,7 @@ def test_decomposed_run_on_unshared_nodes_pauses_restarts_and_matches_a_single_n
 
     # And the fields equal the single-node run's exactly: reconstructed, and the rank of nodeb's own output
     done = engine.wait_run(single, timeout=300)
-    assert done["runs_detail"][0]["state"] is RunState.COMPLETED
+    assert done.runs_detail[0].state is RunState.COMPLETED
     reference = engine.settings.root / "jobs" / single / "runs" / "run-001"
     for where in (f"{END:g}", f"processor1/{END:g}", f"processor0/{END:g}"):
         ours, theirs = _fields(results, where), _fields(reference, where)
@@ -121,9 +121,9 @@ def test_decomposed_run_on_unshared_nodes_pauses_restarts_and_matches_a_single_n
     print("\n" + "\n".join(staging))
     print(f"two unshared nodes: first progress after {first_progress:.1f}s, pause+restart+complete "
           f"{two_nodes:.1f}s; single node (2 ranks, concurrently): "
-          f"{done['runs_detail'][0]['ended_at'] - done['runs_detail'][0]['started_at']:.1f}s")
+          f"{done.runs_detail[0].ended_at - done.runs_detail[0].started_at:.1f}s")
     client.terminate(single)
-    assert engine.wait_job_terminal(single, timeout=60)["state"] is JobState.TERMINATED
+    assert engine.wait_job_terminal(single, timeout=60).state is JobState.TERMINATED
 
 
 def test_a_head_node_cut_off_mid_run_fails_the_run_naming_it(unshared_engine):
@@ -132,14 +132,14 @@ def test_a_head_node_cut_off_mid_run_fails_the_run_naming_it(unshared_engine):
     job_id = client.submit_data({"name": "sleeper", "desktop": {"enabled": False},
                                  "cluster": {"backend": "ssh", "nodes": 2},
                                  "solver": {"name": "command", "command": ["sleep", "600"]}})
-    wait_for(lambda: _run(client, job_id)["state"] is RunState.RUNNING, 60, "RUNNING")
-    head, other = client.status(job_id)["nodes"]
+    wait_for(lambda: _run(client, job_id).state is RunState.RUNNING, 60, "RUNNING")
+    head, other = client.status(job_id).nodes
     # When the node running the run script (and holding the only copy of its log) goes silent
     cluster.cut(next(n for n in cluster.nodes if n.name == head))
-    run = wait_for(lambda: (r := _run(client, job_id))["state"] is RunState.FAILED and r, 30, "the run to fail")
+    run = wait_for(lambda: (r := _run(client, job_id)).state is RunState.FAILED and r, 30, "the run to fail")
     # Then the run failed naming the head node, not the one that still answers
-    assert head in run["reason"] and other not in run["reason"], run["reason"]
+    assert head in run.reason and other not in run.reason, run.reason
     errors = [e.data for e in client.events(job_id) if e.kind is EventKind.ERROR]
     assert errors and errors[-1]["nodes"] == [head]
     client.terminate(job_id)
-    assert engine.wait_job_terminal(job_id, timeout=120)["state"] is JobState.TERMINATED
+    assert engine.wait_job_terminal(job_id, timeout=120).state is JobState.TERMINATED

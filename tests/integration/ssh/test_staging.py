@@ -22,12 +22,12 @@ def test_run_on_unshared_storage_is_staged_in_and_gathered_back(private_cluster,
                                          "sh", "-c", "cat /proc/sys/kernel/hostname > where.txt; "
                                                      "mkdir -p out && echo 42 > out/answer; echo progress: 1/1"]}})
         doc = engine.wait_run(job_id, timeout=60)
-        assert doc["runs_detail"][0]["state"] is RunState.COMPLETED, doc["runs_detail"][0]
+        assert doc.runs_detail[0].state is RunState.COMPLETED, doc.runs_detail[0]
         run_dir = home / "jobs" / job_id / "runs" / "run-001"
         # (the live sync may mirror outputs into the head's copy before terminate: test_sync_unshared.py)
         assert (run_dir / "run.sh").is_file()
         client.terminate(job_id)
-        assert engine.wait_job_terminal(job_id, timeout=60)["state"] is JobState.TERMINATED
+        assert engine.wait_job_terminal(job_id, timeout=60).state is JobState.TERMINATED
         assert (run_dir / "out" / "answer").read_text() == "42\n"  # final sync / stage_out into the head's copy
         results = home / "results" / job_id / "runs" / "run-001"
         assert (results / "out" / "answer").read_text() == "42\n"

@@ -66,7 +66,7 @@ def test_outputs_on_a_node_with_its_own_disk_reach_the_work_folder_and_edits_go_
     assert (run_root / "params.txt").read_text() == "value=2\n"  # a restart's stage_in pushes the edit, not the old
     # Then terminate ends with a final sync and the results hold every file of the work folder
     client.terminate(job_id)
-    assert engine.wait_job_terminal(job_id, timeout=120)["state"] is JobState.TERMINATED
+    assert engine.wait_job_terminal(job_id, timeout=120).state is JobState.TERMINATED
     on_node = {os.fsdecode(n) for n in backend.run(node, ["ls", "-A", run_root / "out"]).stdout.split(b"\n")}
     outputs = {p.name for p in (work / "out").iterdir()}
     assert outputs >= {n for n in on_node if n.startswith("step ")} and len(outputs) > 3
