@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from orchestrator.cluster.base import ClusterBackend, Node
-    from orchestrator.model.records import Job
     from orchestrator.model.paths import JobPaths
+    from orchestrator.model.records import Job
     from orchestrator.model.settings import Settings
     from orchestrator.store.jobs import JobStore
 

@@ -19,8 +19,8 @@ from orchestrator.sync.service import SyncService, _Host
 
 def _ctx(backend) -> ServiceContext:
     node = Node("node-01", "10.0.0.2", 1, Path("/var/tmp/e2e"))
-    return ServiceContext(job=Job(id="j", state=JobState.UP), spec=None, backend=backend, nodes=[node], paths=JobPaths(Path("/x")),
-                          store=None, settings=None)
+    return ServiceContext(job=Job(id="j", state=JobState.UP), spec=None, backend=backend, nodes=[node],
+                          paths=JobPaths(Path("/x")), store=None, settings=None)
 
 
 @pytest.mark.parametrize(("backend", "wanted"), [
