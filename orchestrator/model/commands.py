@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import Enum
 
 from orchestrator.model.errors import InvalidState
+from orchestrator.model.records import Job, Run
 from orchestrator.model.states import JobState, RunState
 
 
@@ -45,14 +46,14 @@ def allowed_commands(job_state: JobState, run_state: RunState | None) -> list[Co
     return found
 
 
-def check_allowed(command: Command, job: dict, run: dict | None) -> None:
+def check_allowed(command: Command, job: Job, run: Run | None) -> None:
     """Refuse a command the current state does not allow, saying the state and what is allowed."""
-    job_state, run_state = job["state"], (run or {}).get("state")
+    job_state, run_state = job.state, (run.state if run is not None else None)
     allowed = allowed_commands(job_state, run_state)
     if command in allowed:
         return
-    where = f"job {job['id']} is {job_state.value}"
+    where = f"job {job.id} is {job_state.value}"
     if run is not None and job_state is JobState.UP:
-        where += f", its run {run['id']} is {run_state.value}"
+        where += f", its run {run.id} is {run.state.value}"
     options = ", ".join(c.value for c in allowed) or "none"
     raise InvalidState(f"cannot {command.value}: {where}; allowed now: {options}")

@@ -22,7 +22,7 @@ from orchestrator.model.commands import ALLOWED, Command, allowed_commands, chec
 from orchestrator.model.errors import InvalidState, SpecError
 from orchestrator.model.events import EventKind
 from orchestrator.model.paths import JobPaths
-from orchestrator.model.records import Run
+from orchestrator.model.records import Job, Run
 from orchestrator.model.states import RUN_ACTIVE, RUN_ENDED, JobState, RunState
 
 
@@ -47,15 +47,15 @@ def test_restart_and_rerun_only_when_no_process_runs():
 
 
 def test_a_refusal_names_the_state_and_what_is_allowed():
-    job = {"id": "j1", "state": JobState.UP}
-    run = {"id": "run-001", "state": RunState.RUNNING}
+    job = Job(id="j1", state=JobState.UP)
+    run = Run(id="run-001", state=RunState.RUNNING)
     with pytest.raises(InvalidState) as err:
         check_allowed(Command.RESTART, job, run)
     assert "run-001 is RUNNING" in err.value.message
     assert "allowed now: pause, freeze, edit-live, terminate" in err.value.message
     check_allowed(Command.PAUSE, job, run)  # allowed: no exception
     with pytest.raises(InvalidState, match="TERMINATED; allowed now: none"):
-        check_allowed(Command.TERMINATE, {"id": "j1", "state": JobState.TERMINATED}, run)
+        check_allowed(Command.TERMINATE, Job(id="j1", state=JobState.TERMINATED), run)
 
 
 # -- edits
