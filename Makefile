@@ -27,7 +27,8 @@ LEAN_TEST_PACKAGES := $(SSH_PACKAGES) $(SLURM_PACKAGES) $(PLUGIN_PACKAGES) $(DES
 demo: system-deps-demo $(STAMP)
 	$(VENV)/bin/e2e demo
 
-test: lint system-deps-test $(STAMP)
+# System packages and the virtualenv first (a fresh machine may lack python3-venv), then lint and types, then tests.
+test: system-deps-test $(STAMP) lint typecheck
 	$(PY) -m pytest -q -ra
 
 # Style and the layer contracts ([tool.importlinter] in pyproject.toml); a violation fails `make test`.
@@ -35,7 +36,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-# Types of the bottom layers and the plugin contract (not part of `make test` yet).
+# Types of the public surface: the model, the store, the control surface and the plugin contract.
 TYPECHECK_PATHS := orchestrator/model orchestrator/store orchestrator/control solvers/base.py
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy $(TYPECHECK_PATHS)

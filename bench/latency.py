@@ -186,7 +186,7 @@ def main() -> int:
             sent = time.time()
             job_id = client.submit(spec)
             last = None
-            for last in client.follow(job_id, until=settled, timeout=args.timeout):
+            for last in client.follow(job_id, until=settled, timeout=args.timeout):  # noqa: B007 (keeps the last)
                 pass
             if last is None or not settled(last) or last.data.get("state") != "RUNNING":
                 what = f"ended at {last.kind.value} {last.data}" if last and settled(last) else "timed out"

@@ -51,7 +51,8 @@ class CalculiX(SolverPlugin):
             done = completed_steps(ctx.run_dir, job, deck.periods)
             rout = latest_restart(ctx.run_dir, job)
             if rout is None or done == 0:
-                raise UserError("calculix: no completed step with a restart record (.rout) to restart from; rerun instead")
+                raise UserError("calculix: no completed step with a restart record (.rout) to restart from; "
+                                "rerun instead")
             jobname = f"{job}_r{ctx.attempt}"
             (ctx.run_dir / f"{jobname}.rin").write_bytes(rout.read_bytes())
             (ctx.run_dir / f"{jobname}.inp").write_text(

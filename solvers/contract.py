@@ -164,7 +164,7 @@ class PluginContract:
             prepare_and_render(plugin, opts, again)
         except UserError:
             pass  # nothing to restart from yet: a clear user error is the right answer
-        for path, content in before.items():
+        for path in before:
             assert path.exists(), f"a restart deleted {path.relative_to(first.run_dir)}"
 
     # -- progress, exit, stop

@@ -1,4 +1,4 @@
-"""Ansys Fluent plugin: a generated (or the user's) journal run by `fluent -g -t -cnf -i`, with checkpoint/exit files."""
+"""Ansys Fluent plugin: a generated (or the user's) journal run by `fluent -g -t -cnf -i`; checkpoint/exit files."""
 
 from __future__ import annotations
 
@@ -73,7 +73,8 @@ class Fluent(SolverPlugin):
             data = copy_input(options.data, ctx.run_dir, "case" + _suffix(options.data.name, _DATA_SUFFIXES))
         resume = latest_data(ctx.run_dir) if ctx.mode is RunMode.RESTART else None
         if ctx.mode is RunMode.RESTART and resume is None:
-            raise UserError("fluent: no autosave or checkpoint data in the run directory to restart from; rerun instead")
+            raise UserError("fluent: no autosave or checkpoint data in the run directory to restart from; "
+                            "rerun instead")
         journal = attempt_name("run", ".jou", ctx.attempt)
         (ctx.run_dir / journal).write_text(self.journal(options, ctx, case, data, resume))
         hostfile = "fluent.hosts"

@@ -34,8 +34,8 @@ _CONVERGENCE = re.compile(r"(FORCE|MOMENT|DISP|HEAT FLOW) CONVERGENCE VALUE\s*=\
                           r"([-+0-9.eE]+)")
 _LABELS = {"FORCE": "F", "MOMENT": "M", "DISP": "U", "HEAT FLOW": "HEAT"}
 # .mntr: LOAD STEP, SUB-STEP, NO.ATTMP, NO.ITER, TOTL.ITER, INCREMENT TIME/LFACT, TOTAL TIME/LFACT, VARIAB...
-_MNTR_ROW = re.compile(r"^[ \t]*(\d+)[ \t]+(\d+)[ \t]+(\d+)[ \t]+(\d+)[ \t]+(\d+)[ \t]+([-+0-9.eE]+)[ \t]+([-+0-9.eE]+)",
-                       re.M)
+_MNTR_ROW = re.compile(r"^[ \t]*(\d+)[ \t]+(\d+)[ \t]+(\d+)[ \t]+(\d+)[ \t]+(\d+)"
+                       r"[ \t]+([-+0-9.eE]+)[ \t]+([-+0-9.eE]+)", re.M)
 _ABORTED = re.compile(r"[^\n]*abort file[^\n]*", re.I)
 _ERROR = re.compile(r"\*\*\* ERROR \*\*\*[^\n]*\n\s*([^\n]+)")
 _NOT_CONVERGED = re.compile(r"[^\n]*SOLUTION (?:IS )?NOT CONVERGED[^\n]*|[^\n]*solution was not converged[^\n]*", re.I)
@@ -96,7 +96,8 @@ class Mechanical(SolverPlugin):
             template="mechanical/run.sh.j2",
             context={"executable": f"ansys{options.version}", "nprocs": sum(n for _, n in spread), "machines": machines,
                      "mpi": options.mpi, "jobname": job, "input": input_name, "log_file": log_file,
-                     "stdout": attempt_name(job, ".stdout", ctx.attempt), "product": options.product, "threads": options.threads_per_process,
+                     "stdout": attempt_name(job, ".stdout", ctx.attempt), "product": options.product,
+                     "threads": options.threads_per_process,
                      "memory": options.memory_mb, "extra_args": list(options.extra_args)},
             log_file=log_file,
             progress_total=total,

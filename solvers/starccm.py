@@ -35,7 +35,7 @@ class StarCCMOptions(SolverOptions):
                                   description="set the Maximum Steps criterion (through a generated macro), then run")
     mpi: Literal["openmpi", "intel", "platform"] = "openmpi"
     server_port: int | None = Field(None, ge=1024, le=65535,
-                                    description="fix the batch server's port and publish host:port for a desktop client")
+                                    description="fix the batch server's port; publish host:port for a client")
     power: bool = Field(False, description="Power-on-Demand licensing (-power); the podkey goes in LM_PROJECT")
     podkey: Secret | None = None
     license_path: Secret | None = Field(None, description="CDLMD_LICENSE_FILE, e.g. 1999@flex.cd-adapco.com")

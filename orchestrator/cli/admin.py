@@ -65,7 +65,8 @@ def create_user(name: str = typer.Argument(..., help="user name (lower-case lett
 
 
 @admin_app.command("token")
-def new_token(name: str = typer.Argument(..., help="user name"), label: str = typer.Option("", help="what for")) -> None:
+def new_token(name: str = typer.Argument(..., help="user name"),
+              label: str = typer.Option("", help="what for")) -> None:
     """Issue another token for a user (e.g. one per machine), printed once."""
     print(_users().issue(name, label))
 

@@ -108,7 +108,8 @@ def history(job: str, as_json: bool = JSON_OPT) -> None:
         return
     table = Table("REV", "WHEN", "BY", "CHANGES", box=None)
     for rev in doc.revisions:
-        what = [f"{c['field']}={c['new']}" for c in rev.get("changes", [])] + [f"file {f}" for f in rev.get("files", [])]
+        what = [f"{c['field']}={c['new']}" for c in rev.get("changes", [])]
+        what += [f"file {f}" for f in rev.get("files", [])]
         if rev.get("live"):
             what.append("(live)")
         table.add_row(str(rev["revision"]), time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rev["at"])),

@@ -27,13 +27,13 @@ app.add_typer(access_app, name="access")
 @app.command("desktop")
 def desktop_cmd(job: str,
                 open_browser: bool = typer.Option(False, "--open", help="open the desktop in your web browser"),
-                vnc_file: Optional[Path] = typer.Option(None, "--vnc-file", help="write a .vnc file for a native viewer"),
-                view_only: bool = typer.Option(False, "--view-only", help="with --vnc-file: use the view-only password"),
+                vnc_file: Optional[Path] = typer.Option(None, "--vnc-file", help="write a .vnc file for a viewer"),
+                view_only: bool = typer.Option(False, "--view-only", help="with --vnc-file: view-only password"),
                 tunnel: bool = typer.Option(False, "--tunnel", help="print the SSH tunnel to the head node's display"),
                 run: bool = typer.Option(False, "--run", help="with --tunnel: open the tunnel (until Ctrl-C)"),
-                local_port: Optional[int] = typer.Option(None, "--local-port", help="tunnel's local port (5901, else 5900)"),
+                local_port: Optional[int] = typer.Option(None, "--local-port", help="tunnel's local port (5901|5900)"),
                 identity: Optional[Path] = typer.Option(None, "-i", "--identity", help="with --run: SSH private key"),
-                set_password: bool = typer.Option(False, "--set-password", help="change the VNC password (as vncpasswd)"),
+                set_password: bool = typer.Option(False, "--set-password", help="change the VNC password"),
                 wait: float = typer.Option(30, help="seconds to wait for a starting desktop"),
                 as_json: bool = JSON_OPT) -> None:
     """Connect to a job's desktop: prints its URL (with a one-session token and the VNC password)."""
@@ -157,7 +157,8 @@ def _ask_passwords() -> tuple[str, Optional[str]]:
 
 
 @keys_app.command("add")
-def keys_add(file: Path = typer.Argument(..., help="public key file (e.g. ~/.ssh/id_ed25519.pub); - for stdin")) -> None:
+def keys_add(file: Path = typer.Argument(..., help="public key file (e.g. ~/.ssh/id_ed25519.pub); - for stdin"),
+             ) -> None:
     """Register a public key (ssh-ed25519, ecdsa, or RSA of 2048+ bits)."""
     text = sys.stdin.read() if str(file) == "-" else _read_key_file(file)
     key = _client().add_key(text)

@@ -228,8 +228,9 @@ def solvers(as_json: bool = JSON_OPT) -> None:
 
 @app.command()
 def render(spec: Path, out_dir: Path = typer.Option(..., "--out", help="folder to write the rendered run into"),
-           hosts: str | None = typer.Option(None, "--hosts", help="render for these hosts (h1,h2,h3), each with the "
-                                                                  "spec's cores_per_node, instead of the allocation")) -> None:
+           hosts: str | None = typer.Option(None, "--hosts", help="render for these hosts (h1,h2,h3), each with "
+                                            "the spec's cores_per_node, instead of the allocation"),
+           ) -> None:
     """Dry run: write every file a run would get (inputs, hostfile, run.sh, wrapper.sh); start nothing."""
     from orchestrator.control.service import ControlService
 
@@ -249,13 +250,13 @@ def demo(keep: bool = typer.Option(False, "--keep", help="leave the engine runni
 
 
 # Each area's commands live in their own module and add themselves to `app` when imported.
-from orchestrator.cli import (
-    admin,  # noqa: E402,F401  (serve, admin users and tokens)
-    control,  # noqa: E402,F401  (pause, resume, edit, restart, rerun, history)
-    desktop,  # noqa: E402,F401  (desktop, keys, access)
-    files,  # noqa: E402,F401  (files, download)
-    nodes,  # noqa: E402,F401  (nodes, nodes trust)
-    sweeps,  # noqa: E402,F401  (sweep ls, sweep status)
+from orchestrator.cli import (  # noqa: E402  (after `app` exists: each module adds its commands to it)
+    admin,  # noqa: F401  (serve, admin users and tokens)
+    control,  # noqa: F401  (pause, resume, edit, restart, rerun, history)
+    desktop,  # noqa: F401  (desktop, keys, access)
+    files,  # noqa: F401  (files, download)
+    nodes,  # noqa: F401  (nodes, nodes trust)
+    sweeps,  # noqa: F401  (sweep ls, sweep status)
 )
 
 

@@ -83,9 +83,11 @@ class ClusterBackend(ABC):
     # -- allocations from an external scheduler (slurm); static pools (local, ssh) need none of these.
     def allocate(self, job_id: str, nodes: list[Node], cores_per_node: int) -> object:
         """Obtain the leased nodes for the job before prepare_node (idempotent)."""
+        return None  # an optional hook: static pools need no allocation
 
     def release(self, job_id: str) -> None:
         """Give the job's allocation back when it terminates (idempotent)."""
+        return None  # an optional hook, like allocate
 
     def suspend(self, job_id: str) -> bool:
         """Freeze every process of the job natively; False: not supported, signal the processes instead."""
@@ -101,6 +103,8 @@ class ClusterBackend(ABC):
 
     def stage_in(self, nodes: list[Node], path: Path) -> None:
         """Make a head-node directory visible at the same path on every node (no-op on shared storage)."""
+        return None  # shared storage: already visible
 
     def stage_out(self, nodes: list[Node], path: Path) -> None:
         """Gather what the nodes wrote under path back into the head node's copy (no-op on shared storage)."""
+        return None  # shared storage: already gathered

@@ -91,6 +91,8 @@ def host_key(service: ControlService, node: str) -> HostKeyOffer:
         raise UserError(f"node {node!r} is not in the inventory; known nodes: "
                         f"{', '.join(n.name for n in ssh.config.nodes)}") from None
     known_hosts = ssh.config.known_hosts
+    if known_hosts is None:  # a parsed inventory always names one; a hand-built one may not
+        raise UserError("the ssh inventory names no known_hosts file to trust a key into")
     key = fetch_host_key(spec, ssh.config.connect_timeout)
     current = trusted_keys(known_hosts, spec.address, spec.port)
     return HostKeyOffer(node=spec.name, entry=host_entry(spec.address, spec.port), key=key,

@@ -114,7 +114,7 @@ class ControlService:
         current = next((r for r in runs if r.id == record.current_run), None)
         return JobStatus.model_validate({
             **record.model_dump(), "runs_detail": runs, "spec": self._masked_spec(record),
-            "allowed": [c.value for c in allowed_commands(record.state, current and current.state)],
+            "allowed": [c.value for c in allowed_commands(record.state, current.state if current else None)],
             "deadlines": deadlines(record, current)})
 
     def _masked_spec(self, record: Job) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def submit_document(service: ControlService, data: Any, sweep: list[str] | tuple
         base_dir = uploads_root(service.settings.root, service.user)
     parsed = parse_submission(data, list(sweep), base_dir, "spec")
     specs = [m.spec for m in parsed.members] if isinstance(parsed, SweepPlan) else [parsed]
-    if confine:
+    if confine and base_dir is not None:
         for spec in specs:
             check_inside_uploads(spec, base_dir)
     if isinstance(parsed, SweepPlan):

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING
 
 from orchestrator.model.errors import InvalidState
+from orchestrator.model.records import Job, Run
 from orchestrator.model.states import JobState, RunState
-
-if TYPE_CHECKING:
-    from orchestrator.model.records import Job, Run
 
 
 class Command(str, Enum):
@@ -51,12 +48,12 @@ def allowed_commands(job_state: JobState, run_state: RunState | None) -> list[Co
 
 def check_allowed(command: Command, job: Job, run: Run | None) -> None:
     """Refuse a command the current state does not allow, saying the state and what is allowed."""
-    job_state, run_state = job.state, run.state if run is not None else None
+    job_state, run_state = job.state, (run.state if run is not None else None)
     allowed = allowed_commands(job_state, run_state)
     if command in allowed:
         return
     where = f"job {job.id} is {job_state.value}"
     if run is not None and job_state is JobState.UP:
-        where += f", its run {run.id} is {run_state.value}"
+        where += f", its run {run.id} is {run.state.value}"
     options = ", ".join(c.value for c in allowed) or "none"
     raise InvalidState(f"cannot {command.value}: {where}; allowed now: {options}")

@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     worker_concurrency: PositiveInt = Field(2, description="processes per Celery worker")
     events_maxlen: PositiveInt = Field(10_000, description="events kept per job stream (approximate)")
     inventory: Path | None = Field(None, description="YAML inventory of the ssh backend's nodes (see `e2e nodes`)")
-    slurm_partition: str | None = Field(None, description="partition the slurm backend allocates from (default: Slurm's)")
+    slurm_partition: str | None = Field(
+        None, description="partition the slurm backend allocates from (default: Slurm's)")
     api_host: str = Field("127.0.0.1", description="address `e2e serve` listens on (0.0.0.0 behind a proxy)")
     api_port: PositiveInt = Field(8765, description="port `e2e serve` listens on")
     api_max_body: PositiveInt = Field(1 << 20, description="largest JSON request body the API accepts (bytes)")

@@ -18,6 +18,7 @@ from pydantic import (
     create_model,
     field_validator,
 )
+from pydantic_core import ErrorDetails
 
 from orchestrator.model.access import normalise_rules
 from orchestrator.model.errors import SpecError
@@ -180,7 +181,7 @@ def read_spec_file(path: str | Path) -> tuple[Any, Path]:
     return data, path.resolve().parent
 
 
-def _describe(err: dict[str, Any], model: type[BaseModel], data: Any = None) -> tuple[str, str]:
+def _describe(err: ErrorDetails, model: type[BaseModel], data: Any = None) -> tuple[str, str]:
     """One (field, message) pair for a pydantic error, with the allowed names where that helps."""
     # A blank key is still named, quoted, so the line never reads as if no field were meant.
     loc = [str(part) if str(part).strip() else repr(str(part)) for part in err.get("loc", ())]

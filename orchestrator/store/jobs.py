@@ -112,9 +112,9 @@ class JobStore(NodeLeases, Sweeps):
         pipe.zadd(self._keys.owned(owner), {job_id: float(now)})
         pipe.sadd(self._keys.active, job_id)
         pipe.zadd(self._keys.queue, {job_id: seq})
-        if (extra or {}).get("sweep"):
-            pipe.rpush(self._keys.sweep(extra["sweep"]), job_id)
-            pipe.zadd(self._keys.sweeps, {extra["sweep"]: float(now)}, nx=True)
+        if sweep := (extra or {}).get("sweep"):
+            pipe.rpush(self._keys.sweep(sweep), job_id)
+            pipe.zadd(self._keys.sweeps, {sweep: float(now)}, nx=True)
         pipe.execute()
         return job_id
 

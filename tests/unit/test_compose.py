@@ -83,7 +83,7 @@ def test_e2e_commands_are_real_subcommands_with_real_options(compose):
     from orchestrator.cli.main import app
 
     cli = typer.main.get_command(app)
-    for name, service in compose["services"].items():
+    for service in compose["services"].values():
         command = service.get("command") or []
         if command[:1] == ["e2e"]:
             sub = cli.commands[command[1]]  # KeyError: no such subcommand
