@@ -74,15 +74,23 @@ def xvnc_sample(folder: Path, timeout: float) -> float:
         proc.wait(10)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--jobs", type=int, default=10, help="timed samples of each (default 10)")
+def desktop_bench_args(doc: str, jobs: int, what: str) -> argparse.Namespace | None:
+    """The desktop benches' options; None (after saying why) when Xvnc is missing."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--jobs", type=int, default=jobs, help=f"timed samples of {what} (default {jobs})")
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     if not shutil.which("Xvnc"):
         print("Xvnc is not installed (apt-get install --no-install-recommends tigervnc-standalone-server "
               "xfonts-base openbox xterm novnc websockify)", file=sys.stderr)
+        return None
+    return args
+
+
+def main() -> int:
+    args = desktop_bench_args(__doc__, 10, "each")
+    if args is None:
         return 2
     home = Path(tempfile.mkdtemp(prefix="e2e-bench-desktop-"))
     os.environ["E2E_HOME"] = str(home)

@@ -16,7 +16,6 @@ the figures; non-zero only on errors.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -29,18 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.desktop import percentile  # noqa: E402
+from bench.desktop import desktop_bench_args, percentile  # noqa: E402
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--jobs", type=int, default=5, help="timed samples of each backend (default 5)")
-    p.add_argument("--timeout", type=float, default=60.0)
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args()
-    if not shutil.which("Xvnc"):
-        print("Xvnc is not installed (apt-get install --no-install-recommends tigervnc-standalone-server "
-              "xfonts-base openbox xterm novnc websockify)", file=sys.stderr)
+    args = desktop_bench_args(__doc__, 5, "each backend")
+    if args is None:
         return 2
     home = Path(tempfile.mkdtemp(prefix="e2e-bench-desktop-ssh-"))
     os.environ["E2E_HOME"] = str(home)

@@ -11,7 +11,17 @@ from pydantic import Field
 from orchestrator.model.errors import UserError
 
 from .base import LaunchContext, Outcome, Prepared, Progress, RunFiles, RunMode, SolverOptions, SolverPlugin
-from .vendor import JOBNAME_PATTERN, InputFile, attempt_name, copy_input, numbered, to_float, touch
+from .vendor import (
+    JOBNAME_PATTERN,
+    InputFile,
+    attempt_name,
+    copy_input,
+    failed_on,
+    note_error,
+    numbered,
+    to_float,
+    touch,
+)
 
 STOP_FILE = "e2e-stop"   # ccx reads no control file: run.sh stops it once the current step is saved
 _KEYWORD = re.compile(r"^\*([A-Za-z][A-Za-z ]*)", re.I)
@@ -89,14 +99,13 @@ class CalculiX(SolverPlugin):
             progress.message, found = f"increment {m[-1].group(1)} attempt {m[-1].group(2)}", True
         if _FINISHED.search(text):
             progress.converged, progress.message, found = True, "Job finished", True
-        if (m := _ERROR.search(text)):
-            progress.message, found = m.group(0).strip(), True
+        found = note_error(progress, _ERROR, text) or found
         return progress if found else None
 
     def judge_exit(self, exit_code: int, log_tail: str) -> Outcome:
         # ccx exits 0 after *ERROR (a missing input, say) and may segfault on a bad deck: the line decides.
-        if (m := _ERROR.search(log_tail)):
-            return Outcome(False, f"{m.group(0).strip()} (exit code {exit_code})")
+        if failed := failed_on(_ERROR, log_tail, exit_code):
+            return failed
         if _FINISHED.search(log_tail):
             return Outcome(True, "Job finished")
         if (m := _STOPPED.search(log_tail)):

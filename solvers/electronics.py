@@ -9,9 +9,18 @@ from typing import Literal
 from pydantic import Field
 
 from .base import LaunchContext, Outcome, Prepared, Progress, RunFiles, RunMode, Secret, SolverOptions, SolverPlugin
-from .vendor import InputFile, attempt_name, copy_input, hosts, licence_env, safe_name, touch
+from .vendor import (
+    InputFile,
+    ansys_licence_env,
+    attempt_name,
+    copy_input,
+    failed_on,
+    hosts,
+    note_error,
+    safe_name,
+    touch,
+)
 
-LICENCE_VARS = ("ANSYSLMD_LICENSE_FILE", "ANSYSLI_SERVERS")
 STOP_FILE = "e2e-stop"   # batch mode reads no stop file: run.sh ends the solve after the current pass
 _PASS = re.compile(r"Adaptive Pass (\d+)(?: of (\d+))?(?:[^\n]*?Delta S(?: =|:)\s*([-+0-9.eE]+))?")
 _FREQ = re.compile(r"Frequency (?:point|sweep) (\d+) of (\d+)")
@@ -75,8 +84,7 @@ class Electronics(SolverPlugin):
                      "batch_options": " ".join(batch_options), "target": target, "project": project,
                      "log_file": log_file, "stop_file": STOP_FILE},
             log_file=log_file,
-            env=licence_env(ctx, LICENCE_VARS, ANSYSLMD_LICENSE_FILE=options.license_file,
-                            ANSYSLI_SERVERS=options.li_servers),
+            env=ansys_licence_env(ctx, options),
         )
 
     def parse_progress(self, text: str, last: Progress | None) -> Progress | None:
@@ -94,13 +102,12 @@ class Electronics(SolverPlugin):
             progress.converged, progress.message, found = True, m.group(0).strip(), True
         if (m := _DONE.search(text)):
             progress.message, found = m.group(0).strip(), True
-        if (m := _ERROR.search(text)):
-            progress.message, found = m.group(0).strip(), True
+        found = note_error(progress, _ERROR, text) or found
         return progress if found else None
 
     def judge_exit(self, exit_code: int, log_tail: str) -> Outcome:
-        if (m := _ERROR.search(log_tail)):
-            return Outcome(False, f"{m.group(0).strip()} (exit code {exit_code})")
+        if failed := failed_on(_ERROR, log_tail, exit_code):
+            return failed
         if exit_code != 0:
             return Outcome(False, f"exit code {exit_code}")
         if (m := _STOPPED.search(log_tail)):

@@ -11,13 +11,12 @@ from pydantic import Field, model_validator
 from orchestrator.model.errors import UserError
 
 from .base import LaunchContext, Outcome, Prepared, Progress, RunFiles, RunMode, Secret, SolverOptions, SolverPlugin
-from .vendor import ExtraArg, InputFile, attempt_name, copy_input, hosts, licence_env, numbered, touch
+from .vendor import ExtraArg, InputFile, ansys_licence_env, attempt_name, copy_input, hosts, numbered, touch
 
 CHECK_FILE = "check-fluent"   # touch: write case/data and carry on
 EXIT_FILE = "exit-fluent"     # touch: write case/data and exit (the graceful pause)
 AUTOSAVE_DIR = "autosave"
 AUTOSAVE_ROOT = f"{AUTOSAVE_DIR}/run"
-LICENCE_VARS = ("ANSYSLMD_LICENSE_FILE", "ANSYSLI_SERVERS")
 _CASE_SUFFIXES = (".cas.h5", ".cas.gz", ".cas")
 _DATA_SUFFIXES = (".dat.h5", ".dat.gz", ".dat")
 _HEADER = re.compile(r"^[ \t]*iter[ \t]+(.*?)[ \t]+time/iter[ \t]*$", re.M)
@@ -89,8 +88,7 @@ class Fluent(SolverPlugin):
                      "journal": journal, "log_file": log_file},
             log_file=log_file,
             progress_total=None if options.journal else float(options.time_steps if transient else options.iterations),
-            env=licence_env(ctx, LICENCE_VARS, ANSYSLMD_LICENSE_FILE=options.license_file,
-                            ANSYSLI_SERVERS=options.li_servers),
+            env=ansys_licence_env(ctx, options),
         )
 
     def journal(self, options: FluentOptions, ctx: LaunchContext, case: str, data: str | None,

@@ -15,10 +15,10 @@ from .vendor import (
     JOBNAME_PATTERN,
     ExtraArg,
     InputFile,
+    ansys_licence_env,
     attempt_name,
     copy_input,
     hosts,
-    licence_env,
     numbered,
     safe_name,
     touch,
@@ -26,7 +26,6 @@ from .vendor import (
 
 # Releases whose launcher is called ansys<NNN> (2022 R2 .. 2025 R2); the same binary answers to `mapdl`.
 VERSIONS = ("222", "231", "232", "241", "242", "251", "252")
-LICENCE_VARS = ("ANSYSLMD_LICENSE_FILE", "ANSYSLI_SERVERS")
 _SUBSTEP = re.compile(r"\*\*\* LOAD STEP\s+(\d+)\s+SUBSTEP\s+(\d+)\s+COMPLETED\.\s+CUM ITER =\s+(\d+)")
 _TIME = re.compile(r"\*\*\* TIME =\s+([-+0-9.eE]+)")
 # e.g. "FORCE CONVERGENCE VALUE  =   3478.      CRITERION=   17.39" (also MOMENT, DISP, HEAT FLOW)
@@ -101,8 +100,7 @@ class Mechanical(SolverPlugin):
                      "memory": options.memory_mb, "extra_args": list(options.extra_args)},
             log_file=log_file,
             progress_total=total,
-            env=licence_env(ctx, LICENCE_VARS, ANSYSLMD_LICENSE_FILE=options.license_file,
-                            ANSYSLI_SERVERS=options.li_servers),
+            env=ansys_licence_env(ctx, options),
         )
 
     def parse_progress(self, text: str, last: Progress | None) -> Progress | None:

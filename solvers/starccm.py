@@ -11,7 +11,19 @@ from pydantic import Field, model_validator
 from orchestrator.model.errors import UserError
 
 from .base import LaunchContext, Outcome, Prepared, Progress, RunFiles, RunMode, Secret, SolverOptions, SolverPlugin
-from .vendor import ExtraArg, InputFile, attempt_name, copy_input, hosts, licence_env, numbered, safe_name, touch
+from .vendor import (
+    ExtraArg,
+    InputFile,
+    attempt_name,
+    copy_input,
+    failed_on,
+    hosts,
+    licence_env,
+    note_error,
+    numbered,
+    safe_name,
+    touch,
+)
 
 STOP_FILE = "ABORT"            # the automatic "Stop File" criterion: stop at the end of the step, save the .sim
 CHECKPOINT_FILE = "CHECKPOINT"  # the Auto Save trigger file: save and carry on
@@ -106,13 +118,12 @@ class StarCCM(SolverPlugin):
         for criterion in _STOPPED.findall(text):
             progress.message, found = f"Stopping criterion {criterion} satisfied", True
             progress.converged = "Maximum Steps" not in criterion and "Stop File" not in criterion
-        if (m := _ERROR.search(text)):
-            progress.message, found = m.group(0).strip(), True
+        found = note_error(progress, _ERROR, text) or found
         return progress if found else None
 
     def judge_exit(self, exit_code: int, log_tail: str) -> Outcome:
-        if (m := _ERROR.search(log_tail)):
-            return Outcome(False, f"{m.group(0).strip()} (exit code {exit_code})")
+        if failed := failed_on(_ERROR, log_tail, exit_code):
+            return failed
         exited = _EXITED.findall(log_tail)
         if exit_code != 0 or (exited and exited[-1] != "0"):
             return Outcome(False, f"exit code {exit_code}" + (f", server exited with {exited[-1]}" if exited else ""))

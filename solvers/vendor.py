@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 
 from orchestrator.model.spec import resolve_input_path
 
-from .base import LaunchContext, NodeSlots, RunFiles, copy_if_absent
+from .base import LaunchContext, NodeSlots, Outcome, Progress, RunFiles, copy_if_absent
 
 # Names the plugins give files inside the run directory: they also appear in journals and decks,
 # so they stay plain words (no quotes, spaces or slashes for a solver's own parser to trip over).
@@ -68,6 +68,30 @@ def licence_env(ctx: LaunchContext, names: tuple[str, ...], **from_spec: Any) ->
             if secret:
                 env[key] = secret
     return env
+
+
+ANSYS_LICENCE_VARS = ("ANSYSLMD_LICENSE_FILE", "ANSYSLI_SERVERS")
+
+
+def ansys_licence_env(ctx: LaunchContext, options: Any) -> dict[str, str]:
+    """The Ansys licence variables (FlexNet server, licensing interconnect) from the cluster and the spec."""
+    return licence_env(ctx, ANSYS_LICENCE_VARS, ANSYSLMD_LICENSE_FILE=options.license_file,
+                       ANSYSLI_SERVERS=options.li_servers)
+
+
+def note_error(progress: Progress, pattern: re.Pattern[str], text: str) -> bool:
+    """Show the log's error line as the progress message; whether the text had one."""
+    if (m := pattern.search(text)):
+        progress.message = m.group(0).strip()
+        return True
+    return False
+
+
+def failed_on(pattern: re.Pattern[str], log_tail: str, exit_code: int) -> Outcome | None:
+    """A failed Outcome naming the log's error line, when the solver wrote one (whatever its exit code)."""
+    if (m := pattern.search(log_tail)):
+        return Outcome(False, f"{m.group(0).strip()} (exit code {exit_code})")
+    return None
 
 
 def attempt_name(stem: str, suffix: str, attempt: int) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.encoders import jsonable_encoder
@@ -81,29 +81,27 @@ def pause(job: str, body: Optional[PauseBody] = None, client: ControlService = D
     return job_doc(client.pause(job, freeze=bool(body and body.freeze)))
 
 
-@router.post("/jobs/{job}/freeze", summary="Suspend every process of the run in place")
-def freeze(job: str, client: ControlService = Depends(client_for)) -> dict[str, Any]:
-    return job_doc(client.pause(job, freeze=True))
+# The commands that take no body: each route calls the service's method of its name and answers the job.
+SIMPLE_COMMANDS = {
+    "freeze": ("Suspend every process of the run in place", lambda client, job: client.pause(job, freeze=True)),
+    "resume": ("Continue a frozen run", lambda client, job: client.resume(job)),
+    "restart": ("Continue the run from its latest checkpoint, with the edits", lambda client, job: client.restart(job)),
+    "rerun": ("A new run from the original inputs plus the edits", lambda client, job: client.rerun(job)),
+    "terminate": ("Stop the solver, collect results, release the nodes", lambda client, job: client.terminate(job)),
+}
 
 
-@router.post("/jobs/{job}/resume", summary="Continue a frozen run")
-def resume(job: str, client: ControlService = Depends(client_for)) -> dict[str, Any]:
-    return job_doc(client.resume(job))
+def _command_route(name: str, call: Callable[[ControlService, str], Any]) -> Callable[..., dict[str, Any]]:
+    def route(job: str, client: ControlService = Depends(client_for)) -> dict[str, Any]:
+        return job_doc(call(client, job))
+
+    route.__name__ = name
+    return route
 
 
-@router.post("/jobs/{job}/restart", summary="Continue the run from its latest checkpoint, with the edits")
-def restart(job: str, client: ControlService = Depends(client_for)) -> dict[str, Any]:
-    return job_doc(client.restart(job))
-
-
-@router.post("/jobs/{job}/rerun", summary="A new run from the original inputs plus the edits")
-def rerun(job: str, client: ControlService = Depends(client_for)) -> dict[str, Any]:
-    return job_doc(client.rerun(job))
-
-
-@router.post("/jobs/{job}/terminate", summary="Stop the solver, collect results, release the nodes")
-def terminate(job: str, client: ControlService = Depends(client_for)) -> dict[str, Any]:
-    return job_doc(client.terminate(job))
+for _name, (_summary, _call) in SIMPLE_COMMANDS.items():
+    router.add_api_route(f"/jobs/{{job}}/{_name}", _command_route(_name, _call), methods=["POST"], summary=_summary,
+                         name=_name)
 
 
 @router.post("/jobs/{job}/edit", summary="Record a new spec revision (and replaced input files)")

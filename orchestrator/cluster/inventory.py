@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
 
 from orchestrator.model.errors import InfrastructureError
+from orchestrator.model.spec import yaml_problem
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 # A host name or an IPv4/IPv6 literal: nothing a shell or an ssh option parser could misread.
@@ -119,9 +120,7 @@ def load_inventory(path: Path) -> Inventory:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InventoryError([("", f"not valid YAML{where}")], str(path)) from None
+        raise InventoryError([("", yaml_problem(exc))], str(path)) from None
     inventory = parse_inventory(data, str(path), base_dir=path.parent)
     _CACHE[path] = (stamp, inventory)
     return inventory

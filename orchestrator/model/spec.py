@@ -165,6 +165,13 @@ def load_spec(path: str | Path):
     return validate_spec(data, base_dir=base_dir, source=str(path))
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong with a YAML text, and where (line and column, when the parser knows)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"not valid YAML{where}"
+
+
 def read_spec_file(path: str | Path) -> tuple[Any, Path]:
     """The parsed (not yet validated) content of a YAML or JSON spec file, and the folder it is in."""
     path = Path(path).expanduser()
@@ -175,9 +182,7 @@ def read_spec_file(path: str | Path) -> tuple[Any, Path]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError([("", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}")], str(path)) from None
+        raise SpecError([("", f"{yaml_problem(exc)}: {getattr(exc, 'problem', exc)}")], str(path)) from None
     return data, path.resolve().parent
 
 
