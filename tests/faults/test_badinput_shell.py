@@ -178,7 +178,8 @@ def test_metacharacters_in_every_string_field_never_execute(inputs, stub_bin, tm
     record("bad input: shell metacharacters", counts["cases"], counts["cases"] - len(executed),
            f"{len(executed)} payload executions in {counts['cases']} cases ({counts['refused_by_spec']} refused by "
            f"the spec, {counts['refused_at_prepare']} at prepare, {counts['executed_inert']} ran inert)",
-           wrappers_broken=len(broken), prepare_refusals=sorted(prepare_refusals), solvers=len(solvers), fields=fields_per_solver, payloads=len(ALL_PAYLOADS),
+           wrappers_broken=len(broken), prepare_refusals=sorted(prepare_refusals), solvers=len(solvers),
+           fields=fields_per_solver, payloads=len(ALL_PAYLOADS),
            **{k: v for k, v in counts.items() if k != "cases"})
     assert not executed, "payloads executed:\n" + "\n".join(executed)
     assert not broken, "values that broke the wrapper:\n" + "\n".join(broken)
@@ -198,6 +199,6 @@ def test_a_working_spec_of_every_solver_really_runs_its_launcher(inputs, stub_bi
         assert not isinstance(proc, str), proc
         proc.wait(timeout=120)
         run_dir = case_dir / "home" / "jobs" / "job0001" / "runs" / "run-001"
-        reached = list(run_dir.glob(".called-*")) or [p for p in run_dir.iterdir() if p.suffix in (".trn", ".out", ".log")
-                                                        and p.stat().st_size]
+        reached = list(run_dir.glob(".called-*")) or [
+            p for p in run_dir.iterdir() if p.suffix in (".trn", ".out", ".log") and p.stat().st_size]
         assert reached, f"{solver}: the launcher never ran: {sorted(p.name for p in run_dir.iterdir())}"

@@ -75,7 +75,8 @@ def test_redis_kill9_and_restart_midrun_loses_nothing(aof_redis, tmp_path):
         tally.check_jobs(client, jobs, life.starts, settings.root)
         tally.settle(affected)
         tally.record("fault: Redis kill -9 (AOF)", f"{len(outages)} kills, {JOBS} jobs: {tally.recovered}/"
-                     f"{tally.affected} hit jobs recovered, 0 records lost; {len(revived)} process restarts by the supervisor"
+                     f"{tally.affected} hit jobs recovered, 0 records lost; "
+                     f"{len(revived)} process restarts by the supervisor"
                      if not lost else f"{len(lost)} lost",
                      kills=len(outages), revived=revived, outage_seconds=[round(s, 1) for s in outages], seed=seed)
         assert len(outages) == KILLS

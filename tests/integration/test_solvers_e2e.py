@@ -84,7 +84,9 @@ def test_submit_progress_pause_restart_complete_terminate(solver, vendor_engine,
     run = doc.runs_detail[0]
     assert run.state is RunState.PAUSED, run
     paused_at = run.progress.step
-    assert paused_at < final, ({k: getattr(run, k) for k in ("term_sent_at", "stop_sent_at", "stop_requested_at", "exit_code", "started_at", "ended_at")}, [(e.kind, e.data) for e in client.events(job_id)][-12:])
+    timing = ("term_sent_at", "stop_sent_at", "stop_requested_at", "exit_code", "started_at", "ended_at")
+    assert paused_at < final, ({k: getattr(run, k) for k in timing},
+                               [(e.kind, e.data) for e in client.events(job_id)][-12:])
     if solver != "electronics":
         assert run.term_sent_at is None, f"{solver}: the graceful pause needed SIGTERM"
     assert doc.state is JobState.UP

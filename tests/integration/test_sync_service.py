@@ -84,7 +84,8 @@ def test_live_sync_both_ways_then_final_sync_and_checksummed_results(ctx, tmp_pa
         # Then every output appears in the work folder, complete, while the solver still runs
         for i in range(steps):
             name = work / "postProcessing" / f"step {i:03d}.dat"
-            wait_for(lambda name=name: name.exists() and name.read_text().endswith("end\n"), 15, f"{name.name} in work/")
+            wait_for(lambda name=name: name.exists() and name.read_text().endswith("end\n"), 15,
+                     f"{name.name} in work/")
             assert name.read_text() == f"step {i}\n" * 100 + "end\n"
         # When the user edits an input on the desktop side
         (work / "system" / "controlDict").write_text("endTime 20;\n")

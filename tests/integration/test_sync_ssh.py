@@ -16,8 +16,8 @@ from .conftest import Engine, make_settings, redis_flush, wait_for
 pytestmark = pytest.mark.integration
 
 DB = "/13"  # this module's own Redis database
-SOLVER = ('mkdir -p out; for i in $(seq -w 1 100); do hostname > "out/step $i.txt"; cat params.txt >> "out/step $i.txt"; '
-          'sleep 0.2; done')
+SOLVER = ('mkdir -p out; for i in $(seq -w 1 100); do hostname > "out/step $i.txt"; '
+          'cat params.txt >> "out/step $i.txt"; sleep 0.2; done')
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""The engine on the slurm backend: a job's allocation is a Slurm job; freeze is scontrol suspend; terminate scancels."""
+"""The engine on the slurm backend: a job's allocation is a Slurm job; freeze is scontrol suspend; terminate
+scancels."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def test_job_runs_in_its_slurm_allocation_freezes_and_terminates(slurm, redis_ur
     try:
         client = engine.client
         backend = SlurmBackend(settings)
-        job_id = client.submit_data({"name": "in-slurm", "desktop": {"enabled": False}, "cluster": {"backend": "slurm", "nodes": 1},
+        job_id = client.submit_data({"name": "in-slurm", "desktop": {"enabled": False},
+                                     "cluster": {"backend": "slurm", "nodes": 1},
                                      "solver": {"name": "command", "command": [
                                          "sh", "-c", "while :; do sleep 0.2; echo tick >> ticks; done"]}})
         wait_for(lambda: client.status(job_id).runs_detail[0].state is RunState.RUNNING, 60, "RUNNING")

@@ -16,7 +16,8 @@ def test_engine_fails_the_run_of_a_silent_node(own_cluster, redis_url, tmp_path)
     engine = Engine(make_settings(tmp_path / "home", redis_url + "/11", inventory=own_cluster.inventory()))
     try:
         client = engine.client
-        job_id = client.submit_data({"name": "sleeper", "desktop": {"enabled": False}, "cluster": {"backend": "ssh", "nodes": 2},
+        job_id = client.submit_data({"name": "sleeper", "desktop": {"enabled": False},
+                                     "cluster": {"backend": "ssh", "nodes": 2},
                                      "solver": {"name": "command", "command": ["sleep", "600"]}})
         wait_for(lambda: client.status(job_id).runs_detail[0].state is RunState.RUNNING, 60, "RUNNING")
         victim = client.status(job_id).nodes[1]

@@ -196,7 +196,8 @@ def test_jobs_wait_for_free_ssh_nodes_in_submission_order(ssh_engine):
     client = ssh_engine.client
 
     def sleeper(name, nodes):
-        return client.submit_data({"name": name, "desktop": {"enabled": False}, "cluster": {"backend": "ssh", "nodes": nodes},
+        return client.submit_data({"name": name, "desktop": {"enabled": False}, "cluster": {"backend": "ssh",
+                                                                                            "nodes": nodes},
                                    "solver": {"name": "command", "command": ["sleep", "600"]}})
 
     def state(job_id):

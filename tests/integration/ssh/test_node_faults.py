@@ -20,7 +20,8 @@ def test_silent_node_fails_the_run_naming_it_and_stops_the_rest(own_cluster, red
     try:
         client = engine.client
         backend = backend_for(own_cluster, tmp_path)
-        job_id = client.submit_data({"name": "sleeper", "desktop": {"enabled": False}, "cluster": {"backend": "ssh", "nodes": 2},
+        job_id = client.submit_data({"name": "sleeper", "desktop": {"enabled": False},
+                                     "cluster": {"backend": "ssh", "nodes": 2},
                                      "solver": {"name": "command", "command": ["sleep", "600"]}})
         wait_for(lambda: client.status(job_id).runs_detail[0].state is RunState.RUNNING, 60, "RUNNING")
         job = client.store.get_job(job_id)

@@ -17,7 +17,8 @@ def test_run_on_unshared_storage_is_staged_in_and_gathered_back(private_cluster,
     engine = Engine(make_settings(home, redis_url + "/9", inventory=cluster.inventory(shared_storage=False)))
     try:
         client = engine.client
-        job_id = client.submit_data({"name": "staged", "desktop": {"enabled": False}, "cluster": {"backend": "ssh", "nodes": 2},
+        job_id = client.submit_data({"name": "staged", "desktop": {"enabled": False},
+                                     "cluster": {"backend": "ssh", "nodes": 2},
                                      "solver": {"name": "command", "command": [
                                          "sh", "-c", "cat /proc/sys/kernel/hostname > where.txt; "
                                                      "mkdir -p out && echo 42 > out/answer; echo progress: 1/1"]}})
