@@ -1,4 +1,8 @@
-"""Cluster backends: how nodes are found, leased and driven (local today; ssh and slurm plug in here)."""
+"""Cluster backends: how nodes are found, leased and driven (local, ssh, slurm).
+
+May import: model (and the store below it, unused today); the only package that imports paramiko. Never a
+solver plugin.
+"""
 
 from __future__ import annotations
 

@@ -20,4 +20,6 @@ How the pieces fit (for a reader used to Open OnDemand's batch_connect VNC or NI
   job user's authorized_keys with from="CIDRs", so sshd enforces the same rule (keys_service.py).
 * CIDR rules (access.py): per job (desktop.access) or per user (`e2e access`), resolved at submit;
   nftables rules for the gateway port are rendered beside the session and loaded where a backend can.
+
+May import: cluster, store, model (and the per-job service contract in model.services).
 """

@@ -21,4 +21,6 @@ How the pieces fit:
 - nodelink.py  for such nodes the daemon (--node) mirrors each node run directory into the engine's
                runs/<run> every 0.15 s, then the usual runs/ <-> work/ pair reaches the desktop. So the
                engine's copy is always current and a restart's stage_in never pushes a stale one back.
+
+May import: cluster, store, model (and the per-job service contract in model.services).
 """
