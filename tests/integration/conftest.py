@@ -18,6 +18,7 @@ from orchestrator.control.client import Client
 from orchestrator.control.protocol import JobStatus
 from orchestrator.model.settings import Settings
 from orchestrator.model.states import JOB_TERMINAL, RUN_ENDED
+from orchestrator.sync.tree import TEMP_MARK
 from orchestrator.worker.stack import Stack, free_port, wait_for_redis
 from tests.conftest import require
 
@@ -124,3 +125,17 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.05):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(poll)
+
+
+def texts(folder: Path) -> list[str]:
+    """The folder's file contents as they are now; the sync's temp files (renamed into place at any moment,
+    so one listed may be gone when read) are not outputs and are skipped."""
+    found = []
+    for path in folder.iterdir():
+        if TEMP_MARK in path.name:
+            continue
+        try:
+            found.append(path.read_text())
+        except FileNotFoundError:
+            continue
+    return found

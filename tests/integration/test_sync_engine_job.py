@@ -19,7 +19,7 @@ from orchestrator.model.services import ServiceContext
 from orchestrator.model.states import JobState
 from orchestrator.sync.results import results_store, store_results
 
-from .conftest import wait_for
+from .conftest import texts, wait_for
 
 pytestmark = pytest.mark.integration
 E2E = str(Path(sys.executable).parent / "e2e")
@@ -45,7 +45,7 @@ def test_sync_runs_with_the_job_and_results_are_complete_after_terminate(engine,
     # Then it reaches the run directory, the running solver uses it, and its new outputs come back
     wait_for(lambda: (paths.run("run-001").root / "params.txt").read_text() == "value=2\n", 30,
              "the edit in the run directory")
-    wait_for(lambda: any(p.read_text() == "value=2\n" for p in (work / "out dir").iterdir()), 30,
+    wait_for(lambda: "value=2\n" in texts(work / "out dir"), 30,
              "an output written from the edited input")
     wait_for(lambda: any(e.kind is EventKind.SYNC_FILE for e in client.events(job_id)), 30,
              "sync events in the job's stream")

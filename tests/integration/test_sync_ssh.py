@@ -11,7 +11,7 @@ from orchestrator.model.paths import JobPaths
 from orchestrator.model.states import JobState
 from tests.integration.ssh.conftest import _cluster
 
-from .conftest import Engine, make_settings, redis_flush, wait_for
+from .conftest import Engine, make_settings, redis_flush, texts, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def test_outputs_written_on_an_ssh_node_reach_the_work_folder_and_edits_go_back(
     assert node in {n.name for n in cluster.nodes}, node
     # When the user edits the input on the desktop, the solver on the node uses it
     (work / "params.txt").write_text("value=2\n")
-    wait_for(lambda: any("value=2" in p.read_text() for p in (work / "out").iterdir()), 60,
+    wait_for(lambda: any("value=2" in text for text in texts(work / "out")), 60,
              "an output from the edited input")
     # Then terminate ends with a final sync, and the sync process stopped
     client.terminate(job_id)
