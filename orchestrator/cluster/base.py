@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.model.errors import BackendError
+from orchestrator.model.identity import Account
 
 
 class NodeUnreachable(BackendError):
@@ -38,21 +39,30 @@ class ClusterBackend(ABC):
     def inventory(self) -> list[Node]:
         """Every node this backend can lease."""
 
+    # -- identity. `account` is the job owner's OS account: every process the engine starts for a job runs as
+    # it, with a clean environment (cluster/identity.as_account), and every signal for a job is sent as it, so a
+    # pid the job wrote itself can never aim the engine at another account's process. None: the engine's own
+    # account (single-user mode).
     @abstractmethod
-    def prepare_node(self, node: Node, job_id: str) -> None:
-        """Make the node ready for the job (directories); idempotent."""
+    def prepare_node(self, node: Node, job_id: str, account: Account | None = None) -> None:
+        """Make the node ready for the job (its directory, owned by the account, 0700); idempotent."""
 
     @abstractmethod
-    def spawn_detached(self, node: Node, argv: list[str], cwd: Path) -> None:
-        """Start argv in its own session on the node and return at once; it outlives the caller."""
+    def spawn_detached(self, node: Node, argv: list[str], cwd: Path, account: Account | None = None) -> None:
+        """Start argv as the account in its own session on the node and return at once; it outlives the caller."""
 
     @abstractmethod
     def group_alive(self, node: Node, pgid: int) -> bool:
         """Whether any process of the process group still exists on the node."""
 
     @abstractmethod
-    def signal_group(self, node: Node, pgid: int, signum: int) -> bool:
-        """Send signum to the whole process group; False when the group is already gone."""
+    def signal_group(self, node: Node, pgid: int, signum: int, account: Account | None = None) -> bool:
+        """Send signum (as the account) to the whole process group; False when the group is already gone."""
+
+    def hand_over(self, node: Node, path: Path, account: Account | None = None) -> None:
+        """Give a tree the engine wrote (run files, desktop files) to the account: owner uid/gid, never following
+        a symlink (the tree may hold the job's own links). A no-op without an account or in single-user mode."""
+        return None
 
     @abstractmethod
     def read_bytes(self, node: Node, path: Path, offset: int = 0, limit: int | None = None) -> bytes | None:
@@ -76,8 +86,8 @@ class ClusterBackend(ABC):
         """Pids of live processes on the node whose environment has E2E_RUN_TAG=tag."""
         return []
 
-    def signal_tagged(self, node: Node, tag: str, signum: int) -> int:
-        """Send signum to every process of the run on the node; how many were signalled."""
+    def signal_tagged(self, node: Node, tag: str, signum: int, account: Account | None = None) -> int:
+        """Send signum (as the account) to every process of the run on the node; how many were signalled."""
         return 0
 
     # -- allocations from an external scheduler (slurm); static pools (local, ssh) need none of these.

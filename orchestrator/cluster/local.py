@@ -10,6 +10,7 @@ from pathlib import Path
 
 from orchestrator.cluster.base import ClusterBackend, Node
 from orchestrator.model.errors import BackendError
+from orchestrator.model.identity import Account
 from orchestrator.model.settings import Settings
 
 
@@ -28,10 +29,10 @@ class LocalBackend(ClusterBackend):
     def inventory(self) -> list[Node]:
         return list(self._nodes)
 
-    def prepare_node(self, node: Node, job_id: str) -> None:
+    def prepare_node(self, node: Node, job_id: str, account: Account | None = None) -> None:
         (node.root / "jobs" / job_id).mkdir(parents=True, exist_ok=True)
 
-    def spawn_detached(self, node: Node, argv: list[str], cwd: Path) -> None:
+    def spawn_detached(self, node: Node, argv: list[str], cwd: Path, account: Account | None = None) -> None:
         # setsid --fork: the direct child exits at once (reaped here), the program runs in a new session
         # re-parented to init, so it survives this worker and leaves no zombie behind. env --default-signal:
         # a Celery pool process ignores SIGTERM, and an ignored signal is inherited and cannot even be
@@ -47,7 +48,7 @@ class LocalBackend(ClusterBackend):
     def group_alive(self, node: Node, pgid: int) -> bool:
         return bool(group_members(pgid))
 
-    def signal_group(self, node: Node, pgid: int, signum: int) -> bool:
+    def signal_group(self, node: Node, pgid: int, signum: int, account: Account | None = None) -> bool:
         if pgid <= 1:
             raise BackendError(f"refusing to signal process group {pgid}")
         try:
@@ -61,7 +62,7 @@ class LocalBackend(ClusterBackend):
     def tagged_processes(self, node: Node, tag: str) -> list[int]:
         return tagged_processes(tag)
 
-    def signal_tagged(self, node: Node, tag: str, signum: int) -> int:
+    def signal_tagged(self, node: Node, tag: str, signum: int, account: Account | None = None) -> int:
         sent = 0
         for pid in tagged_processes(tag):
             try:

@@ -19,6 +19,7 @@ from pathlib import Path
 from orchestrator.cluster.base import ClusterBackend, Node
 from orchestrator.cluster.local import LocalBackend
 from orchestrator.model.errors import BackendError
+from orchestrator.model.identity import Account
 from orchestrator.model.paths import JobPaths
 from orchestrator.model.settings import Settings
 
@@ -94,7 +95,7 @@ class SlurmBackend(ClusterBackend):
             return f"node {getattr(node, 'name', node)} is {state} in Slurm" + (f": {reason}" if reason else "")
         return None
 
-    def prepare_node(self, node: Node, job_id: str) -> None:
+    def prepare_node(self, node: Node, job_id: str, account: Account | None = None) -> None:
         (node.root / "jobs" / job_id).mkdir(parents=True, exist_ok=True)
 
     # -- the job's allocation
@@ -197,7 +198,7 @@ class SlurmBackend(ClusterBackend):
         return self.slurm(*self._step(node, self._allocation_on(node)), "sh", "-c", script, check=False)
 
     # -- processes
-    def spawn_detached(self, node: Node, argv: list[str], cwd: Path) -> None:
+    def spawn_detached(self, node: Node, argv: list[str], cwd: Path, account: Account | None = None) -> None:
         # The srun client on the head node keeps the step alive: it gets its own session so it outlives
         # the worker; the task itself is a process-group leader on the node (slurmstepd makes it one).
         slurm_id = self._allocation_on(node, cwd)
@@ -224,7 +225,7 @@ class SlurmBackend(ClusterBackend):
         done = self.slurm(*self._step(node, slurm_id), "sh", "-c", "cat /proc/[0-9]*/stat 2>/dev/null; true")
         return any(group == pgid and st != "Z" for _, st, group in parse_stat(done.stdout.encode()))
 
-    def signal_group(self, node: Node, pgid: int, signum: int) -> bool:
+    def signal_group(self, node: Node, pgid: int, signum: int, account: Account | None = None) -> bool:
         if int(pgid) <= 1:
             raise BackendError(f"refusing to signal process group {pgid}")
         return self.on_node(node, f"kill -{int(signum)} -- -{int(pgid)}").returncode == 0
@@ -235,7 +236,7 @@ class SlurmBackend(ClusterBackend):
         done = self.on_node(node, _find_tagged(tag) + ' echo "$p"; done')
         return [int(x) for x in done.stdout.split() if x.isdigit()]
 
-    def signal_tagged(self, node: Node, tag: str, signum: int) -> int:
+    def signal_tagged(self, node: Node, tag: str, signum: int, account: Account | None = None) -> int:
         from orchestrator.cluster.ssh import _find_tagged
 
         done = self.on_node(node, _find_tagged(tag) + f' kill -{int(signum)} "$p" 2>/dev/null && echo "$p"; done')

@@ -15,6 +15,7 @@ from orchestrator.cluster.inventory import ComputeNode, Inventory, load_inventor
 from orchestrator.cluster.sshconn import Completed, Connection, connection
 from orchestrator.cluster.transfer import pull_tree, push_tree
 from orchestrator.model.errors import BackendError, InfrastructureError
+from orchestrator.model.identity import Account
 from orchestrator.model.settings import Settings
 
 PROBE_TIMEOUT = 5.0
@@ -72,11 +73,11 @@ class SSHBackend(ClusterBackend):
         one, five, fifteen = (float(x) for x in text.split()[:3])
         return one, five, fifteen
 
-    def prepare_node(self, node: Node, job_id: str) -> None:
+    def prepare_node(self, node: Node, job_id: str, account: Account | None = None) -> None:
         self.run(node, ["mkdir", "-p", "--", node.root / "jobs" / job_id])
 
     # -- processes
-    def spawn_detached(self, node: Node, argv: list[str], cwd: Path) -> None:
+    def spawn_detached(self, node: Node, argv: list[str], cwd: Path, account: Account | None = None) -> None:
         # setsid --fork puts the program in its own session (its pid is the process group) re-parented to
         # init, so it outlives this ssh channel; with its output detached the channel closes at once.
         command = f"cd {q(cwd)} && exec setsid --fork {q(*argv)} </dev/null >/dev/null 2>&1"
@@ -93,7 +94,7 @@ class SSHBackend(ClusterBackend):
         done = self.conn(node).run("cat /proc/[0-9]*/stat 2>/dev/null; true")
         return [pid for pid, state, group in parse_stat(done.stdout) if group == pgid and state != "Z"]
 
-    def signal_group(self, node: Node, pgid: int, signum: int) -> bool:
+    def signal_group(self, node: Node, pgid: int, signum: int, account: Account | None = None) -> bool:
         if int(pgid) <= 1:
             raise BackendError(f"refusing to signal process group {pgid}")
         done = self.conn(node).run(f"kill -{int(signum)} -- -{int(pgid)}")
@@ -108,7 +109,7 @@ class SSHBackend(ClusterBackend):
         done = self.conn(node).run(_find_tagged(tag) + ' echo "$p"; done')
         return [int(line) for line in done.stdout.split() if line.isdigit()]
 
-    def signal_tagged(self, node: Node, tag: str, signum: int) -> int:
+    def signal_tagged(self, node: Node, tag: str, signum: int, account: Account | None = None) -> int:
         done = self.conn(node).run(_find_tagged(tag) + f' kill -{int(signum)} "$p" 2>/dev/null && echo "$p"; done')
         return len([line for line in done.stdout.split() if line.isdigit()])
 

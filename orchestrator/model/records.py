@@ -93,6 +93,7 @@ class Job(Record):
     id: str
     name: str = ""
     owner: str = ""
+    account: str = ""  # the OS account every process and file of the job belongs to ("" = the engine's)
     state: JobState
     version: int = 1
     spec: dict[str, Any] = Field(default_factory=dict)
