@@ -6,6 +6,7 @@ import gzip
 import os
 import re
 import shutil
+import zlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -242,16 +243,53 @@ def _check_end_is_written(text: str) -> None:
                           f"without writing the final fields; use e.g. {aligned:g}")])
 
 
+# Gzipped case files unpack to at most this many bytes per case, all files together: a tutorial's fields are
+# a few MiB, and a gzip bomb (1000:1 for zeros) must fail the run with a clear error, not fill the node's disk.
+GUNZIP_LIMIT = 2 << 30
+_CHUNK = 1 << 20
+
+
 def copy_case(src: Path, dest: Path) -> None:
-    """Copy the case (not earlier results or decompositions) and unpack gzipped tutorial files."""
+    """Copy the case (not earlier results or decompositions) and unpack gzipped tutorial files (at most
+    GUNZIP_LIMIT bytes unpacked per case; past it the run fails naming the file)."""
     ignore = shutil.ignore_patterns("processor*", "log.*", ".e2e")
     shutil.copytree(src, dest, dirs_exist_ok=True, ignore=ignore, symlinks=False, copy_function=copy_if_absent)
-    for packed in dest.rglob("*.gz"):
+    unpacked = 0
+    for packed in sorted(dest.rglob("*.gz")):
         target = packed.with_suffix("")
         if not target.exists():
-            with gzip.open(packed, "rb") as fin, open(target, "wb") as fout:
-                shutil.copyfileobj(fin, fout)
+            unpacked = _gunzip(packed, target, unpacked, dest)
         packed.unlink()
+
+
+def _gunzip(packed: Path, target: Path, unpacked: int, case: Path) -> int:
+    """Unpack one file, counting its bytes into the case's total as they come; over GUNZIP_LIMIT the partial
+    file is removed and the error names the file."""
+    try:
+        with gzip.open(packed, "rb") as fin, open(target, "wb") as fout:
+            while chunk := fin.read(_CHUNK):
+                unpacked += len(chunk)
+                if unpacked > GUNZIP_LIMIT:
+                    raise _TooBig()
+                fout.write(chunk)
+    except _TooBig:
+        target.unlink(missing_ok=True)
+        raise SpecError([("solver.case", f"{packed.relative_to(case)} unpacks past the {_size(GUNZIP_LIMIT)} "
+                                         "allowed for a case's gzipped files together; unpack it yourself or "
+                                         "send a smaller case")]) from None
+    except (OSError, EOFError, zlib.error) as exc:  # not gzip, truncated, corrupt
+        target.unlink(missing_ok=True)
+        raise SpecError([("solver.case", f"{packed.relative_to(case)} is not a readable gzip file: {exc}")]) from None
+    return unpacked
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _size(limit: int) -> str:
+    return f"{limit / (1 << 30):g} GiB" if limit >= 1 << 30 else f"{limit / (1 << 20):g} MiB" if limit >= 1 << 20 \
+        else f"{limit} bytes"
 
 
 def set_entry(text: str, key: str, value: str) -> str:

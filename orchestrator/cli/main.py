@@ -257,6 +257,7 @@ from orchestrator.cli import (  # noqa: E402  (after `app` exists: each module a
     files,  # noqa: F401  (files, download)
     nodes,  # noqa: F401  (nodes, nodes trust)
     sweeps,  # noqa: F401  (sweep ls, sweep status)
+    uploads,  # noqa: F401  (uploads ls, uploads rm)
 )
 
 

@@ -9,6 +9,7 @@ import tarfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import quote
 
 import httpx
 
@@ -203,6 +204,13 @@ class RemoteControl:
 
     def download(self, job: str, path: str | None, to: Path) -> tuple[str, list[str]]:
         raise local_only()
+
+    # -- input uploads
+    def uploads(self, owner: str | None = None) -> list[dict[str, Any]]:
+        return self._call("GET", "/uploads", params={"owner": owner} if owner else {})
+
+    def remove_upload(self, upload_id: str, owner: str | None = None) -> dict[str, Any]:
+        return self._call("DELETE", f"/uploads/{quote(upload_id, safe='')}", params={"owner": owner} if owner else {})
 
     # -- keys, access rules, desktop, usage
     def keys(self) -> list[dict[str, Any]]:

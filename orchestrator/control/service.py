@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from orchestrator.control import desktop, files, nodes, steering, submission
+from orchestrator.control import desktop, files, nodes, steering, submission, uploads
 from orchestrator.control.desktop import DesktopRefused
 from orchestrator.control.nodes import HostKeyOffer, Rendered
 from orchestrator.control.protocol import History, HistoryRun, JobStatus, JobSummary, RunBrief, wait_until
@@ -231,6 +231,22 @@ class ControlService:
     def sweep_status(self, sweep: str) -> tuple[str, list[dict[str, Any]]]:
         """A sweep's full id and one row per member."""
         return submission.sweep_status(self, sweep)
+
+    # -- input uploads (control/uploads.py)
+    def add_upload(self, archive: Path) -> dict[str, Any]:
+        """Unpack a received tar archive as a new upload of the caller's, within E2E_UPLOAD_MAX_EXTRACTED and
+        what is left of the caller's E2E_UPLOAD_QUOTA (over either: TooLarge, nothing kept)."""
+        return uploads.add_upload(self, archive)
+
+    def uploads(self, owner: str | None = None) -> list[dict[str, Any]]:
+        """The caller's uploads (an admin may name another user): id, bytes, files, name, created, and the jobs
+        not yet terminated that use each (`used_by`)."""
+        return uploads.list_uploads(self, owner)
+
+    def remove_upload(self, upload_id: str, owner: str | None = None) -> dict[str, Any]:
+        """Delete one of the caller's uploads; another user's id is NotFound; one a job not yet terminated
+        uses is refused (InvalidState) naming the jobs."""
+        return uploads.remove_upload(self, upload_id, owner)
 
     # -- control commands and edits (control/steering.py)
     def terminate(self, job: str) -> Job:

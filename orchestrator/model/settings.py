@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     api_port: PositiveInt = Field(8765, description="port `e2e serve` listens on")
     api_max_body: PositiveInt = Field(1 << 20, description="largest JSON request body the API accepts (bytes)")
     api_max_upload: PositiveInt = Field(1 << 30, description="largest input upload (tar.gz) the API accepts (bytes)")
+    upload_max_extracted: PositiveInt | None = Field(
+        None, description="most bytes one upload may unpack to (default: 4x E2E_API_MAX_UPLOAD)")
+    upload_quota: PositiveInt | None = Field(
+        None, description="most unpacked bytes one user's uploads may hold together (default: 10x "
+                          "E2E_API_MAX_UPLOAD); `e2e uploads rm` frees space")
     api_rate: PositiveFloat = Field(50.0, description="API requests per second per user (sustained)")
     api_burst: PositiveInt = Field(200, description="API requests per user allowed in a burst above the rate")
     solver_env: dict[str, str] = Field(
@@ -54,6 +59,16 @@ class Settings(BaseSettings):
     def root(self) -> Path:
         """The state directory, expanded and absolute."""
         return self.home.expanduser().resolve()
+
+    @property
+    def max_extracted(self) -> int:
+        """The cap on one upload's unpacked bytes (E2E_UPLOAD_MAX_EXTRACTED, else 4x the upload limit)."""
+        return self.upload_max_extracted or 4 * self.api_max_upload
+
+    @property
+    def quota(self) -> int:
+        """The cap on one user's uploads' unpacked bytes together (E2E_UPLOAD_QUOTA, else 10x the upload limit)."""
+        return self.upload_quota or 10 * self.api_max_upload
 
     @property
     def stack_file(self) -> Path:

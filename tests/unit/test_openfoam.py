@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.model.errors import SpecError
+from solvers import openfoam as openfoam_module
 from solvers.base import LaunchContext, NodeSlots, Progress, RunMode
 from solvers.command import Command, CommandOptions
 from solvers.openfoam import OpenFOAM, OpenFOAMOptions, read_entry, set_entry
@@ -440,3 +442,40 @@ def test_a_restart_continues_from_the_newest_time_every_processor_holds(plugin, 
     control = (run_dir / "system" / "controlDict").read_text()
     assert read_entry(control, "startFrom") == "startTime" and read_entry(control, "startTime") == "0.1"
     assert plugin.latest_checkpoint(run_dir) == "time 0.1"
+
+
+# -- gzipped case files unpack within a cap
+
+def gzipped(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wb") as fout:
+        fout.write(bytes(size))
+
+
+def test_a_gzip_bomb_in_a_case_fails_naming_the_file_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(openfoam_module, "GUNZIP_LIMIT", 1 << 20)
+    case = tmp_path / "case"
+    gzipped(case / "0" / "p.gz", 600 << 10)
+    gzipped(case / "0" / "U.gz", 600 << 10)  # each under the cap; together over it
+    gzipped(case / "constant" / "small.gz", 10)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SpecError) as refused:
+        openfoam_module.copy_case(case, run_dir)
+    [(field, message)] = refused.value.problems
+    assert field == "solver.case" and message.startswith("0/p.gz unpacks past the 1 MiB allowed")
+    assert (run_dir / "0" / "U").stat().st_size == 600 << 10 and not (run_dir / "0" / "p").exists()
+    assert (case / "0" / "p.gz").exists()  # the user's case is left alone
+
+    monkeypatch.setattr(openfoam_module, "GUNZIP_LIMIT", 2 << 20)
+    ok = tmp_path / "ok"
+    openfoam_module.copy_case(case, ok)
+    assert sorted(p.relative_to(ok).as_posix() for p in ok.rglob("*") if p.is_file()) == \
+        ["0/U", "0/p", "constant/small"]
+
+
+def test_a_corrupt_gzip_file_in_a_case_is_a_clear_error(tmp_path):
+    case = tmp_path / "case"
+    (case / "0").mkdir(parents=True)
+    (case / "0" / "U.gz").write_bytes(b"\x1f\x8bnot gzip at all")
+    with pytest.raises(SpecError, match="0/U.gz is not a readable gzip file"):
+        openfoam_module.copy_case(case, tmp_path / "run")
