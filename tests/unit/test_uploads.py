@@ -81,7 +81,9 @@ def test_the_quota_counts_every_upload_of_the_user_and_names_the_usage(store, tm
 def test_another_users_upload_answers_exactly_as_one_that_does_not_exist(store, tmp_path):
     alice, bob = client(store, tmp_path, "alice"), client(store, tmp_path, "bob")
     made = alice.add_upload(tarball(tmp_path, "case", 10))
-    assert bob.uploads() == [] and [row["id"] for row in alice.uploads()] == [made["id"]]
+    own = bob.add_upload(tarball(tmp_path, "own", 10))  # bob's folder exists: '../alice/...' would resolve
+    assert [row["id"] for row in bob.uploads()] == [own["id"]]
+    assert [row["id"] for row in alice.uploads()] == [made["id"]]
     with pytest.raises(NotFound) as theirs:
         bob.remove_upload(made["id"])
     with pytest.raises(NotFound) as missing:
@@ -90,7 +92,7 @@ def test_another_users_upload_answers_exactly_as_one_that_does_not_exist(store, 
     for sneaky in ["../alice/" + made["id"], "..", "up-../../x", ""]:
         with pytest.raises(NotFound):
             bob.remove_upload(sneaky)
-    assert bob.uploads(owner="alice") == []  # a plain user cannot name another's uploads
+    assert [row["id"] for row in bob.uploads(owner="alice")] == [own["id"]]  # a plain user sees only theirs
     root = client(store, tmp_path, "root", admin=True)
     assert [row["id"] for row in root.uploads(owner="alice")] == [made["id"]]
     assert (tmp_path / "home" / "uploads" / "alice" / made["id"]).is_dir()
