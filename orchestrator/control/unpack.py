@@ -88,7 +88,7 @@ def unpack(archive: Path, dest: Path, max_bytes: int, too_large: Callable[[int],
     try:
         stream = _Metered(_decompressed(archive), SLACK, too_large)
         try:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as tar:  # type: ignore[call-overload]
                 return _extract(tar, stream, dest, max_bytes, too_large, max_members)
         finally:
             stream.close()
