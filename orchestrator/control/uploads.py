@@ -110,12 +110,11 @@ def _owner(service: ControlService, owner: str | None) -> str:
 
 
 def human(size: int) -> str:
-    value = float(size)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} bytes"  # unreachable
+    """A byte count for people: "900 bytes", "3.9 KiB", "1.5 MiB", "2.0 GiB"."""
+    if size < 1024:
+        return f"{size} bytes"
+    exponent = min(3, (size.bit_length() - 1) // 10)
+    return f"{size / (1 << 10 * exponent):.1f} {('KiB', 'MiB', 'GiB')[exponent - 1]}"
 
 
 # -- the index
