@@ -187,8 +187,9 @@ def validate_spec(data: Any, *, base_dir: Path | None = None, source: str = "spe
     except ValidationError as exc:
         errors = exc.errors(include_input=False, include_url=False)
         problems = [_describe(err, model, data) for err in errors[:MAX_PROBLEMS]]
-        if len(errors) > MAX_PROBLEMS:
-            problems.append(("", f"... and {len(errors) - MAX_PROBLEMS} more problems like these"))
+        if len(errors) > MAX_PROBLEMS:  # said on the last one listed, so every problem still names its field
+            field, msg = problems[-1]
+            problems[-1] = (field, f"{msg} (and {len(errors) - MAX_PROBLEMS} more problems, not listed)")
         raise SpecError(problems, source) from None
 
 
@@ -273,7 +274,7 @@ def read_spec_file(path: str | Path) -> tuple[Any, Path]:
 def _describe(err: ErrorDetails, model: type[BaseModel], data: Any = None) -> tuple[str, str]:
     """One (field, message) pair for a pydantic error, with the allowed names where that helps."""
     # A blank key is still named, quoted, so the line never reads as if no field were meant.
-    loc = [_shown_key(str(part)) for part in err.get("loc", ())]
+    loc = [str(part) if str(part).strip() else repr(str(part)) for part in err.get("loc", ())]
     kind = err.get("type", "")
     msg = err.get("msg", "invalid")
     if kind == "extra_forbidden":
@@ -303,12 +304,6 @@ def _describe(err: ErrorDetails, model: type[BaseModel], data: Any = None) -> tu
     return ".".join(loc), msg if len(msg) <= 4 * MAX_QUOTED else msg[:4 * MAX_QUOTED - 1] + "…"
 
 
-def _shown_key(part: str) -> str:
-    """A key of the user's spec as an error names it: a blank one quoted (so the line never reads as if no
-    field were meant), a very long one cut."""
-    if not part.strip():
-        return repr(part)
-    return part if len(part) <= MAX_QUOTED else part[:MAX_QUOTED - 1] + "…"
 
 
 def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:

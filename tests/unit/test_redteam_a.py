@@ -224,6 +224,8 @@ def test_the_live_work_folder_swapped_for_a_symlink_is_refused(api):
     (api.home / "jobs" / job_id / "work").symlink_to(elsewhere)
     reply = api.call("alice", "GET", f"/jobs/{job_id}/files/work/keys.txt")
     assert reply.status_code in (400, 404) and "ENGINE-SECRET" not in reply.text
+    listing = api.call("alice", "GET", f"/jobs/{job_id}/files")  # nor are the names of what is there listed
+    assert listing.status_code == 200 and listing.json()["files"] == [], listing.text
 
 
 # -- finding 5: user YAML refuses anchors and aliases; quoted values are cut
