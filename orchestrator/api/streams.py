@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import time
+from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from orchestrator.api.deps import API, client_for
+from orchestrator.control.files import RunLog, read_job_file, run_log
+from orchestrator.control.protocol import run_finished
 from orchestrator.control.service import ControlService
 from orchestrator.model.errors import UserError
 from orchestrator.model.states import JOB_TERMINAL
@@ -111,22 +113,27 @@ async def log_stream(job: str, request: Request, client: ControlService = Depend
 
 async def _follow_log(request: Request, client: ControlService, job_id: str, run: Optional[str],
                       offset: int) -> AsyncIterator[bytes]:
-    """Whole lines as they are written; ends once the run has ended and its log is sent."""
+    """Whole lines as they are written; ends once the run has ended and its log is sent. Every read opens the
+    log confined (control.files): a log the job swapped for a symlink ends the stream with an `error` event."""
     yield b"retry: 2000\n\n"
     last_beat = time.monotonic()
-    path, checked = None, 0.0
+    log, ended, checked = None, False, 0.0
     while not await request.is_disconnected():
         now = time.monotonic()
-        if path is None or now - checked > 1.0:  # the run (and its log) can change: re-ask once a second
-            path, ended = await asyncio.to_thread(_log_state, client, job_id, run)
+        if log is None or now - checked > 1.0:  # the run (and its log) can change: re-ask once a second
+            log, ended = await asyncio.to_thread(_log_state, client, job_id, run)
             checked = now
-        chunk = _read_lines(path, offset) if path is not None else b""
+        try:
+            chunk, size = _read_lines(client.settings.root, log, offset) if log is not None else (b"", 0)
+        except UserError as exc:
+            yield sse({"error": exc.message}, event="error")
+            return
         if chunk:
             offset += len(chunk)
             yield sse({"text": chunk.decode(errors="replace")}, event="log", event_id=str(offset))
             last_beat = now
             continue
-        if ended and now - checked < 1.0 and path is not None and os.path.getsize(path) <= offset:
+        if ended and now - checked < 1.0 and log is not None and size <= offset:
             yield sse({"offset": offset}, event="end")
             return
         if now - last_beat > KEEPALIVE:
@@ -135,23 +142,24 @@ async def _follow_log(request: Request, client: ControlService, job_id: str, run
         await asyncio.sleep(LOG_POLL)
 
 
-def _log_state(client: ControlService, job_id: str, run: Optional[str]) -> tuple[Any, bool]:
-    from orchestrator.control.protocol import run_finished
-
+def _log_state(client: ControlService, job_id: str, run: Optional[str]) -> tuple[Optional[RunLog], bool]:
+    """The run's log (None before the plugin named one) and whether the run has ended."""
     doc = client.status(job_id)
-    path = client.log_path(job_id, run)
-    return (path if path is not None and path.exists() else None), run_finished(doc)
+    log = run_log(client, job_id, run)
+    return (log if log.rel else None), run_finished(doc)
 
 
-def _read_lines(path: Any, offset: int) -> bytes:
-    """New complete lines after offset (a partial last line waits for its newline)."""
+def _read_lines(home: Path, log: RunLog, offset: int) -> tuple[bytes, int]:
+    """New complete lines after offset (a partial last line waits for its newline), and the log's size
+    (0 while it does not exist). Raises UserError when the log is a symlink or not a regular file."""
     try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read(LOG_PAGE)
+        found = read_job_file(home, log.job_id, log.rel or "", offset, LOG_PAGE)
     except OSError:
-        return b""
+        return b"", 0
+    if found is None:
+        return b"", 0
+    data, size = found
     if len(data) == LOG_PAGE:
-        return data
+        return data, size
     end = data.rfind(b"\n")
-    return data[:end + 1] if end >= 0 else b""
+    return (data[:end + 1] if end >= 0 else b""), size

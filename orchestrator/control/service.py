@@ -159,14 +159,9 @@ class ControlService:
 
     def read_log(self, job: str, run_id: str | None = None, offset: int = 0,
                  limit: int = 1 << 20) -> tuple[bytes, int]:
-        """Up to `limit` bytes of the run's solver log from `offset`, and the offset after them."""
-        path = self.log_path(job, run_id)
-        if path is None or not path.exists():
-            return b"", offset
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read(limit)
-        return data, offset + len(data)
+        """Up to `limit` bytes of the run's solver log from `offset`, and the offset after them (read confined:
+        a log the job swapped for a symlink is refused, never followed)."""
+        return files.read_log(self, job, run_id, offset, limit)
 
     def log_path(self, job: str, run_id: str | None = None) -> Path | None:
         record = self.job(job)

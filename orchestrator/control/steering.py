@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.control.protocol import JobStatus
+from orchestrator.control.submission import checked_spec
 from orchestrator.control.sweeps import resolve_sweep
 from orchestrator.engine.attempts import next_attempt
 from orchestrator.engine.edits import apply_assignments, check_files, diff, parse_assignments, save_files
@@ -139,7 +140,9 @@ def edit(service: ControlService, job: str, sets: list[str] | tuple[str, ...] = 
         raise UserError("nothing to edit: give --set key=value and/or --file LOCAL=RELPATH")
     for _ in range(EDIT_RETRIES):
         old_spec = validate_spec(record.spec, check_paths=False, source=f"job {job_id} spec")
-        new_spec = validate_spec(apply_assignments(record.spec, assignments), source="edit")
+        # checked exactly like a submit (the same function): paths must be in the owner's uploads (API callers)
+        new_spec = checked_spec(service, apply_assignments(record.spec, assignments), confine=service.scoped,
+                                owner=record.owner, source="edit")
         changes = diff(old_spec.model_dump(mode="json"), new_spec.model_dump(mode="json"))
         if not changes and not checked_files:
             raise UserError("the edit changes nothing")

@@ -27,17 +27,27 @@ def submit_data(service: ControlService, data: dict[str, Any], base_dir: Path | 
 
 def submit_document(service: ControlService, data: Any, sweep: list[str] | tuple[str, ...] = (),
                     base_dir: Path | None = None, confine: bool = False) -> dict[str, Any]:
-    if confine:
-        base_dir = uploads_root(service.settings.root, service.user)
-    parsed = parse_submission(data, list(sweep), base_dir, "spec")
-    specs = [m.spec for m in parsed.members] if isinstance(parsed, SweepPlan) else [parsed]
-    if confine and base_dir is not None:
-        for spec in specs:
-            check_inside_uploads(spec, base_dir)
+    parsed = checked_spec(service, data, sweep, base_dir=base_dir, confine=confine)
     if isinstance(parsed, SweepPlan):
         sweep_id, job_ids = submit_sweep(service, parsed)
         return {"sweep": sweep_id, "jobs": job_ids}
     return {"id": submit(service, parsed)}
+
+
+def checked_spec(service: ControlService, data: Any, sweep: list[str] | tuple[str, ...] = (), *,
+                 base_dir: Path | None = None, confine: bool = False, owner: str | None = None,
+                 source: str = "spec") -> Any:
+    """The one check of spec data a caller sends, for submits, sweeps and edits alike: parsed once (a JobSpec,
+    or a SweepPlan when it asks for a sweep). With `confine` (API callers), relative paths resolve against the
+    caller's uploads and every path-valued field (case folders, solver inputs, input files) must lie inside
+    them (an edit: the job owner's uploads); a path elsewhere is refused by its field with one message, before
+    anything looks at the disk, so the answer never tells whether a server path exists."""
+    root = uploads_root(service.settings.root, owner or service.user) if confine else None
+    parsed = parse_submission(data, list(sweep), root or base_dir, source, confine=root)
+    if root is not None:  # the model refused every path outside already; this re-checks the validated result
+        for spec in [m.spec for m in parsed.members] if isinstance(parsed, SweepPlan) else [parsed]:
+            check_inside_uploads(spec, root)
+    return parsed
 
 
 def submit(service: ControlService, spec: Any, extra: dict[str, Any] | None = None) -> str:

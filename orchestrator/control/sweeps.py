@@ -10,7 +10,8 @@ from typing import Any
 
 from orchestrator.engine.edits import apply_assignments, parse_assignments
 from orchestrator.model.errors import NotFound, SpecError
-from orchestrator.model.spec import read_spec_file, validate_spec
+from orchestrator.model.spec import is_secret_key, masked_values, read_spec_file, validate_spec
+from orchestrator.model.untrusted import quoted
 from orchestrator.store.jobs import JobStore
 
 MAX_MEMBERS = 256
@@ -25,7 +26,7 @@ SWEEP_FIXED = ("name", "solver.name")
 @dataclass(frozen=True)
 class Member:
     index: int                # 1-based; the job is named <name>-<index>
-    values: dict[str, Any]    # swept key -> this member's value
+    values: dict[str, Any]    # swept key -> this member's value, as shown to users (a Secret's masked)
     spec: Any                 # the validated JobSpec
 
 
@@ -52,7 +53,7 @@ def parse_sweep_options(items: list[str]) -> dict[str, list[Any]]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not raw.strip():
-            problems.append(("--sweep", f"{item!r} is not KEY=v1,v2,... (e.g. parameters.endTime=0.1,0.2)"))
+            problems.append(("--sweep", f"{quoted(item)} is not KEY=v1,v2,... (e.g. parameters.endTime=0.1,0.2)"))
             continue
         try:
             full = _sweep_key(key.strip(), "--sweep")
@@ -90,9 +91,10 @@ def sweep_block(block: Any) -> dict[str, list[Any]]:
 
 
 def expand(data: Any, axes: dict[str, list[Any]], base_dir: Path | None = None,
-           source: str = "spec") -> SweepPlan:
+           source: str = "spec", confine: Path | None = None) -> SweepPlan:
     """Every combination (the cartesian product of the axes, in order) as a validated member spec.
-    All are checked before any is returned: one bad value raises SpecError naming the key and the value."""
+    All are checked before any is returned: one bad value raises SpecError naming the key and the value
+    (masked when the key is a secret). `confine`: as validate_spec's."""
     if not isinstance(data, dict):
         raise SpecError([("", f"must be a mapping of fields, got {type(data).__name__}")], source)
     data = {k: v for k, v in data.items() if k != "sweep"}
@@ -111,11 +113,16 @@ def expand(data: Any, axes: dict[str, list[Any]], base_dir: Path | None = None,
             limits = member.get("limits")
             if limits is None or isinstance(limits, dict) and limits.get("idle_shutdown") is None:
                 member["limits"] = {**(limits or {}), "idle_shutdown": MEMBER_IDLE_SHUTDOWN}
-            members.append(Member(index, values, validate_spec(member, base_dir=base_dir, source=source)))
+            spec = validate_spec(member, base_dir=base_dir, source=source, confine=confine)
+            members.append(Member(index, masked_values(spec, values), spec))  # the spec keeps the real value
         except SpecError as exc:
             for field, msg in exc.problems:  # a problem of the base spec is the same in every member: once
                 swept = next((k for k in keys if field == k or field.startswith(k + ".")), None)
-                problem = (field, f"{msg} (value {values[swept]!r})" if swept else msg)
+                if swept is None:
+                    problem = (field, msg)
+                else:
+                    shown = "**********" if is_secret_key(data, swept) else quoted(values[swept])
+                    problem = (field, f"{msg} (value {shown})")
                 if problem not in problems:
                     problems.append(problem)
     if problems:
@@ -123,14 +130,15 @@ def expand(data: Any, axes: dict[str, list[Any]], base_dir: Path | None = None,
     return SweepPlan(name, {k: list(axes[k]) for k in keys}, members)
 
 
-def parse_submission(data: Any, options: list[str], base_dir: Path | None = None, source: str = "spec") -> Any:
+def parse_submission(data: Any, options: list[str], base_dir: Path | None = None, source: str = "spec",
+                     confine: Path | None = None) -> Any:
     """A submitted spec parsed once: a validated JobSpec, or the SweepPlan its `sweep:` block and --sweep
-    options (which win on the same key) ask for, every member validated."""
+    options (which win on the same key) ask for, every member validated. `confine`: as validate_spec's."""
     axes = sweep_block(data["sweep"]) if isinstance(data, dict) and "sweep" in data else {}
     axes.update(parse_sweep_options(options))
     if axes:
-        return expand(data, axes, base_dir, source)
-    return validate_spec(data, base_dir=base_dir, source=source)
+        return expand(data, axes, base_dir, source, confine)
+    return validate_spec(data, base_dir=base_dir, source=source, confine=confine)
 
 
 def read_submission(path: str | Path, options: list[str]) -> Any:

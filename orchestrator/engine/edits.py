@@ -13,6 +13,7 @@ import yaml
 
 from orchestrator.model.errors import SpecError
 from orchestrator.model.paths import JobPaths
+from orchestrator.model.untrusted import AliasError, load_yaml, quoted
 from orchestrator.sync.confine import write_confined
 
 KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -33,7 +34,8 @@ def parse_assignments(items: list[str], fixed: tuple[str, ...] = IMMUTABLE,
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not KEY.match(key):
-            problems.append((option, f"{item!r} is not key=value with a dotted key (e.g. parameters.endTime=0.5)"))
+            problems.append((option, f"{quoted(item)} is not key=value with a dotted key "
+                                     "(e.g. parameters.endTime=0.5)"))
             continue
         if key.split(".")[0] not in TOP_LEVEL:
             key = f"solver.{key}"
@@ -41,7 +43,10 @@ def parse_assignments(items: list[str], fixed: tuple[str, ...] = IMMUTABLE,
             problems.append((key, "cannot change once the job exists; submit a new job instead"))
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw) if raw.strip() else ""
+        except AliasError as exc:
+            problems.append((key, str(exc)))
+            continue
         except yaml.YAMLError:
             value = raw
         parsed.append((key, value))
@@ -83,9 +88,9 @@ def check_relpath(rel: str) -> PurePosixPath:
     """A destination inside the run directory: relative, no '..', not the engine's .e2e folder."""
     pure = PurePosixPath(rel)
     if not rel or pure.is_absolute() or ".." in pure.parts or rel.endswith("/"):
-        raise SpecError([("--file", f"{rel!r} must be a relative file path inside the case, without '..'")])
+        raise SpecError([("--file", f"{quoted(rel)} must be a relative file path inside the case, without '..'")])
     if pure.parts[0] == ".e2e" or "\n" in rel or "\0" in rel:
-        raise SpecError([("--file", f"{rel!r} is not a path the solver's inputs may use")])
+        raise SpecError([("--file", f"{quoted(rel)} is not a path the solver's inputs may use")])
     return pure
 
 
@@ -100,9 +105,9 @@ def check_files(files: dict[str, str]) -> dict[PurePosixPath, Path]:
             continue
         src = Path(local).expanduser()
         if not src.is_file():
-            problems.append(("--file", f"{local!r} is not a readable file"))
+            problems.append(("--file", f"{quoted(local)} is not a readable file"))
         elif src.stat().st_size > MAX_FILE_BYTES:
-            problems.append(("--file", f"{local!r} is larger than {MAX_FILE_BYTES >> 20} MiB"))
+            problems.append(("--file", f"{quoted(local)} is larger than {MAX_FILE_BYTES >> 20} MiB"))
         else:
             checked[dest] = src
     if problems:

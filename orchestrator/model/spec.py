@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -22,11 +23,15 @@ from pydantic_core import ErrorDetails
 
 from orchestrator.model.access import normalise_rules
 from orchestrator.model.errors import SpecError
+from orchestrator.model.untrusted import MAX_QUOTED, load_yaml, quoted, yaml_error_text
 from solvers.base import Registry, SolverOptions, registry
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])", re.I)
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+MAX_PROBLEMS = 50  # problems one error lists; a spec with more (a huge generated list) gets a count of the rest
+# The one answer for any path outside an API caller's uploads: the same words whether it exists or not.
+OUTSIDE_UPLOADS = "must be inside your uploads (POST /uploads), named relative to them"
 
 
 def parse_duration(value: Any) -> Any:
@@ -34,7 +39,7 @@ def parse_duration(value: Any) -> Any:
     if value is None:
         return value
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a duration; use e.g. 90s, 30m, 1h30m, 2d")
+        raise ValueError(f"{quoted(value)} is not a duration; use e.g. 90s, 30m, 1h30m, 2d")
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):
@@ -44,7 +49,7 @@ def parse_duration(value: Any) -> Any:
             return float(sum(float(n) * _UNIT_SECONDS[u.lower()] for n, u in parts))
         if re.fullmatch(r"\d+(\.\d+)?", text):
             return float(text)
-        raise ValueError(f"{value!r} is not a duration; use e.g. 90s, 30m, 1h30m, 2d")
+        raise ValueError(f"{quoted(value)} is not a duration; use e.g. 90s, 30m, 1h30m, 2d")
     return value
 
 
@@ -52,8 +57,12 @@ Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, descrip
 
 
 def resolve_input_path(value: Any, info: ValidationInfo) -> Any:
-    """Resolve a relative path against the spec file's folder (validation context `base_dir`)."""
+    """Resolve a relative path against the spec file's folder (validation context `base_dir`). With `confine`
+    in the context (an API caller's uploads), the path must lie inside that folder; see confined_path."""
     if isinstance(value, str) and value.strip():
+        confine = (info.context or {}).get("confine")
+        if confine is not None:
+            return confined_path(value, Path(confine))
         try:
             path = Path(value).expanduser()
             base = (info.context or {}).get("base_dir")
@@ -62,17 +71,39 @@ def resolve_input_path(value: Any, info: ValidationInfo) -> Any:
             path = path.resolve()
             path.exists()  # a name too long for the OS raises here, not in the checks that follow
         except RuntimeError:  # ~user of an unknown user
-            raise ValueError(f"{value!r}: no such user's home folder") from None
+            raise ValueError(f"{quoted(value)}: no such user's home folder") from None
         except OSError as exc:
-            raise ValueError(f"{value!r} is not a usable path: {exc.strerror or exc}") from None
+            raise ValueError(f"{quoted(value)} is not a usable path: {exc.strerror or exc}") from None
         return path
     return value
+
+
+def confined_path(value: str, root: Path) -> Path:
+    """`value` resolved against `root` (an API caller's uploads), refused with OUTSIDE_UPLOADS when it leaves
+    root. Decided on the name first (no look at the disk; `~`, `~bob` name home folders, never expanded and
+    never inside root), so the answer for a path elsewhere never depends on whether it exists; then the
+    symlinks inside root are followed and the result checked again."""
+    real_root = root.resolve()
+    named = "\0" not in value and not value.startswith("~")
+    lexical = Path(os.path.normpath(os.path.join(root, value))) if named else None
+    if lexical is None or not (lexical.is_relative_to(root) or lexical.is_relative_to(real_root)):
+        raise ValueError(OUTSIDE_UPLOADS)
+    try:
+        path = lexical.resolve()
+        path.exists()  # a name too long for the OS raises here, not in the checks that follow
+    except RuntimeError:  # a symlink loop
+        raise ValueError(OUTSIDE_UPLOADS) from None
+    except OSError as exc:
+        raise ValueError(f"{quoted(value)} is not a usable path: {exc.strerror or exc}") from None
+    if not path.is_relative_to(real_root):
+        raise ValueError(OUTSIDE_UPLOADS)
+    return path
 
 
 def check_input_dir(path: Path, info: ValidationInfo) -> Path:
     """An input folder must exist when the spec comes from a user (skipped when re-reading stored specs)."""
     if (info.context or {}).get("check_paths", True) and not path.is_dir():
-        raise ValueError(f"folder {str(path)!r} does not exist")
+        raise ValueError(f"folder {quoted(str(path))} does not exist")
     return path
 
 
@@ -143,20 +174,74 @@ def spec_model() -> type[JobSpecBase]:
     return build_spec_model(registry())
 
 
-def validate_spec(data: Any, *, base_dir: Path | None = None, source: str = "spec", check_paths: bool = True):
-    """Validate a spec mapping; raise SpecError listing every problem with its field."""
+def validate_spec(data: Any, *, base_dir: Path | None = None, source: str = "spec", check_paths: bool = True,
+                  confine: Path | None = None):
+    """Validate a spec mapping; raise SpecError listing every problem with its field (at most MAX_PROBLEMS).
+    `confine`: every path-valued field must lie inside this folder (an API caller's uploads)."""
     model = spec_model()
     if not isinstance(data, dict):
         raise SpecError([("", f"must be a mapping of fields, got {type(data).__name__}")], source)
+    context = {"base_dir": base_dir, "check_paths": check_paths, "confine": confine}
     try:
-        return model.model_validate(data, context={"base_dir": base_dir, "check_paths": check_paths})
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
-        raise SpecError([_describe(err, model, data) for err in exc.errors()], source) from None
+        errors = exc.errors(include_input=False, include_url=False)
+        problems = [_describe(err, model, data) for err in errors[:MAX_PROBLEMS]]
+        if len(errors) > MAX_PROBLEMS:  # said on the last one listed, so every problem still names its field
+            field, msg = problems[-1]
+            problems[-1] = (field, f"{msg} (and {len(errors) - MAX_PROBLEMS} more problems, not listed)")
+        raise SpecError(problems, source) from None
 
 
 def spec_for_store(spec: JobSpecBase) -> dict[str, Any]:
     """The spec as stored in Redis: JSON, with secrets (licence keys) revealed, since runs need them."""
     return spec.model_dump(mode="json", context={"reveal_secrets": True})
+
+
+def masked_values(spec: JobSpecBase, values: dict[str, Any]) -> dict[str, Any]:
+    """Values given for dotted spec keys (a sweep member's), as users may see them: where the key holds a
+    Secret (a licence key, or a section with one), the spec's masked dump of it, never the value itself."""
+    shown, real = spec.model_dump(mode="json"), spec_for_store(spec)
+    return {key: _at(shown, key) if _at(shown, key) != _at(real, key) else value for key, value in values.items()}
+
+
+def is_secret_key(data: Any, key: str) -> bool:
+    """Whether a dotted key of a spec like `data` (its solver.name picks the options) names a Secret field or
+    a section holding one; for messages about values that never passed validation."""
+    solver = data.get("solver") if isinstance(data, dict) else None
+    options = _solver_options(solver.get("name") if isinstance(solver, dict) else None)
+    current: Any = spec_model()
+    annotation: Any = None
+    for part in key.split("."):
+        if current is None:
+            return False
+        fields = getattr(current, "model_fields", {})
+        if part not in fields:
+            return False
+        annotation = options if part == "solver" and current is spec_model() else fields[part].annotation
+        subs = _submodels(annotation)
+        current = subs[0] if subs else None
+    return _holds_secret(annotation)
+
+
+def _holds_secret(annotation: Any, depth: int = 4) -> bool:
+    from typing import get_args
+
+    from pydantic import SecretStr
+
+    if depth == 0 or annotation is None:
+        return False
+    if isinstance(annotation, type) and issubclass(annotation, SecretStr):
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return any(_holds_secret(f.annotation, depth - 1) for f in annotation.model_fields.values())
+    return any(_holds_secret(arg, depth - 1) for arg in get_args(annotation))
+
+
+def _at(doc: Any, key: str) -> Any:
+    for part in key.split("."):
+        doc = doc.get(part) if isinstance(doc, dict) else None
+    return doc
 
 
 def load_spec(path: str | Path):
@@ -180,9 +265,9 @@ def read_spec_file(path: str | Path) -> tuple[Any, Path]:
     except OSError as exc:
         raise SpecError([("", f"cannot read {str(path)!r}: {exc.strerror or exc}")], str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
-        raise SpecError([("", f"{yaml_problem(exc)}: {getattr(exc, 'problem', exc)}")], str(path)) from None
+        raise SpecError([("", yaml_error_text(exc))], str(path)) from None
     return data, path.resolve().parent
 
 
@@ -202,7 +287,7 @@ def _describe(err: ErrorDetails, model: type[BaseModel], data: Any = None) -> tu
             "unknown field" + (f"; a{listed}" if listed else "")
     elif kind == "union_tag_invalid":
         tags = err.get("ctx", {}).get("expected_tags", "")
-        msg = f"unknown solver {err.get('ctx', {}).get('tag')!r}; known solvers: {tags.replace(chr(39), '')}"
+        msg = f"unknown solver {quoted(err.get('ctx', {}).get('tag'))}; known solvers: {tags.replace(chr(39), '')}"
         loc = loc + ["name"]
     elif kind == "union_tag_not_found":
         msg = f"missing; choose one of: {', '.join(registry().names())}"
@@ -216,7 +301,9 @@ def _describe(err: ErrorDetails, model: type[BaseModel], data: Any = None) -> tu
     # Drop pydantic's union branch labels (a plugin's name) that follow the discriminated field.
     if len(loc) > 1 and loc[0] == "solver" and loc[1] in registry().names():
         loc = [loc[0]] + loc[2:]
-    return ".".join(loc), msg
+    return ".".join(loc), msg if len(msg) <= 4 * MAX_QUOTED else msg[:4 * MAX_QUOTED - 1] + "…"
+
+
 
 
 def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:

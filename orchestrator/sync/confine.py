@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -42,16 +43,44 @@ def link_stays_inside(root: Path, rel: str, target: str) -> bool:
 
 
 def open_confined(root: Path, rel: str) -> BinaryIO:
-    """root/rel for reading; refused when it or a folder on the way is a symlink (a file swapped for a link
-    between a listing and the read must not hand out what it points to)."""
-    path = confined(root, rel)
+    """root/rel for reading, walked one name at a time from root (openat with O_NOFOLLOW at every step, so
+    what was checked is what is opened: a file or folder swapped for a symlink meanwhile is refused, never
+    followed). Refused (UserError) when root itself, a folder on the way or the file is a symlink, or the
+    file is not a regular file (a FIFO would hang the reader; a device is nobody's output)."""
+    check_rel(rel)
+    *folders, name = PurePosixPath(rel).parts
+    walked = str(root)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UserError(f"path {rel!r} is a symlink: not read") from None
-        raise
-    return os.fdopen(fd, "rb")
+        raise _refusal(exc, rel, walked, last=False) from None
+    try:
+        for part in folders:
+            walked = os.path.join(walked, part)
+            try:
+                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                raise _refusal(exc, rel, walked, last=False) from None
+            os.close(fd)
+            fd = inner
+        try:
+            handle = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=fd)
+        except OSError as exc:
+            raise _refusal(exc, rel, os.path.join(walked, name), last=True) from None
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(handle).st_mode):
+        os.close(handle)
+        raise UserError(f"path {rel!r} is not a regular file: not read")
+    return os.fdopen(handle, "rb")
+
+
+def _refusal(exc: OSError, rel: str, at: str, last: bool) -> Exception:
+    """The error for a failed step of open_confined: a UserError when a symlink stood in the way (O_NOFOLLOW
+    answers ELOOP for a file, ENOTDIR for a folder), else the OS error as it was."""
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(at):
+        return UserError(f"path {rel!r} {'is' if last else 'goes through'} a symlink: not read")
+    return exc
 
 
 def write_confined(root: Path, rel: str, data: bytes) -> Path:

@@ -111,6 +111,8 @@ def _walk(root: Path) -> Iterator[tuple[str, str, str]]:
     stack = [("", root)]
     while stack:
         rel_dir, folder = stack.pop()
+        if os.path.islink(folder):  # the job swapped its own folder for a link: never list (or collect) elsewhere
+            continue
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except FileNotFoundError:

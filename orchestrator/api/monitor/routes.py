@@ -18,6 +18,7 @@ from orchestrator.api.deps import TOKEN_COOKIE, client_for
 from orchestrator.api.users import User
 from orchestrator.control.service import ControlService
 from orchestrator.model.errors import NotFound, SpecError
+from orchestrator.model.untrusted import load_yaml, yaml_error_text
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -128,9 +129,9 @@ def submit(body: SpecText, client: ControlService = Depends(client_for)) -> dict
     from orchestrator.api.jobs import submit as submit_job
 
     try:
-        data = yaml.safe_load(body.text)
+        data = load_yaml(body.text)  # no anchors or aliases: a few hundred bytes of them expand to gigabytes
     except yaml.YAMLError as exc:
-        raise SpecError([("text", f"not valid YAML/JSON: {exc}")]) from None
+        raise SpecError([("text", yaml_error_text(exc))]) from None
     if not isinstance(data, dict):
         raise SpecError([("text", "a job spec is a mapping (name:, solver:, ...)")])
     return submit_job(SubmitBody(spec=data), client)
