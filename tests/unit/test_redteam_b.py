@@ -111,7 +111,7 @@ def starting_desktop(monkeypatch):
     def not_ready(self, job, wait=0):
         raise InvalidState(f"the desktop of job {job} is not ready (desktop STARTING, job UP)")
     monkeypatch.setattr(ControlService, "desktop", not_ready)
-    monkeypatch.setattr(cluster, "_still_starting", lambda client, job: True)
+    monkeypatch.setattr(cluster, "_still_starting", lambda client, job: True, raising=False)
 
 
 def test_desktop_waits_are_capped_per_user_and_end_when_the_token_is_revoked(tmp_path, starting_desktop):

@@ -43,7 +43,7 @@ class ServeProcess:
             except httpx.TransportError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"e2e serve did not start: {self.proc.stderr.read().decode()[-2000:]}")
+                    raise RuntimeError(f"e2e serve did not start: {self.proc.stderr.read().decode()[-2000:]}") from None
                 time.sleep(0.1)
 
     def client(self, token: str, **headers: str) -> httpx.Client:
