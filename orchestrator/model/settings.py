@@ -64,8 +64,17 @@ class Settings(BaseSettings):
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _proxies(cls, value: object) -> list[str]:
-        """A comma/space-separated list (or a list): every entry an IP address or a network, named when bad."""
-        items = re.split(r"[\s,]+", value.strip()) if isinstance(value, str) else list(value or [])  # type: ignore[call-overload]
+        """A comma/space-separated list, a JSON list (how the embedded stack passes settings on to its
+        processes) or a list: every entry an IP address or a network, named when bad."""
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = json.loads(text) if text.startswith("[") else re.split(r"[\s,]+", text)
+            except ValueError:
+                raise ValueError(f"E2E_TRUSTED_PROXIES: {text!r} is not a list of IP addresses or CIDRs") from None
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("E2E_TRUSTED_PROXIES: a list of IP addresses or CIDRs (comma-separated)")
+        items = value
         networks = []
         for item in (str(i).strip() for i in items):
             if not item:

@@ -39,6 +39,9 @@ def test_trusted_proxies_parse_a_comma_list_and_default_to_none(monkeypatch):
     assert Settings().trusted_proxies == []
     monkeypatch.setenv("E2E_TRUSTED_PROXIES", " 10.0.0.5, 10.1.0.0/16 2001:db8::/32")
     assert Settings().trusted_proxies == ["10.0.0.5/32", "10.1.0.0/16", "2001:db8::/32"]
+    for spelled in ("[]", '["10.0.0.5/32"]'):  # the JSON the embedded stack hands its worker and beat
+        monkeypatch.setenv("E2E_TRUSTED_PROXIES", spelled)
+        assert Settings().trusted_proxies == json.loads(spelled)
 
 
 def test_a_bad_trusted_proxy_is_named(monkeypatch):
