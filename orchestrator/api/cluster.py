@@ -115,6 +115,8 @@ def _still_starting(client: ControlService, job: str) -> bool:
     from orchestrator.model.states import JobState
 
     record = client.store.get_job(client.resolve(job))
+    if not record.spec.get("desktop", {}).get("enabled", True):
+        return False
     return (desktop_record(record).state in (STARTING, None)
             and record.state in (JobState.QUEUED, JobState.PROVISIONING, JobState.UP))
 

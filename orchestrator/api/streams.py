@@ -26,7 +26,7 @@ KEEPALIVE = 15.0
 LOG_POLL = 0.05  # seconds between checks of a followed log: one stat() per client, well inside the 250 ms target
 LOG_PAGE = 1 << 20
 MAX_OFFSET = (1 << 63) - 1  # the largest file offset seek() takes; beyond it Python raises instead of reading ""
-EVENTS_BLOCK = 2.0  # seconds one blocking event read waits: between reads the stream re-checks its token
+EVENTS_BLOCK = 1.0  # seconds one blocking event read waits: between reads the stream re-checks its token
 REVOKED = {"error": "token revoked: this stream is closed"}
 
 
