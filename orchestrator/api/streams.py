@@ -27,6 +27,7 @@ LOG_POLL = 0.05  # seconds between checks of a followed log: one stat() per clie
 LOG_PAGE = 1 << 20
 MAX_OFFSET = (1 << 63) - 1  # the largest file offset seek() takes; beyond it Python raises instead of reading ""
 EVENTS_BLOCK = 1.0  # seconds one blocking event read waits: between reads the stream re-checks its token
+STATE_CHECK = 5.0  # seconds between looks at a quiet stream's job: a terminated one ends the stream
 REVOKED = {"error": "token revoked: this stream is closed"}
 
 
@@ -94,7 +95,7 @@ async def _follow_events(request: Request, client: ControlService, job_id: str, 
     or with a `revoked` event once the token is revoked (checked between reads)."""
     reader = client.store.async_events(url, socket_timeout=KEEPALIVE + 10)
     watch = TokenWatch(request)
-    last_beat = time.monotonic()
+    last_beat, state_checked = time.monotonic(), 0.0  # the first quiet read looks at the job
     try:
         yield b"retry: 2000\n\n"
         while not await request.is_disconnected():
@@ -103,10 +104,12 @@ async def _follow_events(request: Request, client: ControlService, job_id: str, 
                 return
             events = await reader.read(job_id, after, count=500, block_ms=int(EVENTS_BLOCK * 1000))
             if not events:
-                record = await asyncio.to_thread(client.store.get_job, job_id)
-                if record.state in JOB_TERMINAL:
-                    yield sse({"state": "TERMINATED"}, event="end")
-                    return
+                if time.monotonic() - state_checked >= STATE_CHECK:  # a thread hop: not at every short read
+                    state_checked = time.monotonic()
+                    record = await asyncio.to_thread(client.store.get_job, job_id)
+                    if record.state in JOB_TERMINAL:
+                        yield sse({"state": "TERMINATED"}, event="end")
+                        return
                 if time.monotonic() - last_beat >= KEEPALIVE:
                     yield b": keepalive\n\n"
                     last_beat = time.monotonic()
