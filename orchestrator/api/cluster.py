@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, Optional
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.api import audit
-from orchestrator.api.deps import API, admin_client, client_for
+from orchestrator.api.deps import API, TokenWatch, admin_client, client_for
 from orchestrator.control.service import ControlService
 from orchestrator.desktop.access import normalise_rules
+from orchestrator.model.errors import InvalidState
+
+DESKTOP_POLL = 0.25  # seconds between looks at a starting desktop
 
 router = APIRouter(prefix=API, tags=["cluster"])
 
@@ -91,6 +96,40 @@ def put_access(body: AccessBody, client: ControlService = Depends(client_for)) -
 
 
 @router.get("/jobs/{job}/desktop", summary="The job's desktop: URL with token and password, tunnel, VNC port")
-def desktop(job: str, client: ControlService = Depends(client_for),
-            wait: float = Query(0, ge=0, le=30)) -> dict[str, Any]:
-    return client.desktop(job, wait=wait)
+async def desktop(job: str, request: Request, client: ControlService = Depends(client_for),
+                  wait: float = Query(0, ge=0, le=30)) -> dict[str, Any]:
+    """With `wait` (seconds), waits for a starting desktop; a user may have E2E_API_MAX_DESKTOP_WAITS waits
+    at once (429 beyond), and a token revoked meanwhile ends the wait (401)."""
+    # polled from here: each look is a short thread hop, and between looks the request holds no thread (a sync
+    # route held one for up to 30 s)
+    if not wait:
+        return await asyncio.to_thread(client.desktop, job, 0)
+    with request.app.state.engine.desktop_waits.held(client.user):
+        return await _wait_for_desktop(request, client, job, wait)
+
+
+def _still_starting(client: ControlService, job: str) -> bool:
+    """Worth waiting for: the desktop is starting (or not yet started) on a job that is coming up, the rule
+    desktop.connect.desktop waits by."""
+    from orchestrator.desktop.service import STARTING, desktop_record
+    from orchestrator.model.states import JobState
+
+    record = client.store.get_job(client.resolve(job))
+    if not record.spec.get("desktop", {}).get("enabled", True):
+        return False
+    return (desktop_record(record).state in (STARTING, None)
+            and record.state in (JobState.QUEUED, JobState.PROVISIONING, JobState.UP))
+
+
+async def _wait_for_desktop(request: Request, client: ControlService, job: str, wait: float) -> dict[str, Any]:
+    deadline, watch = time.monotonic() + wait, TokenWatch(request)
+    while True:
+        try:
+            return await asyncio.to_thread(client.desktop, job, 0)
+        except InvalidState:
+            if time.monotonic() >= deadline or not await asyncio.to_thread(_still_starting, client, job):
+                raise
+        if not watch.still_valid():
+            raise HTTPException(401, "token revoked while waiting for the desktop",
+                                headers={"WWW-Authenticate": "Bearer"})
+        await asyncio.sleep(min(DESKTOP_POLL, max(0.0, deadline - time.monotonic())))

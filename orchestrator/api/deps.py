@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from collections import Counter
+from contextlib import contextmanager
+from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request
 
@@ -21,6 +24,7 @@ API = "/api/v1"
 TOKEN_COOKIE = "e2e_token"
 CSRF_HEADER = "X-Requested-With"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+TOKEN_RECHECK = 2.0  # seconds between re-checks of a long-lived request's token: a revoked one ends it within ~2 s
 
 
 class RateLimiter:
@@ -44,6 +48,63 @@ class RateLimiter:
             return 0.0
 
 
+class Slots:
+    """At most `cap` concurrent holders per user in this process (live streams, desktop waits): what they hold
+    (a connection, a Redis reader, a wait loop) is this process's, so the cap is too."""
+
+    def __init__(self, cap: int, what: str, setting: str) -> None:
+        self.cap, self.what, self.setting = cap, what, setting
+        self._held: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def take(self, user: str) -> Any:
+        """A release function, or 429 when the user already holds `cap`."""
+        with self._lock:
+            if self._held[user] >= self.cap:
+                raise HTTPException(429, f"too many {self.what}: at most {self.cap} open at once per user "
+                                         f"({self.setting}); close one and retry", headers={"Retry-After": "5"})
+            self._held[user] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._lock:
+                if not released:
+                    released = True
+                    self._held[user] -= 1
+                    if self._held[user] <= 0:
+                        del self._held[user]
+        return release
+
+    @contextmanager
+    def held(self, user: str) -> Iterator[None]:
+        release = self.take(user)
+        try:
+            yield
+        finally:
+            release()
+
+    def count(self, user: str) -> int:
+        with self._lock:
+            return self._held[user]
+
+
+class TokenWatch:
+    """The token a long-lived request (event or log stream, desktop wait) came with, re-checked at most every
+    TOKEN_RECHECK seconds (one Redis read): a revoked token ends what it opened, not only its next request."""
+
+    def __init__(self, request: Request, every: float = TOKEN_RECHECK) -> None:
+        self.users = request.app.state.engine.users
+        self.token = bearer(request)
+        self.every, self.checked, self.valid = every, time.monotonic(), True
+
+    def still_valid(self) -> bool:
+        if self.valid and time.monotonic() - self.checked >= self.every:
+            self.checked = time.monotonic()
+            self.valid = self.users.authenticate(self.token) is not None
+        return self.valid
+
+
 class Engine:
     """What every request shares: settings, the store, the user table, the Celery app, the rate limiter."""
 
@@ -53,6 +114,9 @@ class Engine:
         self.users = self.store.users
         self.celery = make_app(settings)
         self.limiter = RateLimiter(settings.api_rate, settings.api_burst)
+        self.streams = Slots(settings.api_max_streams, "live streams", "E2E_API_MAX_STREAMS")
+        self.desktop_waits = Slots(settings.api_max_desktop_waits, "waiting desktop requests",
+                                   "E2E_API_MAX_DESKTOP_WAITS")
 
     def client(self, user: User) -> ControlService:
         """The control service scoped to one API account (others' jobs answer 404; admins see every job)."""
@@ -68,12 +132,33 @@ def bearer(request: Request) -> str | None:
     return _header_token(request) or request.cookies.get(TOKEN_COOKIE)
 
 
+def cross_site(request: Request) -> str | None:
+    """Why a browser request comes from another site, or None. Browsers send Sec-Fetch-Site (and Origin on
+    every POST); a request with neither is no browser's, so no forgery vehicle (the rule Go's
+    net/http CrossOriginProtection uses). Without Sec-Fetch-Site (older browsers), Origin must name this host."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:  # the browser's own verdict, whatever a proxy did to Host
+        return None if site in ("same-origin", "none") else f"Sec-Fetch-Site is {site!r}"
+    origin = request.headers.get("origin")
+    if origin is None:
+        return None
+    host = (request.headers.get("host") or "").lower()
+    if origin == "null" or urlsplit(origin).netloc.lower() != host:
+        return f"Origin {origin!r} is not this site ({host or 'no Host header'})"
+    return None
+
+
 def cookie_csrf_check(request: Request) -> None:
-    """A request authenticated by the monitor's cookie that changes something must carry X-Requested-With:
-    a cross-site form cannot set it (the SameSite=Strict cookie is the first guard, this the second)."""
-    if (request.method not in SAFE_METHODS and not _header_token(request)
-            and request.cookies.get(TOKEN_COOKIE) and not request.headers.get(CSRF_HEADER)):
+    """A request authenticated by the monitor's cookie that changes something must come from our own pages:
+    same site (Origin/Sec-Fetch-Site), and with X-Requested-With, which a cross-site form cannot set (the
+    SameSite=Strict cookie is the first guard, these the second and third)."""
+    if request.method in SAFE_METHODS or _header_token(request) or not request.cookies.get(TOKEN_COOKIE):
+        return
+    if not request.headers.get(CSRF_HEADER):
         raise HTTPException(403, f"cookie-authenticated {request.method} requests need the {CSRF_HEADER} header")
+    reason = cross_site(request)
+    if reason:
+        raise HTTPException(403, f"cross-site request refused: {reason}")
 
 
 def _where(request: Request) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Live routes: a job's events and its solver log, as JSON pages or Server-Sent Events resumable with
-Last-Event-ID (an event's stream id; a log's byte offset)."""
+Last-Event-ID (an event's stream id; a log's byte offset). A stream counts against its user's cap while open,
+and ends within seconds once its token is revoked."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Callable, Optional
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from orchestrator.api.deps import API, client_for
+from orchestrator.api.deps import API, TokenWatch, client_for
 from orchestrator.control.files import RunLog, read_job_file, run_log
 from orchestrator.control.protocol import run_finished
 from orchestrator.control.service import ControlService
@@ -26,6 +28,32 @@ KEEPALIVE = 15.0
 LOG_POLL = 0.05  # seconds between checks of a followed log: one stat() per client, well inside the 250 ms target
 LOG_PAGE = 1 << 20
 MAX_OFFSET = (1 << 63) - 1  # the largest file offset seek() takes; beyond it Python raises instead of reading ""
+EVENTS_BLOCK = 1.0  # seconds one blocking event read waits: between reads the stream re-checks its token
+STATE_CHECK = 5.0  # seconds between looks at a quiet stream's job: a terminated one ends the stream
+REVOKED = {"error": "token revoked: this stream is closed"}
+
+
+class HeldStream(StreamingResponse):
+    """A stream that holds one of its user's stream slots until it ends, however it ends (finished, client
+    gone, server shutting down): the slot is released and the generator closed here, not left to the GC."""
+
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None]) -> None:
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
+def _held(request: Request, client: ControlService, content: AsyncIterator[bytes]) -> HeldStream:
+    """The stream, counted against the caller's cap (429 beyond it; the generator, never started, holds
+    nothing)."""
+    return HeldStream(content, request.app.state.engine.streams.take(client.user))
 
 
 def sse(data: Any, event: str | None = None, event_id: str | None = None) -> bytes:
@@ -59,26 +87,36 @@ async def events_stream(job: str, request: Request, client: ControlService = Dep
     job_id = client.resolve(job)
     start = _resume_from(after, last_event_id)
     url = client.settings.resolved_redis_url()
-    return StreamingResponse(_follow_events(request, client, job_id, start, url), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return _held(request, client, _follow_events(request, client, job_id, start, url))
 
 
 async def _follow_events(request: Request, client: ControlService, job_id: str, after: str,
                          url: str) -> AsyncIterator[bytes]:
     """A blocking read on an asyncio connection (the store's async event reader): a new event reaches the
-    client as soon as Redis has it. Ends with an `end` event once the job is terminated and every event is sent."""
+    client as soon as Redis has it. Ends with an `end` event once the job is terminated and every event is sent,
+    or with a `revoked` event once the token is revoked (checked between reads)."""
     reader = client.store.async_events(url, socket_timeout=KEEPALIVE + 10)
+    watch = TokenWatch(request)
+    last_beat, state_checked = time.monotonic(), 0.0  # the first quiet read looks at the job
     try:
         yield b"retry: 2000\n\n"
         while not await request.is_disconnected():
-            events = await reader.read(job_id, after, count=500, block_ms=int(KEEPALIVE * 1000))
+            if not watch.still_valid():
+                yield sse(REVOKED, event="revoked")
+                return
+            events = await reader.read(job_id, after, count=500, block_ms=int(EVENTS_BLOCK * 1000))
             if not events:
-                record = await asyncio.to_thread(client.store.get_job, job_id)
-                if record.state in JOB_TERMINAL:
-                    yield sse({"state": "TERMINATED"}, event="end")
-                    return
-                yield b": keepalive\n\n"
+                if time.monotonic() - state_checked >= STATE_CHECK:  # a thread hop: not at every short read
+                    state_checked = time.monotonic()
+                    record = await asyncio.to_thread(client.store.get_job, job_id)
+                    if record.state in JOB_TERMINAL:
+                        yield sse({"state": "TERMINATED"}, event="end")
+                        return
+                if time.monotonic() - last_beat >= KEEPALIVE:
+                    yield b": keepalive\n\n"
+                    last_beat = time.monotonic()
                 continue
+            last_beat = time.monotonic()
             for event in events:
                 after = event.id
                 yield sse(event.model_dump(mode="json"), event=event.kind.value, event_id=event.id)
@@ -107,18 +145,22 @@ async def log_stream(job: str, request: Request, client: ControlService = Depend
             raise UserError("Last-Event-ID of a log stream is a byte offset")
         offset = int(last_event_id)
     await asyncio.to_thread(_log_state, client, job_id, run)  # an unknown run is a 404 now, not a broken stream
-    return StreamingResponse(_follow_log(request, client, job_id, run, offset), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return _held(request, client, _follow_log(request, client, job_id, run, offset))
 
 
 async def _follow_log(request: Request, client: ControlService, job_id: str, run: Optional[str],
                       offset: int) -> AsyncIterator[bytes]:
-    """Whole lines as they are written; ends once the run has ended and its log is sent. Every read opens the
-    log confined (control.files): a log the job swapped for a symlink ends the stream with an `error` event."""
+    """Whole lines as they are written; ends once the run has ended and its log is sent, or the token is
+    revoked. Every read opens the log confined (control.files): a log the job swapped for a symlink ends the
+    stream with an `error` event."""
     yield b"retry: 2000\n\n"
+    watch = TokenWatch(request)
     last_beat = time.monotonic()
     log, ended, checked = None, False, 0.0
     while not await request.is_disconnected():
+        if not watch.still_valid():
+            yield sse(REVOKED, event="revoked")
+            return
         now = time.monotonic()
         if log is None or now - checked > 1.0:  # the run (and its log) can change: re-ask once a second
             log, ended = await asyncio.to_thread(_log_state, client, job_id, run)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import socket
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
 
 from orchestrator.cli.common import JSON_OPT, _client, _dump, app, err, out
-from orchestrator.model.settings import get_settings
+from orchestrator.model.errors import UserError
+from orchestrator.model.settings import Settings, get_settings
 
 admin_app = typer.Typer(help="Administration: API users and tokens.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
@@ -29,10 +30,22 @@ def serve(host: Optional[str] = typer.Option(None, help="address to listen on (d
     settings = get_settings()
     settings.resolved_redis_url()  # a clear error now rather than on the first request
     _keep_tcp_nodelay(uvicorn)
+    proxies = settings.trusted_proxies
     out.print(f"API on http://{host or settings.api_host}:{port or settings.api_port}/api/v1 "
-              f"(schema /openapi.json, monitor /ui, metrics /metrics)")
+              f"(schema /openapi.json, monitor /ui, metrics /metrics); forwarded headers believed from "
+              f"{', '.join(proxies) if proxies else 'no proxy (E2E_TRUSTED_PROXIES unset)'}", highlight=False)
     uvicorn.run("orchestrator.api.app:create_app", factory=True, host=host or settings.api_host,
-                port=port or settings.api_port, workers=workers, log_level="warning", access_log=False)
+                port=port or settings.api_port, workers=workers, log_level="warning", access_log=False,
+                **proxy_options(settings))
+
+
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for forwarded headers: believed only from E2E_TRUSTED_PROXIES. uvicorn's own default
+    trusts loopback, so anyone on the host could claim any address (the desktop CIDR rules, my-ip and the audit
+    read it); with no proxy configured the headers are not read at all."""
+    if not settings.trusted_proxies:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": list(settings.trusted_proxies)}
 
 
 def _keep_tcp_nodelay(uvicorn) -> None:
@@ -77,7 +90,6 @@ def revoke(token: Optional[str] = typer.Option(None, "--token", help="revoke thi
     """Revoke a token, or every token of a user; requests with it are refused from then on."""
     users = _users()
     if (token is None) == (user is None):
-        from orchestrator.model.errors import UserError
         raise UserError("give either --token TOKEN or --user NAME")
     if token is not None:
         out.print(f"revoked a token of {users.revoke(token)}")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import getpass
+import html
+import os
 import socket
 import sys
+import tempfile
+import time
 import webbrowser
 from pathlib import Path
 from typing import Optional
@@ -65,7 +69,7 @@ def desktop_cmd(job: str,
     elif vnc_file is None:
         print(d.url)
     if open_browser:
-        webbrowser.open(d.url)
+        open_privately(d.url)
 
 
 def _remote_desktop(client, job: str, wait: float, tunnel: bool, open_browser: bool, as_json: bool,
@@ -81,7 +85,43 @@ def _remote_desktop(client, job: str, wait: float, tunnel: bool, open_browser: b
     else:
         print(info["url"])
     if open_browser:
-        webbrowser.open(info["url"])
+        open_privately(info["url"])
+
+
+BROWSER_READ_WAIT = 15.0  # seconds to wait for the browser to read the page before leaving it in place
+
+
+def open_privately(url: str, wait: float = BROWSER_READ_WAIT) -> None:
+    """Open a URL holding secrets (session token, VNC password) without putting it on the browser's command
+    line, where every local user can read it in /proc/*/cmdline: a 0600 page in a 0700 folder redirects to it,
+    and only the page's path goes on argv. The page is removed once the browser has read it."""
+    folder = Path(tempfile.mkdtemp(prefix="e2e-desktop-", dir=os.environ.get("XDG_RUNTIME_DIR") or None))
+    page = folder / "open.html"
+    target = html.escape(url, quote=True)
+    fd = os.open(page, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f'<!doctype html><meta charset="utf-8"><meta name="referrer" content="no-referrer">'
+                 f'<meta http-equiv="refresh" content="0;url={target}"><title>E2E desktop</title>'
+                 f'<p><a href="{target}">Open the desktop</a></p>\n')
+    written = page.stat().st_mtime
+    unread = written - 60
+    os.utime(page, (unread, written))  # an access time before the write: the browser's read moves it (relatime)
+    webbrowser.open(page.as_uri())
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            if page.stat().st_atime > unread + 1:
+                break
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+    else:
+        err.print(f"the browser has not opened {page} yet; it holds the desktop's password: delete it after use",
+                  highlight=False)
+        return
+    time.sleep(0.5)  # the browser has the page; give its redirect a moment before the file goes
+    page.unlink(missing_ok=True)
+    folder.rmdir()
 
 
 def _viewer_endpoint(client: ControlService, d, local_port: Optional[int]) -> tuple[str, int]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from orchestrator.model.errors import StackError
 
@@ -49,11 +52,44 @@ class Settings(BaseSettings):
                           "E2E_API_MAX_UPLOAD); `e2e uploads rm` frees space")
     api_rate: PositiveFloat = Field(50.0, description="API requests per second per user (sustained)")
     api_burst: PositiveInt = Field(200, description="API requests per user allowed in a burst above the rate")
+    api_max_streams: PositiveInt = Field(8, description="live streams (events, log follow) one user may hold open "
+                                                        "at once in each API process; more get 429")
+    api_max_desktop_waits: PositiveInt = Field(4, description="desktop requests with ?wait one user may have "
+                                                              "waiting at once in each API process; more get 429")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="reverse proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For/-Proto the API "
+                    "believes; unset: none, the client address is the connection's")
     solver_env: dict[str, str] = Field(
         default_factory=dict,
         description="cluster-wide solver settings exported in every run, as JSON "
                     '(e.g. {"ANSYSLMD_LICENSE_FILE": "1055@lic1"}); never logged',
     )
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: object) -> list[str]:
+        """A comma/space-separated list, a JSON list (how the embedded stack passes settings on to its
+        processes) or a list: every entry an IP address or a network, named when bad."""
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = json.loads(text) if text.startswith("[") else re.split(r"[\s,]+", text)
+            except ValueError:
+                raise ValueError(f"E2E_TRUSTED_PROXIES: {text!r} is not a list of IP addresses or CIDRs") from None
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("E2E_TRUSTED_PROXIES: a list of IP addresses or CIDRs (comma-separated)")
+        items = value
+        networks = []
+        for item in (str(i).strip() for i in items):
+            if not item:
+                continue
+            try:
+                networks.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError:
+                raise ValueError(f"E2E_TRUSTED_PROXIES: {item!r} is not an IP address or CIDR "
+                                 "(like 10.0.0.5 or 10.0.0.0/24)") from None
+        return networks
 
     @property
     def root(self) -> Path:

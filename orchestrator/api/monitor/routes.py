@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.api.deps import TOKEN_COOKIE, client_for
+from orchestrator.api.deps import TOKEN_COOKIE, client_for, cross_site
 from orchestrator.api.users import User
 from orchestrator.control.service import ControlService
 from orchestrator.model.errors import NotFound, SpecError
@@ -65,8 +65,20 @@ def login_form(request: Request, next: str = "/ui/") -> Response:
     return render(request, "login.html", user=None, next=_safe_next(next), error=None)
 
 
+def _forged(request: Request, what: str) -> Optional[Response]:
+    """A login or logout posted from another site (login CSRF would log the victim in as the attacker) gets a
+    403 page; our own forms are same-origin."""
+    reason = cross_site(request)
+    if reason is None:
+        return None
+    return render(request, "error.html", 403, user=None, message=f"Cross-site {what} refused: {reason}.")
+
+
 @router.post("/login")
 async def login(request: Request) -> Response:
+    forged = _forged(request, "login")
+    if forged is not None:
+        return forged
     form = parse_qs((await request.body()).decode(errors="replace"))
     token = (form.get("token") or [""])[0].strip()
     target = _safe_next((form.get("next") or ["/ui/"])[0])
@@ -80,7 +92,10 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout")
-def logout() -> Response:
+def logout(request: Request) -> Response:
+    forged = _forged(request, "logout")
+    if forged is not None:
+        return forged
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(TOKEN_COOKIE, path="/", httponly=True, samesite="strict")
     return response

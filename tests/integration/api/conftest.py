@@ -10,6 +10,7 @@ import pytest
 import uvicorn
 
 from orchestrator.api.app import create_app
+from orchestrator.cli.admin import proxy_options
 from orchestrator.worker.stack import free_port
 
 
@@ -20,7 +21,7 @@ class Served:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning",
-                                access_log=False)
+                                access_log=False, **proxy_options(settings))  # as `e2e serve` runs it
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

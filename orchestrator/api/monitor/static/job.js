@@ -126,7 +126,11 @@ function startJobPage(jobId) {
       if (following) pre.scrollTop = pre.scrollHeight;
     });
     state.log.addEventListener("end", () => { state.log.close(); state.log = null; });
+    state.log.addEventListener("revoked", signedOut);
   }
+
+  // the token behind the cookie was revoked: the server closed the stream; back to the login page
+  function signedOut() { location.href = "/ui/login?next=" + encodeURIComponent(location.pathname); }
 
   // -- events: the stream drives everything live
   const eventList = document.getElementById("events");
@@ -177,6 +181,7 @@ function startJobPage(jobId) {
       events.addEventListener(kind, e => onEvent(JSON.parse(e.data)));
     }
     events.addEventListener("end", () => events.close());
+    events.addEventListener("revoked", () => { events.close(); signedOut(); });
     followLog();
   }
 
