@@ -53,7 +53,8 @@ class CalculiXOptions(SolverOptions):
     jobname: str = Field("job", pattern=JOBNAME_PATTERN, description="ccx -i <jobname>: names the output files")
     threads: int | None = Field(None, ge=1, le=1024, description="OMP_NUM_THREADS; the first node's cores by default")
     include_files: list[InputFile(".inp", ".nam", ".msh", ".dat", ".txt", ".bou", ".dfl", ".sur", ".equ")] = Field(
-        default_factory=list, description="files the deck *INCLUDEs, copied next to it")
+        default_factory=list, description="files the deck *INCLUDEs from elsewhere, copied into the run by name "
+                                          "(includes in the deck's folder are found and copied by themselves)")
 
 
 class CalculiX(SolverPlugin):
@@ -101,6 +102,9 @@ class CalculiX(SolverPlugin):
             raise UserError(f"calculix: pause/restart is unavailable for this deck ({why}); rerun instead")
         deck = _read(_text(ctx.run_dir / f"{job}.inp"), _opener(ctx.run_dir, None))
         found = structure(deck)
+        if found.problem is None:  # every remaining step writes its record, whoever wrote the first deck
+            deck = _read(instrumented(deck, found), _opener(ctx.run_dir, None))
+            found = structure(deck)
         periods = [s.period for s in found.steps]
         done = completed_steps(ctx.run_dir, job, periods)
         rout = latest_restart(ctx.run_dir, job)

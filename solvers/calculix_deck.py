@@ -232,8 +232,9 @@ def _period(data: str) -> float:
 
 
 def instrumented(deck: DeckFile, found: Structure) -> str:
-    """The deck with a restart record written at the end of every step. Files holding an *END STEP are
-    written in place of their *INCLUDE line (ccx reads them as if they stood there); the others stay."""
+    """The deck with a restart record written at the end of every step (once: an instrumented deck comes back
+    the same). Files holding an *END STEP are written in place of their *INCLUDE line (ccx reads them as if
+    they stood there); the others stay."""
     ends = {(id(owner), index) for owner, index in (s.end for s in found.steps)}
     inline = {id(owner) for owner, _ in (s.end for s in found.steps)}
     _mark_ancestors(deck, inline)
@@ -259,7 +260,8 @@ def _write(deck: DeckFile, ends: set[tuple[int, int]], inline: set[int]) -> str:
             out.append(f"** e2e: {line.raw.strip()} (written in place)\n" + text
                        + ("" if text.endswith(("\n", "\r")) or not text else "\n"))
             continue
-        if (id(deck), index) in ends:
+        already = index > 0 and deck.lines[index - 1].raw.rstrip("\r\n") == RESTART_WRITE  # instrumented before
+        if (id(deck), index) in ends and not already:
             out.append(RESTART_WRITE + _line_end(line.raw))
         out.append(line.raw)
     return "".join(out)

@@ -144,3 +144,10 @@ def test_restart_deck_carries_on_after_the_completed_step_with_the_cards_between
     out = restart_deck(again, structure(again), 1, "** header\n")
     assert out.startswith("** header\n*RESTART,READ\n*Boundary , op = new\n*Boundary\n1,1,3\n*STEP,\n")
     assert out.count(RESTART_WRITE) == 1 and out.endswith(RESTART_WRITE + "\n*endstep\n")
+
+
+def test_instrumenting_twice_changes_nothing_more():
+    deck = read_deck(MIXED, no_includes)
+    once = instrumented(deck, structure(deck))
+    again = read_deck(once, no_includes)
+    assert instrumented(again, structure(again)) == once
