@@ -11,8 +11,9 @@ DEMO_PACKAGES := openfoam openfoam-examples openmpi-bin util-linux
 SSH_PACKAGES := openssh-server openssh-client rsync iproute2
 # slurm backend tests: a private munged + slurmctld + slurmd (no accounting database needed).
 SLURM_PACKAGES := slurmctld slurmd slurm-client munge
-# solver plugin tests: CalculiX runs for real; shellcheck checks every rendered launch script.
-PLUGIN_PACKAGES := calculix-ccx shellcheck
+# solver plugin tests: CalculiX runs for real (and its own test suite's decks, for ccx-conformance);
+# shellcheck checks every rendered launch script.
+PLUGIN_PACKAGES := calculix-ccx calculix-ccx-test shellcheck
 TEST_PACKAGES := $(DEMO_PACKAGES) redis-server
 # Installed without recommends: openssh-server would pull in systemd through libpam-systemd, and the
 # desktop is a third of the size and time. The desktop: TigerVNC, the X fonts xterm needs (only a
@@ -22,7 +23,7 @@ DESKTOP_PACKAGES := tigervnc-standalone-server tigervnc-tools xfonts-base openbo
 LEAN_TEST_PACKAGES := $(SSH_PACKAGES) $(SLURM_PACKAGES) $(PLUGIN_PACKAGES) $(DESKTOP_PACKAGES) \
                       chromium chromium-driver nftables
 
-.PHONY: demo test lint typecheck unit integration bench resilience setup openapi system-deps-demo system-deps-test clean
+.PHONY: demo test lint typecheck unit integration bench resilience ccx-conformance setup openapi system-deps-demo system-deps-test clean
 
 demo: system-deps-demo $(STAMP)
 	$(VENV)/bin/e2e demo
@@ -57,6 +58,12 @@ bench: system-deps-test $(STAMP)
 # The hardening suites (tests/faults) and one table of their figures; E2E_LONG=1 runs the long variants.
 resilience: system-deps-test $(STAMP)
 	E2E_LONG=$(E2E_LONG) $(PY) bench/resilience.py
+
+# Every deck of CalculiX's own test suite, directly and through the engine's rendered run: one table
+# (deck, direct ok?, engine identical?, seconds) and the totals; fails when a deck ccx runs differs.
+CCX_JOBS ?= 2
+ccx-conformance: system-deps-test $(STAMP)
+	$(PY) tests/conformance/ccx.py --jobs $(CCX_JOBS)
 
 setup: system-deps-test $(STAMP)
 

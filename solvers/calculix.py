@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from pydantic import Field
 
 from orchestrator.model.errors import UserError
 
-from .base import LaunchContext, Outcome, Prepared, Progress, RunFiles, RunMode, SolverOptions, SolverPlugin
+from .base import (
+    LaunchContext,
+    Outcome,
+    Prepared,
+    Progress,
+    RunFiles,
+    RunMode,
+    SolverOptions,
+    SolverPlugin,
+    copy_if_absent,
+)
+from .calculix_deck import DeckError, DeckFile, instrumented, read_deck, restart_deck, structure
 from .vendor import (
     JOBNAME_PATTERN,
     InputFile,
@@ -24,15 +35,14 @@ from .vendor import (
 )
 
 STOP_FILE = "e2e-stop"   # ccx reads no control file: run.sh stops it once the current step is saved
-_KEYWORD = re.compile(r"^\*([A-Za-z][A-Za-z ]*)", re.I)
+# Written (with the reason) when the deck runs exactly as given: no restart records, no graceful stop.
+NO_RESTART = "e2e-restart-unavailable"
 _TOTAL_TIME = re.compile(r"^ actual total time=\s*([-+0-9.eE]+)", re.M)
 _RESIDUAL = re.compile(r"largest residual force=\s*([-+0-9.eE]+)")
 _INCREMENT = re.compile(r"^ increment (\d+) attempt (\d+)", re.M)
 _FINISHED = re.compile(r"^ Job finished", re.M)
 _ERROR = re.compile(r"^\s*\*ERROR[^\n]*", re.M)
 _STOPPED = re.compile(r"^ stopped on request after step (\d+)[^\n]*", re.M)
-_PROCEDURES = ("STATIC", "DYNAMIC", "HEAT TRANSFER", "COUPLED TEMPERATURE-DISPLACEMENT", "VISCO",
-               "UNCOUPLED TEMPERATURE-DISPLACEMENT", "CFD")
 
 
 class CalculiXOptions(SolverOptions):
@@ -43,7 +53,8 @@ class CalculiXOptions(SolverOptions):
     jobname: str = Field("job", pattern=JOBNAME_PATTERN, description="ccx -i <jobname>: names the output files")
     threads: int | None = Field(None, ge=1, le=1024, description="OMP_NUM_THREADS; the first node's cores by default")
     include_files: list[InputFile(".inp", ".nam", ".msh", ".dat", ".txt", ".bou", ".dfl", ".sur", ".equ")] = Field(
-        default_factory=list, description="files the deck *INCLUDEs, copied next to it")
+        default_factory=list, description="files the deck *INCLUDEs from elsewhere, copied into the run by name "
+                                          "(includes in the deck's folder are found and copied by themselves)")
 
 
 class CalculiX(SolverPlugin):
@@ -56,26 +67,23 @@ class CalculiX(SolverPlugin):
         job = options.jobname
         for extra in options.include_files:
             copy_input(extra, ctx.run_dir, extra.name)
+        info = {}
         if ctx.mode is RunMode.RESTART:
-            deck = split_deck((ctx.run_dir / f"{job}.inp").read_text(errors="replace"))
-            done = completed_steps(ctx.run_dir, job, deck.periods)
-            rout = latest_restart(ctx.run_dir, job)
-            if rout is None or done == 0:
-                raise UserError("calculix: no completed step with a restart record (.rout) to restart from; "
-                                "rerun instead")
-            jobname = f"{job}_r{ctx.attempt}"
-            (ctx.run_dir / f"{jobname}.rin").write_bytes(rout.read_bytes())
-            (ctx.run_dir / f"{jobname}.inp").write_text(
-                f"** restart written for {ctx.job_id}/{ctx.run_id}, attempt {ctx.attempt}: "
-                f"steps {done + 1}.. after {done} completed step(s), from {rout.name}\n"
-                "*RESTART,READ\n" + "".join(deck.steps[done:]))
+            jobname, periods = self._restart_deck(job, ctx)
         else:
-            deck = split_deck(options.input.read_text(errors="replace"))
             jobname = job
-            (ctx.run_dir / f"{job}.inp").write_text(deck.model + "".join(deck.steps))
+            text = options.input.read_bytes().decode("latin-1")  # bytes in, the same bytes out
+            deck = _read(text, _opener(ctx.run_dir, options.input.parent))
+            found = structure(deck)
+            periods = [s.period for s in found.steps]
+            if found.problem is None:
+                _write(ctx.run_dir / f"{job}.inp", instrumented(deck, found))
+            else:  # as ccx would read it: no restart records, no stop at a step boundary
+                _write(ctx.run_dir / f"{job}.inp", text)
+                (ctx.run_dir / NO_RESTART).write_text(found.problem + "\n")
+                info["restart"] = unavailable(found.problem)
         threads = options.threads or ctx.nodes[0].slots
         log_file = attempt_name("ccx", ".log", ctx.attempt)
-        info = {}
         if len(ctx.nodes) > 1:
             info["nodes"] = (f"ccx is shared-memory only: it runs on {ctx.nodes[0].name}; "
                              f"{len(ctx.nodes) - 1} other allocated node(s) stay idle")
@@ -83,10 +91,35 @@ class CalculiX(SolverPlugin):
             template="calculix/run.sh.j2",
             context={"jobname": jobname, "threads": threads, "log_file": log_file, "stop_file": STOP_FILE},
             log_file=log_file,
-            progress_total=sum(deck.periods) or None,
+            progress_total=sum(periods) or None,
             env={},
             info=info,
         )
+
+    def _restart_deck(self, job: str, ctx: LaunchContext) -> tuple[str, list[float]]:
+        """Write <job>_r<attempt>.inp (*RESTART,READ and the steps not yet done) and its .rin; its name."""
+        if (why := no_restart_reason(ctx.run_dir)) is not None:
+            raise UserError(f"calculix: pause/restart is unavailable for this deck ({why}); rerun instead")
+        deck = _read(_text(ctx.run_dir / f"{job}.inp"), _opener(ctx.run_dir, None))
+        found = structure(deck)
+        if found.problem is None:  # every remaining step writes its record, whoever wrote the first deck
+            deck = _read(instrumented(deck, found), _opener(ctx.run_dir, None))
+            found = structure(deck)
+        periods = [s.period for s in found.steps]
+        done = completed_steps(ctx.run_dir, job, periods)
+        rout = latest_restart(ctx.run_dir, job)
+        if rout is None or done == 0 or found.problem is not None:
+            raise UserError("calculix: no completed step with a restart record (.rout) to restart from; "
+                            "rerun instead")
+        jobname = f"{job}_r{ctx.attempt}"
+        (ctx.run_dir / f"{jobname}.rin").write_bytes(rout.read_bytes())
+        header = (f"** restart written for {ctx.job_id}/{ctx.run_id}, attempt {ctx.attempt}: "
+                  f"steps {done + 1}.. after {done} completed step(s), from {rout.name}\n")
+        try:
+            _write(ctx.run_dir / f"{jobname}.inp", restart_deck(deck, found, done, header))
+        except DeckError as exc:
+            raise UserError(f"calculix: {exc}; rerun instead") from None
+        return jobname, periods
 
     def parse_progress(self, text: str, last: Progress | None) -> Progress | None:
         progress = (last or Progress()).model_copy(deep=True)
@@ -113,75 +146,76 @@ class CalculiX(SolverPlugin):
         return Outcome(False, f"ccx ended without 'Job finished' (exit code {exit_code})")
 
     def request_stop(self, files: RunFiles) -> bool:
-        # run.sh lets the current step end (its restart record is written), then stops ccx.
-        return touch(files, STOP_FILE)
+        # run.sh lets the current step end (its restart record is written), then stops ccx. A deck run
+        # unchanged writes no restart record: stopping it at a step boundary would only lose time.
+        try:
+            files.read_text(NO_RESTART)
+            return False
+        except FileNotFoundError:
+            return touch(files, STOP_FILE)
 
     def latest_checkpoint(self, run_dir: Path) -> str | None:
+        if no_restart_reason(run_dir) is not None:
+            return None
         inputs = sorted(p for p in run_dir.glob("*.inp") if not re.search(r"_r\d+\.inp$", p.name))
         for inp in inputs:
             rout = latest_restart(run_dir, inp.stem)
             if rout is not None:
-                done = completed_steps(run_dir, inp.stem, split_deck(inp.read_text(errors="replace")).periods)
+                try:
+                    found = structure(_read(_text(inp), _opener(run_dir, None)))
+                except UserError:
+                    continue
+                done = completed_steps(run_dir, inp.stem, [s.period for s in found.steps])
                 return f"after step {done} ({rout.name})"
         return None
 
 
-class Deck:
-    """A ccx input split into the model part and its *STEP ... *END STEP blocks."""
-
-    def __init__(self, model: str, steps: list[str], periods: list[float]):
-        self.model, self.steps, self.periods = model, steps, periods
-
-
-def split_deck(text: str) -> Deck:
-    """Split a deck; every step gets *RESTART,WRITE,FREQUENCY=1 so each completed step can be restarted from."""
-    lines = text.splitlines(keepends=True)
-    model: list[str] = []
-    steps: list[list[str]] = []
-    current: list[str] | None = None
-    for line in lines:
-        word = _keyword(line)
-        if word == "STEP":
-            current = [line]
-            continue
-        if current is None:
-            if word != "RESTART":  # the model's own restart requests are replaced by one per step
-                model.append(line)
-            continue
-        if word == "RESTART":
-            continue
-        if word == "END STEP":
-            current.append("*RESTART,WRITE,FREQUENCY=1\n")
-            current.append(line if line.endswith("\n") else line + "\n")
-            steps.append(current)
-            current = None
-            continue
-        current.append(line)
-    if not steps:
-        raise UserError("calculix: the input has no *STEP ... *END STEP block")
-    return Deck("".join(model), ["".join(s) for s in steps], [_period(s) for s in steps])
+def unavailable(problem: str) -> str:
+    """The run's info line for a deck run unchanged."""
+    return (f"pause/restart unavailable: the deck runs unchanged ({problem}); a pause stops ccx without a "
+            "restart record, rerun to start over")
 
 
-def _keyword(line: str) -> str | None:
-    if line.startswith("**"):
-        return None
-    m = _KEYWORD.match(line)
-    return m.group(1).strip().upper() if m else None
+def no_restart_reason(run_dir: Path) -> str | None:
+    """Why this run's deck was left unchanged (None: it writes a restart record at every step's end)."""
+    note = run_dir / NO_RESTART
+    return note.read_text().strip() if note.is_file() else None
 
 
-def _period(step: list[str]) -> float:
-    """The step's time period: the second number on the data line after its procedure keyword (default 1)."""
-    for i, line in enumerate(step):
-        if _keyword(line) in _PROCEDURES:
-            for data in step[i + 1:]:
-                if data.startswith("**"):
-                    continue
-                if data.startswith("*"):
-                    break
-                fields = [f.strip() for f in data.split(",")]
-                return to_float(fields[1]) or 1.0 if len(fields) > 1 and fields[1] else 1.0
-            return 1.0
-    return 0.0
+def _read(text: str, opener) -> DeckFile:
+    try:
+        return read_deck(text, opener)
+    except DeckError as exc:
+        raise UserError(f"calculix: {exc}") from None
+
+
+def _text(path: Path) -> str:
+    return path.read_bytes().decode("latin-1")
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_bytes(text.encode("latin-1"))
+
+
+def _opener(run_dir: Path, deck_dir: Path | None):
+    """Opens an *INCLUDE as ccx will in the run directory: a file already there (include_files, an edited
+    input) wins; else the file next to the deck is copied in at the same relative path. A name leaving the
+    deck's folder is not read by the engine (None: the deck then runs unchanged)."""
+    def open_include(name: str) -> str | None:
+        rel = PurePosixPath(name)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            return None
+        target = run_dir / rel
+        if not target.is_file() and deck_dir is not None:
+            source = (deck_dir / rel).resolve()
+            if source.is_file() and source.is_relative_to(deck_dir.resolve()):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                copy_if_absent(str(source), str(target))
+        if not target.is_file():
+            raise DeckError(f"*INCLUDE, INPUT={name}: no such file next to the deck or in include_files "
+                            "(ccx would stop: cannot open file)")
+        return _text(target)
+    return open_include
 
 
 def latest_restart(run_dir: Path, job: str) -> Path | None:

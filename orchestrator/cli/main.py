@@ -239,6 +239,8 @@ def render(spec: Path, out_dir: Path = typer.Option(..., "--out", help="folder t
         out.print(f"  {rel}")
     out.print(f"  {rendered.wrapper} (the engine's wrapper)")
     out.print(f"rendered into {rendered.root}; the solver log would be {rendered.log_file}")
+    for key, note in rendered.info.items():  # what the plugin says of this run (e.g. no pause/restart)
+        out.print(f"note ({key}): {note}", markup=False)
 
 
 @app.command()

@@ -4,7 +4,7 @@ render of a spec onto nodes."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,12 +19,14 @@ HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
 
 @dataclass(frozen=True)
 class Rendered:
-    """What `render` wrote: the run folder, its files (relative), the wrapper's path and the solver log's name."""
+    """What `render` wrote: the run folder, its files (relative), the wrapper's path, the solver log's name and
+    the plugin's notes on the run (e.g. that pause/restart is unavailable for this input)."""
 
     root: Path
     files: list[str]
     wrapper: str
     log_file: str
+    info: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -128,4 +130,4 @@ def render(service: ControlService, spec_path: Path, out_dir: Path, hosts: str |
     prepared = materialize_run(parsed, registry().get(parsed.solver.name), "dry-run", "run-001", chosen, paths)
     files = [str(p.relative_to(paths.root))
              for p in sorted(p for p in paths.root.rglob("*") if p.is_file() and ".e2e" not in p.parts)]
-    return Rendered(paths.root, files, str(paths.relative(paths.wrapper)), prepared.log_file)
+    return Rendered(paths.root, files, str(paths.relative(paths.wrapper)), prepared.log_file, dict(prepared.info))
