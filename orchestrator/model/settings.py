@@ -30,7 +30,8 @@ class Settings(BaseSettings):
                            "E2E_REDIS_URLS_FILE (the stack sets it for its workers and beat)")
     redis_urls_file: Path | None = Field(
         None, description="a JSON file (0600) of each role's Redis URL, {\"redis_urls\": {role: url}}, for an "
-                          "external Redis with ACL users (`e2e admin redis-acl --urls-file`)")
+                          "external Redis with ACL users (`e2e admin redis-acl --urls-file`); the stack's "
+                          "workers and beat find theirs there even when E2E_REDIS_URL is this process's")
     reconcile_interval: PositiveFloat = Field(1.0, description="seconds between reconcile passes")
     local_nodes: PositiveInt = Field(4, description="virtual nodes of the local backend")
     local_cores_per_node: PositiveInt = Field(
@@ -81,7 +82,10 @@ class Settings(BaseSettings):
                 f"no engine is running for {self.root}: start one with `e2e up --detach`, or set REDIS_URL"
             ) from None
         urls = data.get("redis_urls") if isinstance(data, dict) else None
-        url = (urls or {}).get(self.redis_role) or (None if self.redis_urls_file else data.get("redis_url"))
+        if urls or self.redis_urls_file:  # never another role's URL (the admin's least of all) for a missing one
+            url = (urls or {}).get(self.redis_role)
+        else:  # an older stack.json: one URL for every process
+            url = data.get("redis_url") if isinstance(data, dict) else None
         if not isinstance(url, str) or not url:
             raise StackError(f"{source} holds no Redis URL for the {self.redis_role!r} role "
                              "(E2E_REDIS_ROLE); regenerate it with `e2e admin redis-acl`")

@@ -177,8 +177,8 @@ class Stack:
         inherited = {k: v for k, v in os.environ.items() if k not in ("E2E_REDIS_URL", "REDIS_URL")}
         env = {**inherited, **{f"E2E_{k.upper()}": v for k, v in as_text.items()},
                "E2E_HOME": str(self.home), "E2E_REDIS_ROLE": role, **self.worker_env}
-        if self.settings.redis_url:  # an external Redis given by one URL: every process uses it
-            env["E2E_REDIS_URL"] = url
+        if self.settings.redis_url and not self.settings.redis_urls_file:
+            env["E2E_REDIS_URL"] = url  # an external Redis given by one URL only: every process uses it
         return env
 
     def start_worker(self, env: dict[str, str] | None = None) -> int:
