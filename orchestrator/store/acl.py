@@ -4,7 +4,7 @@ Roles (`ROLES`):
 - `api`: the REST API and the `e2e` CLI on the engine host (the control surface): jobs, runs, events, users and
   tokens, keys and access rules, desktop secrets (shown to their owner), sweeps, nodes (listing, drains), audit,
   metrics; Celery publishing (task queues, `_kombu.binding.*`) and `celery inspect` (pidbox channel and reply
-  queues); Celery's `unacked` hash read-only (the monitor counts it).
+  queues, and so `unacked*`: every kombu consumer restores overdue messages).
 - `worker`: the Celery workers (engine, desktop, sync): everything of the engine's families except users and
   tokens (`account:*`, `token:*`, `account-tokens:*`: a worker never authenticates anyone, so a worker's
   credential cannot make anyone admin); Celery consuming (queues, `unacked*`, bindings, pidbox).
@@ -57,6 +57,9 @@ def _celery(queues: tuple[str, ...]) -> tuple[str, ...]:
 
 # kombu's pidbox (`celery inspect`): the broadcast channel (`/<db>.celery.pidbox`); each worker's own queue
 # (`<node>.celery.pidbox`), the clients' reply queues (`<uuid>.reply.celery.pidbox`) and both bindings
+# Any kombu consumer (the API's too: `celery inspect` consumes its replies) restores unacked messages whose
+# visibility timeout passed, under `unacked_mutex`: the hash, its index and the mutex, read and written
+_UNACKED = (f"{CELERY_UNACKED}*",)
 # kombu PSUBSCRIBEs to the channel, and Redis matches a subscribed pattern literally: one per database
 _PIDBOX_CHANNELS = tuple(f"/{db}.celery.pidbox" for db in range(16))
 # (kombu expires the reply queues' bindings: their deadlines are one shared sorted set)
@@ -74,11 +77,10 @@ def role_grants(keys: KeyNames, queues: tuple[str, ...], reconcile_queue: str) -
     engine_only = (keys.leftovers, f"{p}:lock:*", f"{p}:sync:*")
     return {
         "api": Grant(_DATA_COMMANDS + _PUBSUB,
-                     keys=(*jobs, *users, *per_user, *metrics, *_celery(queues), *_PIDBOX_KEYS),
-                     read_keys=(CELERY_UNACKED,), channels=_PIDBOX_CHANNELS),
+                     keys=(*jobs, *users, *per_user, *metrics, *_celery(queues), *_UNACKED, *_PIDBOX_KEYS),
+                     channels=_PIDBOX_CHANNELS),
         "worker": Grant(_DATA_COMMANDS + _PUBSUB,
-                        keys=(*jobs, *per_user, *metrics, *engine_only, *_celery(queues), f"{CELERY_UNACKED}*",
-                              *_PIDBOX_KEYS),
+                        keys=(*jobs, *per_user, *metrics, *engine_only, *_celery(queues), *_UNACKED, *_PIDBOX_KEYS),
                         channels=_PIDBOX_CHANNELS),
         "beat": Grant(("-@all", "+@connection", "+@transaction", "+lpush", "+llen", "+sadd", "+smembers",
                        "-@dangerous"),

@@ -39,7 +39,7 @@ def test_only_the_api_reaches_users_and_tokens_and_beat_no_engine_key():
         assert family in users["api"] and family not in users["worker"] and family not in users["beat"]
     for engine_only in ("~e2e:lock:*", "~e2e:sync:*", "~e2e:leftovers"):
         assert engine_only in users["worker"] and engine_only not in users["api"]
-    assert "%R~unacked" in users["api"] and "~unacked*" in users["worker"]
+    assert "~unacked*" in users["api"] and "~unacked*" in users["worker"] and "~unacked*" not in users["beat"]
     assert not [r for r in users["beat"] if r.startswith("~e2e:")] and "~e2e.reconcile*" in users["beat"]
     assert users["health"] == ["reset", "on", users["health"][2], "-@all", "+ping"]
 
