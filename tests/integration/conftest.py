@@ -55,6 +55,7 @@ def redis_url(tmp_path_factory):
     url = f"redis://127.0.0.1:{port}"
     if REDIS_ACL:
         url = f"redis://default:{_role_passwords['default']}@127.0.0.1:{port}"
+        _role_passwords["port"] = str(port)
     wait_for_redis(url + "/0")
     yield url
     proc.terminate()
@@ -64,13 +65,14 @@ def redis_url(tmp_path_factory):
 def make_settings(home: Path, url: str, **overrides) -> Settings:
     values = dict(home=home, redis_url=url, local_nodes=8, local_cores_per_node=2, reconcile_interval=0.3,
                   launch_timeout=3, stop_grace=15, kill_grace=3)
-    if REDIS_ACL and _role_passwords:
-        from urllib.parse import urlsplit
+    from urllib.parse import urlsplit
 
+    where = urlsplit(url)
+    if REDIS_ACL and _role_passwords and str(where.port) == _role_passwords["port"]:  # (not a test's own Redis)
         from orchestrator.store import acl
 
-        where = urlsplit(url)
-        urls = acl.role_urls(_role_passwords, where.hostname or "127.0.0.1", where.port or 6379,
+        passwords = {name: _role_passwords[name] for name in acl.new_passwords()}
+        urls = acl.role_urls(passwords, where.hostname or "127.0.0.1", where.port or 6379,
                              int(where.path.strip("/") or 0))
         urls_file = home.parent / f"{home.name}-redis-urls.json"
         urls_file.write_text(json.dumps({"redis_urls": urls}))
