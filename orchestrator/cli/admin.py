@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -11,6 +14,8 @@ from rich.table import Table
 from orchestrator.cli.common import JSON_OPT, _client, _dump, app, err, out
 from orchestrator.model.errors import UserError
 from orchestrator.model.settings import Settings, get_settings
+from orchestrator.store import acl
+from orchestrator.worker.stack import acl_grants, restrict_umask
 
 admin_app = typer.Typer(help="Administration: API users and tokens.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
@@ -27,6 +32,7 @@ def serve(host: Optional[str] = typer.Option(None, help="address to listen on (d
     """Serve the REST API, the admin task monitor (/ui) and /metrics over this engine."""
     import uvicorn
 
+    restrict_umask()  # the API's own files (uploads, results it writes) are for the engine's account only
     settings = get_settings()
     settings.resolved_redis_url()  # a clear error now rather than on the first request
     _keep_tcp_nodelay(uvicorn)
@@ -108,3 +114,41 @@ def list_users(as_json: bool = JSON_OPT) -> None:
     for row in rows:
         table.add_row(row["name"], "yes" if row["admin"] else "", str(row["tokens"]))
     out.print(table)
+
+
+@admin_app.command("redis-acl")
+def redis_acl(host: str = typer.Option("redis", help="the Redis host the role URLs name"),
+              port: int = typer.Option(6379, help="the Redis port the role URLs name"),
+              db: int = typer.Option(0, help="the Redis database the role URLs name"),
+              env_dir: Optional[Path] = typer.Option(
+                  None, "--env-dir", help="write ROLE.env (0600) for each role here: E2E_REDIS_URL (and "
+                                          "REDISCLI_AUTH), for docker compose's env_file"),
+              urls_file: Optional[Path] = typer.Option(
+                  None, "--urls-file", help="write every role's URL as JSON (0600), for E2E_REDIS_URLS_FILE")) -> None:
+    """Print a Redis ACL file with one user per engine role (api, worker, beat, health) and a password-only
+    admin (`default`), with fresh passwords stored only as SHA-256 hashes; the clear role URLs go to 0600
+    files (--env-dir and/or --urls-file), never to the terminal. E.g.
+    `e2e admin redis-acl --env-dir deploy/redis > deploy/redis/users.acl`."""
+    if env_dir is None and urls_file is None:
+        raise UserError("give --env-dir DIR and/or --urls-file FILE: the role passwords are written only there")
+    if not 0 < port < 65536:
+        raise UserError(f"--port: {port} is not a TCP port")
+    if db < 0:
+        raise UserError(f"--db: {db} is not a Redis database number")
+    passwords = acl.new_passwords()
+    urls = acl.role_urls(passwords, host, port, db)
+    if env_dir is not None:
+        env_dir.mkdir(parents=True, exist_ok=True)
+        for (role, url), password in zip(urls.items(), passwords.values(), strict=True):
+            _write_private(env_dir / f"{role}.env", f"E2E_REDIS_URL={url}\nREDISCLI_AUTH={password}\n")
+    if urls_file is not None:
+        _write_private(urls_file, json.dumps({"redis_urls": urls}, indent=2) + "\n")
+    print(acl.acl_file(acl_grants(), passwords), end="")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (created 0600, and made so if it existed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)

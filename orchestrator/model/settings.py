@@ -8,7 +8,7 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -27,6 +27,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("E2E_REDIS_URL", "REDIS_URL"),
         description="use this Redis instead of starting the embedded one",
     )
+    redis_role: Literal["api", "worker", "beat"] = Field(
+        "api", description="the Redis ACL user this process logs in as, when its URL comes from stack.json or "
+                           "E2E_REDIS_URLS_FILE (the stack sets it for its workers and beat)")
+    redis_urls_file: Path | None = Field(
+        None, description="a JSON file (0600) of each role's Redis URL, {\"redis_urls\": {role: url}}, for an "
+                          "external Redis with ACL users (`e2e admin redis-acl --urls-file`); the stack's "
+                          "workers and beat find theirs there even when E2E_REDIS_URL is this process's")
     reconcile_interval: PositiveFloat = Field(1.0, description="seconds between reconcile passes")
     local_nodes: PositiveInt = Field(4, description="virtual nodes of the local backend")
     local_cores_per_node: PositiveInt = Field(
@@ -111,15 +118,28 @@ class Settings(BaseSettings):
         return self.root / "stack.json"
 
     def resolved_redis_url(self) -> str:
-        """REDIS_URL if set, else the embedded stack's URL from stack.json, else a clear error."""
+        """REDIS_URL if set, else this process's role's URL from E2E_REDIS_URLS_FILE or the embedded stack's
+        stack.json (an older stack.json has one URL for all), else a clear error."""
         if self.redis_url:
             return self.redis_url
+        source = self.redis_urls_file.expanduser() if self.redis_urls_file else self.stack_file
         try:
-            return json.loads(self.stack_file.read_text())["redis_url"]
-        except (OSError, ValueError, KeyError):
+            data = json.loads(source.read_text())
+        except (OSError, ValueError):
+            if self.redis_urls_file:
+                raise StackError(f"E2E_REDIS_URLS_FILE: cannot read {source} (a JSON file of role URLs)") from None
             raise StackError(
                 f"no engine is running for {self.root}: start one with `e2e up --detach`, or set REDIS_URL"
             ) from None
+        urls = data.get("redis_urls") if isinstance(data, dict) else None
+        if urls or self.redis_urls_file:  # never another role's URL (the admin's least of all) for a missing one
+            url = (urls or {}).get(self.redis_role)
+        else:  # an older stack.json: one URL for every process
+            url = data.get("redis_url") if isinstance(data, dict) else None
+        if not isinstance(url, str) or not url:
+            raise StackError(f"{source} holds no Redis URL for the {self.redis_role!r} role "
+                             "(E2E_REDIS_ROLE); regenerate it with `e2e admin redis-acl`")
+        return url
 
 
 @lru_cache(maxsize=1)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
-from celery.signals import task_failure, task_retry, task_success
+from celery.signals import beat_init, task_failure, task_retry, task_success, worker_init
 
 from orchestrator.model.errors import StackError
 from orchestrator.model.settings import Settings, get_settings
@@ -11,6 +13,7 @@ from orchestrator.worker import names, task_stats
 
 JOBS_QUEUE = "e2e.jobs"
 RECONCILE_QUEUE = "e2e.reconcile"
+ENGINE_UMASK = 0o077  # every engine process creates files for its own account only (jobs run as others)
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -64,3 +67,12 @@ app = make_app()
 task_success.connect(task_stats.HANDLERS["succeeded"], weak=False)
 task_failure.connect(task_stats.HANDLERS["failed"], weak=False)
 task_retry.connect(task_stats.HANDLERS["retried"], weak=False)
+
+
+def _engine_umask(**_kwargs: object) -> None:
+    """A worker or beat started any way (the stack, compose, by hand) creates its files 0600/0700."""
+    os.umask(ENGINE_UMASK)
+
+
+worker_init.connect(_engine_umask, weak=False)
+beat_init.connect(_engine_umask, weak=False)

@@ -18,7 +18,22 @@ import redis
 
 from orchestrator.model.errors import StackError
 from orchestrator.model.settings import Settings
-from orchestrator.worker.celery_app import JOBS_QUEUE, RECONCILE_QUEUE
+from orchestrator.store import acl
+from orchestrator.store.keys import KeyNames
+from orchestrator.worker.celery_app import ENGINE_UMASK, JOBS_QUEUE, RECONCILE_QUEUE
+
+HOME_MODE = 0o711     # jobs traverse E2E_HOME to their own 0700 folders under it, but cannot list it
+ENGINE_DIRS = ("redis", "logs", "run")  # engine-only state: 0700, nothing in them for a job
+
+
+def restrict_umask() -> None:
+    """Set the engine's umask (077) in this process: called at each engine entry point."""
+    os.umask(ENGINE_UMASK)
+
+
+def acl_grants() -> dict[str, acl.Grant]:
+    """The Redis ACL users' grants for this engine's key prefix and Celery queues."""
+    return acl.role_grants(KeyNames(), (JOBS_QUEUE, RECONCILE_QUEUE), RECONCILE_QUEUE)
 
 
 def free_port() -> int:
@@ -84,9 +99,16 @@ class Stack:
         return self.settings.root
 
     def _dir(self, name: str) -> Path:
+        """An engine-only folder under E2E_HOME (0700, also when an older engine made it 0755)."""
+        self._home()
         path = self.home / name
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, exist_ok=True)
+        path.chmod(0o700)
         return path
+
+    def _home(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.home.chmod(HOME_MODE)
 
     def read(self) -> dict:
         try:
@@ -101,29 +123,37 @@ class Stack:
 
     # -- start
     def start(self, workers: bool = True, beat: bool = True) -> dict:
-        """Start whatever is not running yet; returns the stack description (also in stack.json)."""
+        """Start whatever is not running yet; returns the stack description (also in stack.json, 0600).
+
+        `redis_url` there is the admin's (the stack's own use: shutdown, tests); `redis_urls` holds each
+        role's (processes of the engine find theirs by E2E_REDIS_ROLE)."""
+        restrict_umask()
+        self._home()
         info = self.read()
         pids = info.get("pids", {})
         url = self.settings.redis_url or info.get("redis_url")
-        embedded = self.settings.redis_url is None
+        urls = info.get("redis_urls", {})
+        embedded = self.settings.redis_url is None and self.settings.redis_urls_file is None
+        if not embedded and not url:
+            url = self.settings.resolved_redis_url()
 
         def record() -> dict:  # after each process, so stop() always finds whatever did start
             self.procs = pids
-            self._write({"redis_url": url, "pids": pids, "embedded_redis": embedded})
+            self._write({"redis_url": url, "redis_urls": urls, "pids": pids, "embedded_redis": embedded})
             return self.read()
 
         if embedded and not pid_alive(pids.get("redis")):
-            url, pids["redis"] = self._start_redis()
+            urls, pids["redis"] = self._start_redis()
+            url = urls["admin"]
             record()
         wait_for_redis(url)
-        env = self._env(url)
         if workers and not pid_alive(pids.get("worker")):
-            pids["worker"] = self.start_worker(env)
+            pids["worker"] = self.start_worker(self._env(url, "worker"))
             record()
         if beat and not pid_alive(pids.get("beat")):
             pids["beat"] = self._spawn("beat", [
                 "beat", "-s", str(self._dir("run") / "beat-schedule"), "--pidfile", "",
-                "-l", "INFO", "--logfile", str(self._dir("logs") / "beat.log")], env)
+                "-l", "INFO", "--logfile", str(self._dir("logs") / "beat.log")], self._env(url, "beat"))
         return record()
 
     def revive(self) -> list[str]:
@@ -137,15 +167,22 @@ class Stack:
             self.start()
         return dead
 
-    def _env(self, url: str) -> dict[str, str]:
-        """The child processes' environment: these settings, spelled as the E2E_* variables they read."""
-        fields = self.settings.model_dump(mode="json", exclude={"home", "redis_url"}, exclude_none=True)
+    def _env(self, url: str, role: str) -> dict[str, str]:
+        """A child process's environment: these settings, spelled as the E2E_* variables they read, and its
+        Redis role. With the embedded Redis no URL is in it: the child reads its role's URL from stack.json
+        (0600), so no password sits in any process's environment or command line."""
+        fields = self.settings.model_dump(mode="json", exclude={"home", "redis_url", "redis_role"},
+                                          exclude_none=True)
         as_text = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in fields.items()}
-        return {**os.environ, **{f"E2E_{k.upper()}": v for k, v in as_text.items()},
-                "E2E_HOME": str(self.home), "E2E_REDIS_URL": url, **self.worker_env}
+        inherited = {k: v for k, v in os.environ.items() if k not in ("E2E_REDIS_URL", "REDIS_URL")}
+        env = {**inherited, **{f"E2E_{k.upper()}": v for k, v in as_text.items()},
+               "E2E_HOME": str(self.home), "E2E_REDIS_ROLE": role, **self.worker_env}
+        if self.settings.redis_url and not self.settings.redis_urls_file:
+            env["E2E_REDIS_URL"] = url  # an external Redis given by one URL only: every process uses it
+        return env
 
     def start_worker(self, env: dict[str, str] | None = None) -> int:
-        env = env or self._env(self.read().get("redis_url") or self.settings.resolved_redis_url())
+        env = env or self._env(self.read().get("redis_url") or self.settings.resolved_redis_url(), "worker")
         pid = self._spawn("worker", [
             "worker", "-P", "prefork", "-c", str(self.settings.worker_concurrency),
             "-Q", f"{JOBS_QUEUE},{RECONCILE_QUEUE}", "-n", f"e2e-{secrets.token_hex(3)}@%h",
@@ -163,36 +200,57 @@ class Stack:
         out = open(self._dir("logs") / f"{name}.out", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "orchestrator.worker.celery_app:app", *args],
                                 env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=self.home)
+                                start_new_session=True, cwd=self.home, umask=ENGINE_UMASK)
         out.close()
         return proc.pid
 
-    def _start_redis(self) -> tuple[str, int]:
+    def _start_redis(self) -> tuple[dict[str, str], int]:
+        """Start the embedded Redis with one ACL user per role; each role's URL (the admin's as `default`)."""
         data = self._dir("redis")
-        secret = data / "password"
-        if not secret.exists():
-            secret.write_text(secrets.token_urlsafe(24))
-            secret.chmod(0o600)
-        password = secret.read_text().strip()
+        passwords = self._passwords(data)
+        (data / "password").unlink(missing_ok=True)  # an older engine's single password (requirepass)
+        for path in data.rglob("*"):  # files an older engine wrote 0644 (AOF, RDB, logs): engine-only now
+            path.chmod(0o700 if path.is_dir() else 0o600)
+        users = data / "users.acl"
+        users.write_text(acl.acl_file(acl_grants(), passwords))
+        users.chmod(0o600)
         port = free_port()
         pidfile = data / "redis.pid"
         pidfile.unlink(missing_ok=True)
-        conf = data / "redis.conf"  # the password goes in a 0600 file, never on a command line
+        conf = data / "redis.conf"  # no password in it (the ACL file holds hashes); never on a command line
         conf.write_text(
-            f"port {port}\nbind 127.0.0.1\nrequirepass {password}\nappendonly yes\nappendfsync everysec\n"
+            f"port {port}\nbind 127.0.0.1\naclfile {users}\nappendonly yes\nappendfsync everysec\n"
             f"save \"\"\ndir {data}\ndaemonize yes\npidfile {pidfile}\nlogfile {data / 'redis.log'}\n"
             "maxmemory-policy noeviction\nprotected-mode yes\n")
         conf.chmod(0o600)
-        try:
-            subprocess.run([redis_binary(), str(conf)], check=True, timeout=30, capture_output=True)
+        try:  # under umask 077: Redis creates its AOF, RDB, log and pid files 0600
+            subprocess.run([redis_binary(), str(conf)], check=True, timeout=30, capture_output=True,
+                           umask=ENGINE_UMASK)
         except (OSError, subprocess.SubprocessError) as exc:
             raise StackError(f"the embedded Redis did not start: {exc}") from exc
-        url = f"redis://:{password}@127.0.0.1:{port}/0"
-        wait_for_redis(url)
+        urls = acl.role_urls(passwords, "127.0.0.1", port)
+        wait_for_redis(urls["admin"])
         deadline = time.monotonic() + 5
         while not pidfile.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
-        return url, int(pidfile.read_text())
+        return urls, int(pidfile.read_text())
+
+    @staticmethod
+    def _passwords(data: Path) -> dict[str, str]:
+        """The admin's and each role's password, made once and kept in a 0600 file (new roles get one)."""
+        path = data / "passwords.json"
+        try:
+            passwords = json.loads(path.read_text())
+        except (OSError, ValueError):
+            passwords = {}
+        fresh = acl.new_passwords()
+        if set(fresh) - set(passwords):
+            passwords = {**fresh, **passwords}
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(passwords))
+            tmp.chmod(0o600)
+            os.replace(tmp, path)
+        return passwords
 
     def _write(self, info: dict) -> None:
         path = self.settings.stack_file

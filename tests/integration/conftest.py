@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -27,6 +28,12 @@ CAVITY = TUTORIALS / "icoFoam" / "cavity" / "cavity"
 PITZ = TUTORIALS / "simpleFoam" / "pitzDaily"
 
 
+# E2E_TEST_REDIS_ACL=1: the session's Redis has the engine's ACL users; the tests' own URL is the admin's, and
+# every engine made by make_settings logs in by role (the CLI and API as `api`, workers and beat as theirs)
+REDIS_ACL = os.environ.get("E2E_TEST_REDIS_ACL") == "1"
+_role_passwords: dict[str, str] = {}
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     """A real redis-server on a free loopback port, for the whole session."""
@@ -34,10 +41,21 @@ def redis_url(tmp_path_factory):
     require(binary is not None, "redis-server (apt-get install redis-server)")
     data = tmp_path_factory.mktemp("redis")
     port = free_port()
+    users = []
+    if REDIS_ACL:
+        from orchestrator.store import acl
+        from orchestrator.worker.stack import acl_grants
+
+        _role_passwords.update(acl.new_passwords())
+        (data / "users.acl").write_text(acl.acl_file(acl_grants(), _role_passwords))
+        users = ["--aclfile", str(data / "users.acl")]
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(data)],
+                             "--appendonly", "no", "--dir", str(data), *users],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}"
+    if REDIS_ACL:
+        url = f"redis://default:{_role_passwords['default']}@127.0.0.1:{port}"
+        _role_passwords["port"] = str(port)
     wait_for_redis(url + "/0")
     yield url
     proc.terminate()
@@ -47,6 +65,18 @@ def redis_url(tmp_path_factory):
 def make_settings(home: Path, url: str, **overrides) -> Settings:
     values = dict(home=home, redis_url=url, local_nodes=8, local_cores_per_node=2, reconcile_interval=0.3,
                   launch_timeout=3, stop_grace=15, kill_grace=3)
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    if REDIS_ACL and _role_passwords and str(where.port) == _role_passwords["port"]:  # (not a test's own Redis)
+        from orchestrator.store import acl
+
+        passwords = {name: _role_passwords[name] for name in acl.new_passwords()}
+        urls = acl.role_urls(passwords, where.hostname or "127.0.0.1", where.port or 6379,
+                             int(where.path.strip("/") or 0))
+        urls_file = home.parent / f"{home.name}-redis-urls.json"
+        urls_file.write_text(json.dumps({"redis_urls": urls}))
+        values.update(redis_url=urls["api"], redis_urls_file=urls_file)
     values.update(overrides)
     return Settings(**values)
 

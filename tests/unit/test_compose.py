@@ -57,7 +57,8 @@ def test_every_e2e_variable_is_a_setting_and_parses(compose, name, monkeypatch):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = Settings()  # raises on any value the model refuses
-    assert settings.redis_url == "redis://redis:6379/0" and str(settings.home) == "/var/lib/e2e"
+    assert str(settings.home) == "/var/lib/e2e"
+    assert settings.redis_url is None  # the role's URL, with its password, comes from the service's env_file
 
 
 def test_every_engine_process_shares_the_state_directory_and_redis(compose):
@@ -117,8 +118,8 @@ def test_dockerfiles_and_mounted_files_exist(compose):
                         assert (context / source).exists(), f"{dockerfile.name}: COPY {source} missing"
         for volume in service.get("volumes") or []:
             source = str(volume).split(":")[0]
-            if source.startswith("./deploy/keys"):
-                continue  # made by the administrator (deploy/keys/README.md), never committed
+            if source.startswith(("./deploy/keys", "./deploy/redis/")):
+                continue  # made by the administrator (deploy/keys, deploy/redis READMEs), never committed
             if source.startswith("."):
                 assert (ROOT / source).exists(), f"{name}: mounts {source}, which does not exist"
 
@@ -144,3 +145,71 @@ def test_a_bad_option_in_an_e2e_command_would_be_caught():
 
     with pytest.raises(Exception, match="No such option"):
         typer.main.get_command(app).commands["serve"].make_context("serve", ["--no-such-option"])
+
+
+ROLE_OF = {"api": "api", "worker": "worker", "beat": "beat", "redis": "health"}
+
+
+def networks(service: dict) -> set[str]:
+    found = service.get("networks") or ["default"]
+    return set(found if isinstance(found, list) else found.keys())
+
+
+def test_redis_requires_a_login_and_each_service_has_its_own_role(compose):
+    redis_service = compose["services"]["redis"]
+    command = redis_service["command"]
+    aclfile = command[command.index("--aclfile") + 1]
+    assert f"./deploy/redis/users.acl:{aclfile}:ro" in redis_service["volumes"]
+    assert "--requirepass" not in command and "--protected-mode" not in command and "ports" not in redis_service
+    assert "--user health" in " ".join(redis_service["healthcheck"]["test"])
+    for name, role in ROLE_OF.items():  # each service reads only its own role's password
+        assert compose["services"][name]["env_file"] == [f"deploy/redis/{role}.env"], name
+    for name, service in compose["services"].items():  # and no URL without a credential anywhere
+        env = environment(service)
+        assert "E2E_REDIS_URL" not in env and "REDIS_URL" not in env, name
+    assert "headnode" not in ROLE_OF and "env_file" not in compose["services"]["headnode"]
+
+
+def test_the_generated_acl_file_has_no_open_user():
+    """What `e2e admin redis-acl` (the command the compose header names) writes: every user has a password
+    (hashed), none is `nopass`, and the default user is the password-only admin."""
+    from orchestrator.cli.main import app
+    from orchestrator.store import acl
+    from orchestrator.worker.stack import acl_grants
+
+    header = (ROOT / "docker-compose.yml").read_text()
+    line = next(row for row in header.splitlines() if "e2e admin redis-acl" in row)
+    argv = line.lstrip("# ").split(">")[0].split()
+    cli = typer.main.get_command(app)
+    cli.commands["admin"].commands["redis-acl"].make_context("redis-acl", argv[3:])  # a real command and options
+    assert "> deploy/redis/users.acl" in line
+    text = acl.acl_file(acl_grants(), acl.new_passwords())
+    assert "nopass" not in text
+    assert all(" on #" in row for row in text.splitlines())
+    assert text.startswith("user default on #")
+
+
+def test_redis_is_on_the_engine_network_only_and_the_nodes_cannot_reach_it(compose):
+    services = compose["services"]
+    assert networks(services["redis"]) == {"engine"}
+    assert compose["networks"]["engine"].get("internal") is True
+    assert "engine" not in networks(services["headnode"])
+    for name in ("api", "worker", "beat"):
+        assert "engine" in networks(services[name]), name
+    reach_nodes = {name for name, service in services.items() if "nodes" in networks(service)}
+    assert reach_nodes == {"worker", "headnode"}
+    # nothing shares a network with both Redis and the head node except the worker
+    for name, service in services.items():
+        if name not in ("worker",):
+            assert not ({"engine"} <= networks(service) and networks(service) & networks(services["headnode"]))
+
+
+def test_the_engines_private_key_is_mounted_into_the_worker_only(compose):
+    for name, service in compose["services"].items():
+        key_mounts = [str(v) for v in service.get("volumes") or [] if "deploy/keys" in str(v)]
+        if name == "worker":
+            assert key_mounts == ["./deploy/keys:/etc/e2e/keys:ro"]
+        elif name == "headnode":
+            assert key_mounts and all(m.split(":")[0].endswith(".pub") for m in key_mounts), key_mounts
+        else:
+            assert not key_mounts, f"{name} mounts {key_mounts}"
