@@ -88,10 +88,11 @@ def push_tree(backend: SSHBackend, node: Node, src: Path, dest: Path, account: A
     """Copy a head-node directory to the node (merging into dest), as the account on the node when given."""
     dropped = _as_account(backend, node, account)
     if dropped is not None:
-        # The engine makes only what is missing above dest (jobs/ and the like are the engine's); dest
-        # itself and everything in it the account makes and writes.
-        backend.run(node, ["sh", "-c", '[ -d "$1" ] || mkdir -p -- "$1"', "sh", Path(dest).parent])
-        backend.run(node, backend.as_job(node, dropped, ["mkdir", "-p", "--", str(dest)]))
+        # The engine makes only what is missing (a missing dest it makes and gives to the account: mkdir
+        # never follows a link, chown -h neither); everything in dest the account writes, with its own rights.
+        script = ('[ -d "$1" ] || mkdir -p -- "$1"; '
+                  '[ -e "$2" ] || [ -L "$2" ] || { mkdir -- "$2" && chown -h -- "$3" "$2"; }')
+        backend.run(node, ["sh", "-c", script, "sh", Path(dest).parent, dest, f"{dropped.uid}:{dropped.gid}"])
         _rsync(backend, node, f"{src}/", _remote(backend, node, dest),
                ["--no-owner", "--no-group", _node_rsync(backend, node, dropped)])
         return
