@@ -61,6 +61,21 @@ def grant_traverse(paths) -> list[str]:
     return changed
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config) -> None:
+    """As root, the session's temp folders live in one folder of this checkout's own, not in the machine's
+    shared /tmp/pytest-of-root: every root pytest session makes that one 0700 again when it starts, which
+    would cut the job accounts of a session already running off from their E2E_HOME."""
+    if os.geteuid() != 0 or config.option.basetemp:
+        return
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    checkout = hashlib.sha256(str(Path(__file__).resolve().parents[1]).encode()).hexdigest()[:10]
+    config.option.basetemp = str(Path(tempfile.gettempdir()) / f"e2e-tests-{checkout}")
+
+
 def pytest_sessionstart(session) -> None:
     """As root: the accounts exist, the suite's jobs run as e2e-jobs (E2E_RUN_AS), and that account can reach
     the interpreter, the code and the temp folders (checked by importing the sync process as it)."""

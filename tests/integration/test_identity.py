@@ -16,6 +16,7 @@ from orchestrator.cluster.local import group_members, tagged_processes
 from orchestrator.control.client import Client
 from orchestrator.model.paths import JobPaths, results_dir
 from tests.conftest import require_root
+from tests.integration.conftest import wait_for
 from tests.integration.desktop_helpers import require_desktop_tools, session_processes, wait_desktop
 
 pytestmark = pytest.mark.integration
@@ -23,14 +24,16 @@ pytestmark = pytest.mark.integration
 # What alice's job tries; each line says LEAK when the attempt worked. $1 bob's job folder, $2 E2E_HOME,
 # $3 the engine's stack.json, $4 the worker's pid, $5 bob's run pid (its process group), $6 the Redis data.
 PROBE = r"""
+bob=$1 home=$2 stack=$3 worker=$4 bobpid=$5 redisdata=$6
 try() { if eval "$2" >/dev/null 2>&1; then echo "$1:LEAK"; else echo "$1:denied"; fi; }
-try bob-dir 'ls "$1"'
-try bob-run 'cat "$1"/runs/run-001/.e2e/*/pid'
-try jobs-list 'ls "$2/jobs"'
-try stack-json 'cat "$3"'
-try worker-environ 'cat /proc/$4/environ'
-try signal-bob 'kill -0 $5'
-try redis-data 'ls $6'
+try control 'ls "$PWD"'
+try bob-dir 'ls "$bob"'
+try bob-run 'cat "$bob"/runs/run-001/.e2e/*/pid'
+try jobs-list 'ls "$home/jobs"'
+try stack-json 'cat "$stack"'
+try worker-environ 'cat /proc/$worker/environ'
+try signal-bob 'kill -0 $bobpid'
+try redis-data 'ls $redisdata'
 try engine-env 'env | grep -qi -e redis -e E2E_HOME -e E2E_RUN_AS'
 """
 
@@ -84,12 +87,15 @@ def test_every_process_and_folder_of_a_job_is_its_owners(engine, owners):
         for p in solver:
             _assert_owned(p, alice.uid, "the solver")
         paths = JobPaths.for_job(engine.settings.root, job_id)
-        sync_pid = engine.client.wait(job_id, lambda d: (paths.sync.pid.read_text().strip()
-                                                         if paths.sync.pid.exists() else ""), timeout=30)
+        sync_pid = wait_for(lambda: paths.sync.pid.exists() and paths.sync.pid.read_text().strip(), 30,
+                            "the sync process's pid")
         _assert_owned(int(sync_pid), alice.uid, "the sync process")
-        for folder in (paths.root, paths.work, paths.root / "runs" / "run-001"):
+        node_dir = engine.settings.root / "nodes" / engine.client.status(job_id).nodes[0] / "jobs" / job_id
+        for folder in (paths.root, node_dir):  # the job's folders: alice's alone
             st = folder.stat()
             assert (st.st_uid, st.st_mode & 0o777) == (alice.uid, 0o700), folder
+        for folder in (paths.work, paths.root / "runs" / "run-001", paths.root / "runs" / "run-001" / "run.sh"):
+            assert folder.stat().st_uid == alice.uid, folder
         assert (engine.settings.root / "jobs").stat().st_mode & 0o777 == 0o711
         engine.client.terminate(job_id)
         engine.wait_job_terminal(job_id)
@@ -107,13 +113,14 @@ def test_alices_job_reaches_nothing_of_bobs_or_of_the_engines(engine, owners, re
         assert stack.exists() and "redis_url" in json.loads(stack.read_text())
         worker = engine.stack.read()["pids"]["worker"]
         redis_data = str(tmp_path_factory.getbasetemp() / "redis*")
-        argv = ["bash", "-c", PROBE + ' > "$PWD/probe.out"', "probe", str(JobPaths.for_job(
+        argv = ["bash", "-c", PROBE, "probe", str(JobPaths.for_job(
             engine.settings.root, bobs).root), str(engine.settings.root), str(stack), str(worker), str(bob_pid),
             redis_data]
         job_id = owners["alice"].submit_data({"name": "probe", "solver": {"name": "command", "command": argv}})
         doc = engine.wait_run(job_id, timeout=60)
-        out = (JobPaths.for_job(engine.settings.root, job_id).root / "runs" / "run-001" / "probe.out").read_text()
+        out = (JobPaths.for_job(engine.settings.root, job_id).root / "runs" / "run-001" / "output.log").read_text()
         lines = dict(line.split(":") for line in out.split())
+        assert lines.pop("control") == "LEAK", out  # the probe works: its own folder it may read
         assert len(lines) == 8 and set(lines.values()) == {"denied"}, lines
         assert os.path.exists(f"/proc/{bob_pid}") and group_members(bob_pid)
         engine.client.terminate(job_id)
