@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator.cluster import identity
 from orchestrator.model.errors import UserError
-from orchestrator.store.users import USER_NAME
+from orchestrator.store.users import check_name
 
 if TYPE_CHECKING:
     from orchestrator.control.service import ControlService
@@ -18,8 +18,7 @@ def create_user(store: JobStore, name: str, admin: bool = False, os_user: str | 
     """A new API user and their first token. A root engine creates their OS account (useradd: home, bash,
     locked password) or, with os_user, maps to an existing one (LDAP/SSSD sites), never root. A single-user
     engine cannot run anyone's jobs as another account, so it refuses and says why."""
-    if not USER_NAME.match(name or ""):
-        store.users.create(name)  # raises the store's message naming the rule
+    check_name(name)
     if not identity.multi_user():
         raise UserError(f"cannot create user {name!r}: {identity.single_user_notice()}")
     try:

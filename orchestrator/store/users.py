@@ -27,6 +27,13 @@ class User:
     os_user: str = ""  # the OS account the user's jobs run as (a root engine); "" = not mapped yet
 
 
+def check_name(name: str) -> None:
+    """A user name the store (and `useradd`) accepts, or a UserError saying which."""
+    if not USER_NAME.match(name or ""):
+        raise UserError(f"user name {name!r}: use lower-case letters, digits, '_', '.', '-' (at most 32), "
+                        "starting with a letter or '_'")
+
+
 def hash_token(token: str) -> str:
     """sha256 is enough here: tokens are 256 random bits, so there is nothing to brute-force."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -41,9 +48,7 @@ class Users:
 
     def create(self, name: str, admin: bool = False, os_user: str = "") -> str:
         """A new user with a first token (returned once, stored only as its hash), mapped to an OS account."""
-        if not USER_NAME.match(name or ""):
-            raise UserError(f"user name {name!r}: use lower-case letters, digits, '_', '.', '-' (at most 32), "
-                            "starting with a letter or '_'")
+        check_name(name)
         if not self._r.hsetnx(self._keys.account(name), "created_at", time.time()):
             raise UserError(f"user {name!r} exists already; `e2e admin token {name}` issues another token")
         self._r.hset(self._keys.account(name), mapping={"admin": int(admin), "os_user": os_user})

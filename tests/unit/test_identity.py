@@ -207,3 +207,14 @@ def test_prepare_node_gives_the_job_folder_to_the_account_and_lets_others_only_p
     for folder in (state, state / "nodes", node.root, node.root / "jobs"):
         assert folder.stat().st_mode & 0o777 == 0o711, folder
     assert not Path(job_dir).is_symlink()
+
+
+def test_single_user_mode_is_said_plainly_and_bad_names_change_nothing(store, monkeypatch):
+    monkeypatch.setattr(identity, "multi_user", lambda: False)
+    me = identity.current().name
+    assert accounts.mode_notice() == f"single-user mode: every job runs as {me}; other users need a root engine"
+    monkeypatch.setattr(identity, "multi_user", lambda: True)
+    assert accounts.mode_notice() is None
+    with pytest.raises(UserError, match="user name 'Bad Name'"):
+        accounts.create_user(store, "Bad Name")
+    assert store.users.list() == []
