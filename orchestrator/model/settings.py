@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     api_max_upload: PositiveInt = Field(1 << 30, description="largest input upload (tar.gz) the API accepts (bytes)")
     api_rate: PositiveFloat = Field(50.0, description="API requests per second per user (sustained)")
     api_burst: PositiveInt = Field(200, description="API requests per user allowed in a burst above the rate")
+    run_as: str = Field(
+        "", description="OS account that jobs without an API owner (the engine host's own CLI) run as when the "
+                        "engine runs as root; unset, such a submit is refused (the engine runs no job as root)")
+    job_path: str = Field(
+        "", description="PATH every job process starts with (default: the system directories); jobs inherit "
+                        "nothing else of the engine's environment")
     solver_env: dict[str, str] = Field(
         default_factory=dict,
         description="cluster-wide solver settings exported in every run, as JSON "
