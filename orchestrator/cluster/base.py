@@ -82,8 +82,8 @@ class ClusterBackend(ABC):
 
     # -- runs spanning nodes. Every solver process carries E2E_RUN_TAG=<job>/<run> in its environment
     # (the wrapper exports it and MPI launchers forward it), so a run's ranks can be found on any node.
-    def tagged_processes(self, node: Node, tag: str, account: Account | None = None) -> list[int]:
-        """Pids of live processes on the node whose environment has E2E_RUN_TAG=tag (only the account's, if given)."""
+    def tagged_processes(self, node: Node, tag: str) -> list[int]:
+        """Pids of live processes on the node whose environment has E2E_RUN_TAG=tag."""
         return []
 
     def signal_tagged(self, node: Node, tag: str, signum: int, account: Account | None = None) -> int:

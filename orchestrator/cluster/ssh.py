@@ -256,9 +256,20 @@ class SSHBackend(ClusterBackend):
         """A stream to 127.0.0.1:port on the node through the kept ssh connection (a direct-tcpip channel)."""
         return self.conn(node).open_tcp(port, timeout)
 
-    def ssh_endpoint(self, node: Node) -> tuple[str, str, int]:
+    def ssh_endpoint(self, node: Node, account: Account | None = None) -> tuple[str, str, int]:
+        """Where a person's ssh client logs in: as the job's account when jobs run as their owners."""
         spec = self.spec(node)
-        return spec.user, spec.address, spec.port
+        return (account.name if account is not None else spec.user), spec.address, spec.port
+
+    def read_as(self, node: Node, path: Path, account: Account) -> bytes | None:
+        """A file read as the account (None if missing): a link in the account's own files leads only where
+        the account may read itself."""
+        script = 'if [ -e "$1" ]; then printf +; exec cat -- "$1"; fi'  # "+": it exists (and may be empty)
+        done = self.conn(node).run(q(*self.as_job(node, account, ["sh", "-c", script, "sh", str(path)])))
+        if done.returncode != 0:
+            raise BackendError(f"node {node.name}: reading {path} as {account.name} failed: "
+                               f"{done.stderr.decode(errors='replace').strip()[-500:]}")
+        return done.stdout[1:] if done.stdout.startswith(b"+") else None
 
     def apply_firewall(self, node: Node, path: Path) -> None:
         """Load an nftables file on the node (as root, or through passwordless sudo for another login user)."""

@@ -90,11 +90,12 @@ def push_tree(backend: SSHBackend, node: Node, src: Path, dest: Path, account: A
     if dropped is not None:
         # The engine makes only what is missing (a missing dest it makes and gives to the account: mkdir
         # never follows a link, chown -h neither); everything in dest the account writes, with its own rights.
-        script = ('[ -d "$1" ] || mkdir -p -- "$1"; '
-                  '[ -e "$2" ] || [ -L "$2" ] || { mkdir -- "$2" && chown -h -- "$3" "$2"; }')
+        # Folders above it are made passable, not listable (0711); the job's files are private to it (o-rwx).
+        script = ('[ -d "$1" ] || (umask 066 && mkdir -p -- "$1"); '
+                  '[ -e "$2" ] || [ -L "$2" ] || { mkdir -m 0700 -- "$2" && chown -h -- "$3" "$2"; }')
         backend.run(node, ["sh", "-c", script, "sh", Path(dest).parent, dest, f"{dropped.uid}:{dropped.gid}"])
         _rsync(backend, node, f"{src}/", _remote(backend, node, dest),
-               ["--no-owner", "--no-group", _node_rsync(backend, node, dropped)])
+               ["--no-owner", "--no-group", "--chmod=o-rwx", _node_rsync(backend, node, dropped)])
         return
     backend.run(node, ["mkdir", "-p", "--", dest])
     if rsync_usable(backend, node):

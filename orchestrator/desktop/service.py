@@ -217,7 +217,7 @@ class DesktopService(JobService):
             url = f"http://{nodes.public_host(ctx.head)}:{int(web_port)}/vnc.html"
             self._set_state(ctx, READY, {"url": url}, url=url, vnc_port=int(vnc_port), web_port=int(web_port),
                             display=self._read(ctx, desk / "display"), ready_at=time.time(),
-                            ssh=list(nodes.ssh_endpoint(ctx.backend, ctx.head)))
+                            ssh=list(nodes.ssh_endpoint(ctx.backend, ctx.head, _account(ctx))))
             self._firewall(ctx, int(web_port), rec.access or [])
             return READY
         alive = self._alive(ctx)

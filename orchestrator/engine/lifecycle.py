@@ -93,8 +93,8 @@ class Lifecycle:
             return
         try:
             nodes = ctx.nodes_of(job, backend)
-            backend.allocate(job_id, nodes, ctx.spec_of(job).cluster.cores_per_node)  # parsed once: cached
-            account = ctx.account_of(job)
+            account = ctx.account_of(job)  # a scheduler's allocation is the owner's too (slurm: sbatch --uid)
+            backend.allocate(job_id, nodes, ctx.spec_of(job).cluster.cores_per_node, account)  # spec cached
             for node in nodes:
                 backend.prepare_node(node, job_id, account)
             prepare_job_tree(ctx.paths(job_id), ctx.settings.root, account)
@@ -137,14 +137,14 @@ class Lifecycle:
         if not backend.exists(head, paths.claim):
             try:
                 if paths.attempt > 1:  # a restart starts from what every node wrote, gathered to the head
-                    backend.stage_out(nodes, paths.root)
+                    backend.stage_out(nodes, paths.root, ctx.account_of(job))
                 self._write_run_files(job, run, nodes, paths, stage_hosts(backend, nodes))
             except (E2EError, OSError) as exc:
                 reason = getattr(exc, "message", None) or str(exc)
                 self.store.transition_run(job_id, run_id, RunState.FAILED, expect=[RunState.LAUNCHING],
                                           data={"reason": reason}, reason=reason, ended_at=time.time())
                 return
-            backend.stage_in(nodes, paths.root)
+            backend.stage_in(nodes, paths.root, ctx.account_of(job))  # the nodes' copies are written as the owner
             backend.hand_over(head, paths.root, ctx.account_of(job))  # the run's files become the job's
             step = "launch" if paths.attempt == 1 else "restart"  # drills can target either
             fault_point(f"{step}.before_spawn")
@@ -221,7 +221,7 @@ class Lifecycle:
                 return
         if code is not None:
             try:  # an ended run's output belongs on the head: a restart reads its checkpoint there at once
-                backend.stage_out(nodes, paths.root)
+                backend.stage_out(nodes, paths.root, ctx.account_of(job))
             except (E2EError, OSError) as exc:  # the next attempt's launch gathers again
                 log.warning("gathering %s/%s to the head failed: %s", job_id, run_id, exc)
             self._finish(job_id, run, plugin, code, backend, head, paths)

@@ -114,7 +114,7 @@ class Stopping:
         paths = ctx.paths(job_id)
         for r in self.store.list_runs(job_id):
             if nodes and r.pid:  # runs that started wrote on the nodes: gather them first
-                backend.stage_out(nodes, paths.run(r.id).root)
+                backend.stage_out(nodes, paths.run(r.id).root, account)
         plugin = ctx.plugin_of(job)
         for r in self.store.list_runs(job_id):  # locks and stop files must not block reopening the results
             remove_stale_files(plugin, paths.run(r.id).root)
