@@ -220,6 +220,8 @@ class NodeCluster:
             for i, path in enumerate(self.private):  # storage that is not shared with the head node
                 own = node.dir / f"private{i}"
                 own.mkdir(exist_ok=True)
+                if path.exists():  # the node's own copy keeps the mode (/tmp/.X11-unix: 1777, any account's X)
+                    own.chmod(path.stat().st_mode & 0o7777)
                 mounts.append(("mount", "--bind", str(own), str(path)))
             script = " && ".join([f"hostname {node.name}", *(shlex.join(m) for m in mounts), 'exec "$@"'])
             command = ["unshare", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c",
