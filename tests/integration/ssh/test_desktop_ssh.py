@@ -208,4 +208,5 @@ def test_desktop_runs_on_the_ssh_head_node_and_the_tunnel_reaches_it(cluster, en
     engine.wait_job_terminal(job_id, timeout=60)
     assert not {"Xvnc", "openbox", "xterm"} & set(_node_processes(cluster))
     assert _netns(cluster, "nft", "list", "table", "inet", f"e2e_desktop_{job_id}").returncode != 0
-    assert "ssh-ed25519" not in authorized.read_text()
+    mine = (tmp_path / "me.pub").read_text().split()[1]
+    assert mine not in authorized.read_text()  # the account's other keys (its node key) stay
