@@ -72,8 +72,15 @@ def pytest_configure(config) -> None:
     import tempfile
     from pathlib import Path
 
+    import shutil
+
     checkout = hashlib.sha256(str(Path(__file__).resolve().parents[1]).encode()).hexdigest()[:10]
-    config.option.basetemp = str(Path(tempfile.gettempdir()) / f"e2e-tests-{checkout}")
+    # One new folder per session (a job process of the previous session may still be writing into its own),
+    # and only the three newest kept.
+    earlier = sorted(Path(tempfile.gettempdir()).glob(f"e2e-tests-{checkout}-*"), key=os.path.getmtime)
+    for old in earlier[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+    config.option.basetemp = tempfile.mkdtemp(prefix=f"e2e-tests-{checkout}-")
 
 
 def pytest_sessionstart(session) -> None:
