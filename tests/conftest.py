@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -69,11 +70,17 @@ def pytest_configure(config) -> None:
     if os.geteuid() != 0 or config.option.basetemp:
         return
     import hashlib
+    import shutil
     import tempfile
     from pathlib import Path
 
     checkout = hashlib.sha256(str(Path(__file__).resolve().parents[1]).encode()).hexdigest()[:10]
-    config.option.basetemp = str(Path(tempfile.gettempdir()) / f"e2e-tests-{checkout}")
+    # One new folder per session (a job process of the previous session may still be writing into its own),
+    # and only the three newest kept.
+    earlier = sorted(Path(tempfile.gettempdir()).glob(f"e2e-tests-{checkout}-*"), key=os.path.getmtime)
+    for old in earlier[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+    config.option.basetemp = tempfile.mkdtemp(prefix=f"e2e-tests-{checkout}-")
 
 
 def pytest_sessionstart(session) -> None:
@@ -101,3 +108,19 @@ def pytest_sessionstart(session) -> None:
         if IN_CI:
             raise pytest.UsageError(message)
         sys.stderr.write(f"identity: {message}\n")
+
+
+@pytest.fixture(autouse=True)
+def _job_accounts_pass_through_tmp_path(request) -> None:
+    """As root, a test's tmp_path (pytest makes it 0700) lets the job accounts pass: tests put E2E_HOME there."""
+    if os.geteuid() == 0 and "tmp_path" in request.fixturenames:
+        grant_traverse([request.getfixturevalue("tmp_path")])
+
+
+def job_writable(folder: Path | str) -> Path:
+    """A test folder the suite's jobs (another OS account under a root session) may write into: solvers that
+    record their starts for a test write there. Sticky and world-writable, like /tmp."""
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o1777)
+    return path

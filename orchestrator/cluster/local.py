@@ -11,6 +11,7 @@ from pathlib import Path
 from orchestrator.cluster.base import ClusterBackend, Node
 from orchestrator.cluster.identity import as_account
 from orchestrator.cluster.owned import (
+    check_reachable,
     checks_owner,
     hand_over_tree,
     make_dirs_confined,
@@ -50,6 +51,7 @@ class LocalBackend(ClusterBackend):
         for folder in (self._state, self._root, node.root, jobs):
             traverse_only(folder)
         os.chmod(job_dir, 0o700, follow_symlinks=False)
+        check_reachable(account, job_dir)
         hand_over_tree(job_dir, account, self._state)
 
     def spawn_detached(self, node: Node, argv: list[str], cwd: Path, account: Account | None = None) -> None:

@@ -198,3 +198,19 @@ def make_dirs_confined(state: Path, path: Path, mode: int) -> None:
         raise BackendError(f"could not create {path}: {exc.strerror} (a symlink on the way?)") from None
     finally:
         os.close(fd)
+
+
+def check_reachable(account: Account | None, folder: Path) -> None:
+    """Every folder above `folder` lets the account pass (o+x, or its own, or its group's): otherwise its
+    processes could not even enter their job folder, and the job would wait for a wrapper that never runs."""
+    if not checks_owner(account):
+        return
+    groups = {account.gid, *account.groups}  # type: ignore[union-attr]
+    for above in Path(folder).parents:
+        st = os.stat(above)
+        if st.st_mode & stat.S_IXOTH or (st.st_uid == account.uid and st.st_mode & stat.S_IXUSR) or \
+                (st.st_gid in groups and st.st_mode & stat.S_IXGRP):  # type: ignore[union-attr]
+            continue
+        raise BackendError(f"OS account {account.name} cannot pass through {above} (mode "  # type: ignore[union-attr]
+                           f"{stat.S_IMODE(st.st_mode):o}): the folders above E2E_HOME must let job accounts "
+                           "pass (chmod o+x)")

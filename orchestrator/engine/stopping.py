@@ -149,8 +149,13 @@ class Stopping:
 
 
 def remove_stale_files(plugin: SolverPlugin, root: Path) -> None:
-    """Delete the lock and trigger files the plugin names (cleanup_patterns) from a run directory."""
+    """Delete the lock and trigger files the plugin names (cleanup_patterns) from a run directory. The
+    directory is the job's: a folder it swapped for a symlink (to /etc, say) is never reached through."""
+    if root.resolve() != root:
+        return
     for pattern in plugin.cleanup_patterns:
         for stale in root.glob(pattern):
+            if stale.parent.resolve() != stale.parent:
+                continue
             if stale.is_file() or stale.is_symlink():
                 stale.unlink()

@@ -82,8 +82,8 @@ def test_every_process_and_folder_of_a_job_is_its_owners(engine, owners):
         assert engine.client.store.get_job(job_id).account == "alice"
         pid = _running(engine, job_id)
         _assert_owned(pid, alice.uid, "the run wrapper")
-        solver = [p for p in tagged_processes(f"{job_id}/run-001") if p != pid]
-        assert solver, "the solver's processes carry the run tag"
+        solver = wait_for(lambda: [p for p in tagged_processes(f"{job_id}/run-001") if p != pid], 30,
+                          "the solver's processes (they carry the run tag)")
         for p in solver:
             _assert_owned(p, alice.uid, "the solver")
         paths = JobPaths.for_job(engine.settings.root, job_id)

@@ -218,3 +218,28 @@ def test_single_user_mode_is_said_plainly_and_bad_names_change_nothing(store, mo
     with pytest.raises(UserError, match="user name 'Bad Name'"):
         accounts.create_user(store, "Bad Name")
     assert store.users.list() == []
+
+
+def test_get_me_shows_the_os_account(store, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from orchestrator.api.app import create_app
+
+    token = store.users.create("dora", os_user="bob")
+    client = TestClient(create_app(Settings(home=tmp_path, redis_url="redis://127.0.0.1:1/0"), store))
+    me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).json()
+    assert me == {"name": "dora", "admin": False, "os_user": "bob"}
+
+
+def test_create_user_as_root_makes_a_locked_account_with_a_home(store):
+    require_root()
+    name = f"e2e-t{os.getpid() % 100000}"
+    try:
+        token = accounts.create_user(store, name)
+        entry = pwd.getpwnam(name)
+        assert entry.pw_uid != 0 and entry.pw_shell == "/bin/bash" and Path(entry.pw_dir).is_dir()
+        shadow = next(ln for ln in Path("/etc/shadow").read_text().splitlines() if ln.startswith(f"{name}:"))
+        assert shadow.split(":")[1].startswith("!"), "no password login: the account stays locked"
+        assert store.users.get(name).os_user == name and store.users.authenticate(token).name == name
+    finally:
+        subprocess.run(["userdel", "-r", name], capture_output=True)
