@@ -41,9 +41,9 @@ class DrainBody(BaseModel):
     reason: str = Field("", max_length=300)
 
 
-@router.get("/me", summary="The caller: user name and whether an admin")
+@router.get("/me", summary="The caller: user name, whether an admin, the OS account their jobs run as")
 def me(client: ControlService = Depends(client_for)) -> dict[str, Any]:
-    return {"name": client.user, "admin": client.admin}
+    return {"name": client.user, "admin": client.admin, "os_user": client.store.users.get(client.user).os_user}
 
 
 @router.get("/nodes", summary="Every node: free, leased (to which job) or drained; load; reachable")

@@ -25,6 +25,13 @@ def _users():
     return _client().store.users
 
 
+def _say_mode() -> None:
+    from orchestrator.control.accounts import mode_notice
+
+    if (notice := mode_notice()) is not None:
+        err.print(notice)
+
+
 @app.command()
 def serve(host: Optional[str] = typer.Option(None, help="address to listen on (default E2E_API_HOST)"),
           port: Optional[int] = typer.Option(None, help="port (default E2E_API_PORT)"),
@@ -37,6 +44,7 @@ def serve(host: Optional[str] = typer.Option(None, help="address to listen on (d
     settings.resolved_redis_url()  # a clear error now rather than on the first request
     _keep_tcp_nodelay(uvicorn)
     proxies = settings.trusted_proxies
+    _say_mode()
     out.print(f"API on http://{host or settings.api_host}:{port or settings.api_port}/api/v1 "
               f"(schema /openapi.json, monitor /ui, metrics /metrics); forwarded headers believed from "
               f"{', '.join(proxies) if proxies else 'no proxy (E2E_TRUSTED_PROXIES unset)'}", highlight=False)
@@ -73,14 +81,30 @@ def _keep_tcp_nodelay(uvicorn) -> None:
 @admin_app.command("create-user")
 def create_user(name: str = typer.Argument(..., help="user name (lower-case letters, digits, _ . -)"),
                 admin: bool = typer.Option(False, "--admin", help="may see and control every job, drain nodes"),
+                os_user: Optional[str] = typer.Option(None, "--os-user", help="run their jobs as this existing OS "
+                                                      "account (LDAP/SSSD) instead of creating one named NAME"),
                 as_json: bool = JSON_OPT) -> None:
-    """Create an API user and print their first token (shown once; only its hash is stored)."""
-    token = _users().create(name, admin)
+    """Create an API user and print their first token (shown once; only its hash is stored). The engine (root)
+    creates their OS account, which every process and file of their jobs belongs to, or maps --os-user."""
+    from orchestrator.control.accounts import create_user as create
+
+    token = create(_client().store, name, admin, os_user)
+    mapped = _users().get(name).os_user
     if as_json:
-        _dump({"user": name, "admin": admin, "token": token})
+        _dump({"user": name, "admin": admin, "os_user": mapped, "token": token})
         return
-    err.print(f"user {name} created{' (admin)' if admin else ''}; their token (shown once):")
+    err.print(f"user {name} created{' (admin)' if admin else ''}, jobs run as OS account {mapped}; "
+              "their token (shown once):")
     print(token)
+
+
+@admin_app.command("map-user")
+def map_user(name: str = typer.Argument(..., help="an existing API user"),
+             os_user: str = typer.Option(..., "--os-user", help="the existing OS account their jobs run as")) -> None:
+    """Change the OS account an API user's jobs run as (jobs already submitted keep theirs)."""
+    from orchestrator.control.accounts import map_user as remap
+
+    out.print(f"user {name}: jobs run as OS account {remap(_client().store, name, os_user)}")
 
 
 @admin_app.command("token")
@@ -105,14 +129,14 @@ def revoke(token: Optional[str] = typer.Option(None, "--token", help="revoke thi
 
 @admin_app.command("users")
 def list_users(as_json: bool = JSON_OPT) -> None:
-    """The API users, whether admin, and how many live tokens each has."""
+    """The API users, whether admin, the OS account their jobs run as, and how many live tokens each has."""
     rows = _users().list()
     if as_json:
         _dump(rows)
         return
-    table = Table("USER", "ADMIN", "TOKENS", box=None)
+    table = Table("USER", "ADMIN", "OS USER", "TOKENS", box=None)
     for row in rows:
-        table.add_row(row["name"], "yes" if row["admin"] else "", str(row["tokens"]))
+        table.add_row(row["name"], "yes" if row["admin"] else "", row["os_user"] or "-", str(row["tokens"]))
     out.print(table)
 
 

@@ -43,6 +43,9 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="start in the b
     where = "embedded Redis" if info["embedded_redis"] else "Redis from REDIS_URL"
     out.print(f"[green]engine up[/] in {stack.home} ({where}; worker pid {info['pids']['worker']}, "
               f"beat pid {info['pids']['beat']})")
+    from orchestrator.cli.admin import _say_mode
+
+    _say_mode()
     if detach:
         return
     out.print("press Ctrl-C to stop")

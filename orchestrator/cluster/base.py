@@ -91,8 +91,8 @@ class ClusterBackend(ABC):
         return 0
 
     # -- allocations from an external scheduler (slurm); static pools (local, ssh) need none of these.
-    def allocate(self, job_id: str, nodes: list[Node], cores_per_node: int) -> object:
-        """Obtain the leased nodes for the job before prepare_node (idempotent)."""
+    def allocate(self, job_id: str, nodes: list[Node], cores_per_node: int, account: Account | None = None) -> object:
+        """Obtain the leased nodes for the job before prepare_node (idempotent); the allocation is the account's."""
         return None  # an optional hook: static pools need no allocation
 
     def release(self, job_id: str) -> None:
@@ -111,10 +111,12 @@ class ClusterBackend(ABC):
         """Whether the node sees the head node's run directories at the same path (else they are staged)."""
         return True
 
-    def stage_in(self, nodes: list[Node], path: Path) -> None:
-        """Make a head-node directory visible at the same path on every node (no-op on shared storage)."""
+    def stage_in(self, nodes: list[Node], path: Path, account: Account | None = None) -> None:
+        """Make a head-node directory visible at the same path on every node (no-op on shared storage); the
+        nodes' copies are written as the account."""
         return None  # shared storage: already visible
 
-    def stage_out(self, nodes: list[Node], path: Path) -> None:
-        """Gather what the nodes wrote under path back into the head node's copy (no-op on shared storage)."""
+    def stage_out(self, nodes: list[Node], path: Path, account: Account | None = None) -> None:
+        """Gather what the nodes wrote under path back into the head node's copy (no-op on shared storage);
+        read as the account on the nodes, the head's copy stays the account's."""
         return None  # shared storage: already gathered

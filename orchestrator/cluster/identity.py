@@ -5,6 +5,8 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import subprocess
+import time
 
 from orchestrator.model.errors import UserError
 from orchestrator.model.identity import Account
@@ -62,3 +64,60 @@ def as_account(account: Account | None, argv: list[str], extra_env: dict[str, st
     # supplementary groups of the account, and the bounding set drops every capability root had.
     return ["setpriv", f"--reuid={account.uid}", f"--regid={account.gid}", "--init-groups",
             "--inh-caps=-all", "--bounding-set=-all", "--", *env, *argv]
+
+
+# -- resolving a job's account (cached: every engine step of a job needs it, a passwd lookup costs ~0.1 ms
+# through NSS and far more with LDAP/SSSD behind it)
+ACCOUNT_TTL = 60.0
+_resolved: dict[str, tuple[float, Account]] = {}
+
+
+def account_for(name: str) -> Account | None:
+    """The account a job's stored `Job.account` names, for the backend calls; None for "" (the engine's own
+    account: single-user mode, or a job stored before accounts existed)."""
+    if not name:
+        return None
+    now = time.monotonic()
+    hit = _resolved.get(name)
+    if hit is not None and now - hit[0] < ACCOUNT_TTL:
+        return hit[1]
+    account = lookup(name)
+    _resolved[name] = (now, account)
+    return account
+
+
+def single_user_notice() -> str | None:
+    """The one line `e2e up`/`e2e serve` print when the engine cannot switch accounts; None as root."""
+    if multi_user():
+        return None
+    return f"single-user mode: every job runs as {current().name}; other users need a root engine"
+
+
+def check_job_account(name: str, field: str) -> Account:
+    """An existing account a job may run as: never root (uid 0), named by the field it came from."""
+    try:
+        account = lookup(name)
+    except UserError:
+        raise UserError(f"{field}: no OS account {name!r} on the engine host") from None
+    if account.uid == 0:
+        raise UserError(f"{field}: {name!r} is root (uid 0); the engine runs no job as root")
+    return account
+
+
+def create_os_account(name: str) -> Account:
+    """A new local OS account for a user (root only): home directory, bash, its own group, and no password
+    (locked: nobody logs in with one; the engine switches to it, and users reach nodes with their SSH keys)."""
+    if not multi_user():
+        raise UserError(f"cannot create OS account {name!r}: {single_user_notice()}")
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        pass
+    else:
+        raise UserError(f"OS account {name!r} exists already: map to it with --os-user {name}")
+    proc = subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", "--user-group", "--", name],
+                          capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise UserError(f"useradd {name} failed: {proc.stderr.strip() or proc.returncode}")
+    _resolved.pop(name, None)
+    return check_job_account(name, "os_user")

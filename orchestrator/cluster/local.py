@@ -9,6 +9,18 @@ import subprocess
 from pathlib import Path
 
 from orchestrator.cluster.base import ClusterBackend, Node
+from orchestrator.cluster.identity import as_account
+from orchestrator.cluster.owned import (
+    check_reachable,
+    checks_owner,
+    hand_over_tree,
+    make_dirs_confined,
+    read_confined,
+    tagged_processes,
+    traverse_only,
+    uid_of,
+    write_confined,
+)
 from orchestrator.model.errors import BackendError
 from orchestrator.model.identity import Account
 from orchestrator.model.settings import Settings
@@ -20,7 +32,9 @@ class LocalBackend(ClusterBackend):
     name = "local"
 
     def __init__(self, settings: Settings) -> None:
+        self._state = settings.root
         self._root = settings.root / "nodes"
+        self._job_path = settings.job_path
         self._nodes = [
             Node(f"node-{i:02d}", "localhost", settings.local_cores_per_node, self._root / f"node-{i:02d}")
             for i in range(1, settings.local_nodes + 1)
@@ -30,17 +44,27 @@ class LocalBackend(ClusterBackend):
         return list(self._nodes)
 
     def prepare_node(self, node: Node, job_id: str, account: Account | None = None) -> None:
-        (node.root / "jobs" / job_id).mkdir(parents=True, exist_ok=True)
+        jobs = node.root / "jobs"
+        job_dir = jobs / job_id
+        job_dir.mkdir(parents=True, exist_ok=True)
+        # Every engine folder on the way lets accounts pass (0711) but not list; the job's own is theirs, 0700.
+        for folder in (self._state, self._root, node.root, jobs):
+            traverse_only(folder)
+        os.chmod(job_dir, 0o700, follow_symlinks=False)
+        check_reachable(account, job_dir)
+        hand_over_tree(job_dir, account, self._state)
 
     def spawn_detached(self, node: Node, argv: list[str], cwd: Path, account: Account | None = None) -> None:
         # setsid --fork: the direct child exits at once (reaped here), the program runs in a new session
         # re-parented to init, so it survives this worker and leaves no zombie behind. env --default-signal:
         # a Celery pool process ignores SIGTERM, and an ignored signal is inherited and cannot even be
-        # trapped by the solver's shell, so a stop request would go unheard.
+        # trapped by the solver's shell, so a stop request would go unheard. as_account: the owner's uid, gid
+        # and groups (root engine) and always a clean environment (no engine variable reaches a job).
+        extra = {"PATH": self._job_path} if self._job_path else None
         try:
             subprocess.run(
-                ["env", "--default-signal", "setsid", "--fork", *argv], cwd=cwd, check=True, timeout=30,
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                ["env", "--default-signal", "setsid", "--fork", *as_account(account, argv, extra)], cwd=cwd,
+                check=True, timeout=30, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )
         except (OSError, subprocess.SubprocessError) as exc:
             raise BackendError(f"could not start {argv[0]} on {node.name}: {exc}") from exc
@@ -51,6 +75,8 @@ class LocalBackend(ClusterBackend):
     def signal_group(self, node: Node, pgid: int, signum: int, account: Account | None = None) -> bool:
         if pgid <= 1:
             raise BackendError(f"refusing to signal process group {pgid}")
+        if checks_owner(account):
+            return _signal_owned_group(node, pgid, signum, account.uid)  # type: ignore[union-attr]
         try:
             os.killpg(pgid, signum)
             return True
@@ -64,7 +90,7 @@ class LocalBackend(ClusterBackend):
 
     def signal_tagged(self, node: Node, tag: str, signum: int, account: Account | None = None) -> int:
         sent = 0
-        for pid in tagged_processes(tag):
+        for pid in tagged_processes(tag, account.uid if checks_owner(account) else None):  # type: ignore[union-attr]
             try:
                 os.kill(pid, signum)
                 sent += 1
@@ -72,21 +98,21 @@ class LocalBackend(ClusterBackend):
                 pass
         return sent
 
+    def hand_over(self, node: Node, path: Path, account: Account | None = None) -> None:
+        hand_over_tree(path, account, self._state)
+
     def read_bytes(self, node: Node, path: Path, offset: int = 0, limit: int | None = None) -> bytes | None:
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                return fh.read(-1 if limit is None else limit)
-        except FileNotFoundError:
-            return None
+        return read_confined(self._state, path, offset, limit)
 
     def write_bytes(self, node: Node, path: Path, data: bytes) -> None:
-        tmp = path.with_name(f".{path.name}.e2e-tmp")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)  # a symlink planted at the temp name (run directories are the solver's) goes, unfollowed
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        write_confined(self._state, path, data, 0o644)
+
+    def make_dirs(self, node: Node, path: Path, mode: int = 0o700) -> None:
+        make_dirs_confined(self._state, path, mode)
+
+    def write_private(self, node: Node, path: Path, data: bytes) -> None:
+        """A secret (the VNC password): 0600 from the start, the job's own when it lies in the job's tree."""
+        write_confined(self._state, path, data, 0o600)
 
     def exists(self, node: Node, path: Path) -> bool:
         return path.exists()
@@ -95,6 +121,27 @@ class LocalBackend(ClusterBackend):
         if src.resolve() == dest.resolve():
             return
         shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+
+
+def _signal_owned_group(node: Node, pgid: int, signum: int, uid: int) -> bool:
+    """Signal a job's process group only when it is the job account's: a pid file is the job's to write, so a
+    forged one naming the engine's or another user's group gets nobody signalled. The whole group at once
+    (killpg: a child forked meanwhile is not missed) when every member is the account's; otherwise (a group
+    mixing owners cannot be one the job made) only the account's own members, one by one."""
+    members = group_members(pgid)
+    mine = [pid for pid in members if uid_of(pid) == uid]
+    if not mine:
+        return False
+    if len(mine) == len(members):
+        try:
+            os.killpg(pgid, signum)
+            return True
+        except ProcessLookupError:
+            return False
+    for pid in mine:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+    return True
 
 
 def _stat_fields(pid: int | str) -> list[str] | None:
@@ -122,20 +169,3 @@ def group_members(pgid: int) -> list[int]:
         if fields and len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
             members.append(int(entry.name))
     return members
-
-
-def tagged_processes(tag: str) -> list[int]:
-    """Live processes whose environment holds E2E_RUN_TAG=tag (read from /proc/<pid>/environ)."""
-    needle = f"E2E_RUN_TAG={tag}".encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as fh:
-                env = fh.read().split(b"\0")
-        except OSError:
-            continue
-        if needle in env and (fields := _stat_fields(entry.name)) and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found

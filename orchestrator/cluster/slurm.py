@@ -5,10 +5,20 @@ e2e-<job id>; runs start in it as steps (`srun --jobid --overlap`), so `scontrol
 thaws everything of the job, `scancel` ends it, and squeue/scontrol report its state. Process queries and
 signals on a node are short steps in the allocation too. Files are read on the head node: a Slurm cluster's
 nodes share the engine's state directory (shared storage is required).
+
+Jobs run as their owner: the engine (root) submits the holder with `sbatch --uid --gid`, so the allocation is
+the owner's (squeue shows them, `scancel --user` scopes to them). Slurm 22.05's srun has no --uid and refuses
+root a step in another user's job, so every step (the run, and the short steps behind process lookups and
+signals) is started by srun running as the allocation's owner (the same setpriv drop and clean environment as
+cluster/identity.as_account): its processes, and every signal they send, are the owner's. The record of which
+Slurm job holds an engine job's allocation lives in the engine's own directory, never in the job's (a job could
+otherwise point root's scontrol/scancel at another user's allocation).
 """
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import shlex
 import shutil
@@ -17,10 +27,11 @@ import time
 from pathlib import Path
 
 from orchestrator.cluster.base import ClusterBackend, Node
+from orchestrator.cluster.identity import as_account, lookup
 from orchestrator.cluster.local import LocalBackend
+from orchestrator.cluster.transfer import give_tree
 from orchestrator.model.errors import BackendError
 from orchestrator.model.identity import Account
-from orchestrator.model.paths import JobPaths
 from orchestrator.model.settings import Settings
 
 SLURM_TIMEOUT = 30.0        # seconds any Slurm client command may take
@@ -45,6 +56,7 @@ class SlurmBackend(ClusterBackend):
         self.settings = settings
         self.partition = settings.slurm_partition
         self._files = LocalBackend(settings)  # shared storage: files are the head node's own
+        self._owners: dict[str, int] = {}      # Slurm job id -> the uid it runs as (never changes)
 
     # -- the Slurm CLI, always with a deadline
     def slurm(self, *argv: str, timeout: float = SLURM_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess:
@@ -96,38 +108,67 @@ class SlurmBackend(ClusterBackend):
         return None
 
     def prepare_node(self, node: Node, job_id: str, account: Account | None = None) -> None:
-        (node.root / "jobs" / job_id).mkdir(parents=True, exist_ok=True)
+        job_dir = node.root / "jobs" / job_id
+        job_dir.mkdir(parents=True, exist_ok=True)
+        if account is not None and account.uid != os.geteuid():
+            # jobs/ stays the engine's (0711: reach your own directory, list no other), so the job directory
+            # cannot be swapped for a link before these calls.
+            job_dir.parent.chmod(0o711)
+            os.chown(job_dir, account.uid, account.gid, follow_symlinks=False)
+            job_dir.chmod(0o700)
+
+    def hand_over(self, node: Node, path: Path, account: Account | None = None) -> None:
+        if account is not None and account.uid != os.geteuid():
+            give_tree(Path(path), account)  # shared storage: the nodes' copy is this one
 
     # -- the job's allocation
     def _record(self, job_id: str) -> Path:
-        return JobPaths.for_job(self.settings.root, job_id).root / ".slurm-job"
+        # The engine's directory, not the job's own (which the job's account owns and could rewrite).
+        return self.settings.root / "slurm" / job_id
+
+    def _recorded(self, job_id: str) -> tuple[str, int | None] | None:
+        """(Slurm job id, owner uid) from the engine's record."""
+        try:
+            words = self._record(job_id).read_text().split()
+        except OSError:
+            return None
+        if not words or not _JOB_ID.match(words[0]):
+            return None
+        return words[0], (int(words[1]) if len(words) > 1 and words[1].isdigit() else None)
 
     def allocation_id(self, job_id: str) -> str | None:
         """The Slurm job holding the allocation of an engine job (from its record, else by name)."""
-        try:
-            recorded = self._record(job_id).read_text().strip()
-            if _JOB_ID.match(recorded):
-                return recorded
-        except OSError:
-            pass
+        recorded = self._recorded(job_id)
+        if recorded is not None:
+            return recorded[0]
         found = self.slurm("squeue", "--noheader", f"--name={job_name(job_id)}", "--format=%i").stdout.split()
         return found[0] if found else None
 
-    def allocate(self, job_id: str, nodes: list[Node], cores_per_node: int, timeout: float | None = None) -> str:
-        """Ask Slurm for exactly these nodes (idempotent) and wait until the allocation runs; its job id."""
+    def allocate(self, job_id: str, nodes: list[Node], cores_per_node: int, account: Account | None = None,
+                 timeout: float | None = None) -> str:
+        """Ask Slurm for exactly these nodes (idempotent) and wait until the allocation runs; its job id.
+        With an account the allocation is the account's (sbatch --uid/--gid, as root)."""
         slurm_id = self.allocation_id(job_id)
         if slurm_id is None:
             record = self._record(job_id)
-            record.parent.mkdir(parents=True, exist_ok=True)
+            record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             argv = ["sbatch", "--parsable", f"--job-name={job_name(job_id)}", f"--nodes={len(nodes)}",
                     f"--nodelist={','.join(n.name for n in nodes)}", f"--ntasks-per-node={cores_per_node}",
-                    f"--output={record.parent / 'slurm-%j.out'}", f"--wrap={HOLD}"]
+                    f"--wrap={HOLD}"]
+            owner = os.geteuid()
+            if account is not None and account.uid != owner:
+                # the holder writes nothing; its output file would be opened as the account
+                argv += [f"--uid={account.uid}", f"--gid={account.gid}", "--chdir=/", "--output=/dev/null"]
+                owner = account.uid
+            else:
+                argv.append(f"--output={record.parent / (job_name(job_id) + '-%j.out')}")
             if self.partition:
                 argv.append(f"--partition={self.partition}")
             slurm_id = self.slurm(*argv).stdout.strip().split(";")[0]
             if not _JOB_ID.match(slurm_id):
                 raise BackendError(f"sbatch answered {slurm_id!r} instead of a job id")
-            record.write_text(slurm_id)
+            record.write_text(f"{slurm_id} {owner}\n")
+            self._owners[slurm_id] = owner
         deadline = time.monotonic() + (timeout or self.settings.launch_timeout)
         while (state := self.allocation_state(job_id)) != "RUNNING":
             if state not in ("PENDING", "CONFIGURING", None) or time.monotonic() > deadline:
@@ -166,10 +207,23 @@ class SlurmBackend(ClusterBackend):
             raise BackendError(f"scontrol {verb} {slurm_id} failed: {done.stderr.strip()[-500:]}")
 
     def release(self, job_id: str) -> None:
-        """End the allocation and everything in it (terminate); a no-op once it is gone."""
+        """End the allocation and everything in it (terminate); a no-op once it is gone. Scoped to the owner
+        the allocation was made for, so nothing but that user's job can be cancelled by it."""
         slurm_id = self.allocation_id(job_id)
-        if slurm_id is not None:
-            self.slurm("scancel", slurm_id, check=False)
+        if slurm_id is None:
+            return
+        recorded = self._recorded(job_id)
+        owner = recorded[1] if recorded is not None else None
+        self.slurm("scancel", *([f"--user={_user_name(owner)}"] if owner is not None else []), slurm_id, check=False)
+
+    def owner(self, slurm_id: str) -> int | None:
+        """The uid the Slurm job runs as (squeue %U); None once Slurm no longer lists it."""
+        if slurm_id not in self._owners:
+            shown = self.slurm("squeue", "--noheader", f"--jobs={slurm_id}", "--format=%U", check=False).stdout
+            if not shown.strip().isdigit():
+                return None
+            self._owners[slurm_id] = int(shown.strip())
+        return self._owners[slurm_id]
 
     def _require(self, job_id: str) -> str:
         slurm_id = self.allocation_id(job_id)
@@ -193,9 +247,22 @@ class SlurmBackend(ClusterBackend):
         return ["srun", f"--jobid={slurm_id}", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={node.name}",
                 "--quiet"]
 
-    def on_node(self, node: Node, script: str) -> subprocess.CompletedProcess:
-        """Run a shell snippet on the node as a short step of its allocation."""
-        return self.slurm(*self._step(node, self._allocation_on(node)), "sh", "-c", script, check=False)
+    def as_owner(self, slurm_id: str, argv: list[str], account: Account | None = None) -> list[str]:
+        """An srun command line run as the allocation's owner (root may not step into another user's job);
+        with an account, refused unless the allocation is that account's."""
+        owner = self.owner(slurm_id)
+        if account is not None and owner is not None and owner != account.uid:
+            raise BackendError(f"Slurm job {slurm_id} belongs to uid {owner}, not to {account.name}: refused")
+        if owner is None or owner == os.geteuid():
+            return argv
+        passed = {k: os.environ[k] for k in ("SLURM_CONF",) if k in os.environ}  # which cluster, nothing else
+        return as_account(lookup(_user_name(owner)), argv, passed)
+
+    def on_node(self, node: Node, script: str, account: Account | None = None) -> subprocess.CompletedProcess:
+        """Run a shell snippet on the node as a short step of its allocation, as the allocation's owner."""
+        slurm_id = self._allocation_on(node)
+        step = self.as_owner(slurm_id, [*self._step(node, slurm_id), "sh", "-c", script], account)
+        return self.slurm(*step, check=False)
 
     # -- processes
     def spawn_detached(self, node: Node, argv: list[str], cwd: Path, account: Account | None = None) -> None:
@@ -203,8 +270,11 @@ class SlurmBackend(ClusterBackend):
         # the worker; the task itself is a process-group leader on the node (slurmstepd makes it one).
         slurm_id = self._allocation_on(node, cwd)
         step = [*self._step(node, slurm_id), f"--chdir={cwd}", "--output=/dev/null", "--error=/dev/null", *argv]
+        step = self.as_owner(slurm_id, step, account)
         try:  # srun's own messages (it lives on after this call) go to a file, never to a pipe we would wait on
-            with open(Path(cwd) / ".srun.log", "ab") as log:
+            # The directory is the job's: never follow a link it put there.
+            fd = os.open(Path(cwd) / ".srun.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "ab") as log:
                 subprocess.run(["setsid", "--fork", *step], check=True, timeout=SLURM_TIMEOUT,
                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         except (OSError, subprocess.SubprocessError) as exc:
@@ -222,24 +292,34 @@ class SlurmBackend(ClusterBackend):
             return False
         from orchestrator.cluster.ssh import parse_stat
 
-        done = self.slurm(*self._step(node, slurm_id), "sh", "-c", "cat /proc/[0-9]*/stat 2>/dev/null; true")
+        stat = ["sh", "-c", "cat /proc/[0-9]*/stat 2>/dev/null; true"]  # world-readable: any owner sees all
+        done = self.slurm(*self.as_owner(slurm_id, [*self._step(node, slurm_id), *stat]))
         return any(group == pgid and st != "Z" for _, st, group in parse_stat(done.stdout.encode()))
 
     def signal_group(self, node: Node, pgid: int, signum: int, account: Account | None = None) -> bool:
         if int(pgid) <= 1:
             raise BackendError(f"refusing to signal process group {pgid}")
-        return self.on_node(node, f"kill -{int(signum)} -- -{int(pgid)}").returncode == 0
+        # the step runs as the allocation's owner: the kernel refuses a group of another uid (EPERM)
+        done = self.on_node(node, f"env kill -{int(signum)} -- -{int(pgid)}", account)
+        if done.returncode == 0:
+            return True
+        if "not permitted" in done.stderr:
+            raise BackendError(f"cannot signal process group {pgid} on node {node.name}: {done.stderr.strip()[-300:]}")
+        return False
 
-    def tagged_processes(self, node: Node, tag: str) -> list[int]:
+    def tagged_processes(self, node: Node, tag: str, account: Account | None = None) -> list[int]:
         from orchestrator.cluster.ssh import _find_tagged
 
-        done = self.on_node(node, _find_tagged(tag) + ' echo "$p"; done')
+        uid = None if account is None else account.uid
+        done = self.on_node(node, _find_tagged(tag, uid) + ' echo "$p"; done', account)
         return [int(x) for x in done.stdout.split() if x.isdigit()]
 
     def signal_tagged(self, node: Node, tag: str, signum: int, account: Account | None = None) -> int:
         from orchestrator.cluster.ssh import _find_tagged
 
-        done = self.on_node(node, _find_tagged(tag) + f' kill -{int(signum)} "$p" 2>/dev/null && echo "$p"; done')
+        uid = None if account is None else account.uid
+        done = self.on_node(node, _find_tagged(tag, uid) + f' kill -{int(signum)} "$p" 2>/dev/null && echo "$p"; done',
+                            account)
         return len([x for x in done.stdout.split() if x.isdigit()])
 
     # -- files: shared storage
@@ -255,3 +335,10 @@ class SlurmBackend(ClusterBackend):
     def collect(self, node: Node, src: Path, dest: Path) -> None:
         if Path(src).resolve() != Path(dest).resolve():
             shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

@@ -4,6 +4,13 @@ Transfers merge, and the newer copy of a file wins (rsync --update): every node 
 directory, so a node's stale copy of a file another node rewrote (a rank's output, a log) must never
 replace the newer one when the directories are gathered back, nor the head's stale copy a node's output
 when a restart stages the directory in again.
+
+With a job account (a root engine running jobs as their owners), the node side of every transfer runs as the
+account (rsync's --rsync-path drops to it): staging writes into the job's directories with the job's own rights,
+so a link the job planted there leads nowhere it could not write itself, and what goes back is only what the
+account can read. On the head, what comes back is the account's (--chown) without set-id bits, and links that
+point out of the tree are not copied (--safe-links): nothing the job wrote makes root follow it elsewhere.
+SFTP (as the engine's login) cannot do that, so staging for an account needs rsync on both sides.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import TYPE_CHECKING
 import paramiko
 
 from orchestrator.model.errors import BackendError
+from orchestrator.model.identity import Account
 
 if TYPE_CHECKING:
     from orchestrator.cluster.base import Node
@@ -50,8 +58,8 @@ def _remote(backend: SSHBackend, node: Node, path: Path) -> str:
     return f"{host}:{shlex.quote(str(path))}/"
 
 
-def _rsync(backend: SSHBackend, node: Node, src: str, dest: str) -> None:
-    argv = ["rsync", "-a", "--update", f"--timeout={int(backend.config.command_timeout)}",
+def _rsync(backend: SSHBackend, node: Node, src: str, dest: str, options: list[str] | None = None) -> None:
+    argv = ["rsync", "-a", "--update", f"--timeout={int(backend.config.command_timeout)}", *(options or []),
             "-e", shlex.join(ssh_command(backend, node)), src, dest]
     try:
         done = subprocess.run(argv, capture_output=True, timeout=TRANSFER_TIMEOUT)
@@ -62,8 +70,33 @@ def _rsync(backend: SSHBackend, node: Node, src: str, dest: str) -> None:
                            f"{done.stderr.decode(errors='replace').strip()[-500:]}")
 
 
-def push_tree(backend: SSHBackend, node: Node, src: Path, dest: Path) -> None:
-    """Copy a head-node directory to the node (merging into dest)."""
+def _as_account(backend: SSHBackend, node: Node, account: Account | None) -> Account | None:
+    """The account the node side must run as (None: the engine's login, as is); it needs rsync."""
+    if account is None or not backend.needs_drop(node, account):
+        return None
+    if not rsync_usable(backend, node):
+        raise BackendError(f"staging files of {account.name} to node {node.name} needs rsync on the head "
+                           "and on the node (SFTP would write them as the engine's login)")
+    return account
+
+
+def _node_rsync(backend: SSHBackend, node: Node, account: Account) -> str:
+    return f"--rsync-path={shlex.join(backend.as_job(node, account, ['rsync']))}"
+
+
+def push_tree(backend: SSHBackend, node: Node, src: Path, dest: Path, account: Account | None = None) -> None:
+    """Copy a head-node directory to the node (merging into dest), as the account on the node when given."""
+    dropped = _as_account(backend, node, account)
+    if dropped is not None:
+        # The engine makes only what is missing (a missing dest it makes and gives to the account: mkdir
+        # never follows a link, chown -h neither); everything in dest the account writes, with its own rights.
+        # Folders above it are made passable, not listable (0711); the job's files are private to it (o-rwx).
+        script = ('[ -d "$1" ] || (umask 066 && mkdir -p -- "$1"); '
+                  '[ -e "$2" ] || [ -L "$2" ] || { mkdir -m 0700 -- "$2" && chown -h -- "$3" "$2"; }')
+        backend.run(node, ["sh", "-c", script, "sh", Path(dest).parent, dest, f"{dropped.uid}:{dropped.gid}"])
+        _rsync(backend, node, f"{src}/", _remote(backend, node, dest),
+               ["--no-owner", "--no-group", "--chmod=o-rwx", _node_rsync(backend, node, dropped)])
+        return
     backend.run(node, ["mkdir", "-p", "--", dest])
     if rsync_usable(backend, node):
         _rsync(backend, node, f"{src}/", _remote(backend, node, dest))
@@ -75,10 +108,17 @@ def push_tree(backend: SSHBackend, node: Node, src: Path, dest: Path) -> None:
         raise BackendError(f"copying {src} to node {node.name} failed: {exc}") from None
 
 
-def pull_tree(backend: SSHBackend, node: Node, src: Path, dest: Path) -> None:
-    """Copy a node's directory into a head-node directory (merging); a missing source copies nothing."""
+def pull_tree(backend: SSHBackend, node: Node, src: Path, dest: Path, account: Account | None = None) -> None:
+    """Copy a node's directory into a head-node directory (merging); a missing source copies nothing.
+    With an account: read on the node as it, and the head's copy is its (no set-id bits, no escaping links)."""
     Path(dest).mkdir(parents=True, exist_ok=True)
     if not backend.exists(node, src):
+        return
+    dropped = _as_account(backend, node, account)
+    if dropped is not None:
+        _rsync(backend, node, _remote(backend, node, src), f"{dest}/",
+               ["--safe-links", "--numeric-ids", f"--chown={dropped.uid}:{dropped.gid}", "--chmod=ug-s",
+                _node_rsync(backend, node, dropped)])
         return
     if rsync_usable(backend, node):
         _rsync(backend, node, _remote(backend, node, src), f"{dest}/")
@@ -88,6 +128,20 @@ def pull_tree(backend: SSHBackend, node: Node, src: Path, dest: Path) -> None:
         _get(sftp, PurePosixPath(src), Path(dest))
     except (OSError, paramiko.SSHException, EOFError) as exc:
         raise BackendError(f"copying {src} from node {node.name} failed: {exc}") from None
+
+
+def give_tree(path: Path, account: Account) -> None:
+    """Make a head-node tree the account's (uid and gid), never following a link: links are changed themselves
+    and never descended into, every name is resolved relative to its directory's open descriptor."""
+    if not os.path.lexists(path) or os.path.islink(path):
+        return
+    os.chown(path, account.uid, account.gid, follow_symlinks=False)
+    for _, dirs, files, fd in os.fwalk(path, follow_symlinks=False):
+        for name in dirs + files:
+            try:
+                os.chown(name, account.uid, account.gid, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed meanwhile
 
 
 def _kept(dest: os.stat_result | paramiko.SFTPAttributes | None, src: os.stat_result | paramiko.SFTPAttributes) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.control.accounts import job_account
 from orchestrator.control.sweeps import SweepPlan, member_rows, new_sweep_id, parse_submission, resolve_sweep, summary
 from orchestrator.control.uploads import check_inside_uploads, uploads_root
 from orchestrator.desktop.access import resolve_for_submit
@@ -52,15 +53,18 @@ def checked_spec(service: ControlService, data: Any, sweep: list[str] | tuple[st
 
 def submit(service: ControlService, spec: Any, extra: dict[str, Any] | None = None) -> str:
     backend = check_fits(service, spec)
+    account = job_account(service)  # resolved now, kept on the job: every later step runs as it
     spec = resolve_for_submit(spec, service.store, service.user, service.address)  # desktop.access: default, my-ip
     job_id = service.store.create_job(name=spec.name, owner=service.user, spec=spec_for_store(spec),
-                                      backend=backend, solver=spec.solver.name, extra=extra)
+                                      backend=backend, solver=spec.solver.name,
+                                      extra={**(extra or {}), "account": account})
     service.send(names.PROVISION, job_id)
     return job_id
 
 
 def submit_sweep(service: ControlService, plan: SweepPlan) -> tuple[str, list[str]]:
     # Every member is checked first: a sweep is queued whole or not at all.
+    job_account(service)
     for member in plan.members:
         check_fits(service, member.spec)
         resolve_for_submit(member.spec, service.store, service.user, service.address)  # raises before any job

@@ -1,9 +1,14 @@
-"""SshKeysService: puts the job owner's registered SSH keys, CIDR-restricted, into the head node's authorized_keys."""
+"""SshKeysService: puts the job owner's registered SSH keys, CIDR-restricted, into the head node's authorized_keys.
+
+On real nodes with jobs run as their owners, that is the owner's own ~/.ssh/authorized_keys, read and written
+as the owner (never the engine login's file, and never root following a link the owner put in its home).
+"""
 
 from __future__ import annotations
 
 import hashlib
 
+from orchestrator.cluster.identity import account_for
 from orchestrator.desktop import nodes
 from orchestrator.desktop.access import EVERYWHERE, resolve
 from orchestrator.desktop.keys import KeyRegistry, authorized_keys_block, merge_block
@@ -48,11 +53,14 @@ class SshKeysService(JobService):
         ctx.store.update_job(ctx.job_id, ssh_keys=digest)
 
     def _write(self, ctx: ServiceContext, block: str) -> None:
-        ssh_dir = nodes.home_dir(ctx.backend, ctx.head) / ".ssh"
+        # A virtual node's home is the engine's stand-in for one (local backend): no account there.
+        owner = None if nodes.own_home(ctx.backend) else account_for(ctx.job.account)
+        ssh_dir = nodes.home_dir(ctx.backend, ctx.head, owner) / ".ssh"
         path = ssh_dir / "authorized_keys"
-        existing = ctx.backend.read_bytes(ctx.head, path)
+        existing = nodes.read_private(ctx.backend, ctx.head, path, owner)
         if existing is None and not block:
             return
-        nodes.make_dirs(ctx.backend, ctx.head, ssh_dir, 0o700)
+        nodes.make_dirs(ctx.backend, ctx.head, ssh_dir, 0o700, owner)
         # private: sshd (StrictModes) ignores an authorized_keys others can write
-        nodes.write_private(ctx.backend, ctx.head, path, merge_block((existing or b"").decode(), block).encode())
+        merged = merge_block((existing or b"").decode(), block).encode()
+        nodes.write_private(ctx.backend, ctx.head, path, merged, owner)

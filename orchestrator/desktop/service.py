@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from orchestrator.cluster.base import NodeUnreachable
+from orchestrator.cluster.identity import account_for
 from orchestrator.desktop import nodes
 from orchestrator.desktop.access import EVERYWHERE, is_everywhere, resolve, split_families
 from orchestrator.desktop.rfb import RFBError, handshake
@@ -18,6 +19,7 @@ from orchestrator.desktop.secrets import DesktopSecret, DesktopSecrets
 from orchestrator.desktop.vncauth import passwd_file
 from orchestrator.model.errors import BackendError, UserError
 from orchestrator.model.events import EventKind
+from orchestrator.model.identity import Account
 from orchestrator.model.records import DesktopRecord, Job
 from orchestrator.model.rendering import Raw, render
 from orchestrator.model.services import JobService, ServiceContext
@@ -65,6 +67,11 @@ def desktop_record(job: Job | dict[str, Any]) -> DesktopRecord:
     if isinstance(value, str):  # a field not decoded (raw hash)
         value = json.loads(value)
     return DesktopRecord.model_validate(value or {})
+
+
+def _account(ctx: ServiceContext) -> Account | None:
+    """The job owner's OS account: the session runs as it, and only its processes are signalled."""
+    return account_for(ctx.job.account)
 
 
 class DesktopService(JobService):
@@ -122,10 +129,10 @@ class DesktopService(JobService):
             if pgid and ctx.backend.group_alive(ctx.head, pgid):
                 now = time.time()
                 if not rec.term_sent_at:
-                    ctx.backend.signal_group(ctx.head, pgid, signal.SIGTERM)
+                    ctx.backend.signal_group(ctx.head, pgid, signal.SIGTERM, _account(ctx))
                     self._save(ctx, term_sent_at=now)
                 elif now - rec.term_sent_at > STOP_GRACE:
-                    ctx.backend.signal_group(ctx.head, pgid, signal.SIGKILL)
+                    ctx.backend.signal_group(ctx.head, pgid, signal.SIGKILL, _account(ctx))
                 for _ in range(50):  # the session usually ends within moments: spare the job a pass
                     if not ctx.backend.group_alive(ctx.head, pgid):
                         break
@@ -149,7 +156,7 @@ class DesktopService(JobService):
             return
         old = self._pgid(ctx)
         if old and ctx.backend.group_alive(ctx.head, old):  # half-dead: e.g. Xvnc up but its display never came
-            ctx.backend.signal_group(ctx.head, old, signal.SIGKILL)
+            ctx.backend.signal_group(ctx.head, old, signal.SIGKILL, _account(ctx))
         secret = DesktopSecrets(ctx.store).ensure(ctx.job_id)
         desk = self.folder(ctx)
         write = lambda name, data: ctx.backend.write_bytes(ctx.head, desk / name, data)  # noqa: E731
@@ -170,11 +177,15 @@ class DesktopService(JobService):
                         started_at=time.time(),
                         access=cidrs, password_version=secret.version, url=None, reason=None,
                         term_sent_at=None, **self._log_offsets(ctx))
-        ctx.backend.spawn_detached(ctx.head, ["bash", str(desk / "session.sh")], cwd=desk)
+        account = _account(ctx)
+        ctx.backend.hand_over(ctx.head, desk, account)  # the session is the owner's; its password file 0600
+        ctx.backend.spawn_detached(ctx.head, ["bash", str(desk / "session.sh")], cwd=desk, account=account)
 
     def session_script(self, ctx: ServiceContext, desk: Path) -> str:
         spec = ctx.spec.desktop
         home = nodes.home_dir(ctx.backend, ctx.head) if nodes.own_home(ctx.backend) else None
+        if home is not None and ctx.job.account:  # a virtual node's home is shared: each job's own instead
+            home = desk / "home"
         return render((TEMPLATES,), "desktop/session.sh.j2", {
             "job_id": ctx.job_id, "desktop_dir": str(desk), "work_dir": str(ctx.paths.work),
             "home": str(home) if home else "", "geometry": spec.geometry, "depth": spec.depth,
@@ -206,7 +217,7 @@ class DesktopService(JobService):
             url = f"http://{nodes.public_host(ctx.head)}:{int(web_port)}/vnc.html"
             self._set_state(ctx, READY, {"url": url}, url=url, vnc_port=int(vnc_port), web_port=int(web_port),
                             display=self._read(ctx, desk / "display"), ready_at=time.time(),
-                            ssh=list(nodes.ssh_endpoint(ctx.backend, ctx.head)))
+                            ssh=list(nodes.ssh_endpoint(ctx.backend, ctx.head, _account(ctx))))
             self._firewall(ctx, int(web_port), rec.access or [])
             return READY
         alive = self._alive(ctx)
@@ -242,7 +253,7 @@ class DesktopService(JobService):
     def _fail(self, ctx: ServiceContext, reason: str, permanent: bool = False) -> DesktopState:
         pgid = self._pgid(ctx)
         if pgid and ctx.backend.group_alive(ctx.head, pgid):
-            ctx.backend.signal_group(ctx.head, pgid, signal.SIGKILL)
+            ctx.backend.signal_group(ctx.head, pgid, signal.SIGKILL, _account(ctx))
         self._set_state(ctx, FAILED, {"reason": reason}, reason=reason, permanent=permanent, url=None)
         return FAILED
 
@@ -253,6 +264,7 @@ class DesktopService(JobService):
             return
         nodes.write_private(ctx.backend, ctx.head, self.folder(ctx) / "passwd",
                             passwd_file(secret.password, secret.view_password))
+        ctx.backend.hand_over(ctx.head, self.folder(ctx), _account(ctx))  # Xvnc (the owner) reads it
         self._save(ctx, password_version=secret.version)
         ctx.store.append_event(ctx.job_id, EventKind.DESKTOP, {"state": READY, "message": "VNC password changed"})
 

@@ -10,9 +10,11 @@ from typing import Any
 
 from orchestrator.cluster import get_backend
 from orchestrator.cluster.base import ClusterBackend, Node
+from orchestrator.cluster.identity import account_for
 from orchestrator.engine.runctl import RunControl
 from orchestrator.model.errors import E2EError
 from orchestrator.model.events import EventKind
+from orchestrator.model.identity import Account
 from orchestrator.model.paths import JobPaths
 from orchestrator.model.records import Job
 from orchestrator.model.services import ServiceContext, services
@@ -40,6 +42,11 @@ class EngineContext:
 
     def backend_of(self, job: Job) -> ClusterBackend:
         return get_backend(job.backend, self.settings)
+
+    def account_of(self, job: Job) -> Account | None:
+        """The OS account the job's processes and files belong to (resolved at submit, looked up cached);
+        None: the engine's own."""
+        return account_for(job.account)
 
     def nodes_of(self, job: Job, backend: ClusterBackend) -> list[Node]:
         by_name = {n.name: n for n in backend.inventory()}

@@ -11,7 +11,7 @@ from orchestrator.engine.context import EngineContext
 from orchestrator.engine.edits import apply_overlay, overlay
 from orchestrator.engine.faults import fault_point
 from orchestrator.engine.limits import check_limits
-from orchestrator.engine.materialize import materialize_run
+from orchestrator.engine.materialize import materialize_run, prepare_job_tree
 from orchestrator.engine.node_health import fail_on_node_fault, kill_leftovers, restart_on_replacement, wants_recovery
 from orchestrator.engine.runctl import adopt_started
 from orchestrator.engine.stopping import Stopping, remove_stale_files
@@ -93,12 +93,11 @@ class Lifecycle:
             return
         try:
             nodes = ctx.nodes_of(job, backend)
-            backend.allocate(job_id, nodes, ctx.spec_of(job).cluster.cores_per_node)  # parsed once: cached
+            account = ctx.account_of(job)  # a scheduler's allocation is the owner's too (slurm: sbatch --uid)
+            backend.allocate(job_id, nodes, ctx.spec_of(job).cluster.cores_per_node, account)  # spec cached
             for node in nodes:
-                backend.prepare_node(node, job_id)
-            paths = ctx.paths(job_id)
-            paths.work.mkdir(parents=True, exist_ok=True)
-            (paths.root / "runs").mkdir(parents=True, exist_ok=True)
+                backend.prepare_node(node, job_id, account)
+            prepare_job_tree(ctx.paths(job_id), ctx.settings.root, account)
         except (E2EError, OSError) as exc:
             if isinstance(exc, HostKeyRefused):  # an access refusal, searchable with the desktop's
                 self.store.append_event(job_id, EventKind.ACCESS_REFUSED, {
@@ -138,17 +137,18 @@ class Lifecycle:
         if not backend.exists(head, paths.claim):
             try:
                 if paths.attempt > 1:  # a restart starts from what every node wrote, gathered to the head
-                    backend.stage_out(nodes, paths.root)
+                    backend.stage_out(nodes, paths.root, ctx.account_of(job))
                 self._write_run_files(job, run, nodes, paths, stage_hosts(backend, nodes))
             except (E2EError, OSError) as exc:
                 reason = getattr(exc, "message", None) or str(exc)
                 self.store.transition_run(job_id, run_id, RunState.FAILED, expect=[RunState.LAUNCHING],
                                           data={"reason": reason}, reason=reason, ended_at=time.time())
                 return
-            backend.stage_in(nodes, paths.root)
+            backend.stage_in(nodes, paths.root, ctx.account_of(job))  # the nodes' copies are written as the owner
+            backend.hand_over(head, paths.root, ctx.account_of(job))  # the run's files become the job's
             step = "launch" if paths.attempt == 1 else "restart"  # drills can target either
             fault_point(f"{step}.before_spawn")
-            backend.spawn_detached(head, ["bash", str(paths.wrapper)], cwd=paths.root)
+            backend.spawn_detached(head, ["bash", str(paths.wrapper)], cwd=paths.root, account=ctx.account_of(job))
             fault_point(f"{step}.after_spawn")
         deadline = time.monotonic() + PID_WAIT
         while time.monotonic() < deadline:
@@ -168,7 +168,8 @@ class Lifecycle:
         paths.root.mkdir(parents=True, exist_ok=True)
         apply_overlay(overlay(ctx.paths(job.id), run.revision or job.revision or 1), paths.root)
         prepared = materialize_run(ctx.spec_of(job), plugin, job.id, run.id, nodes, paths, mode=mode,
-                                   site_env=self.settings.solver_env, stage_hosts=stage_to)
+                                   site_env=self.settings.solver_env, stage_hosts=stage_to,
+                                   account=ctx.account_of(job))
         previous = run.log_file
         offset = run.log_offset or 0
         log_path = paths.root / prepared.log_file
@@ -220,19 +221,20 @@ class Lifecycle:
                 return
         if code is not None:
             try:  # an ended run's output belongs on the head: a restart reads its checkpoint there at once
-                backend.stage_out(nodes, paths.root)
+                backend.stage_out(nodes, paths.root, ctx.account_of(job))
             except (E2EError, OSError) as exc:  # the next attempt's launch gathers again
                 log.warning("gathering %s/%s to the head failed: %s", job_id, run_id, exc)
             self._finish(job_id, run, plugin, code, backend, head, paths)
         elif state is RunState.FROZEN and run.signals is not Signals.FROZEN:
-            ctx.control.freeze(backend, nodes, job_id, run)   # the freeze task was lost
+            ctx.control.freeze(backend, nodes, job_id, run, ctx.account_of(job))   # the freeze task was lost
         elif state is RunState.RUNNING and run.signals is Signals.FROZEN:
-            ctx.control.thaw(backend, nodes, job_id, run)     # the resume task was lost
+            ctx.control.thaw(backend, nodes, job_id, run, ctx.account_of(job))     # the resume task was lost
         elif state is RunState.STOPPING:
             if run.stop_sent_at is None:
-                ctx.control.stop(plugin, backend, nodes, job_id, run, paths.root)  # the stop task was lost
+                ctx.control.stop(plugin, backend, nodes, job_id, run, paths.root,
+                                 ctx.account_of(job))  # the stop task was lost
             else:
-                ctx.control.escalate(backend, nodes, job_id, run)
+                ctx.control.escalate(backend, nodes, job_id, run, ctx.account_of(job))
 
     def recover_node_fault(self, job_id: str, run_id: str) -> None:
         """restart_on_node_failure: the run failed by a node fault restarts on replacement nodes."""

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 from orchestrator.cluster.base import ClusterBackend, Node
+from orchestrator.cluster.identity import account_for
 from orchestrator.cluster.ssh import PROBE_TIMEOUT, node_faults
 from orchestrator.engine.attempts import next_attempt
 from orchestrator.engine.runctl import signal_run
@@ -48,13 +49,14 @@ def fail_on_node_fault(store: JobStore, job: Job, run: Run, backend: ClusterBack
         store.append_event(job.id, EventKind.NODE_FAILED, {"run": run.id, "node": name,
                                                            "message": f"node {name}: {faults[name]}"})
     tag = f"{job.id}/{run.id}"
+    account = account_for(job.account)
     for node in nodes:
         if node.name in faults:
             continue
         try:
             if node is nodes[0] and run.pid:
-                backend.signal_group(node, run.pid, signal.SIGKILL)
-            backend.signal_tagged(node, tag, signal.SIGKILL)
+                backend.signal_group(node, run.pid, signal.SIGKILL, account)
+            backend.signal_tagged(node, tag, signal.SIGKILL, account)
         except BackendError:
             pass  # this one went silent too; the failure above already names the cause
     return True
@@ -105,7 +107,7 @@ def restart_on_replacement(store: JobStore, settings: Settings, job_id: str, run
     by_name = {n.name: n for n in backend.inventory()}
     try:
         for name in job.nodes:
-            backend.prepare_node(by_name[name], job_id)
+            backend.prepare_node(by_name[name], job_id, account_for(job.account))
         started = next_attempt(store, settings.root, job, run, by="engine", cause="node fault")
     except (BackendError, InvalidState) as exc:
         return _give_up(store, job_id, run, exc.message)
@@ -146,6 +148,7 @@ def kill_leftovers(store: JobStore, backend_named: Callable[[str], ClusterBacken
         backend = backend_named(note["backend"])
         by_name = {n.name: n for n in backend.inventory()}
         nodes = [by_name[name] for name in note["nodes"] if name in by_name]
+        account = account_for(store.get_job(job_id).account)
         faults = node_faults(backend, nodes, timeout)
         for node in nodes:
             if node.name in faults:
@@ -153,8 +156,8 @@ def kill_leftovers(store: JobStore, backend_named: Callable[[str], ClusterBacken
             killed = 0
             for run_id in note["runs"]:
                 run = store.get_run(job_id, run_id)
-                signal_run(backend, [node], job_id, run, signal.SIGCONT)
-                killed += signal_run(backend, [node], job_id, run, signal.SIGKILL)
+                signal_run(backend, [node], job_id, run, signal.SIGCONT, account)
+                killed += signal_run(backend, [node], job_id, run, signal.SIGKILL, account)
             store.append_event(job_id, EventKind.WARNING, {
                 "step": "cleanup", "node": node.name,
                 "message": f"node {node.name} answers again: killed {killed} leftover processes of this job"})

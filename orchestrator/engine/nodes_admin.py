@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from orchestrator.cluster.base import ClusterBackend, Node
+from orchestrator.cluster.identity import account_for
 from orchestrator.model.errors import BackendError, UserError
 from orchestrator.model.states import NodeState
 from orchestrator.store.jobs import JobStore
@@ -64,7 +65,9 @@ def undrain(store: JobStore, backend: ClusterBackend, node: str, force: bool = F
     killed, warning = 0, None
     if note.get("job"):
         try:
-            killed = backend.signal_tagged(named, f"{note.get('job')}/{note.get('run')}", signal.SIGKILL)
+            job_id = str(note.get("job"))
+            account = account_for(store.get_job(job_id).account)
+            killed = backend.signal_tagged(named, f"{job_id}/{note.get('run')}", signal.SIGKILL, account)
         except BackendError as exc:
             if not force:
                 raise UserError(f"node {node} still does not answer ({exc.message}); nothing changed "

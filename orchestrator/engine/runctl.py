@@ -10,6 +10,7 @@ from orchestrator.cluster.base import ClusterBackend, Node, NodeUnreachable
 from orchestrator.engine.faults import fault_point
 from orchestrator.model.errors import E2EError, UserError
 from orchestrator.model.events import EventKind
+from orchestrator.model.identity import Account
 from orchestrator.model.paths import RunPaths
 from orchestrator.model.records import Run, Signals
 from orchestrator.model.settings import Settings
@@ -47,15 +48,17 @@ def run_tag(job_id: str, run_id: str) -> str:
     return f"{job_id}/{run_id}"
 
 
-def signal_run(backend: ClusterBackend, nodes: list[Node], job_id: str, run: Run, signum: int) -> int:
+def signal_run(backend: ClusterBackend, nodes: list[Node], job_id: str, run: Run, signum: int,
+               account: Account | None = None) -> int:
     """Signal every process of the run: the wrapper's process group on the head node (wrapper, launcher,
-    local ranks) and every tagged process on every node (remote ranks). Idempotent for STOP/CONT."""
+    local ranks) and every tagged process on every node (remote ranks). Idempotent for STOP/CONT. Only the
+    job account's processes are signalled: the pid and the tags are the job's to forge."""
     count = 0
     # The pid is a process group on the node the wrapper started on: nodes[0] only when that is still it
     # (a silent head is left out by the caller, and another node's group with that number is not ours).
     if run.pid and nodes and run.node in (None, nodes[0].name):
         try:
-            count += int(backend.signal_group(nodes[0], run.pid, signum))
+            count += int(backend.signal_group(nodes[0], run.pid, signum, account))
         except NodeUnreachable:
             pass  # silent: the node-fault check names it
     seen: set[str] = set()
@@ -64,7 +67,7 @@ def signal_run(backend: ClusterBackend, nodes: list[Node], job_id: str, run: Run
             continue  # virtual nodes share one machine: one scan finds every rank
         seen.add(node.address)
         try:
-            count += backend.signal_tagged(node, run_tag(job_id, run.id), signum)
+            count += backend.signal_tagged(node, run_tag(job_id, run.id), signum, account)
         except NodeUnreachable:
             continue  # a silent node (the node-fault check fails its run) cannot be signalled
     return count
@@ -76,25 +79,27 @@ class RunControl:
     def __init__(self, store: JobStore, settings: Settings) -> None:
         self.store, self.settings = store, settings
 
-    def freeze(self, backend: ClusterBackend, nodes: list[Node], job_id: str, run: Run) -> None:
+    def freeze(self, backend: ClusterBackend, nodes: list[Node], job_id: str, run: Run,
+               account: Account | None = None) -> None:
         """SIGSTOP every process of a FROZEN run (again, harmlessly, if it already was)."""
         if not backend.suspend(job_id):
-            signal_run(backend, nodes, job_id, run, signal.SIGSTOP)
+            signal_run(backend, nodes, job_id, run, signal.SIGSTOP, account)
         self.store.update_run(job_id, run.id, signals=Signals.FROZEN)
 
-    def thaw(self, backend: ClusterBackend, nodes: list[Node], job_id: str, run: Run) -> None:
+    def thaw(self, backend: ClusterBackend, nodes: list[Node], job_id: str, run: Run,
+             account: Account | None = None) -> None:
         """SIGCONT every process of the run (resume, or before a stop of a frozen run)."""
         if not backend.resume(job_id):
-            signal_run(backend, nodes, job_id, run, signal.SIGCONT)
+            signal_run(backend, nodes, job_id, run, signal.SIGCONT, account)
         self.store.update_run(job_id, run.id, signals=Signals.RUNNING)
 
     def stop(self, plugin: SolverPlugin, backend: ClusterBackend, nodes: list[Node], job_id: str,
-             run: Run, run_root: Path) -> None:
+             run: Run, run_root: Path, account: Account | None = None) -> None:
         """A STOPPING run: thaw it if frozen, then ask the solver to checkpoint and exit; SIGTERM the run
         when the plugin has no graceful way. Safe to repeat (the plugin's request is idempotent and the
         SIGTERM is sent once)."""
         if run.signals is Signals.FROZEN:
-            self.thaw(backend, nodes, job_id, run)
+            self.thaw(backend, nodes, job_id, run, account)
         fault_point("control.before_stop")
         graceful = False
         try:
@@ -103,21 +108,22 @@ class RunControl:
             self.store.append_event(job_id, EventKind.WARNING,
                                     {"run": run.id, "message": f"graceful stop failed: {exc}"})
         if not graceful and self.store.set_run_once(job_id, run.id, "term_sent_at", time.time()):
-            signal_run(backend, nodes, job_id, run, signal.SIGTERM)
+            signal_run(backend, nodes, job_id, run, signal.SIGTERM, account)
         self.store.update_run(job_id, run.id, stop_sent_at=time.time())
         fault_point("control.after_stop")
 
-    def escalate(self, backend: ClusterBackend, nodes: list[Node], job_id: str, run: Run) -> None:
+    def escalate(self, backend: ClusterBackend, nodes: list[Node], job_id: str, run: Run,
+                 account: Account | None = None) -> None:
         """A stop that takes too long: SIGTERM after stop_grace, SIGKILL after kill_grace more."""
         now = time.time()
         asked = run.stop_requested_at or now
         if run.term_sent_at is None and now - asked > self.settings.stop_grace:
-            signal_run(backend, nodes, job_id, run, signal.SIGTERM)
+            signal_run(backend, nodes, job_id, run, signal.SIGTERM, account)
             self.store.update_run(job_id, run.id, term_sent_at=now)
             self.store.append_event(job_id, EventKind.WARNING, {
                 "run": run.id, "message": f"graceful stop took over {self.settings.stop_grace:.0f}s: sent SIGTERM"})
         elif run.term_sent_at and run.kill_sent_at is None and now - run.term_sent_at > self.settings.kill_grace:
-            signal_run(backend, nodes, job_id, run, signal.SIGKILL)
+            signal_run(backend, nodes, job_id, run, signal.SIGKILL, account)
             self.store.update_run(job_id, run.id, kill_sent_at=now)
             self.store.append_event(job_id, EventKind.WARNING, {"run": run.id, "message": "sent SIGKILL"})
 

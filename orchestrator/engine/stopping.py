@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from orchestrator.cluster.owned import hand_over_tree, traverse_only
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.faults import fault_point
 from orchestrator.engine.node_health import answering_nodes, note_leftovers
@@ -60,7 +61,7 @@ class Stopping:
                 return
             run = self.store.get_run(job_id, run_id)
         if run.state is RunState.STOPPING and run.stop_sent_at is None and nodes:
-            ctx.control.stop(ctx.plugin_of(job), backend, nodes, job_id, run, paths.root)
+            ctx.control.stop(ctx.plugin_of(job), backend, nodes, job_id, run, paths.root, ctx.account_of(job))
 
     def apply_signals(self, job_id: str, run_id: str) -> None:
         """Bring the run's processes in line with its state: FROZEN stopped, RUNNING continued, STOPPING
@@ -73,12 +74,12 @@ class Stopping:
         if not nodes or not run.pid:
             return
         if run.state is RunState.FROZEN:
-            ctx.control.freeze(backend, nodes, job_id, run)
+            ctx.control.freeze(backend, nodes, job_id, run, ctx.account_of(job))
         elif run.state is RunState.RUNNING and run.signals is Signals.FROZEN:
-            ctx.control.thaw(backend, nodes, job_id, run)
+            ctx.control.thaw(backend, nodes, job_id, run, ctx.account_of(job))
         elif run.state is RunState.STOPPING and run.stop_sent_at is None:
             paths = ctx.paths(job_id).run(run_id, run.attempt)
-            ctx.control.stop(ctx.plugin_of(job), backend, nodes, job_id, run, paths.root)
+            ctx.control.stop(ctx.plugin_of(job), backend, nodes, job_id, run, paths.root, ctx.account_of(job))
 
     # -- terminate
     def drive_termination(self, job_id: str) -> None:
@@ -104,15 +105,16 @@ class Stopping:
         nodes = answering_nodes(self.store, job_id, backend, every, "terminate")
         note_leftovers(self.store, job, sorted({n.name for n in every} - {n.name for n in nodes}))
         fault_point("terminate.before_kill")
+        account = ctx.account_of(job)
         for r in self.store.list_runs(job_id):  # no process of any run may outlive the cluster
             if r.pid and nodes:
-                signal_run(backend, nodes, job_id, r, signal.SIGCONT)
-                signal_run(backend, nodes, job_id, r, signal.SIGKILL)
+                signal_run(backend, nodes, job_id, r, signal.SIGCONT, account)
+                signal_run(backend, nodes, job_id, r, signal.SIGKILL, account)
         dest = results_dir(ctx.settings.root, job_id)
         paths = ctx.paths(job_id)
         for r in self.store.list_runs(job_id):
             if nodes and r.pid:  # runs that started wrote on the nodes: gather them first
-                backend.stage_out(nodes, paths.run(r.id).root)
+                backend.stage_out(nodes, paths.run(r.id).root, account)
         plugin = ctx.plugin_of(job)
         for r in self.store.list_runs(job_id):  # locks and stop files must not block reopening the results
             remove_stale_files(plugin, paths.run(r.id).root)
@@ -121,6 +123,10 @@ class Stopping:
             dest.parent.mkdir(parents=True, exist_ok=True)
             if nodes and not self._collect(job):
                 return  # the run files stay where they are; the next pass tries again
+            traverse_only(dest.parent)
+            if dest.is_dir():
+                dest.chmod(0o700)
+                hand_over_tree(dest, account, ctx.settings.root)  # the results are the owner's, like the job
         backend.release(job_id)
         self.store.release(backend.name, job_id)
         self.store.transition_job(job_id, JobState.TERMINATED, expect=[JobState.TERMINATING],
@@ -143,8 +149,13 @@ class Stopping:
 
 
 def remove_stale_files(plugin: SolverPlugin, root: Path) -> None:
-    """Delete the lock and trigger files the plugin names (cleanup_patterns) from a run directory."""
+    """Delete the lock and trigger files the plugin names (cleanup_patterns) from a run directory. The
+    directory is the job's: a folder it swapped for a symlink (to /etc, say) is never reached through."""
+    if root.resolve() != root:
+        return
     for pattern in plugin.cleanup_patterns:
         for stale in root.glob(pattern):
+            if stale.parent.resolve() != stale.parent:
+                continue
             if stale.is_file() or stale.is_symlink():
                 stale.unlink()

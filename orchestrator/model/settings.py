@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="reverse proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For/-Proto the API "
                     "believes; unset: none, the client address is the connection's")
+    run_as: str = Field(
+        "", description="OS account that jobs without an API owner (the engine host's own CLI) run as when the "
+                        "engine runs as root; unset, such a submit is refused (the engine runs no job as root)")
+    job_path: str = Field(
+        "", description="PATH every job process starts with (default: the system directories); jobs inherit "
+                        "nothing else of the engine's environment")
     solver_env: dict[str, str] = Field(
         default_factory=dict,
         description="cluster-wide solver settings exported in every run, as JSON "

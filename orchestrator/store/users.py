@@ -24,6 +24,14 @@ TOKEN_PREFIX = "e2e_"
 class User:
     name: str
     admin: bool
+    os_user: str = ""  # the OS account the user's jobs run as (a root engine); "" = not mapped yet
+
+
+def check_name(name: str) -> None:
+    """A user name the store (and `useradd`) accepts, or a UserError saying which."""
+    if not USER_NAME.match(name or ""):
+        raise UserError(f"user name {name!r}: use lower-case letters, digits, '_', '.', '-' (at most 32), "
+                        "starting with a letter or '_'")
 
 
 def hash_token(token: str) -> str:
@@ -38,15 +46,18 @@ class Users:
         self._r = client
         self._keys = keys
 
-    def create(self, name: str, admin: bool = False) -> str:
-        """A new user with a first token (returned once, stored only as its hash)."""
-        if not USER_NAME.match(name or ""):
-            raise UserError(f"user name {name!r}: use lower-case letters, digits, '_', '.', '-' (at most 32), "
-                            "starting with a letter or '_'")
+    def create(self, name: str, admin: bool = False, os_user: str = "") -> str:
+        """A new user with a first token (returned once, stored only as its hash), mapped to an OS account."""
+        check_name(name)
         if not self._r.hsetnx(self._keys.account(name), "created_at", time.time()):
             raise UserError(f"user {name!r} exists already; `e2e admin token {name}` issues another token")
-        self._r.hset(self._keys.account(name), mapping={"admin": int(admin)})
+        self._r.hset(self._keys.account(name), mapping={"admin": int(admin), "os_user": os_user})
         return self.issue(name)
+
+    def set_os_user(self, name: str, os_user: str) -> None:
+        """Map an existing user to an OS account (checked by the caller: it exists and is not root)."""
+        self.get(name)
+        self._r.hset(self._keys.account(name), "os_user", os_user)
 
     def issue(self, name: str, label: str = "") -> str:
         """Another token for an existing user."""
@@ -63,7 +74,7 @@ class Users:
         raw = self._r.hgetall(self._keys.account(name))
         if not raw:
             raise NotFound(f"no user {name!r}")
-        return User(name=name, admin=raw.get("admin") == "1")
+        return User(name=name, admin=raw.get("admin") == "1", os_user=raw.get("os_user") or "")
 
     def authenticate(self, token: str | None) -> User | None:
         """The token's user, or None for a missing, unknown or revoked token."""
@@ -102,5 +113,6 @@ class Users:
         for key in self._r.scan_iter(match=self._keys.account("*"), count=500):
             name = self._keys.account_name(key)
             user = self.get(name)
-            rows.append({"name": name, "admin": user.admin, "tokens": self._r.scard(self._keys.account_tokens(name))})
+            rows.append({"name": name, "admin": user.admin, "os_user": user.os_user,
+                         "tokens": self._r.scard(self._keys.account_tokens(name))})
         return sorted(rows, key=lambda r: r["name"])

@@ -135,7 +135,9 @@ def _walk(root: Path) -> Iterator[tuple[str, str, str]]:
 def _copy_hashing(src: Path, dest: Path, by_hash: dict[str, Path]) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
-    with open(src, "rb") as fin, open(dest, "wb") as fout:
+    # O_NOFOLLOW: the job may swap a listed file for a link to a file only root reads, before this opens it
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as fin, open(dest, "wb") as fout:
         while block := fin.read(CHUNK):
             digest.update(block)
             fout.write(block)

@@ -13,8 +13,10 @@ import time
 from dataclasses import dataclass
 
 from orchestrator.cluster.base import ClusterBackend, Node
+from orchestrator.cluster.identity import account_for
 from orchestrator.cluster.local import LocalBackend
 from orchestrator.model.events import EventKind
+from orchestrator.model.identity import Account
 from orchestrator.model.services import JobService, ServiceContext
 from orchestrator.model.states import SyncState
 
@@ -67,8 +69,11 @@ class SyncService(JobService):
     # -- the contract
     def start(self, ctx: ServiceContext) -> None:
         sp = ctx.paths.sync
-        ctx.paths.work.mkdir(parents=True, exist_ok=True)
-        sp.root.mkdir(parents=True, exist_ok=True)
+        host = self._host(ctx)
+        for folder in (ctx.paths.work, sp.root):  # the sync process (the job's owner) writes into both
+            if not folder.is_dir():
+                host.backend.make_dirs(host.node, folder, 0o700)  # type: ignore[attr-defined]
+                host.backend.hand_over(host.node, folder, self._account(ctx))
         self._heartbeat(ctx)
         if not self._needs_spawn(ctx):
             return
@@ -149,9 +154,19 @@ class SyncService(JobService):
         argv = ["/bin/sh", "-c", 'log=$1; shift; exec "$@" >>"$log" 2>&1 </dev/null', "e2e-sync", str(sp.log),
                 sys.executable, "-m", "orchestrator.sync.daemon", "--job-dir", str(ctx.paths.root),
                 "--rescan", str(host.rescan)]
+        account = self._account(ctx)
         if not shares_storage(ctx):  # the runs execute on the head node of the job, on its own disk
             argv += ["--node", ctx.head.name, "--inventory", str(ctx.settings.inventory)]
-        host.backend.spawn_detached(host.node, argv, cwd=ctx.paths.root)
+            # It lists the node over ssh with the engine's key, so it stays the engine's (as before) until
+            # the ssh backend gives each user their own login; its environment is cleared all the same.
+            account = None
+        # The process gets nothing of the engine's environment (no Redis URL: it reports through events.jsonl,
+        # which supervise forwards), only its arguments; it runs as the job's owner.
+        host.backend.spawn_detached(host.node, argv, cwd=ctx.paths.root, account=account)
+
+    @staticmethod
+    def _account(ctx: ServiceContext) -> Account | None:
+        return account_for(ctx.job.account)
 
     def _heartbeat(self, ctx: ServiceContext) -> None:
         """The process leaves when the engine stops calling (no orphans once the engine is gone)."""

@@ -21,7 +21,7 @@ from orchestrator.model.settings import Settings
 from orchestrator.model.states import JOB_TERMINAL, RUN_ENDED
 from orchestrator.sync.tree import TEMP_MARK
 from orchestrator.worker.stack import Stack, free_port, wait_for_redis
-from tests.conftest import require
+from tests.conftest import grant_traverse, require
 
 TUTORIALS = Path("/usr/share/doc/openfoam-examples/examples/incompressible")
 CAVITY = TUTORIALS / "icoFoam" / "cavity" / "cavity"
@@ -63,6 +63,11 @@ def redis_url(tmp_path_factory):
 
 
 def make_settings(home: Path, url: str, **overrides) -> Settings:
+    """Test settings; as root, the job accounts may pass through the folders above E2E_HOME (pytest makes
+    its temp folders 0700), like an admin's deployment lets them."""
+    if os.geteuid() == 0:
+        home.mkdir(parents=True, exist_ok=True)
+        grant_traverse([home])
     values = dict(home=home, redis_url=url, local_nodes=8, local_cores_per_node=2, reconcile_interval=0.3,
                   launch_timeout=3, stop_grace=15, kill_grace=3)
     from urllib.parse import urlsplit

@@ -1,13 +1,17 @@
 """A real 3-node ssh test cluster: network namespaces on a bridge, one sshd (own host key, hostname) per node.
 
 Falls back to sshd on loopback addresses (127.0.0.2, ...) with free ports when namespaces are unavailable.
-Every node trusts the engine's key and the nodes' own key (for mpirun between nodes); the nodes' sshd
-exports the client config MPI needs (plm_rsh_agent) into every session, as a cluster admin would.
+Every node trusts the engine's key and the nodes' own key (for mpirun between nodes). As root, the job
+accounts (e2e-jobs, alice, bob: the same /etc/passwd on every node, like LDAP) each get a home of their own on
+every node (a /home per node) holding their own node-to-node key, in their own authorized_keys: mpirun started
+as a user reaches the other nodes as that user, as on a real cluster. MPI's settings are the nodes' own
+openmpi-mca-params.conf (what an admin sets on each node), since job processes start with a clean environment.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 import shlex
 import shutil
@@ -26,6 +30,8 @@ from orchestrator.worker.stack import free_port
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 PREFIX = "e2essh"
+ACCOUNTS = ("e2e-jobs", "alice", "bob")   # the accounts the suites run jobs as (tests/conftest.py makes them too)
+MCA_PARAMS = Path("/etc/openmpi/openmpi-mca-params.conf")
 
 
 def sshd_available() -> bool:
@@ -34,6 +40,24 @@ def sshd_available() -> bool:
 
 def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=30)
+
+
+def ensure_accounts(names: tuple[str, ...] = ACCOUNTS) -> None:
+    """The job accounts exist (locked, no home on this machine: each node gets its own /home)."""
+    for name in names:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            _sh("useradd", "-M", "-s", "/bin/bash", name)
+
+
+def traversable(path: Path) -> None:
+    """Every directory above path lets other accounts pass (o+x, no listing): pytest's own temp root is 0700,
+    and job accounts must reach their directories under it."""
+    for parent in [*reversed(Path(path).parents), Path(path)]:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod((mode & 0o7777) | 0o001)
 
 
 def namespaces_available() -> bool:
@@ -94,13 +118,19 @@ class NodeCluster:
         authorized = "".join((self.base / "keys" / f"{k}.pub").read_text() for k in ("engine", "node"))
         (self.base / "keys" / self.user).write_text(authorized)
         Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None
+        if os.geteuid() == 0:
+            ensure_accounts()
+            traversable(self.base)
+            for name in ACCOUNTS:  # each account's own node-to-node key (its homes get it below)
+                _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}-nodes",
+                    "-f", str(self.base / "keys" / f"user-{name}"))
         use_netns = self.network == "netns" or (self.network == "auto" and namespaces_available())
         if use_netns:
             self._network()
         for i in range(self.count):
             name = f"node{chr(ord('a') + i)}"
             node_dir = self.base / name
-            node_dir.mkdir()
+            node_dir.mkdir(mode=0o711)
             if use_netns:
                 node = ClusterNode(name, f"{self.subnet}.{11 + i}", 22, node_dir,
                                 netns=f"{PREFIX}{self.tag}{chr(ord('a') + i)}",
@@ -155,17 +185,18 @@ class NodeCluster:
 
     def sshd_config(self, node: ClusterNode) -> Path:
         cfg = node.dir / "sshd_config"
+        rsh_agent = f'OMPI_MCA_plm_rsh_agent="ssh -F {self.base / "client" / "ssh_config"}"'
         cfg.write_text("\n".join([
             f"Port {node.port}", f"ListenAddress {node.address}",
             f"HostKey {node.dir / 'ssh_host_ed25519_key'}", f"PidFile {node.dir / 'sshd.pid'}",
-            f"AuthorizedKeysFile {self.base / 'keys' / '%u'}",
+            f"AuthorizedKeysFile {self.base / 'keys' / '%u'} .ssh/authorized_keys",
             "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "PermitRootLogin prohibit-password", "UsePAM no", "StrictModes no",
+            "PermitRootLogin prohibit-password", "UsePAM yes", "StrictModes no",
             "Subsystem sftp internal-sftp", "MaxStartups 100:30:200", "LogLevel VERBOSE",
-            # The cluster's MPI settings, as an admin would set them on each node: ranks on other nodes
-            # start over ssh with the nodes' key; yield because 2 cores are shared by every "node".
-            f'SetEnv OMPI_MCA_plm_rsh_agent="ssh -F {self.base / "client" / "ssh_config"}" '
-            "OMPI_MCA_mpi_yield_when_idle=1",
+            # Login sessions see the nodes' MPI settings too; job processes start with a clean environment and
+            # read them from the node's openmpi-mca-params.conf (and ~/.ssh/config) instead. Without root
+            # (no per-node files) ranks start over ssh with the nodes' key, given here.
+            "SetEnv OMPI_MCA_mpi_yield_when_idle=1" + ("" if os.geteuid() == 0 else f" {rsh_agent}"),
             "",
         ]))
         return cfg
@@ -182,10 +213,15 @@ class NodeCluster:
             # Plain `ssh` between nodes works too (a run script copying files to the other nodes uses it).
             shutil.copy(self.base / "client" / "ssh_config", home / ".ssh" / "config")
             (home / ".ssh" / "config").chmod(0o600)
-            mounts = [("mount", "--bind", str(home), os.environ.get("HOME", "/root"))]
+            mounts = [("mount", "--bind", str(home), os.environ.get("HOME", "/root")),
+                      ("mount", "--bind", str(self.user_homes(node)), "/home")]
+            if MCA_PARAMS.exists():
+                mounts.append(("mount", "--bind", str(self.mca_params()), str(MCA_PARAMS)))
             for i, path in enumerate(self.private):  # storage that is not shared with the head node
                 own = node.dir / f"private{i}"
                 own.mkdir(exist_ok=True)
+                if path.exists():  # the node's own copy keeps the mode (/tmp/.X11-unix: 1777, any account's X)
+                    own.chmod(path.stat().st_mode & 0o7777)
                 mounts.append(("mount", "--bind", str(own), str(path)))
             script = " && ".join([f"hostname {node.name}", *(shlex.join(m) for m in mounts), 'exec "$@"'])
             command = ["unshare", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c",
@@ -194,6 +230,40 @@ class NodeCluster:
                 command = ["ip", "netns", "exec", node.netns, *command]
         node.proc = subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def user_homes(self, node: ClusterNode) -> Path:
+        """The node's own /home: a home per job account holding its node key, authorized_keys and ssh config
+        (plain `ssh <node>` between nodes works as that user, which is what mpirun's rsh agent does)."""
+        homes = node.dir / "homes"
+        if homes.exists():
+            return homes
+        homes.mkdir(mode=0o755)
+        for name in ACCOUNTS:
+            entry = pwd.getpwnam(name)
+            if not entry.pw_dir.startswith("/home/"):
+                continue  # a home elsewhere is the site's: not this test bed's to make
+            ssh = homes / Path(entry.pw_dir).relative_to("/home") / ".ssh"
+            ssh.mkdir(mode=0o700, parents=True)
+            key = self.base / "keys" / f"user-{name}"
+            shutil.copy(key, ssh / "id_ed25519")
+            shutil.copy(f"{key}.pub", ssh / "authorized_keys")
+            shutil.copy(self.known_hosts, ssh / "known_hosts")
+            lines = [line for n in self.nodes if n.port != 22 for line in (f"Host {n.address}", f"  Port {n.port}")]
+            lines += ["Host *", "  IdentitiesOnly yes", "  StrictHostKeyChecking yes", "  BatchMode yes",
+                      "  LogLevel ERROR", ""]
+            (ssh / "config").write_text("\n".join(lines))
+            for path in (ssh.parent, ssh, *ssh.iterdir()):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+                path.chmod(0o700 if path.is_dir() else 0o600)
+        return homes
+
+    def mca_params(self) -> Path:
+        """This machine's Open MPI settings plus the cluster's: yield, as 2 cores serve every "node"."""
+        path = self.base / "openmpi-mca-params.conf"
+        if not path.exists():
+            path.write_text(MCA_PARAMS.read_text() + "\nmpi_yield_when_idle = 1\n")
+            path.chmod(0o644)
+        return path
 
     def wait_listening(self, node: ClusterNode, timeout: float = 15) -> None:
         deadline = time.monotonic() + timeout

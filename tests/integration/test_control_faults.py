@@ -17,7 +17,7 @@ from orchestrator.model.errors import InvalidState
 from orchestrator.model.records import Run
 from orchestrator.model.states import RUN_ENDED, JobState, RunState
 from orchestrator.worker.stack import free_port, wait_for_redis
-from tests.conftest import require
+from tests.conftest import job_writable, require
 
 from .conftest import Engine, make_settings, wait_for
 
@@ -33,7 +33,7 @@ for i in $(seq 1 {steps}); do echo "progress: $i/{steps}"; sleep 0.1 & wait $!; 
 
 
 def _job(client, tmp_path: Path, name: str, steps: int = 600) -> tuple[str, Path]:
-    starts = tmp_path / f"{name}.starts"
+    starts = job_writable(tmp_path / "out") / f"{name}.starts"  # written by the job (e2e-jobs under root)
     job_id = client.submit_data({"name": name, "desktop": {"enabled": False}, "solver": {
         "name": "command", "command": ["bash", "-c", SOLVER.format(starts=starts, steps=steps)]}})
     return job_id, starts

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.integration
 def test_job_completes_while_its_desktop_fails_for_want_of_xvnc(redis_url, tmp_path):
     url = redis_url + "/3"
     redis_flush(url)
-    engine = Engine(make_settings(tmp_path / "home", url),
-                    worker_env={"PATH": path_without(tmp_path, "Xvnc")})
+    # jobs (the desktop session too) start with E2E_JOB_PATH, nothing of the worker's environment
+    engine = Engine(make_settings(tmp_path / "home", url, job_path=path_without(tmp_path, "Xvnc")))
     try:
         job_id = engine.client.submit_data(spec("no-xvnc", seconds=1))
         rec = wait_desktop(engine, job_id)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.cluster.identity import SAFE_PATH
 from orchestrator.model.events import EventKind
 from orchestrator.model.records import Run
 from orchestrator.model.states import JobState, RunState
@@ -31,7 +32,7 @@ PODKEY = "podkey-SECRET-3c7"
 def vendor_engine(redis_url, tmp_path_factory):
     """An engine whose workers find the emulated launchers on PATH, with a cluster-wide licence setting."""
     settings = make_settings(tmp_path_factory.mktemp("e2e-vendor"), redis_url + "/5", stop_grace=20,
-                             solver_env={"ANSYSLMD_LICENSE_FILE": LICENCE})
+                             solver_env={"ANSYSLMD_LICENSE_FILE": LICENCE}, job_path=f"{EMULATORS}:{SAFE_PATH}")
     eng = Engine(settings, worker_env={"PATH": f"{EMULATORS}:{os.environ['PATH']}", "E2E_EMULATOR_DELAY": "0.04"})
     yield eng
     eng.close()

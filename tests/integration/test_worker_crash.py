@@ -6,6 +6,7 @@ import pytest
 import redis
 
 from orchestrator.model.states import JobState, RunState
+from tests.conftest import job_writable
 
 from .conftest import Engine, make_settings, wait_for
 
@@ -23,7 +24,7 @@ def test_worker_sigkill_during_launch_runs_the_solver_exactly_once(redis_url, tm
     settings = make_settings(tmp_path / "home", url, visibility_timeout=8)
     engine = Engine(settings, worker_env={"E2E_FAULTS": f"{point}:60", "E2E_FAULTS_MARKER": str(marker)})
     try:
-        counter = tmp_path / "starts"
+        counter = job_writable(tmp_path / "out") / "starts"  # written by the job (e2e-jobs under root)
         client = engine.client
         # Given a solver that records every start of itself
         job_id = client.submit_data({"name": "once", "desktop": {"enabled": False}, "solver": {

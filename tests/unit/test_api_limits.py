@@ -35,7 +35,7 @@ def test_tokens_are_stored_hashed_and_revocable(store):
     assert users.revoke_all("alice") == 1 and users.authenticate(second) is None
     with pytest.raises(NotFound):
         users.revoke(token)
-    assert users.list() == [{"name": "alice", "admin": False, "tokens": 0}]
+    assert users.list() == [{"name": "alice", "admin": False, "os_user": "", "tokens": 0}]
 
 
 @pytest.mark.parametrize("name", ["", "Alice", "a b", "x" * 40, "-dash", "semi;colon"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -51,8 +52,9 @@ def ctx(tmp_path, store):
                           paths=paths, store=store, settings=settings)
 
 
-def test_a_head_node_without_xvnc_fails_the_desktop_with_the_package_to_install(ctx, no_xvnc_path, monkeypatch):
-    monkeypatch.setenv("PATH", no_xvnc_path)
+def test_a_head_node_without_xvnc_fails_the_desktop_with_the_package_to_install(ctx, no_xvnc_path):
+    settings = ctx.settings.model_copy(update={"job_path": no_xvnc_path})  # the session's PATH (E2E_JOB_PATH)
+    ctx = dataclasses.replace(ctx, settings=settings, backend=LocalBackend(settings))
     service = DesktopService()
 
     service.start(ctx)

@@ -22,11 +22,11 @@ class SilentNodes(LocalBackend):
     def probe(self, node, timeout):
         return "timed out" if node.name in self.silent else None
 
-    def signal_group(self, node, pgid, signum):
+    def signal_group(self, node, pgid, signum, account=None):
         self.sent.append((node.name, f"group {pgid}", signum))
         return True
 
-    def signal_tagged(self, node, tag, signum):
+    def signal_tagged(self, node, tag, signum, account=None):
         self.sent.append((node.name, tag, signum))
         return 1
 

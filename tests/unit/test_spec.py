@@ -314,6 +314,8 @@ def test_validate_spec_rejects_non_mappings_directly():
 def _cli_env(home: Path, redis_url: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("E2E_") and k != "REDIS_URL"}
     env.update(E2E_HOME=str(home), COLUMNS="250", NO_COLOR="1", TERM="dumb")
+    if os.environ.get("E2E_RUN_AS"):  # a root test session: the engine host's CLI jobs run as this account
+        env["E2E_RUN_AS"] = os.environ["E2E_RUN_AS"]
     if redis_url is not None:
         env["REDIS_URL"] = redis_url
     return env

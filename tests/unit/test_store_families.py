@@ -70,7 +70,7 @@ def test_users_create_authenticate_revoke_and_list(store):
     assert store.users.authenticate(token).name == "ann" and store.users.authenticate(token).admin
     assert store.users.authenticate("nope") is None and store.users.authenticate(None) is None
     second = store.users.issue("ann", "laptop")
-    assert store.users.list() == [{"name": "ann", "admin": True, "tokens": 2}]
+    assert store.users.list() == [{"name": "ann", "admin": True, "os_user": "", "tokens": 2}]
     assert store.users.revoke(token) == "ann" and store.users.authenticate(token) is None
     assert store.users.revoke_all("ann") == 1 and store.users.authenticate(second) is None
     assert store.users.get("ann").admin  # the user stays

@@ -37,7 +37,7 @@ def test_the_sync_runs_where_it_reaches_both_folders(backend, wanted):
 @pytest.mark.parametrize("shared", [True, False])
 def test_a_node_with_its_own_disk_is_named_to_the_sync_process(shared, monkeypatch):
     spawned = []
-    host = _Host(SimpleNamespace(spawn_detached=lambda node, argv, cwd: spawned.append(argv),
+    host = _Host(SimpleNamespace(spawn_detached=lambda node, argv, cwd, account=None: spawned.append(argv),
                                  write_bytes=lambda node, path, data: None), None, 1.0)
     monkeypatch.setattr(SyncService, "_host", lambda self, ctx: host)
     ctx = _ctx(SimpleNamespace(name="ssh", spec=lambda node: SimpleNamespace(shared_storage=shared)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -12,6 +13,14 @@ import uvicorn
 from orchestrator.api.app import create_app
 from orchestrator.cli.admin import proxy_options
 from orchestrator.worker.stack import free_port
+from tests.conftest import JOB_ACCOUNT
+
+
+def api_os_user(role: str = "") -> str:
+    """The OS account an API test user's jobs run as: a root engine needs one (alice and bob their own)."""
+    if os.geteuid() != 0:
+        return ""
+    return role if role in ("alice", "bob") else JOB_ACCOUNT
 
 
 class Served:
@@ -49,7 +58,8 @@ def tokens(engine):
     users = engine.client.store.users
     suffix = str(int(time.time() * 1000) % 10**8)
     names = {"alice": f"alice{suffix}", "bob": f"bob{suffix}", "root": f"root{suffix}"}
-    return {role: (name, users.create(name, admin=role == "root")) for role, name in names.items()}
+    return {role: (name, users.create(name, admin=role == "root", os_user=api_os_user(role)))
+            for role, name in names.items()}
 
 
 @pytest.fixture

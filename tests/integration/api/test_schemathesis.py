@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 
 from orchestrator.control.client import Client
-from tests.integration.api.conftest import Served
+from tests.integration.api.conftest import Served, api_os_user
 
 pytestmark = pytest.mark.integration
 
@@ -32,8 +32,9 @@ def fuzz_target(engine):
     users = engine.client.store.users
     suffix = str(int(time.time() * 1000) % 10**8)
     me, other = f"fuzz{suffix}", f"owner{suffix}"
-    tokens = {"user": users.create(me), "admin": users.create(f"fuzzadmin{suffix}", admin=True)}
-    users.create(other)
+    tokens = {"user": users.create(me, os_user=api_os_user()),
+              "admin": users.create(f"fuzzadmin{suffix}", admin=True, os_user=api_os_user())}
+    users.create(other, os_user=api_os_user())
     mine = Client(engine.settings, user=me).submit_data(SLEEPER)
     theirs = Client(engine.settings, user=other).submit_data(SLEEPER)
     engine.client.wait(mine, lambda doc: doc.state.value == "UP", timeout=60)

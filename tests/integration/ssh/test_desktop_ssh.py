@@ -5,6 +5,7 @@ loaded in the node's network, and `e2e desktop --tunnel --run` carries a native 
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -33,25 +34,15 @@ DB = "/6"  # this module's own Redis database
 X11_SOCKETS = Path("/tmp/.X11-unix")
 
 
-class DesktopNodes(NodeCluster):
-    """The test cluster, closer to real head nodes for a desktop: sshd also reads ~/.ssh/authorized_keys (where
-    the engine installs users' keys), and each node has its own X socket directory: with this machine's, a
-    node's Xvnc (which cannot see this machine's X servers from its pid namespace) would take over their
-    sockets."""
-
-    def sshd_config(self, node):
-        cfg = super().sshd_config(node)
-        keys = f"AuthorizedKeysFile {self.base / 'keys' / '%u'}"
-        cfg.write_text(cfg.read_text().replace(keys, f"{keys} .ssh/authorized_keys"))
-        return cfg
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     require_desktop_tools()
     require(namespaces_available(), "network namespaces (root and iproute2), so the head node is a machine apart")
     require(sshd_available(), "sshd and ssh-keygen (apt-get install openssh-server openssh-client)")
-    nodes = DesktopNodes(tmp_path_factory.mktemp("desk-ssh"), count=1, private=[X11_SOCKETS], network="netns")
+    # Each node has its own X socket directory: with this machine's, a node's Xvnc (which cannot see this
+    # machine's X servers from its pid namespace) would take over their sockets. sshd reads ~/.ssh/authorized_keys
+    # too (where the engine installs users' keys), like every node of the test cluster.
+    nodes = NodeCluster(tmp_path_factory.mktemp("desk-ssh"), count=1, private=[X11_SOCKETS], network="netns")
     try:
         yield nodes.start()
     finally:
@@ -131,7 +122,8 @@ def test_desktop_runs_on_the_ssh_head_node_and_the_tunnel_reaches_it(cluster, en
     rec = wait_desktop(engine, job_id)
     assert rec.state == "ready", rec.reason
     d = connect.desktop(client, job_id)
-    assert d.ssh == ("root", head.address, head.port)
+    owner = client.status(job_id).account or "root"  # the job's account (e2e-jobs under a root test session)
+    assert d.ssh == (owner, head.address, head.port)  # people log in to the head node as the job's account
 
     # Xvnc, the window manager and the terminal run on the head node, Xvnc listening on that node's loopback only
     procs = wait_for(lambda: (p := _node_processes(cluster)) and {"Xvnc", "openbox", "xterm"} <= set(p) and p,
@@ -178,9 +170,15 @@ def test_desktop_runs_on_the_ssh_head_node_and_the_tunnel_reaches_it(cluster, en
     drop = next(line for line in table.stdout.splitlines() if "drop" in line)
     assert f"dport {d.record.web_port}" in drop and "counter packets 0 " not in drop, drop
 
-    # the user's key is in the head node's authorized_keys (private, limited to the rule's networks)
-    authorized = head.dir / "home" / ".ssh" / "authorized_keys"
+    # the user's key is in the job account's own authorized_keys on the head node (private, theirs, limited to
+    # the rule's networks), never the engine login's
+    home = head.dir / "home" if owner == "root" else head.dir / "homes" / owner
+    authorized = home / ".ssh" / "authorized_keys"
     assert authorized.stat().st_mode & 0o777 == 0o600
+    assert authorized.stat().st_uid == pwd.getpwnam(owner).pw_uid
+    if owner != "root":
+        root_keys = head.dir / "home" / ".ssh" / "authorized_keys"
+        assert not root_keys.exists() or "from=" not in root_keys.read_text()
     assert f'from="{host}/32,127.0.0.1/32"' in authorized.read_text()
 
     # `e2e desktop --tunnel --run` with that key: local port -> the head node's display
@@ -196,7 +194,7 @@ def test_desktop_runs_on_the_ssh_head_node_and_the_tunnel_reaches_it(cluster, en
             line = tunnel.stdout.readline()
             assert line, f"the tunnel command ended: {''.join(lines)} {tunnel.stderr.read()}"
             lines.append(line)
-        assert f"ssh -N -L {local}:127.0.0.1:{d.vnc_port} root@{head.address}" in "".join(lines)
+        assert f"ssh -N -L {local}:127.0.0.1:{d.vnc_port} {owner}@{head.address}" in "".join(lines)
         assert job_id in authenticate("127.0.0.1", local, d.secret.password).name
         with pytest.raises(AuthFailed):
             authenticate("127.0.0.1", local, "wrong-pw")
@@ -210,4 +208,5 @@ def test_desktop_runs_on_the_ssh_head_node_and_the_tunnel_reaches_it(cluster, en
     engine.wait_job_terminal(job_id, timeout=60)
     assert not {"Xvnc", "openbox", "xterm"} & set(_node_processes(cluster))
     assert _netns(cluster, "nft", "list", "table", "inet", f"e2e_desktop_{job_id}").returncode != 0
-    assert "ssh-ed25519" not in authorized.read_text()
+    mine = (tmp_path / "me.pub").read_text().split()[1]
+    assert mine not in authorized.read_text()  # the account's other keys (its node key) stay
