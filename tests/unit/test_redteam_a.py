@@ -54,7 +54,7 @@ class Api:
         app = create_app(self.settings, self.store)
         app.state.engine.celery = Sent()
         self.client = TestClient(app)
-        self.tokens = {user: self.store.users.create(user) for user in ("alice", "bob")}
+        self.tokens = {user: self.store.users.create(user, os_user=user) for user in ("alice", "bob")}
         for user in self.tokens:
             (home / "uploads" / user / "up-1" / "case").mkdir(parents=True)
         (home / "uploads" / "alice" / "up-1" / "case.cas").write_text("case\n")

@@ -16,7 +16,7 @@ import pytest
 
 from tests.integration.conftest import wait_for
 
-from .conftest import Served
+from .conftest import Served, api_os_user
 from .test_cli_remote import remote
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,8 @@ def capped(engine):
 @pytest.fixture(scope="module")
 def users(engine):
     suffix = str(int(time.time() * 1000) % 10**8)
-    return {role: (f"up{role}{suffix}", engine.client.store.users.create(f"up{role}{suffix}"))
+    return {role: (f"up{role}{suffix}", engine.client.store.users.create(f"up{role}{suffix}",
+                                                                          os_user=api_os_user()))
             for role in ("carol", "dave")}
 
 
