@@ -56,16 +56,15 @@ class LocalBackend(ClusterBackend):
 
     def spawn_detached(self, node: Node, argv: list[str], cwd: Path, account: Account | None = None) -> None:
         # setsid --fork: the direct child exits at once (reaped here), the program runs in a new session
-        # re-parented to init, so it survives this worker and leaves no zombie behind. env --default-signal:
-        # a Celery pool process ignores SIGTERM, and an ignored signal is inherited and cannot even be
-        # trapped by the solver's shell, so a stop request would go unheard. as_account: the owner's uid, gid
-        # and groups (root engine) and always a clean environment (no engine variable reaches a job).
+        # re-parented to init, so it survives this worker and leaves no zombie behind. env -i --default-signal:
+        # a clean environment (no engine variable reaches a job), and the signals a Celery pool process
+        # ignores (SIGTERM) back at their defaults, or the solver's shell could not even trap a stop request.
+        # A root engine drops to the owner's uid, gid and groups (as_account: setpriv).
         extra = {"PATH": self._job_path} if self._job_path else None
+        command = ["setsid", "--fork", *as_account(account, argv, extra, default_signals=True)]
         try:
-            subprocess.run(
-                ["env", "--default-signal", "setsid", "--fork", *as_account(account, argv, extra)], cwd=cwd,
-                check=True, timeout=30, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )
+            subprocess.run(command, cwd=cwd, check=True, timeout=30, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         except (OSError, subprocess.SubprocessError) as exc:
             raise BackendError(f"could not start {argv[0]} on {node.name}: {exc}") from exc
 

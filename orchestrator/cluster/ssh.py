@@ -1,7 +1,7 @@
 """The ssh backend: real nodes from a static inventory, driven over kept paramiko connections.
 
 Who runs what on a node. The engine keeps ONE privileged login per node (the inventory's user, root) and drops
-to the job owner's account on the node for everything of the job: `setpriv --reuid/--regid/--init-groups` plus a
+to the job owner's account on the node for everything of the job: `setpriv --reuid/--regid/--groups` plus a
 clean environment, the very prefix the engine host uses (cluster/identity.as_account). Chosen over a login per
 user because it needs no key material of any user on the engine (an engine holding every user's private key is
 a master key all the same, and sites with LDAP/SSSD accounts have nowhere to put keys the engine made); one kept

@@ -107,8 +107,10 @@ class Lifecycle:
             self.store.release(backend.name, job_id)
             return
         if self.store.transition_job(job_id, JobState.UP, expect=[JobState.PROVISIONING], up_at=time.time()):
-            ctx.each_service(self.store.get_job(job_id), "start")
+            # The run first, then the job's services (desktop, sync): the solver is what the user waits for,
+            # and the services find whatever it wrote meanwhile (the sync's first pass scans the whole folder).
             self.launch(job_id, job.current_run)
+            ctx.each_service(self.store.get_job(job_id), "start")
 
     # -- launch
     def launch(self, job_id: str, run_id: str, redrive: bool = False) -> None:

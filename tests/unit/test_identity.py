@@ -95,7 +95,8 @@ def test_as_account_drops_to_the_account_with_a_clean_environment():
     alice = identity.Account("alice", 1234, 1235, (7,), "/home/alice", "/bin/bash")
     argv = identity.as_account(alice, ["bash", "w.sh"], {"PATH": "/opt/bin"})
     if identity.multi_user():
-        assert argv[:4] == ["setpriv", "--reuid=1234", "--regid=1235", "--init-groups"]
+        assert argv[:4] == ["setpriv", "--reuid=1234", "--regid=1235", "--groups=7"]
+        assert "--bounding-set=-all" in argv and "--inh-caps=-all" in argv
     env = argv[argv.index("-i") + 1:argv.index("bash")]
     assert sorted(e.split("=")[0] for e in env) == ["HOME", "LANG", "LOGNAME", "PATH", "SHELL", "USER"]
     assert "PATH=/opt/bin" in env and not any("REDIS" in e for e in argv)

@@ -32,7 +32,7 @@ def test_spawn_as_an_account_drops_after_setsid_with_a_clean_environment(tmp_pat
     backend.spawn_detached(node, ["bash", "run.sh"], cwd=tmp_path, account=ALICE)
     words = shlex.split(fake.commands[0].split(" && ", 1)[1])
     assert words[:6] == ["exec", "setsid", "--fork", "setpriv", "--reuid=51002", "--regid=51002"]
-    assert "--init-groups" in words and "--bounding-set=-all" in words
+    assert "--groups=51010" in words and "--bounding-set=-all" in words
     env = words[words.index("env"):words.index("bash")]
     assert env[:2] == ["env", "-i"] and "HOME=/home/alice" in env and "USER=alice" in env
     assert not [w for w in env[2:] if w.split("=")[0] not in ("HOME", "USER", "LOGNAME", "PATH", "SHELL", "LANG")]
