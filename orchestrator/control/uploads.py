@@ -106,7 +106,10 @@ def upload_account(service: ControlService) -> Account | None:
     (the engine keeps them) in single-user mode, for the host's own CLI, or a user not mapped yet."""
     if not identity.multi_user() or not service.scoped:
         return None
-    name = service.store.users.get(service.user).os_user
+    try:
+        name = service.store.users.get(service.user).os_user
+    except NotFound:
+        return None  # a user removed meanwhile (or a test's bare service): the engine keeps the upload
     return identity.check_job_account(name, f"os_user of user {service.user!r}") if name else None
 
 

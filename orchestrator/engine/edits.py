@@ -6,8 +6,8 @@ import copy
 import os
 import pwd
 import re
-import stat
 import shutil
+import stat
 from pathlib import Path, PurePosixPath
 from typing import Any
 
