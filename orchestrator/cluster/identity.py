@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import grp
 import os
 import pwd
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from orchestrator.model.errors import UserError
 from orchestrator.model.identity import Account
@@ -82,6 +85,49 @@ def as_account(account: Account | None, argv: list[str], extra_env: dict[str, st
     groups = f"--groups={','.join(map(str, account.groups))}" if account.groups else "--clear-groups"
     return ["setpriv", f"--reuid={account.uid}", f"--regid={account.gid}", groups,
             "--inh-caps=-all", "--bounding-set=-all", "--", *env]
+
+
+# -- acting as an account on this thread's file operations
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _switch(call, new: int) -> None:
+    """setfsuid/setfsgid return the previous id and report no error: ask again (-1 changes nothing) to
+    know the switch took."""
+    call(new)
+    now = call(-1) & 0xFFFFFFFF
+    if now != new:
+        raise PermissionError(f"{call.__name__}({new}) did not take (the id is {now})")
+
+
+@contextmanager
+def acting_as(account: Account | None) -> Iterator[None]:
+    """File operations of the calling THREAD made with the account's filesystem identity: setfsgid then
+    setfsuid (per thread in glibc, unlike setuid, so other worker threads stay root), root again after.
+    An fsuid other than 0 drops CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_CHOWN... from the effective set: the
+    kernel checks every open, mkdir, unlink and symlink walk as the account, so a link a job planted in its
+    tree leads nowhere it could not go itself, and what is created is the account's. Supplementary groups
+    stay the engine's (root's, usually only 0). A subprocess started inside gets fsuid = euid (root) again
+    at exec: run those through as_account. No-op for None, in single-user mode and for the engine's own
+    account."""
+    if account is None or not multi_user() or account.uid == os.geteuid():
+        yield
+        return
+    uid, gid = os.geteuid(), os.getegid()
+    try:
+        _switch(_libc.setfsgid, account.gid)
+        _switch(_libc.setfsuid, account.uid)
+        yield
+    finally:
+        _switch(_libc.setfsuid, uid)  # uid first: setting the fsgid back needs CAP_SETGID, restored with it
+        _switch(_libc.setfsgid, gid)
+
+
+def filesystem_ids() -> tuple[int, int]:
+    """This thread's (fsuid, fsgid), from /proc/thread-self/status."""
+    with open("/proc/thread-self/status", "rb") as fh:
+        found = {line.split(b":")[0]: line.split()[4] for line in fh if line.startswith((b"Uid:", b"Gid:"))}
+    return int(found[b"Uid"]), int(found[b"Gid"])
 
 
 # -- resolving a job's account (cached: every engine step of a job needs it, a passwd lookup costs ~0.1 ms

@@ -2,9 +2,11 @@
 cap and a per-user quota; listed and deleted by their owner; and specs submitted through the API may only
 name folders inside the caller's uploads (the remote client finds the same fields to upload them first).
 
-Layout (all 0700, owned by the engine; jobs never read it: a run gets a copy of its inputs when it starts):
+Layout (0700, owned by the engine; a run gets a copy of its inputs when it starts, made as the job's account):
 
-    uploads/<user>/<id>/...           what the archive held
+    uploads/                          0711 once a root engine hands an upload over (accounts pass, not list)
+    uploads/<user>/<id>/...           what the archive held; with a root engine and the user mapped to an OS
+                                      account, that account's (dirs 0700, files 0600): only it reads them
     uploads/.index/<user>/<id>.json   size, files, name, created (user names cannot start with '.')
     uploads/.index/<user>/.lock       held while an upload is checked against the quota and unpacked
     uploads/.incoming/                archives being received and folders being unpacked or deleted
@@ -18,6 +20,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,8 +28,11 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from pydantic import BaseModel
 
+from orchestrator.cluster import identity
+from orchestrator.cluster.owned import hand_over_tree
 from orchestrator.control.unpack import TooLarge, unpack
 from orchestrator.model.errors import InvalidState, NotFound, SpecError
+from orchestrator.model.identity import Account
 
 if TYPE_CHECKING:
     from orchestrator.control.service import ControlService
@@ -77,15 +83,44 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+def _top(home: Path) -> Path:
+    """uploads/: 0700, or 0711 once accounts own uploads below it (they pass through, never list it)."""
+    top = home / "uploads"
+    top.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(top.lstat().st_mode) & ~0o711:
+        top.chmod(0o700)
+    return top
+
+
 def incoming_dir(home: Path) -> Path:
     """Where archives are received and unpacked before they become an upload (same filesystem: a rename)."""
-    private_dir(home / "uploads")
-    return private_dir(home / "uploads" / ".incoming")
+    return private_dir(_top(home) / ".incoming")
 
 
 def _index(home: Path, user: str) -> Path:
-    private_dir(home / "uploads")
-    return private_dir(home / "uploads" / ".index" / user)
+    return private_dir(_top(home) / ".index" / user)
+
+
+def upload_account(service: ControlService) -> Account | None:
+    """The OS account a user's uploads belong to: the API user's mapped account on a root engine; None
+    (the engine keeps them) in single-user mode, for the host's own CLI, or a user not mapped yet."""
+    if not identity.multi_user() or not service.scoped:
+        return None
+    try:
+        name = service.store.users.get(service.user).os_user
+    except NotFound:
+        return None  # a user removed meanwhile (or a test's bare service): the engine keeps the upload
+    return identity.check_job_account(name, f"os_user of user {service.user!r}") if name else None
+
+
+def _hand_to(account: Account | None, home: Path, base: Path, staging: Path) -> None:
+    """The unpacked tree becomes the account's (a walk that never follows a link), with the user's folder,
+    so the account (and the engine copying inputs as it) can read it and nobody else can."""
+    if account is None:
+        return
+    hand_over_tree(staging, account)
+    os.chown(base, account.uid, account.gid, follow_symlinks=False)
+    (home / "uploads").chmod(0o711)
 
 
 @contextmanager
@@ -193,6 +228,7 @@ def add_upload(service: ControlService, archive: Path) -> dict[str, Any]:
     (nothing kept)."""
     home, user, settings = service.settings.root, service.user, service.settings
     base = private_dir(uploads_root(home, user))
+    account = upload_account(service)
     upload_id = "up-" + secrets.token_hex(6)
     with _user_lock(home, user):
         used, quota, cap = usage(home, user), settings.quota, settings.max_extracted
@@ -211,6 +247,7 @@ def add_upload(service: ControlService, archive: Path) -> dict[str, Any]:
 
         staging = incoming_dir(home) / f"{upload_id}.tmp"
         done = unpack(archive, staging, min(cap, room), too_large)
+        _hand_to(account, home, base, staging)
         staging.rename(base / upload_id)
         meta = {"id": upload_id, "bytes": done.bytes, "files": done.files, "name": ", ".join(done.names),
                 "created": time.time()}

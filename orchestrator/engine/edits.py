@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import copy
 import os
+import pwd
 import re
 import shutil
+import stat
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
-from orchestrator.model.errors import SpecError
+from orchestrator.cluster.identity import acting_as, lookup
+from orchestrator.model.errors import SpecError, UserError
+from orchestrator.model.identity import Account
 from orchestrator.model.paths import JobPaths
 from orchestrator.model.untrusted import AliasError, load_yaml, quoted
 from orchestrator.sync.confine import write_confined
@@ -119,13 +123,37 @@ def save_files(paths: JobPaths, revision: int, files: dict[PurePosixPath, Path])
     """Keep the edited files of a revision under edits/rev-NNN/ (written whole, then renamed into place)."""
     final = paths.edits / f"rev-{revision:03d}"
     staging = paths.edits / f".rev-{revision:03d}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    for rel, src in files.items():
-        target = staging / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, target)
-    if files:
-        os.replace(staging, final)
+    owner = tree_owner(paths)
+    # edits/ is inside the job's tree, which the job may have rearranged (edits -> /etc): written as its
+    # account, and the local files read as it too (it may not copy what it could not read itself)
+    with acting_as(owner):
+        shutil.rmtree(staging, ignore_errors=True)
+        for rel, src in files.items():
+            target = staging / rel
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, target)
+            except PermissionError as exc:
+                who = owner.name if owner is not None else "the engine"
+                raise SpecError([("--file", f"{src} -> {rel}: {exc.strerror} for OS account {who}: "
+                                            f"{exc.filename}")]) from None
+        if files:
+            os.replace(staging, final)
+
+
+def tree_owner(paths: JobPaths) -> Account | None:
+    """The account that owns a job's folder (handed over at provision; the job cannot give it away, its
+    parent jobs/ is the engine's), None while the engine's own (not provisioned yet, single-user mode)."""
+    try:
+        st = os.lstat(paths.root)
+    except FileNotFoundError:
+        return None
+    if st.st_uid == 0 or not stat.S_ISDIR(st.st_mode):
+        return None
+    try:
+        return lookup(pwd.getpwuid(st.st_uid).pw_name)
+    except (KeyError, UserError):
+        raise UserError(f"job folder {paths.root} belongs to uid {st.st_uid}, which has no account") from None
 
 
 def overlay(paths: JobPaths, up_to: int) -> dict[str, Path]:

@@ -7,6 +7,7 @@ import time
 
 from orchestrator.cluster import get_backend
 from orchestrator.cluster.base import ClusterBackend, HostKeyRefused, Node
+from orchestrator.cluster.identity import acting_as
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.edits import apply_overlay, overlay
 from orchestrator.engine.faults import fault_point
@@ -160,6 +161,20 @@ class Lifecycle:
 
     def _write_run_files(self, job: Job, run: Run, nodes: list[Node], paths: RunPaths,
                          stage_to: tuple[str, ...] = ()) -> None:
+        """Everything written into the run directory at launch, restart and rerun, written AS THE JOB'S
+        ACCOUNT (this thread's fsuid): the directory is the job's by then, and a link it planted there (its
+        run folder, system/controlDict) must lead nowhere the account could not write or read itself."""
+        account = self.ctx.account_of(job)
+        try:
+            with acting_as(account):
+                self._write_as_account(job, run, nodes, paths, stage_to)
+        except PermissionError as exc:
+            who = account.name if account is not None else "the engine's account"
+            raise OSError(f"writing the run's files as {who}: {exc.strerror}: "
+                          f"{exc.filename or paths.root}") from None
+
+    def _write_as_account(self, job: Job, run: Run, nodes: list[Node], paths: RunPaths,
+                          stage_to: tuple[str, ...]) -> None:
         ctx = self.ctx
         mode = RunMode(run.mode or RunMode.FRESH)
         plugin = ctx.plugin_of(job)

@@ -3,6 +3,7 @@ resume (every rank stopped), edits (refused, recorded, live), rerun, history."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import time
@@ -162,6 +163,12 @@ def test_edits_are_validated_recorded_and_used_by_rerun_and_live(engine, openfoa
     # A valid edit: new parameters and a replaced input file
     schemes = tmp_path / "fvSchemes"
     schemes.write_text((tmp_path / "pitz" / "system" / "fvSchemes").read_text() + "\n// edited by test\n")
+    if os.geteuid() == 0:  # copied as the job's account: a file it cannot read is refused, by name
+        schemes.chmod(0o600)
+        with pytest.raises(SpecError, match=f"{schemes} -> system/fvSchemes: Permission denied for OS account"):
+            client.edit(job_id, files={str(schemes): "system/fvSchemes"})
+        assert client.history(job_id).revision == 1
+    schemes.chmod(0o644)
     result = client.edit(job_id, ["parameters.endTime=40", "limits.walltime=2h"],
                          files={str(schemes): "system/fvSchemes"}, message="longer")
     assert result["revision"] == 2
