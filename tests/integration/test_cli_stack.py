@@ -65,6 +65,8 @@ def test_embedded_stack_end_to_end_and_state_survives_a_restart(tmp_path):
         assert [j["id"] for j in listed] == [job_id]
         # and the engine's files, Redis and processes hold nothing a job's account could use
         check_engine_files_are_engine_only(home, parent)
+        # and a job (red-team finding 1) finds no Redis credential and cannot speak to Redis without one
+        check_a_job_cannot_reach_redis(home, tmp_path, info)
         # When the engine is stopped and started again
         e2e(home, "down")
         assert not any(pid_alive(p) for p in info["pids"].values())
@@ -170,3 +172,25 @@ def check_engine_files_are_engine_only(home: Path, parent: Path) -> None:
         seen = Path(f"/proc/{pid}/environ").read_bytes() + Path(f"/proc/{pid}/cmdline").read_bytes()
         assert not any(p.encode() in seen for p in passwords), f"{name} holds a Redis password"
         assert b"E2E_REDIS_URL" not in seen
+
+
+def check_a_job_cannot_reach_redis(home: Path, tmp_path: Path, info: dict) -> None:
+    """Finding 1 replayed by a job of the real stack: it looks for a Redis URL in its environment, reads the
+    stack file and an engine process's environment, then speaks raw RESP to Redis to make a user admin."""
+    port = int(info["redis_urls"]["api"].rsplit(":", 1)[1].split("/")[0])
+    engine_pid = next(iter(info["pids"].values()))
+    script = (f"echo envhits=$(env | grep -ci redis); "
+              f"cat {home}/stack.json >/dev/null 2>&1 && echo stack=read || echo stack=denied; "
+              f"cat /proc/{engine_pid}/environ >/dev/null 2>&1 && echo environ=read || echo environ=denied; "
+              f"exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'HSET e2e:account:mallory admin 1\\r\\n' >&3 && "
+              f"read -r -t 5 reply <&3; echo \"redis=$reply\"")
+    spec = tmp_path / "attack.yaml"
+    spec.write_text(json.dumps({"name": "attack", "desktop": {"enabled": False},
+                                "solver": {"name": "command", "command": ["bash", "-c", script]}}))
+    job = json.loads(e2e(home, "submit", str(spec), "--wait", "--json").stdout)
+    log = e2e(home, "logs", job["id"]).stdout
+    assert "envhits=0" in log and "stack=denied" in log and "environ=denied" in log, log
+    assert "redis=-NOAUTH" in log, log
+    admin = redis.Redis.from_url(info["redis_urls"]["admin"], socket_timeout=5)
+    assert not admin.exists("e2e:account:mallory")
+    e2e(home, "terminate", job["id"], "--wait")
