@@ -124,3 +124,17 @@ def job_writable(folder: Path | str) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o1777)
     return path
+
+
+SESSION_UMASK = os.umask(0o022)
+os.umask(SESSION_UMASK)
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_umask():
+    """Each test runs with the umask the session started with: code under test that sets the engine's umask 077
+    in this process (`e2e serve`, the API app, the Celery app's init hooks; a session fixture may start one)
+    would otherwise make every file a later test writes for a job account unreadable to it."""
+    os.umask(SESSION_UMASK)
+    yield
+    os.umask(SESSION_UMASK)

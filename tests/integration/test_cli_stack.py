@@ -153,7 +153,8 @@ def check_engine_files_are_engine_only(home: Path, parent: Path) -> None:
         assert (home / "redis" / name).is_file(), name
     # a job's account reads none of it (a control: it reads a world-readable file beside E2E_HOME)
     (parent / "public").write_text("anyone")
-    assert as_job(account, "cat", str(parent / "public")).stdout == "anyone"
+    control = as_job(account, "cat", str(parent / "public"))
+    assert control.stdout == "anyone", control.stderr
     for secret in (home / "stack.json", home / "redis" / "users.acl", home / "redis" / "redis.conf",
                    home / "redis" / "passwords.json", aof):
         denied = as_job(account, "cat", str(secret))
