@@ -155,7 +155,9 @@ def edit(service: ControlService, job: str, sets: list[str] | tuple[str, ...] = 
             entry["applied_live"] = apply_live(service, job_id, run.id, record.spec,
                                                apply_assignments(record.spec, assignments), texts)
         if checked_files:
-            save_files(JobPaths.for_job(service.settings.root, job_id), revision_now + 1, checked_files)
+            # an API user's files are the API's own temporary copies of the request's bodies
+            save_files(JobPaths.for_job(service.settings.root, job_id), revision_now + 1, checked_files,
+                       own_copies=service.user is not None)
         revision = service.store.add_revision(job_id, revision_now, spec_for_store(new_spec), entry)
         if revision is not None:
             return {**entry, "revision": revision}

@@ -119,20 +119,26 @@ def check_files(files: dict[str, str]) -> dict[PurePosixPath, Path]:
     return checked
 
 
-def save_files(paths: JobPaths, revision: int, files: dict[PurePosixPath, Path]) -> None:
-    """Keep the edited files of a revision under edits/rev-NNN/ (written whole, then renamed into place)."""
+def save_files(paths: JobPaths, revision: int, files: dict[PurePosixPath, Path], own_copies: bool = False) -> None:
+    """Keep the edited files of a revision under edits/rev-NNN/ (written whole, then renamed into place).
+    own_copies: the sources are the engine's own temporary copies (an API edit's bodies), read as the engine;
+    otherwise they are paths someone named on the engine host, read as the job's account."""
     final = paths.edits / f"rev-{revision:03d}"
     staging = paths.edits / f".rev-{revision:03d}.tmp"
     owner = tree_owner(paths)
+    contents = {rel: src.read_bytes() for rel, src in files.items()} if own_copies else None
     # edits/ is inside the job's tree, which the job may have rearranged (edits -> /etc): written as its
-    # account, and the local files read as it too (it may not copy what it could not read itself)
+    # account, and named local files read as it too (it may not copy what it could not read itself)
     with acting_as(owner):
         shutil.rmtree(staging, ignore_errors=True)
         for rel, src in files.items():
             target = staging / rel
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, target)
+                if contents is not None:
+                    target.write_bytes(contents[rel])
+                else:
+                    shutil.copyfile(src, target)
             except PermissionError as exc:
                 who = owner.name if owner is not None else "the engine"
                 raise SpecError([("--file", f"{src} -> {rel}: {exc.strerror} for OS account {who}: "
