@@ -204,9 +204,12 @@ class SSHBackend(ClusterBackend):
         tmp = str(PurePosixPath(path).with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.e2e-tmp"))
         try:
             sftp = self._sftp(node)
+            folder = sftp.stat(str(PurePosixPath(path).parent))
             with sftp.open(tmp, "wb") as fh:
                 if private:
                     fh.chmod(0o600)
+                if folder.st_uid:  # a job's tree: the file is its account's, as everything in it (a control file
+                    fh.chown(folder.st_uid, folder.st_gid)  # the solver rewrites later, e.g. controlDict)
                 fh.set_pipelined(True)
                 fh.write(data)
             sftp.posix_rename(tmp, str(path))  # atomic on the node: readers see the old or the new file

@@ -168,7 +168,7 @@ def test_two_node_run_freezes_pauses_restarts_and_completes_like_a_serial_run(
     client.restart(job_id)
     doc = ssh_engine.wait_run(job_id, timeout=300)
     run = doc.runs_detail[0]
-    assert run.state is RunState.COMPLETED, run
+    assert run.state is RunState.COMPLETED, (run.reason, run.exit_code, run.log_file)
     assert run.attempt == 2
     run_dir = ssh_engine.settings.root / "jobs" / job_id / "runs" / "run-001"
     log = (run_dir / "log.icoFoam").read_text()
