@@ -20,7 +20,7 @@ from orchestrator.control.service import ControlService
 from orchestrator.model.errors import StackError, UserError
 from orchestrator.model.settings import get_settings
 from orchestrator.model.states import JOB_TERMINAL
-from orchestrator.worker.stack import Stack
+from orchestrator.worker.stack import Stack, restrict_umask
 
 MANIFEST = "demo.yaml"
 # Where examples/ is looked for: E2E_EXAMPLES, the source tree this package runs from, the current folder.
@@ -97,6 +97,7 @@ def run_demo(console: Console, keep_engine: bool = False) -> None:
     started_here = False
     if settings.redis_url is None and not all(stack.status().values() or [False]):
         console.print("starting the engine (embedded Redis, Celery worker, reconcile loop) ...")
+        restrict_umask()
         stack.start()
         started_here = True
     t0 = time.monotonic()

@@ -32,12 +32,13 @@ from orchestrator.model.errors import E2EError, InfrastructureError, UserError
 from orchestrator.model.settings import get_settings
 from orchestrator.model.states import JOB_TERMINAL
 from orchestrator.store import StoreError
-from orchestrator.worker.stack import Stack
+from orchestrator.worker.stack import Stack, restrict_umask
 
 
 @app.command()
 def up(detach: bool = typer.Option(False, "--detach", "-d", help="start in the background and return")) -> None:
     """Start the engine: Redis (embedded unless REDIS_URL is set), Celery workers and the reconcile loop."""
+    restrict_umask()  # the engine's files (stack.json, logs) are the engine account's only
     stack = Stack(get_settings())
     info = stack.start()
     where = "embedded Redis" if info["embedded_redis"] else "Redis from REDIS_URL"

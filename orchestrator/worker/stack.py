@@ -126,8 +126,9 @@ class Stack:
         """Start whatever is not running yet; returns the stack description (also in stack.json, 0600).
 
         `redis_url` there is the admin's (the stack's own use: shutdown, tests); `redis_urls` holds each
-        role's (processes of the engine find theirs by E2E_REDIS_ROLE)."""
-        restrict_umask()
+        role's (processes of the engine find theirs by E2E_REDIS_ROLE). The processes it starts get the engine's
+        umask; the calling process's own is its entry point's to set (`e2e up`, the demo: restrict_umask), so a
+        program embedding the stack (the test suite) keeps its own."""
         self._home()
         info = self.read()
         pids = info.get("pids", {})
