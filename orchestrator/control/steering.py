@@ -157,7 +157,7 @@ def edit(service: ControlService, job: str, sets: list[str] | tuple[str, ...] = 
         if checked_files:
             # an API user's files are the API's own temporary copies of the request's bodies
             save_files(JobPaths.for_job(service.settings.root, job_id), revision_now + 1, checked_files,
-                       own_copies=service.user is not None)
+                       own_copies=service.scoped)
         revision = service.store.add_revision(job_id, revision_now, spec_for_store(new_spec), entry)
         if revision is not None:
             return {**entry, "revision": revision}
