@@ -10,6 +10,7 @@ nothing, instead of reading /etc/shadow or replacing /etc/passwd as root.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from pathlib import Path
@@ -157,7 +158,8 @@ def write_confined(state: Path, path: Path, data: bytes, mode: int) -> None:
 def hand_over_tree(path: Path, account: Account | None, state: Path | None = None) -> None:
     """Give a tree the engine wrote to the account (owner uid and gid). The walk holds descriptors and never
     follows a symlink, so a link the job placed in its tree cannot make root chown a file outside it; links
-    themselves change owner (lchown). With state, the top is reached from there without following links."""
+    themselves change owner (lchown). With state, the top is reached from there without following links.
+    A missing top, or a top that is a link or a plain file, is nothing to give (a tree not staged here yet)."""
     if not checks_owner(account):
         return
     uid, gid = account.uid, account.gid  # type: ignore[union-attr]
@@ -165,8 +167,12 @@ def hand_over_tree(path: Path, account: Account | None, state: Path | None = Non
     try:
         top = open_dir(state, parts) if state is not None and parts is not None else \
             os.open(path, _DIR_FLAGS)
-    except NotADirectoryError:
+    except (FileNotFoundError, NotADirectoryError):
         return
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the top itself is a link: never followed
+            return
+        raise
     try:
         os.fchown(top, uid, gid)
         for _root, dirs, files, dir_fd in os.fwalk(".", dir_fd=top, follow_symlinks=False):

@@ -29,7 +29,7 @@ from pathlib import Path
 from orchestrator.cluster.base import ClusterBackend, Node
 from orchestrator.cluster.identity import as_account, lookup
 from orchestrator.cluster.local import LocalBackend
-from orchestrator.cluster.transfer import give_tree
+from orchestrator.cluster.owned import hand_over_tree
 from orchestrator.model.errors import BackendError
 from orchestrator.model.identity import Account
 from orchestrator.model.settings import Settings
@@ -119,7 +119,7 @@ class SlurmBackend(ClusterBackend):
 
     def hand_over(self, node: Node, path: Path, account: Account | None = None) -> None:
         if account is not None and account.uid != os.geteuid():
-            give_tree(Path(path), account)  # shared storage: the nodes' copy is this one
+            hand_over_tree(Path(path), account)  # shared storage: the nodes' copy is this one
 
     # -- the job's allocation
     def _record(self, job_id: str) -> Path:

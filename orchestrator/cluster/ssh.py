@@ -26,8 +26,9 @@ import paramiko
 from orchestrator.cluster.base import ClusterBackend, Node, NodeUnreachable
 from orchestrator.cluster.identity import as_account, job_env
 from orchestrator.cluster.inventory import ComputeNode, Inventory, load_inventory
+from orchestrator.cluster.owned import hand_over_tree
 from orchestrator.cluster.sshconn import Completed, Connection, connection
-from orchestrator.cluster.transfer import give_tree, pull_tree, push_tree
+from orchestrator.cluster.transfer import pull_tree, push_tree
 from orchestrator.model.errors import BackendError, InfrastructureError
 from orchestrator.model.identity import Account
 from orchestrator.model.settings import Settings
@@ -106,7 +107,7 @@ class SSHBackend(ClusterBackend):
         owner = f"{account.uid}:{account.gid}"
         self.run(node, ["sh", "-c", '[ ! -e "$2" ] && [ ! -L "$2" ] || chown -R -h -P -- "$1" "$2"', "sh", owner, path])
         if not self.shares_storage(node):
-            give_tree(Path(path), account)  # the head's copy (the engine host's own disk) is the account's too
+            hand_over_tree(Path(path), account)  # the head's copy (the engine host's own disk) is the account's too
 
     def needs_drop(self, node: Node, account: Account) -> bool:
         """Whether the node's login is another account than the job's (so its commands drop to the job's)."""

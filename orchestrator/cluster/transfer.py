@@ -130,20 +130,6 @@ def pull_tree(backend: SSHBackend, node: Node, src: Path, dest: Path, account: A
         raise BackendError(f"copying {src} from node {node.name} failed: {exc}") from None
 
 
-def give_tree(path: Path, account: Account) -> None:
-    """Make a head-node tree the account's (uid and gid), never following a link: links are changed themselves
-    and never descended into, every name is resolved relative to its directory's open descriptor."""
-    if not os.path.lexists(path) or os.path.islink(path):
-        return
-    os.chown(path, account.uid, account.gid, follow_symlinks=False)
-    for _, dirs, files, fd in os.fwalk(path, follow_symlinks=False):
-        for name in dirs + files:
-            try:
-                os.chown(name, account.uid, account.gid, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # removed meanwhile
-
-
 def _kept(dest: os.stat_result | paramiko.SFTPAttributes | None, src: os.stat_result | paramiko.SFTPAttributes) -> bool:
     """rsync --update's rule: the destination's file stays when it is newer, or as old and as large.
     SFTP times are whole seconds, so both sides are compared at that resolution."""

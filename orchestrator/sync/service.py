@@ -11,10 +11,14 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+from orchestrator.cluster import joblogin
 from orchestrator.cluster.base import ClusterBackend, Node
 from orchestrator.cluster.identity import account_for
 from orchestrator.cluster.local import LocalBackend
+from orchestrator.cluster.ssh import SSHBackend
+from orchestrator.model.errors import BackendError
 from orchestrator.model.events import EventKind
 from orchestrator.model.identity import Account
 from orchestrator.model.services import JobService, ServiceContext
@@ -98,6 +102,7 @@ class SyncService(JobService):
         alive = self._alive(ctx)
         if self._done(ctx) and not alive:
             self.forward_events(ctx)
+            self._revoke_node_login(ctx)
             return True
         asked = self._stop_requested_at(ctx)
         if asked is None:
@@ -106,6 +111,7 @@ class SyncService(JobService):
         if time.time() - asked > STOP_TIMEOUT:
             ctx.store.append_event(ctx.job_id, EventKind.WARNING, {
                 "service": self.name, "message": f"final sync not finished after {STOP_TIMEOUT:.0f}s: given up"})
+            self._revoke_node_login(ctx)
             return True
         if not self._done(ctx) and self._needs_spawn(ctx):
             self._spawn(ctx)  # it died: a new one sees the stop request and does the final pass
@@ -156,13 +162,36 @@ class SyncService(JobService):
                 "--rescan", str(host.rescan)]
         account = self._account(ctx)
         if not shares_storage(ctx):  # the runs execute on the head node of the job, on its own disk
-            argv += ["--node", ctx.head.name, "--inventory", str(ctx.settings.inventory)]
-            # It lists the node over ssh with the engine's key, so it stays the engine's (as before) until
-            # the ssh backend gives each user their own login; its environment is cleared all the same.
-            account = None
+            argv += ["--node", ctx.head.name, "--inventory", str(self._node_login(ctx, account))]
         # The process gets nothing of the engine's environment (no Redis URL: it reports through events.jsonl,
         # which supervise forwards), only its arguments; it runs as the job's owner.
         host.backend.spawn_detached(host.node, argv, cwd=ctx.paths.root, account=account)
+
+    @staticmethod
+    def _node_login(ctx: ServiceContext, account: Account | None) -> Path:
+        """The inventory the process reaches the node with: with a job account on a root engine, a one-node
+        inventory of the job's own key, authorised for the account on the node while the job lives (the
+        process runs as the account and never holds the engine's key); otherwise the engine's own."""
+        backend = ctx.backend
+        if account is None or not isinstance(backend, SSHBackend) or not backend.needs_drop(ctx.head, account):
+            return Path(ctx.settings.inventory)  # the engine's login is the job's account (single-user)
+        inventory = ctx.paths.sync.root / joblogin.INVENTORY
+        return joblogin.grant(backend, ctx.head, account, ctx.job_id, ctx.paths.sync.root) \
+            if not inventory.is_file() else inventory
+
+    @staticmethod
+    def _revoke_node_login(ctx: ServiceContext) -> None:
+        account, backend = account_for(ctx.job.account), ctx.backend
+        if account is None or not isinstance(backend, SSHBackend) or shares_storage(ctx) \
+                or not backend.needs_drop(ctx.head, account):
+            return
+        try:
+            joblogin.revoke(backend, ctx.head, account, ctx.job_id)
+        except BackendError as exc:  # the node is gone: its authorized_keys with it, or revoked on its return
+            ctx.store.append_event(ctx.job_id, EventKind.WARNING, {
+                "service": "sync", "message": f"the job's node login on {ctx.head.name} was not revoked: {exc}"})
+            return
+        (ctx.paths.sync.root / joblogin.INVENTORY).unlink(missing_ok=True)
 
     @staticmethod
     def _account(ctx: ServiceContext) -> Account | None:

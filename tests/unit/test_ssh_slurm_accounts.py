@@ -9,10 +9,10 @@ import subprocess
 
 import pytest
 
+from orchestrator.cluster.owned import hand_over_tree
 from orchestrator.cluster.slurm import SlurmBackend
 from orchestrator.cluster.ssh import _find_tagged
 from orchestrator.cluster.sshconn import Completed
-from orchestrator.cluster.transfer import give_tree
 from orchestrator.model.errors import BackendError
 from orchestrator.model.identity import Account
 from orchestrator.model.settings import Settings
@@ -106,7 +106,7 @@ def test_slurm_steps_run_as_the_allocations_owner_and_refuse_another_account(tmp
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
-def test_give_tree_never_follows_a_link_out_of_the_tree(tmp_path):
+def test_hand_over_tree_never_follows_a_link_out_of_the_tree(tmp_path):
     outside = tmp_path / "outside"
     outside.write_text("root's")
     tree = tmp_path / "tree"
@@ -114,6 +114,8 @@ def test_give_tree_never_follows_a_link_out_of_the_tree(tmp_path):
     (tree / "sub" / "f").write_text("x")
     (tree / "link").symlink_to(outside)
     (tree / "dirlink").symlink_to(tmp_path)
-    give_tree(tree, ALICE)
+    hand_over_tree(tree, ALICE)
+    hand_over_tree(tmp_path / "missing", ALICE)   # nothing to give: no error
+    hand_over_tree(tree / "dirlink", ALICE)        # a link at the top is never followed
     assert outside.stat().st_uid == 0 and tmp_path.stat().st_uid == 0
     assert {p.lstat().st_uid for p in [tree, *tree.rglob("*")]} == {ALICE.uid}

@@ -6,9 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 
+from orchestrator.cluster.identity import lookup
+from orchestrator.cluster.joblogin import marker
 from orchestrator.cluster.ssh import SSHBackend
 from orchestrator.model.paths import JobPaths
 from orchestrator.model.settings import Settings
@@ -64,17 +67,32 @@ def test_outputs_on_a_node_with_its_own_disk_reach_the_work_folder_and_edits_go_
     wait_for(lambda: backend.read_bytes(node, run_root / HOSTILE) == b"from the desktop\n", 30,
              "the desktop's file on the node")
     assert (run_root / "params.txt").read_text() == "value=2\n"  # a restart's stage_in pushes the edit, not the old
+    # The sync process is the job's account's, on the head, and reaches the node with the job's own key, which
+    # the account's authorized_keys on the node accepts (restricted, from the head only) while the job lives
+    account = lookup(engine.client.store.get_job(job_id).account)
+    sync_pid = int(paths.sync.pid.read_text())
+    assert _uids(sync_pid) == [account.uid] * 4
+    assert str(backend.spec(node).key_file) not in Path(f"/proc/{sync_pid}/cmdline").read_text()
+    keys = backend.home_dir(node, account) / ".ssh" / "authorized_keys"
+    line = next(ln for ln in backend.read_as(node, keys, account).decode().splitlines() if marker(job_id) in ln)
+    assert line.startswith('restrict,from="') and (paths.sync.root / "node_key").stat().st_uid == account.uid
     # Then terminate ends with a final sync and the results hold every file of the work folder
     client.terminate(job_id)
     assert engine.wait_job_terminal(job_id, timeout=120).state is JobState.TERMINATED
     on_node = {os.fsdecode(n) for n in backend.run(node, ["ls", "-A", run_root / "out"]).stdout.split(b"\n")}
     outputs = {p.name for p in (work / "out").iterdir()}
     assert outputs >= {n for n in on_node if n.startswith("step ")} and len(outputs) > 3
+    assert marker(job_id) not in (backend.read_as(node, keys, account) or b"").decode()  # revoked at the end
     manifest = json.loads((home / "results" / job_id / "manifest.json").read_text())
     stored = {f["path"]: f["sha256"] for f in manifest["files"]}
     for path in work.rglob("*"):
         if path.is_file():
             assert stored[f"work/run-001/{path.relative_to(work)}"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _uids(pid: int) -> list[int]:
+    line = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("Uid:"))
+    return [int(v) for v in line.split()[1:]]
 
 
 def test_the_sync_link_opens_while_the_node_is_silent(private_cluster):
