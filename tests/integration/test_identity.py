@@ -6,36 +6,32 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
 
 from orchestrator.cluster.identity import lookup
 from orchestrator.cluster.local import group_members, tagged_processes
-from orchestrator.control.client import Client
 from orchestrator.model.paths import JobPaths, results_dir
-from tests.conftest import require_root
+from tests.integration import probes
 from tests.integration.conftest import wait_for
 from tests.integration.desktop_helpers import require_desktop_tools, session_processes, wait_desktop
 
 pytestmark = pytest.mark.integration
 
-# What alice's job tries; each line says LEAK when the attempt worked. $1 bob's job folder, $2 E2E_HOME,
-# $3 the engine's stack.json, $4 the worker's pid, $5 bob's run pid (its process group), $6 the Redis data.
-PROBE = r"""
-bob=$1 home=$2 stack=$3 worker=$4 bobpid=$5 redisdata=$6
-try() { if eval "$2" >/dev/null 2>&1; then echo "$1:LEAK"; else echo "$1:denied"; fi; }
-try control 'ls "$PWD"'
-try bob-dir 'ls "$bob"'
-try bob-run 'cat "$bob"/runs/run-001/.e2e/*/pid'
-try jobs-list 'ls "$home/jobs"'
-try stack-json 'cat "$stack"'
-try worker-environ 'cat /proc/$worker/environ'
-try signal-bob 'kill -0 $bobpid'
-try redis-data 'ls $redisdata'
-try engine-env 'env | grep -qi -e redis -e E2E_HOME -e E2E_RUN_AS'
-"""
+# What alice's job tries. $1 bob's job folder, $2 E2E_HOME, $3 the engine's stack.json, $4 the worker's pid,
+# $5 bob's run pid (its process group), $6 the Redis data.
+ATTEMPTS = {
+    "bob-dir": 'ls "$1"',
+    "bob-run": 'cat "$1"/runs/run-001/.e2e/*/pid',
+    "jobs-list": 'ls "$2/jobs"',
+    "stack-json": 'cat "$3"',
+    "worker-environ": 'cat /proc/$4/environ',
+    "signal-bob": 'kill -0 $5',
+    "redis-data": 'ls $6',
+    "engine-env": 'env | grep -qi -e redis -e E2E_HOME -e E2E_RUN_AS',
+}
+PROBE = probes.script({"control": 'ls "$PWD"', **ATTEMPTS})
 
 
 def _uids(pid: int) -> list[int]:
@@ -57,15 +53,7 @@ def _assert_owned(pid: int, uid: int, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def owners(engine):
-    require_root()
-    users = engine.client.store.users
-    suffix = str(int(time.time() * 1000) % 10**8)
-    made = {}
-    for os_user in ("alice", "bob"):
-        name = f"{os_user}{suffix}"
-        users.create(name, os_user=os_user)
-        made[os_user] = Client(engine.settings, user=name, admin=False)
-    return made
+    return probes.owners(engine, "alice", "bob")
 
 
 def _running(engine, job_id: str) -> int:
@@ -119,9 +107,7 @@ def test_alices_job_reaches_nothing_of_bobs_or_of_the_engines(engine, owners, re
         job_id = owners["alice"].submit_data({"name": "probe", "solver": {"name": "command", "command": argv}})
         doc = engine.wait_run(job_id, timeout=60)
         out = (JobPaths.for_job(engine.settings.root, job_id).root / "runs" / "run-001" / "output.log").read_text()
-        lines = dict(line.split(":") for line in out.split())
-        assert lines.pop("control") == "LEAK", out  # the probe works: its own folder it may read
-        assert len(lines) == 8 and set(lines.values()) == {"denied"}, lines
+        probes.check(out, {"control"}, set(ATTEMPTS))  # its own folder it may read: the probe works
         assert os.path.exists(f"/proc/{bob_pid}") and group_members(bob_pid)
         engine.client.terminate(job_id)
         assert doc.runs_detail[0].state.value == "COMPLETED"
