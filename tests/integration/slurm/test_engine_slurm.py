@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.cluster.identity import lookup
 from orchestrator.cluster.local import process_states
-from orchestrator.cluster.slurm import SlurmBackend
+from orchestrator.cluster.slurm import SlurmBackend, job_name
 from orchestrator.model.states import JobState, RunState
 
 from ..conftest import Engine, make_settings, redis_flush, wait_for
+from .test_slurm_accounts import uid_lines
 from .test_slurm_backend import slurm  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
@@ -29,6 +31,13 @@ def test_job_runs_in_its_slurm_allocation_freezes_and_terminates(slurm, redis_ur
         wait_for(lambda: client.status(job_id).runs_detail[0].state is RunState.RUNNING, 60, "RUNNING")
         assert backend.allocation_state(job_id) == "RUNNING"
         pid = client.status(job_id).runs_detail[0].pid
+        # every process of the run (wrapper, shell, its sleeps) is the job account's, in the owner's allocation
+        account = lookup(client.status(job_id).account)
+        tagged = wait_for(lambda: backend.tagged_processes(backend.inventory()[0], f"{job_id}/run-001", account),
+                          20, "the run's processes")
+        assert uid_lines([pid, *tagged]) == {p: [account.uid] * 4 for p in [pid, *tagged]}
+        assert backend.slurm("squeue", "--noheader", f"--name={job_name(job_id)}", "--format=%u").stdout.strip() \
+            == account.name
         client.pause(job_id, freeze=True)
         wait_for(lambda: backend.allocation_state(job_id) == "SUSPENDED", 30, "the allocation to be suspended")
         wait_for(lambda: process_states([pid]) == {"T"}, 10, "the run to be stopped")

@@ -4,10 +4,12 @@ environment) and nothing of the engine's (stack file, keys, root logins, Redis, 
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
+from orchestrator.cluster.identity import lookup
 from orchestrator.cluster.ssh import SSHBackend
 from orchestrator.model.paths import JobPaths
 from tests.integration import probes
@@ -66,6 +68,17 @@ def test_alices_job_reaches_nothing_of_bobs_or_of_the_engines_from_any_node(engi
         bob_node = backend.spec(doc.nodes[0])
         node_dir = next(n for n in backend.inventory() if n.name == bob_node.name).root / "jobs" / bobs
         assert backend.exists(bob_node.name, node_dir)
+        # every process of bob's job is his: the run's on his node, the sync process beside the engine
+        bob = lookup("bob")
+        tagged = wait_for(lambda: backend.tagged_processes(bob_node.name, f"{bobs}/run-001", bob), 30, "the solver")
+        script = 'for p in "$@"; do printf "%s " "$p"; grep "^Uid:" /proc/$p/status; done'
+        lines = backend.run(bob_node.name, ["sh", "-c", script, "sh", bob_pid, *tagged]).stdout.decode().splitlines()
+        assert {line.split()[0]: line.split()[2:] for line in lines} == \
+            {str(p): [str(bob.uid)] * 4 for p in [bob_pid, *tagged]}
+        sync = JobPaths.for_job(engine.settings.root, bobs).sync.pid
+        sync_pid = wait_for(lambda: sync.exists() and sync.read_text().strip(), 30, "the sync process")
+        uid_line = next(ln for ln in Path(f"/proc/{sync_pid}/status").read_text().splitlines() if ln.startswith("Uid:"))
+        assert uid_line.split()[1:] == [str(bob.uid)] * 4
         argv = ["bash", "-c", PROBE, "probe", JobPaths.for_job(engine.settings.root, bobs).root,
                 engine.settings.root, engine.settings.stack_file, bob_node.address, node_dir, bob_pid,
                 bob_node.key_file, ssh_cluster.base / "keys" / "node", backend.config.head.address,

@@ -80,6 +80,11 @@ def _node_processes(cluster: NodeCluster) -> dict[str, int]:
     return found
 
 
+def _uids(pid: int) -> list[int]:
+    line = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("Uid:"))
+    return [int(v) for v in line.split()[1:]]
+
+
 def _listens_on_loopback(pid: int, port: int) -> bool:
     """Whether the process's network namespace has a TCP listener on 127.0.0.1:port (/proc/PID/net/tcp)."""
     rows = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
@@ -129,6 +134,9 @@ def test_desktop_runs_on_the_ssh_head_node_and_the_tunnel_reaches_it(cluster, en
     procs = wait_for(lambda: (p := _node_processes(cluster)) and {"Xvnc", "openbox", "xterm"} <= set(p) and p,
                      30, "the session's processes on the head node")
     assert _listens_on_loopback(procs["Xvnc"], d.vnc_port)
+    uid = pwd.getpwnam(owner).pw_uid   # each the job account's: real, effective, saved and filesystem uid
+    assert {name: _uids(procs[name]) for name in ("Xvnc", "openbox", "xterm")} == \
+        {name: [uid] * 4 for name in ("Xvnc", "openbox", "xterm")}
     paths = JobPaths.for_job(engine.settings.root, job_id)
     assert Path(os.readlink(f"/proc/{procs['xterm']}/cwd")) == paths.work
     with pytest.raises(OSError):
