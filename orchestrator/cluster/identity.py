@@ -89,6 +89,9 @@ def as_account(account: Account | None, argv: list[str], extra_env: dict[str, st
 
 # -- acting as an account on this thread's file operations
 _libc = ctypes.CDLL(None, use_errno=True)
+# setgroups(2) by number: the kernel's per-thread call, not glibc's process-wide wrapper.
+_SYS_SETGROUPS = {"x86_64": 116, "aarch64": 159, "ppc64le": 81, "s390x": 206, "riscv64": 159}.get(
+    os.uname().machine, 116)
 
 
 def _switch(call, new: int) -> None:
@@ -106,14 +109,15 @@ def acting_as(account: Account | None) -> Iterator[None]:
     setfsuid (per thread in glibc, unlike setuid, so other worker threads stay root), root again after.
     An fsuid other than 0 drops CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_CHOWN... from the effective set: the
     kernel checks every open, mkdir, unlink and symlink walk as the account, so a link a job planted in its
-    tree leads nowhere it could not go itself, and what is created is the account's. Supplementary groups
-    stay the engine's (root's, usually only 0). A subprocess started inside gets fsuid = euid (root) again
+    tree leads nowhere it could not go itself, and what is created is the account's. The thread's supplementary
+    groups are the account's meanwhile (the per-thread system call). A subprocess started inside gets fsuid = euid (root) again
     at exec: run those through as_account. No-op for None, in single-user mode and for the engine's own
     account."""
     if account is None or not multi_user() or account.uid == os.geteuid():
         yield
         return
-    uid, gid = os.geteuid(), os.getegid()
+    uid, gid, groups = os.geteuid(), os.getegid(), os.getgroups()
+    _set_thread_groups(account.groups)  # first, while fully root (CAP_SETGID stays with any fsuid, though)
     try:
         _switch(_libc.setfsgid, account.gid)
         _switch(_libc.setfsuid, account.uid)
@@ -121,6 +125,17 @@ def acting_as(account: Account | None) -> Iterator[None]:
     finally:
         _switch(_libc.setfsuid, uid)  # uid first: setting the fsgid back needs CAP_SETGID, restored with it
         _switch(_libc.setfsgid, gid)
+        _set_thread_groups(tuple(groups))
+
+
+def _set_thread_groups(groups: tuple[int, ...]) -> None:
+    """The supplementary groups of this thread alone: the raw system call (glibc's setgroups() changes every
+    thread of the process, as POSIX wants; the kernel's is per thread, like setfsuid). Without it the
+    account's file operations would keep root's groups (often just 0, the root group) and miss its own."""
+    array = (ctypes.c_uint * max(len(groups), 1))(*groups)
+    if _libc.syscall(_SYS_SETGROUPS, ctypes.c_size_t(len(groups)), array) != 0:
+        err = ctypes.get_errno()
+        raise PermissionError(err, f"setgroups for this thread failed: {os.strerror(err)}")
 
 
 def filesystem_ids() -> tuple[int, int]:

@@ -155,6 +155,36 @@ def test_acting_as_switches_this_thread_only_and_restores_root(tmp_path):
     assert secret.read_bytes() == SECRET  # root again
 
 
+def test_acting_as_takes_the_accounts_supplementary_groups_on_this_thread_only(tmp_path):
+    alice = _alice()
+    tmp_path.chmod(0o711)
+    group_file = tmp_path / "root-group"   # readable by the root group: root's own supplementary group
+    group_file.write_bytes(SECRET)
+    group_file.chmod(0o640)
+    os.chown(group_file, 0, 0)
+    before = os.getgroups()
+    os.setgroups([0])
+    try:
+        inside, other = threading.Event(), {}
+
+        def elsewhere() -> None:
+            inside.wait(5)
+            other["groups"] = os.getgroups()
+
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        with identity.acting_as(alice):
+            assert os.getgroups() == list(alice.groups)
+            with pytest.raises(PermissionError):
+                group_file.read_bytes()
+            inside.set()
+            thread.join(5)
+        assert other == {"groups": [0]} and os.getgroups() == [0]
+        assert group_file.read_bytes() == SECRET
+    finally:
+        os.setgroups(before)
+
+
 def test_acting_as_restores_root_after_an_error_and_is_a_no_op_for_none():
     alice = _alice()
     with pytest.raises(RuntimeError), identity.acting_as(alice):
