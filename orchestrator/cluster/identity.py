@@ -110,9 +110,9 @@ def acting_as(account: Account | None) -> Iterator[None]:
     An fsuid other than 0 drops CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_CHOWN... from the effective set: the
     kernel checks every open, mkdir, unlink and symlink walk as the account, so a link a job planted in its
     tree leads nowhere it could not go itself, and what is created is the account's. The thread's supplementary
-    groups are the account's meanwhile (the per-thread system call). A subprocess started inside gets fsuid = euid (root) again
-    at exec: run those through as_account. No-op for None, in single-user mode and for the engine's own
-    account."""
+    groups are the account's meanwhile (the per-thread system call). A subprocess started inside gets
+    fsuid = euid (root) again at exec: run those through as_account. No-op for None, in single-user mode
+    and for the engine's own account."""
     if account is None or not multi_user() or account.uid == os.geteuid():
         yield
         return
