@@ -1,5 +1,5 @@
 """`python -m orchestrator.cli`: the same as the `e2e` command."""
 
-from orchestrator.cli.main import main
+from orchestrator.cli.entry import main
 
 main()

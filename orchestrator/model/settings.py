@@ -10,10 +10,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from orchestrator.model.errors import StackError
+from orchestrator.model.errors import InfrastructureError, StackError
 
 
 class Settings(BaseSettings):
@@ -89,9 +89,9 @@ class Settings(BaseSettings):
             try:
                 value = json.loads(text) if text.startswith("[") else re.split(r"[\s,]+", text)
             except ValueError:
-                raise ValueError(f"E2E_TRUSTED_PROXIES: {text!r} is not a list of IP addresses or CIDRs") from None
+                raise ValueError(f"{text!r} is not a list of IP addresses or CIDRs") from None
         if not isinstance(value, (list, tuple)):
-            raise ValueError("E2E_TRUSTED_PROXIES: a list of IP addresses or CIDRs (comma-separated)")
+            raise ValueError("a list of IP addresses or CIDRs (comma-separated)")
         items = value
         networks = []
         for item in (str(i).strip() for i in items):
@@ -100,7 +100,7 @@ class Settings(BaseSettings):
             try:
                 networks.append(str(ipaddress.ip_network(item, strict=False)))
             except ValueError:
-                raise ValueError(f"E2E_TRUSTED_PROXIES: {item!r} is not an IP address or CIDR "
+                raise ValueError(f"{item!r} is not an IP address or CIDR "
                                  "(like 10.0.0.5 or 10.0.0.0/24)") from None
         return networks
 
@@ -148,7 +148,29 @@ class Settings(BaseSettings):
         return url
 
 
+class SettingsError(InfrastructureError):
+    """An E2E_* setting is invalid: the operator fixes it (one line per variable, never its value)."""
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; a bad value is a SettingsError naming each variable (no traceback)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [f"  - {_variable(err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in exc.errors()]
+        raise SettingsError("the engine's settings are invalid:\n" + "\n".join(lines)) from None
+
+
+def _variable(loc: tuple) -> str:
+    name = str(loc[0]) if loc else ""
+    field = Settings.model_fields.get(name)
+    alias = getattr(field, "validation_alias", None) if field else None
+    if isinstance(alias, AliasChoices) and alias.choices:
+        return str(alias.choices[0])
+    return f"E2E_{name.upper()}" if name else "E2E_*"
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings (read once)."""
-    return Settings()
+    return load_settings()

@@ -18,7 +18,6 @@ import fakeredis
 import pytest
 from fastapi import HTTPException
 from fastapi.testclient import TestClient
-from pydantic import ValidationError
 from starlette.requests import Request
 
 from orchestrator.api import cluster
@@ -26,7 +25,7 @@ from orchestrator.api.app import create_app
 from orchestrator.api.deps import Slots, cross_site
 from orchestrator.control.service import ControlService
 from orchestrator.model.errors import InvalidState
-from orchestrator.model.settings import Settings
+from orchestrator.model.settings import Settings, SettingsError, load_settings
 from orchestrator.store.jobs import JobStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,8 +45,21 @@ def test_trusted_proxies_parse_a_comma_list_and_default_to_none(monkeypatch):
 
 def test_a_bad_trusted_proxy_is_named(monkeypatch):
     monkeypatch.setenv("E2E_TRUSTED_PROXIES", "10.0.0.5,10.0.0.300/24")
-    with pytest.raises(ValidationError, match=r"E2E_TRUSTED_PROXIES: '10.0.0.300/24' is not an IP address or CIDR"):
-        Settings()
+    with pytest.raises(SettingsError, match=r"E2E_TRUSTED_PROXIES: '10.0.0.300/24' is not an IP address or CIDR"):
+        load_settings()
+
+
+def test_bad_settings_are_one_message_naming_each_variable_never_a_traceback_or_a_value(tmp_path):
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "E2E_HOME": str(tmp_path / "e2e"),
+           "E2E_LOCAL_NODES": "-1", "E2E_API_MAX_STREAMS": "lots", "REDIS_URL": "redis://:hunter2@h:1/0",
+           "E2E_RECONCILE_INTERVAL": "hunter2"}
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "ls"], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 3 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.splitlines()[0] == "error: the engine's settings are invalid:"
+    assert {line.split(":")[0].strip(" -") for line in done.stderr.splitlines()[1:]} == \
+        {"E2E_LOCAL_NODES", "E2E_API_MAX_STREAMS", "E2E_RECONCILE_INTERVAL"}
+    assert "hunter2" not in done.stderr
 
 
 @pytest.mark.parametrize(("proxies", "expected"), [
