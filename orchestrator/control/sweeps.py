@@ -15,10 +15,9 @@ from orchestrator.model.untrusted import quoted
 from orchestrator.store.jobs import JobStore
 
 MAX_MEMBERS = 256
-# A member keeps its nodes this long after its run ends (time to look, or to restart it after an edit), then
-# terminates, collecting its results and freeing the nodes for the members queued behind it. A spec's own
-# limits.idle_shutdown wins.
-MEMBER_IDLE_SHUTDOWN = "30s"
+# A member is a batch job: it terminates as soon as its run ends (limits.terminate_on_end), collecting its
+# results and freeing the nodes for the members queued behind it. A spec that says how it ends (its own
+# terminate_on_end or idle_shutdown, e.g. to keep a member's nodes for a look or an edit and restart) wins.
 # The members' identities: each is named <name>-<index>, and one sweep runs one solver.
 SWEEP_FIXED = ("name", "solver.name")
 
@@ -111,8 +110,9 @@ def expand(data: Any, axes: dict[str, list[Any]], base_dir: Path | None = None,
             member = apply_assignments(data, list(values.items()))
             member["name"] = f"{name}-{index}"
             limits = member.get("limits")
-            if limits is None or isinstance(limits, dict) and limits.get("idle_shutdown") is None:
-                member["limits"] = {**(limits or {}), "idle_shutdown": MEMBER_IDLE_SHUTDOWN}
+            if limits is None or isinstance(limits, dict) and limits.get("idle_shutdown") is None \
+                    and limits.get("terminate_on_end") is None:
+                member["limits"] = {**(limits or {}), "terminate_on_end": True}
             spec = validate_spec(member, base_dir=base_dir, source=source, confine=confine)
             members.append(Member(index, masked_values(spec, values), spec))  # the spec keeps the real value
         except SpecError as exc:

@@ -1,12 +1,14 @@
-"""Guards that end a job without a user's terminate: walltime and idle shutdown, each warned first."""
+"""Guards that end a job without a user's terminate: walltime and idle shutdown, each warned first, and a batch
+job's end with its run (limits.terminate_on_end)."""
 
 from __future__ import annotations
 
 import time
 
+from orchestrator.engine.node_health import wants_recovery
 from orchestrator.model.events import EventKind
 from orchestrator.model.records import Job, Run
-from orchestrator.model.states import RUN_ENDED, JobState
+from orchestrator.model.states import RUN_ENDED, JobState, RunState
 from orchestrator.store.jobs import JobStore
 
 WARN_FRACTION = 0.1       # warn this share of the limit before it strikes ...
@@ -29,10 +31,29 @@ def deadlines(job: Job, run: Run | None) -> dict[str, float]:
     return found
 
 
+# The run ends for good: a paused run waits for its user's restart, and a run a node fault failed may be
+# restarted on a replacement node (restart_on_node_failure) before the job is let go.
+RUN_OVER = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.STOPPED})
+
+
+def run_is_over(job: Job, run: Run | None) -> bool:
+    """limits.terminate_on_end and the job's run has ended with nothing left to do for it."""
+    limits = (job.spec or {}).get("limits") or {}
+    return bool(limits.get("terminate_on_end")) and run is not None and run.state in RUN_OVER \
+        and not wants_recovery(job, run)
+
+
 def check_limits(store: JobStore, job: Job, run: Run | None) -> str | None:
     """Warn once before a limit, and start termination when it is reached; the limit that struck."""
     now = time.time()
     limits = (job.spec or {}).get("limits") or {}
+    if run_is_over(job, run):
+        reason = f"{run.id} {run.state.value.lower()}; the job ends with its run (limits.terminate_on_end)"
+        if store.transition_job(job.id, JobState.TERMINATING, expect=[JobState.UP], data={"reason": reason},
+                                terminate_requested_at=now, terminated_by="terminate_on_end"):
+            store.append_event(job.id, EventKind.CONTROL, {"action": "terminate", "by": "terminate_on_end",
+                                                           "reason": reason})
+        return "terminate_on_end"
     for name, deadline in deadlines(job, run).items():
         total = float(limits[name])
         warn_at = deadline - min(WARN_MAX, WARN_FRACTION * total)

@@ -145,6 +145,8 @@ class Limits(StrictModel):
 
     walltime: Duration | None = None
     idle_shutdown: Duration | None = None
+    terminate_on_end: bool = Field(False, description="a batch job: terminate (results stored, nodes freed) as "
+                                                      "soon as its run completes, fails or is stopped")
 
 
 class JobSpecBase(StrictModel):

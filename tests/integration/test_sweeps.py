@@ -35,6 +35,7 @@ def test_a_three_value_sweep_runs_one_job_per_value_and_terminates_as_one(redis_
         spec = tmp_path / "scan.yaml"
         spec.write_text(yaml.safe_dump({
             "name": "scan", "cluster": {"nodes": 1}, "desktop": {"enabled": False},
+            "limits": {"terminate_on_end": False},   # the members stay up until the sweep is terminated
             "solver": {"name": "command", "env": {"GAIN": "none"}, "command": [
                 "sh", "-c", 'for i in 1 2 3; do sleep 0.2; echo "progress: $i/3"; done; '
                             'echo "gain=$GAIN node=$(cut -d" " -f1 "$E2E_HOSTFILE")" > out.txt']}}))
@@ -81,7 +82,7 @@ def test_members_beyond_the_pool_queue_and_start_as_earlier_members_free_their_n
     try:
         spec = tmp_path / "scan.yaml"
         spec.write_text(yaml.safe_dump({
-            "name": "pool", "desktop": {"enabled": False}, "limits": {"idle_shutdown": "1s"},
+            "name": "pool", "desktop": {"enabled": False},   # members end with their runs (terminate_on_end)
             "sweep": {"env.K": ["a", "b", "c"]},
             "solver": {"name": "command", "command": ["sh", "-c", "sleep 0.5; echo $K > out.txt"]}}))
         sent = e2e(engine.settings, "submit", str(spec), "--json")
@@ -90,6 +91,7 @@ def test_members_beyond_the_pool_queue_and_start_as_earlier_members_free_their_n
         docs = [engine.wait_job_terminal(job_id, timeout=120) for job_id in jobs]
         runs = [d.runs_detail[0] for d in docs]
         assert [r.state for r in runs] == [RunState.COMPLETED] * 3, runs
+        assert [engine.client.store.get_job(j).terminated_by for j in jobs] == ["terminate_on_end"] * 3
         # the third waited for a node: it came up only after one of the first two had released theirs
         released = min(e.ts for j in jobs[:2] for e in engine.client.events(j)
                        if e.kind.value == "job.state" and e.data["state"] == "TERMINATED")

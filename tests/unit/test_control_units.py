@@ -147,6 +147,25 @@ def test_idle_shutdown_counts_only_while_no_run_is_active(store):
     assert check_limits(store, store.get_job(job2.id), ended) is None
 
 
+def test_terminate_on_end_ends_the_job_with_its_run_but_not_a_paused_or_recovering_one(store):
+    job = _job(store, terminate_on_end=True)
+    assert check_limits(store, job, Run(id="run-001", state=RunState.RUNNING)) is None
+    assert check_limits(store, job, Run(id="run-001", state=RunState.PAUSED)) is None   # waits for a restart
+    struck = Run(id="run-001", state=RunState.FAILED, failed_nodes=["n1"])
+    recovering = _job(store, terminate_on_end=True)
+    store.update_job(recovering.id, spec={"name": "x", "limits": {"terminate_on_end": True},
+                                          "cluster": {"restart_on_node_failure": True}})
+    assert check_limits(store, store.get_job(recovering.id), struck) is None   # restarts on a replacement node
+    assert store.get_job(recovering.id).state is JobState.UP
+    assert check_limits(store, job, Run(id="run-001", state=RunState.COMPLETED)) == "terminate_on_end"
+    ended = store.get_job(job.id)
+    assert (ended.state, ended.terminated_by) == (JobState.TERMINATING, "terminate_on_end")
+    control = [e.data for e in store.events(job.id) if e.kind is EventKind.CONTROL]
+    assert control == [{"action": "terminate", "by": "terminate_on_end",
+                        "reason": "run-001 completed; the job ends with its run (limits.terminate_on_end)"}]
+    assert check_limits(store, _job(store), Run(id="run-001", state=RunState.COMPLETED)) is None   # off by default
+
+
 # -- store: runs and revisions
 
 def test_add_run_only_after_the_current_run_ended(store):

@@ -101,10 +101,14 @@ def test_members_share_a_sweep_id_and_report_their_values(store, tmp_path):
     assert [doc.state.value for doc in client.terminate_sweep(sweep_id)[1]] == ["TERMINATING"] * 3
 
 
-def test_members_free_their_nodes_soon_after_their_run_ends_unless_the_spec_says_otherwise():
+def test_members_end_with_their_run_unless_the_spec_says_otherwise():
     plan = expand(BASE, {"solver.env.A": ["a"]})
-    assert plan.members[0].spec.limits.idle_shutdown == 30.0
+    limits = plan.members[0].spec.limits
+    assert (limits.terminate_on_end, limits.idle_shutdown) == (True, None)
     own = expand({**BASE, "limits": {"walltime": "1h", "idle_shutdown": "5m"}}, {"solver.env.A": ["a"]})
-    assert (own.members[0].spec.limits.walltime, own.members[0].spec.limits.idle_shutdown) == (3600.0, 300.0)
+    limits = own.members[0].spec.limits
+    assert (limits.walltime, limits.idle_shutdown, limits.terminate_on_end) == (3600.0, 300.0, False)
+    kept = expand({**BASE, "limits": {"terminate_on_end": False}}, {"solver.env.A": ["a"]})
+    assert kept.members[0].spec.limits.terminate_on_end is False
     swept = expand(BASE, {"limits.idle_shutdown": ["1s", "2s"]})
     assert [m.spec.limits.idle_shutdown for m in swept.members] == [1.0, 2.0]
