@@ -43,20 +43,35 @@ class HostKeyOffer:
     others: list[str]      # other keys trusted for the entry now ("type fingerprint")
 
 
-def pick_backend(service: ControlService, name: str | None) -> Any:
-    """The named backend; by default ssh when an inventory is configured, local otherwise."""
-    from orchestrator.cluster import get_backend
-
+def backend_name(service: ControlService, name: str | None) -> str:
+    """The named backend, by default the engine's (as its workers published it), else by these settings:
+    ssh when an inventory is configured, local otherwise."""
     if name not in (None, *BACKENDS):
         raise UserError(f"backend {name!r}: choose local, ssh or slurm")
-    return get_backend(name or ("ssh" if service.settings.inventory else "local"), service.settings)
+    if name:
+        return name
+    published = service.store.published_inventory("local")   # every engine publishes its local backend
+    if published and published.get("default") in BACKENDS:
+        return str(published["default"])
+    return "ssh" if service.settings.inventory else "local"
+
+
+def pick_backend(service: ControlService, name: str | None) -> Any:
+    from orchestrator.cluster import get_backend
+
+    return get_backend(backend_name(service, name), service.settings)
 
 
 def nodes(service: ControlService, backend: str | None = None) -> list[dict[str, Any]]:
-    from orchestrator.engine.nodes_admin import node_rows
+    """The engine's nodes (what its workers last published, with live leases and drains); before any worker
+    has published, the nodes these settings describe."""
+    from orchestrator.engine.nodes_admin import node_rows, published_rows
 
-    chosen = pick_backend(service, backend)
-    rows = node_rows(chosen, service.store.leases(chosen.name), service.store.drained(chosen.name))
+    name = backend_name(service, backend)
+    rows = published_rows(service.store, name)
+    if rows is None:
+        chosen = pick_backend(service, name)
+        rows = node_rows(chosen, service.store.leases(chosen.name), service.store.drained(chosen.name))
     if not service.admin:  # others' jobs and drain notes are theirs: only that they exist shows
         mine = {r.id for r in service.jobs(1000)}
         for row in rows:
@@ -70,7 +85,10 @@ def nodes(service: ControlService, backend: str | None = None) -> list[dict[str,
 def drain(service: ControlService, node: str, reason: str = "", backend: str | None = None) -> dict[str, Any]:
     from orchestrator.engine import nodes_admin
 
-    return nodes_admin.drain(service.store, pick_backend(service, backend), node, service.user, reason)
+    name = backend_name(service, backend)
+    rows = nodes_admin.published_rows(service.store, name)
+    known = [r["name"] for r in rows] if rows is not None else [n.name for n in pick_backend(service, name).inventory()]
+    return nodes_admin.drain(service.store, name, known, node, service.user, reason)
 
 
 def undrain(service: ControlService, node: str, force: bool = False,

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from orchestrator.cluster import get_backend
 from orchestrator.cluster.base import ClusterBackend, Node
 from orchestrator.cluster.identity import account_for
-from orchestrator.model.errors import BackendError, UserError
+from orchestrator.model.errors import BackendError, E2EError, UserError
+from orchestrator.model.settings import Settings
 from orchestrator.model.states import NodeState
 from orchestrator.store.jobs import JobStore
 
 PROBE_TIMEOUT = 3.0
+log = logging.getLogger(__name__)
 
 
 def node_rows(backend: ClusterBackend, leases: dict[str, str],
@@ -39,6 +43,55 @@ def node_rows(backend: ClusterBackend, leases: dict[str, str],
         return list(pool.map(row, nodes))
 
 
+def engine_default(settings: Settings) -> str:
+    """The backend a spec without `cluster.backend` runs on, by the engine's settings."""
+    return "ssh" if settings.inventory else "local"
+
+
+def configured(store: JobStore, settings: Settings) -> list[str]:
+    """The backends this engine serves: local always; ssh with an inventory; Slurm with a partition set or
+    once a job has used it (no sinfo call on an engine that has no Slurm)."""
+    names = ["local"]
+    if settings.inventory:
+        names.append("ssh")
+    if settings.slurm_partition or store.leases("slurm"):
+        names.append("slurm")
+    return names
+
+
+def publish_inventories(store: JobStore, settings: Settings) -> dict[str, int]:
+    """A worker's view of each configured backend's nodes (name, address, cores, load, reachability), published
+    so that `e2e nodes`, the API and the monitor show the engine's inventory, not one recomputed from their own
+    settings. Leases and drains are read live by the reader. {backend: nodes published}."""
+    published = {}
+    for name in configured(store, settings):
+        try:
+            backend = get_backend(name, settings)
+            rows = node_rows(backend, {}, {})
+        except E2EError as exc:
+            log.warning("cannot list the %s nodes: %s", name, exc.message)
+            continue
+        keep = ("name", "address", "cores", "load", "reachable", "problem")
+        store.publish_inventory(name, {"at": time.time(), "default": engine_default(settings),
+                                       "nodes": [{k: row[k] for k in keep} for row in rows]})
+        published[name] = len(rows)
+    return published
+
+
+def published_rows(store: JobStore, backend: str) -> list[dict[str, Any]] | None:
+    """node_rows from the engine's published inventory (None: nothing published yet), with live leases."""
+    doc = store.published_inventory(backend)
+    if doc is None:
+        return None
+    leases, drained = store.leases(backend), store.drained(backend)
+    rows = []
+    for node in doc.get("nodes", []):
+        job, note = leases.get(node["name"]) or None, drained.get(node["name"])
+        state = NodeState.DRAINED if note else NodeState.LEASED if job else NodeState.FREE
+        rows.append({**node, "state": state, "job": job, "drained": note, "seen_at": doc.get("at")})
+    return rows
+
+
 def _named(backend: ClusterBackend, node: str) -> Node:
     by_name = {n.name: n for n in backend.inventory()}
     if node not in by_name:
@@ -46,11 +99,13 @@ def _named(backend: ClusterBackend, node: str) -> Node:
     return by_name[node]
 
 
-def drain(store: JobStore, backend: ClusterBackend, node: str, by: str, reason: str) -> dict[str, Any]:
-    """Take a node out of service: no new job gets it; a job holding it keeps it until it ends."""
-    _named(backend, node)
+def drain(store: JobStore, backend: str, known: list[str], node: str, by: str, reason: str) -> dict[str, Any]:
+    """Take a node out of service: no new job gets it; a job holding it keeps it until it ends. `known`: the
+    backend's node names."""
+    if node not in known:
+        raise UserError(f"node {node!r} is not in the {backend} inventory; known nodes: {', '.join(known)}")
     note = {"reason": reason or f"drained by {by}", "by": by, "at": time.time(), "job": None, "run": None}
-    if not store.drain(backend.name, node, note):
+    if not store.drain(backend, node, note):
         raise UserError(f"node {node} is drained already")
     return note
 

@@ -67,6 +67,10 @@ class KeyNames:
     def drained(self, backend: str) -> str:
         return f"{self.pool(backend)}:drained"
 
+    def inventory(self, backend: str) -> str:
+        """The backend's nodes as the engine's workers see them (published for the CLI, API and monitor)."""
+        return f"{self.pool(backend)}:inventory"
+
     @property
     def leftovers(self) -> str:
         return f"{self.prefix}:leftovers"

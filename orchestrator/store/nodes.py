@@ -47,6 +47,14 @@ class NodeLeases:
         """Nodes taken out of service after a fault, with why, when and during which job's run."""
         return {name: json.loads(note) for name, note in self._r.hgetall(self._keys.drained(backend)).items()}
 
+    def publish_inventory(self, backend: str, doc: dict[str, Any]) -> None:
+        """The engine's view of a backend's nodes (written by a worker, read by every face)."""
+        self._r.set(self._keys.inventory(backend), json.dumps(doc, default=str))
+
+    def published_inventory(self, backend: str) -> dict[str, Any] | None:
+        raw = self._r.get(self._keys.inventory(backend))
+        return json.loads(raw) if raw else None
+
     def leftovers(self) -> dict[str, dict[str, Any]]:
         """Jobs terminated without some silent nodes, whose run processes there are still to be killed."""
         return {job_id: json.loads(note) for job_id, note in self._r.hgetall(self._keys.leftovers).items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import beat_init, task_failure, task_retry, task_success, worker_init
+from celery.signals import beat_init, task_failure, task_retry, task_success, worker_init, worker_ready
 
 from orchestrator.model.errors import StackError
 from orchestrator.model.settings import Settings, get_settings
@@ -13,6 +13,7 @@ from orchestrator.worker import names, task_stats
 
 JOBS_QUEUE = "e2e.jobs"
 RECONCILE_QUEUE = "e2e.reconcile"
+INVENTORY_INTERVAL = 10.0   # seconds between publications of the nodes the engine sees
 ENGINE_UMASK = 0o077  # every engine process creates files for its own account only (jobs run as others)
 
 
@@ -49,14 +50,18 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_soft_shutdown_timeout=10,
         worker_hijack_root_logger=False,
         task_default_queue=JOBS_QUEUE,
-        task_routes={names.RECONCILE: {"queue": RECONCILE_QUEUE}},
+        task_routes={names.RECONCILE: {"queue": RECONCILE_QUEUE}, names.INVENTORY: {"queue": RECONCILE_QUEUE}},
         beat_schedule={
             "reconcile": {
                 "task": names.RECONCILE,
                 "schedule": settings.reconcile_interval,
                 # a pass that waited behind a dead worker is worthless: the next one is already due
                 "options": {"expires": max(5.0, settings.reconcile_interval * 5), "queue": RECONCILE_QUEUE},
-            }
+            },
+            # the nodes as the engine sees them, for every face: a task of its own (probing a silent node takes
+            # up to 3 s: never inside the reconcile pass), on the queue the beat may publish to (its ACL user)
+            "inventory": {"task": names.INVENTORY, "schedule": INVENTORY_INTERVAL,
+                          "options": {"expires": INVENTORY_INTERVAL, "queue": RECONCILE_QUEUE}},
         },
     )
     return app
@@ -76,3 +81,11 @@ def _engine_umask(**_kwargs: object) -> None:
 
 worker_init.connect(_engine_umask, weak=False)
 beat_init.connect(_engine_umask, weak=False)
+
+
+def _publish_inventory_now(sender: object = None, **_kwargs: object) -> None:
+    """A worker that starts publishes the nodes at once (the beat's first publication is 10 s away)."""
+    app.send_task(names.INVENTORY, queue=RECONCILE_QUEUE, expires=INVENTORY_INTERVAL)
+
+
+worker_ready.connect(_publish_inventory_now, weak=False)

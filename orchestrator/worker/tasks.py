@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from orchestrator.engine.lifecycle import Lifecycle
 from orchestrator.engine.live_edit import apply_live_edit
+from orchestrator.engine.nodes_admin import publish_inventories
 from orchestrator.model.settings import get_settings
 from orchestrator.store.jobs import JobStore
 from orchestrator.worker import names
@@ -51,6 +52,12 @@ def apply_live(job_id: str, run_id: str, request: str, old_spec: dict, new_spec:
                by: str = "", deadline: float | None = None) -> None:
     """Apply a live edit to the running solver; the outcome goes to the job's stream (control waits for it)."""
     apply_live_edit(lifecycle(), job_id, run_id, request, old_spec, new_spec, files, by, deadline)
+
+
+@app.task(name=names.INVENTORY, max_retries=0)
+def inventory() -> dict[str, int]:
+    lc = lifecycle()
+    return publish_inventories(lc.store, lc.settings)
 
 
 @app.task(name=names.RECONCILE, max_retries=0)

@@ -202,3 +202,24 @@ def test_edits_are_validated_recorded_and_used_by_rerun_and_live(engine, openfoa
     assert any(e.kind is EventKind.CONTROL and e.data.get("action") == "edit" for e in client.events(job_id))
     client.terminate(job_id)
     assert engine.wait_job_terminal(job_id).state is JobState.TERMINATED
+
+
+def test_e2e_nodes_shows_the_engines_nodes_whatever_the_callers_settings(engine):
+    """The worker publishes what it leases from (8 virtual nodes here); a CLI whose own environment says
+    nothing of nodes (E2E_LOCAL_NODES unset: 4 by default) shows the engine's 8."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("E2E_") or k == "E2E_RUN_AS"}
+    env.update(E2E_HOME=str(engine.settings.root), E2E_REDIS_URL=engine.settings.redis_url)
+
+    def shown() -> list[str] | None:
+        done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "nodes", "--json"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        names = [row["name"] for row in json.loads(done.stdout)]
+        return names if len(names) == engine.settings.local_nodes else None
+
+    assert wait_for(shown, 30, "the engine's nodes in `e2e nodes`") == \
+        [f"node-{i:02d}" for i in range(1, engine.settings.local_nodes + 1)]

@@ -39,6 +39,7 @@ def test_key_names_are_the_stored_ones():
     assert k.owned("ann") == "e2e:owner:ann"
     assert k.pool("local") == "e2e:nodes:local" and k.drained("local") == "e2e:nodes:local:drained"
     assert k.pool_backend("e2e:nodes:ssh") == "ssh" and k.pool_backend("e2e:nodes:ssh:drained") is None
+    assert k.inventory("ssh") == "e2e:nodes:ssh:inventory" and k.pool_backend(k.inventory("ssh")) is None
     assert k.leftovers == "e2e:leftovers" and k.sweep("s1") == "e2e:sweep:s1" and k.sweeps == "e2e:sweeps"
     assert (k.account("ann"), k.token("d1"), k.account_tokens("ann")) == (
         "e2e:account:ann", "e2e:token:d1", "e2e:account-tokens:ann")
