@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from orchestrator.cluster import get_backend
 from orchestrator.cluster.base import ClusterBackend, Node
@@ -33,8 +33,23 @@ class EngineContext:
     store: JobStore
     settings: Settings
     plugins: Registry
+    # Ask for a provision of a queued job soon, in another worker process (the worker passes a task sender;
+    # without one, the reconcile pass gets to it): how a burst of submissions takes free nodes as fast as they
+    # come, instead of one job per pass.
+    kick: Callable[[str], None] | None = None
     _specs: OrderedDict[tuple[str, int], tuple[dict[str, Any], Any]] = field(default_factory=OrderedDict,
                                                                                repr=False)
+
+    def kick_queue(self) -> None:
+        """The first job of the queue may take nodes now (one before it did, or nodes were freed)."""
+        if self.kick is None:
+            return
+        queued = self.store.queued_jobs()
+        if queued:
+            try:
+                self.kick(queued[0])
+            except Exception:  # noqa: BLE001 - a lost kick costs a reconcile pass, never a job
+                pass
 
     @property
     def control(self) -> RunControl:

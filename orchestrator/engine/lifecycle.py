@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 from orchestrator.cluster import get_backend
 from orchestrator.cluster.base import ClusterBackend, HostKeyRefused, Node
@@ -35,13 +36,14 @@ class Lifecycle:
     """The engine's steps, each short and idempotent: safe to run twice, safe to resume after a crash.
     What they share is an EngineContext; stopping a run and terminating a job are the Stopping steps."""
 
-    def __init__(self, store: JobStore, settings: Settings, plugins: Registry) -> None:
-        self.ctx = EngineContext(store, settings, plugins)
+    def __init__(self, store: JobStore, settings: Settings, plugins: Registry,
+                 kick: Callable[[str], None] | None = None) -> None:
+        self.ctx = EngineContext(store, settings, plugins, kick)
         self.stopping = Stopping(self.ctx, observe=self.observe)
 
     @classmethod
-    def create(cls, store: JobStore, settings: Settings) -> Lifecycle:
-        return cls(store, settings, registry())
+    def create(cls, store: JobStore, settings: Settings, kick: Callable[[str], None] | None = None) -> Lifecycle:
+        return cls(store, settings, registry(), kick)
 
     @property
     def store(self) -> JobStore:
@@ -89,6 +91,7 @@ class Lifecycle:
             if not self.store.transition_job(job_id, JobState.PROVISIONING, expect=[JobState.QUEUED],
                                              data={"nodes": leased}, nodes=leased):
                 return
+            ctx.kick_queue()  # the next job leases while this one is prepared: a burst fills free nodes at once
             job = self.store.get_job(job_id)
         if job.state is not JobState.PROVISIONING:
             return
@@ -106,6 +109,7 @@ class Lifecycle:
             self.store.append_event(job_id, EventKind.ERROR, {"step": "provision", "message": str(exc)})
             self.store.transition_job(job_id, JobState.FAILED, expect=[JobState.PROVISIONING], error=str(exc))
             self.store.release(backend.name, job_id)
+            ctx.kick_queue()
             return
         if self.store.transition_job(job_id, JobState.UP, expect=[JobState.PROVISIONING], up_at=time.time()):
             # The run first, then the job's services (desktop, sync): the solver is what the user waits for,

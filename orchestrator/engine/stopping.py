@@ -129,6 +129,7 @@ class Stopping:
                 hand_over_tree(dest, account, ctx.settings.root)  # the results are the owner's, like the job
         backend.release(job_id)
         self.store.release(backend.name, job_id)
+        self.ctx.kick_queue()   # the freed nodes go to the queue now, not at the next pass
         self.store.transition_job(job_id, JobState.TERMINATED, expect=[JobState.TERMINATING],
                                   data={"results": str(dest)}, results=str(dest), nodes=[])
 

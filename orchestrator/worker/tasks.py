@@ -23,7 +23,7 @@ def lifecycle() -> Lifecycle:
     """Built lazily in the worker child (never before fork), once per process."""
     settings = get_settings()
     store = JobStore.from_url(settings.resolved_redis_url(), events_maxlen=settings.events_maxlen)
-    return Lifecycle.create(store, settings)
+    return Lifecycle.create(store, settings, kick=lambda job_id: provision.apply_async(args=[job_id]))
 
 
 @app.task(name=names.PROVISION, **RETRIES)

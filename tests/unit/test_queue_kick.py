@@ -1,0 +1,37 @@
+"""A job that leases nodes asks for the next queued job's provision at once, and so does a job that frees
+nodes: a burst of submissions never waits for reconcile passes, and FIFO is kept (only the head leases)."""
+
+from __future__ import annotations
+
+from orchestrator.control.service import ControlService
+from orchestrator.engine.lifecycle import Lifecycle
+from orchestrator.model.settings import Settings
+from orchestrator.model.states import JobState
+
+
+def _lifecycle(store, tmp_path, kicked: list[str]) -> tuple[Lifecycle, ControlService]:
+    settings = Settings(home=tmp_path / "home", redis_url="redis://x/0", local_nodes=2, local_cores_per_node=1)
+    celery = type("C", (), {"send_task": lambda *a, **k: None})()   # the submit's own provision task: not run
+    lc = Lifecycle.create(store, settings, kick=kicked.append)
+    lc.launch = lambda job_id, run_id, redrive=False: None               # nothing spawned: leasing is the point
+    lc.ctx.each_service = lambda job, step: None
+    return lc, ControlService(settings, store=store, celery=celery)
+
+
+def test_a_lease_kicks_the_next_queued_job_and_a_job_out_of_turn_waits(store, tmp_path, monkeypatch):
+    kicked: list[str] = []
+    lc, control = _lifecycle(store, tmp_path, kicked)
+    monkeypatch.setattr("orchestrator.engine.lifecycle.prepare_job_tree", lambda *a, **k: None)
+    spec = {"desktop": {"enabled": False}, "solver": {"name": "command", "command": ["true"]}}
+    a, b, c = (control.submit_data({**spec, "name": n}) for n in ("a", "b", "c"))
+    lc.provision(b)                                          # out of turn: b stays queued, nothing kicked
+    assert store.get_job(b).state is JobState.QUEUED and kicked == []
+    lc.provision(a)                                          # a leases, and asks for b's provision at once
+    assert store.get_job(a).state is JobState.UP and kicked == [b]
+    lc.provision(b)
+    assert store.get_job(b).state is JobState.UP and kicked == [b, c]
+    lc.provision(c)                                          # no node left: c waits, nothing more to kick
+    assert store.get_job(c).state is JobState.QUEUED and kicked == [b, c]
+    store.release("local", a)                                # (what a terminate does at its end)
+    lc.ctx.kick_queue()
+    assert kicked == [b, c, c]
