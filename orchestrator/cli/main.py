@@ -122,10 +122,25 @@ def list_jobs(limit: int = typer.Option(50, help="how many of the newest jobs"),
     table = Table("ID", "NAME", "OWNER", "SOLVER", "JOB", "RUN", "PROGRESS", "AGE", box=None)
     for job in jobs:
         run = job.run
-        table.add_row(job.id, job.name, job.owner, job.solver, job.state.value,
+        state = job.state.value + (f" {_expected(job.queue, short=True)}" if job.queue else "")
+        table.add_row(job.id, job.name, job.owner, job.solver, state,
                       f"{run.id if run else job.current_run} {run.state.value if run and run.state else '-'}",
                       _percent(run.progress if run else None), _age(job.created_at))
     out.print(table)
+
+
+def _expected(place, short: bool = False) -> str:
+    """A waiting job's place and expected start: '#2 in the queue; expected start ~4m (10:32): why' (short:
+    '#2 ~4m'; '#2 ?' without an estimate; 'scheduler' in place of '#2' when the site's scheduler holds it)."""
+    where = f"#{place.position}" if place.position is not None else "scheduler"
+    if place.expected_start is None:
+        return f"{where} ?" if short else f"{where} in the queue; no estimate: {place.why}"
+    wait = max(0.0, place.expected_start - time.time())
+    when = "now" if wait < 1 else f"~{_duration(wait)}"
+    if short:
+        return f"{where} {when}"
+    at = time.strftime("%H:%M", time.localtime(place.expected_start))
+    return f"{where} in the queue; expected start {when} ({at}): {place.why}"
 
 
 @app.command()
@@ -138,6 +153,8 @@ def status(job: str, as_json: bool = JSON_OPT) -> None:
         return
     out.print(f"[bold]{doc.id}[/] {doc.name}  solver {doc.solver}  owner {doc.owner}")
     out.print(f"  job      {_state(doc.state.value)}  nodes {', '.join(doc.nodes) or '-'}")
+    if doc.queue:
+        out.print(f"  queue    {_expected(doc.queue)}", highlight=False)
     if doc.desktop:
         desk = doc.desktop
         detail = desk.url or desk.reason or ""

@@ -14,6 +14,15 @@ class NodeUnreachable(BackendError):
     """The node did not answer (refused, timed out, or a call ran past its deadline): a node fault."""
 
 
+class AllocationPending(BackendError):
+    """The backend's own scheduler has queued the allocation (other users hold the nodes): it starts later, at
+    `expected_start` (epoch seconds) when the scheduler gives one. Not a failure: the engine asks again."""
+
+    def __init__(self, message: str, expected_start: float | None = None) -> None:
+        super().__init__(message)
+        self.expected_start = expected_start
+
+
 class HostKeyRefused(BackendError):
     """A node's SSH host key is unknown or changed, so the engine refused to talk to it (hostkeys.py raises it)."""
 

@@ -26,7 +26,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from orchestrator.cluster.base import ClusterBackend, Node
+from orchestrator.cluster.base import AllocationPending, ClusterBackend, Node
 from orchestrator.cluster.identity import as_account, lookup
 from orchestrator.cluster.local import LocalBackend
 from orchestrator.cluster.owned import hand_over_tree
@@ -41,6 +41,14 @@ _JOB_ID = re.compile(r"^\d+(?:_\d+)?$")
 
 class NoAllocation(BackendError):
     """The job (or node) has no Slurm allocation: never made, or already ended."""
+
+
+def parse_start(text: str) -> float | None:
+    """squeue's %S (2026-12-07T05:00:00, local time) as epoch seconds; None for N/A, Unknown or nothing."""
+    try:
+        return time.mktime(time.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
 
 
 def job_name(job_id: str) -> str:
@@ -149,6 +157,7 @@ class SlurmBackend(ClusterBackend):
         """Ask Slurm for exactly these nodes (idempotent) and wait until the allocation runs; its job id.
         With an account the allocation is the account's (sbatch --uid/--gid, as root)."""
         slurm_id = self.allocation_id(job_id)
+        fresh = slurm_id is None
         if slurm_id is None:
             record = self._record(job_id)
             record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -169,12 +178,29 @@ class SlurmBackend(ClusterBackend):
                 raise BackendError(f"sbatch answered {slurm_id!r} instead of a job id")
             record.write_text(f"{slurm_id} {owner}\n")
             self._owners[slurm_id] = owner
-        deadline = time.monotonic() + (timeout or self.settings.launch_timeout)
+        # A fresh allocation gets the launch timeout to start; one Slurm has pending already is asked once (a
+        # worker never sits out a busy cluster: the engine asks again on its next pass).
+        deadline = time.monotonic() + ((timeout or self.settings.launch_timeout) if fresh else 0.0)
         while (state := self.allocation_state(job_id)) != "RUNNING":
-            if state not in ("PENDING", "CONFIGURING", None) or time.monotonic() > deadline:
-                raise BackendError(f"Slurm allocation {slurm_id} of job {job_id} is {state or 'unknown'}, not RUNNING")
+            if state not in ("PENDING", "CONFIGURING", None) or state is None and not fresh:
+                raise BackendError(f"Slurm allocation {slurm_id} of job {job_id} is {state or 'unknown to Slurm'}, "
+                                   "not RUNNING")
+            if time.monotonic() > deadline:   # Slurm queued it (or boots its nodes): later, not never
+                expected = self.expected_start(job_id) if state == "PENDING" else None
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(expected)) if expected else "not estimated yet"
+                raise AllocationPending(f"Slurm allocation {slurm_id} of job {job_id} is {state or 'not shown yet'} "
+                                        f"(expected start: {when})", expected)
             time.sleep(0.1)
         return slurm_id
+
+    def expected_start(self, job_id: str) -> float | None:
+        """When Slurm expects a pending allocation to start (`squeue --start`); None when it gives no time."""
+        slurm_id = self.allocation_id(job_id)
+        if slurm_id is None:
+            return None
+        shown = self.slurm("squeue", "--noheader", "--start", f"--jobs={slurm_id}", "--format=%S",
+                           check=False).stdout.strip()
+        return parse_start(shown)
 
     def allocation_state(self, job_id: str) -> str | None:
         """RUNNING, PENDING, SUSPENDED, CANCELLED, ... from squeue, then scontrol, then sacct; None if unknown."""

@@ -19,6 +19,16 @@ from orchestrator.model.states import JOB_TERMINAL, RUN_ENDED, JobState, RunStat
 from solvers.base import Progress
 
 
+class QueuePlace(BaseModel):
+    """A waiting job's place: 1 is the head of the engine's queue (None: the engine leased its nodes and the
+    site's scheduler, e.g. Slurm, queued the allocation); the expected start (epoch seconds) when one can be
+    given, and what it waits for or why there is no estimate."""
+
+    position: int | None
+    expected_start: float | None = None
+    why: str = ""
+
+
 class JobStatus(Job):
     """A job as users see it: the record (spec with secrets masked), its runs, the commands it accepts now and
     its limits' deadlines (limit -> epoch seconds). GET /jobs/{job} is its JSON."""
@@ -26,6 +36,7 @@ class JobStatus(Job):
     runs_detail: list[Run] = Field(default_factory=list)
     allowed: list[str] = Field(default_factory=list)
     deadlines: dict[str, float] = Field(default_factory=dict)
+    queue: QueuePlace | None = None
 
     @property
     def current(self) -> Run | None:
@@ -45,6 +56,7 @@ class JobSummary(Job):
     """A job in a listing, with its current run at a glance (`run`)."""
 
     run: RunBrief | None = None
+    queue: QueuePlace | None = None
 
 
 class HistoryRun(BaseModel):

@@ -21,9 +21,19 @@ from typing import Any, Callable, Iterator
 from orchestrator.control import desktop, files, nodes, steering, submission, uploads
 from orchestrator.control.desktop import DesktopRefused
 from orchestrator.control.nodes import HostKeyOffer, Rendered
-from orchestrator.control.protocol import History, HistoryRun, JobStatus, JobSummary, RunBrief, wait_until
+from orchestrator.control.protocol import (
+    History,
+    HistoryRun,
+    JobStatus,
+    JobSummary,
+    QueuePlace,
+    RunBrief,
+    wait_until,
+)
+from orchestrator.control.queue import forecasts, scheduler_place
 from orchestrator.control.steering import ALLOWED_PAUSE, TERMINABLE
 from orchestrator.control.sweeps import SweepPlan
+from orchestrator.engine.forecast import Forecast
 from orchestrator.engine.limits import deadlines
 from orchestrator.model.commands import allowed_commands
 from orchestrator.model.errors import NotFound, SpecError
@@ -32,6 +42,7 @@ from orchestrator.model.paths import JobPaths
 from orchestrator.model.records import Job
 from orchestrator.model.settings import Settings, get_settings
 from orchestrator.model.spec import validate_spec
+from orchestrator.model.states import JobState
 from orchestrator.store.jobs import JobStore
 
 # Kept importable from here, where callers found them before the split.
@@ -115,7 +126,17 @@ class ControlService:
         return JobStatus.model_validate({
             **record.model_dump(), "runs_detail": runs, "spec": self._masked_spec(record),
             "allowed": [c.value for c in allowed_commands(record.state, current.state if current else None)],
-            "deadlines": deadlines(record, current)})
+            "deadlines": deadlines(record, current), "queue": self._queue_place(record)})
+
+    def _queue_place(self, record: Job, known: dict[str, Forecast] | None = None) -> QueuePlace | None:
+        if record.state is JobState.PROVISIONING:
+            return scheduler_place(self.settings, record)
+        if record.state is not JobState.QUEUED:
+            return None
+        found = (forecasts(self.store) if known is None else known).get(record.id)
+        if found is None:
+            return None
+        return QueuePlace(position=found.position, expected_start=found.starts_at, why=found.why)
 
     def _masked_spec(self, record: Job) -> dict[str, Any]:
         """The spec as users see it: licence keys and other secrets masked."""
@@ -133,13 +154,16 @@ class ControlService:
     def overview(self, limit: int = 100, owner: str | None = None) -> list[JobSummary]:
         """The newest jobs, each with its current run's id, state and progress (`run`)."""
         rows = []
-        for record in self.jobs(limit, owner):
+        records = self.jobs(limit, owner)
+        known = forecasts(self.store) if any(r.state is JobState.QUEUED for r in records) else {}
+        for record in records:
             try:
                 run = self.store.get_run(record.id, record.current_run)
                 brief = RunBrief(id=run.id, state=run.state, progress=run.progress)
             except NotFound:
                 brief = RunBrief(id=record.current_run)
-            rows.append(JobSummary.model_validate({**record.model_dump(), "run": brief}))
+            rows.append(JobSummary.model_validate({**record.model_dump(), "run": brief,
+                                                   "queue": self._queue_place(record, known)}))
         return rows
 
     def events(self, job: str, after: str = "0-0", block_ms: int | None = None, count: int = 1000) -> list[Event]:

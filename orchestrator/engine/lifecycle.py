@@ -7,7 +7,7 @@ import time
 from typing import Callable
 
 from orchestrator.cluster import get_backend
-from orchestrator.cluster.base import ClusterBackend, HostKeyRefused, Node
+from orchestrator.cluster.base import AllocationPending, ClusterBackend, HostKeyRefused, Node
 from orchestrator.cluster.identity import acting_as
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.edits import apply_overlay, overlay
@@ -102,6 +102,12 @@ class Lifecycle:
             for node in nodes:
                 backend.prepare_node(node, job_id, account)
             prepare_job_tree(ctx.paths(job_id), ctx.settings.root, account)
+        except AllocationPending as exc:   # the site's scheduler queued it: wait (reconcile asks again), say when
+            if job.waiting != exc.message:
+                self.store.update_job(job_id, waiting=exc.message)
+                self.store.append_event(job_id, EventKind.WARNING, {"step": "provision", "message": exc.message,
+                                                                    "expected_start": exc.expected_start})
+            return
         except (E2EError, OSError) as exc:
             if isinstance(exc, HostKeyRefused):  # an access refusal, searchable with the desktop's
                 self.store.append_event(job_id, EventKind.ACCESS_REFUSED, {
@@ -111,7 +117,8 @@ class Lifecycle:
             self.store.release(backend.name, job_id)
             ctx.kick_queue()
             return
-        if self.store.transition_job(job_id, JobState.UP, expect=[JobState.PROVISIONING], up_at=time.time()):
+        if self.store.transition_job(job_id, JobState.UP, expect=[JobState.PROVISIONING], up_at=time.time(),
+                                     waiting=""):
             # The run first, then the job's services (desktop, sync): the solver is what the user waits for,
             # and the services find whatever it wrote meanwhile (the sync's first pass scans the whole folder).
             self.launch(job_id, job.current_run)

@@ -112,6 +112,7 @@ class Job(Record):
     sweep_values: dict[str, Any] | None = None
     # life
     up_at: float | None = None
+    waiting: str | None = None   # why a PROVISIONING job waits: the site's scheduler queued its allocation
     error: str | None = None
     terminate_requested_at: float | None = None
     terminated_by: str | None = None

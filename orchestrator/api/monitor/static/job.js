@@ -22,7 +22,7 @@ function startJobPage(jobId) {
     const run = doc.runs_detail.find(r => r.id === doc.current_run) || {};
     if (state.run !== null && run.id !== state.run) { state.series = {}; state.points = 0; draw(); }
     state.run = run.id;
-    set("job-name", doc.name); set("job-state", doc.state); set("job-owner", doc.owner);
+    set("job-name", doc.name); set("job-state", doc.state + queuePlace(doc.queue)); set("job-owner", doc.owner);
     set("job-solver", doc.solver); set("job-nodes", (doc.nodes || []).join(", ") || "none");
     set("run-id", run.id); set("run-state", run.state); set("run-attempt", run.attempt);
     const p = run.progress;

@@ -84,6 +84,15 @@ async function loadJobs() {
   document.getElementById("jobs-updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
 }
 
+// A queued job's place and expected start: " #2, starts ~14:05" (the engine's replay of its FIFO queue).
+function queuePlace(place) {
+  if (!place) return "";
+  const where = place.position === null ? " (site scheduler)" : ` #${place.position}`;
+  if (place.expected_start === null) return `${where} (no estimate: ${place.why})`;
+  const at = new Date(place.expected_start * 1000).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+  return `${where}, starts ~${at}`;
+}
+
 function renderJobs() {
   fill("jobs", lastJobs.map(job => {
     const link = el("a", job.id, {href: `/ui/jobs/${job.id}`});
@@ -91,7 +100,8 @@ function renderJobs() {
     const pct = progressPercent(progress) || (progress?.step ?? "");
     const used = usageByJob[job.id];
     const runtime = used ? used.attempts.reduce((sum, a) => sum + a.seconds, 0) : null;
-    const tr = row([link, job.name, job.owner, job.solver, job.state, `${job.run?.id || ""} ${job.run?.state || ""}`,
+    const tr = row([link, job.name, job.owner, job.solver, job.state + queuePlace(job.queue),
+                    `${job.run?.id || ""} ${job.run?.state || ""}`,
                     pct, (job.nodes || []).length || "", duration(runtime), used ? used.core_hours.toFixed(4) : "",
                     used ? used.desktop_hours.toFixed(4) : ""]);
     tr.dataset.job = job.id;
