@@ -45,7 +45,8 @@ class AllrunError(ValueError):
 
     def __init__(self, path: Path, number: int, line: str, why: str) -> None:
         self.path, self.number, self.line, self.why = path, number, line, why
-        super().__init__(f"{path.name} line {number}: {line.strip()!r}: {why}; {SUGGEST}")
+        where = f"{path.name} line {number}: {line.strip()!r}" if number else path.name  # 0: the whole file
+        super().__init__(f"{where}: {why}; {SUGGEST}")
 
 
 @dataclass
@@ -74,8 +75,8 @@ def derive(case: Path, application: str) -> Derived | None:
     parser = _Parser(case, application)
     parser.read(script, nested=False)
     if script.name == "Allrun" and parser.solver_line is None:
-        raise AllrunError(script, parser.last_number, parser.last_line or "", "the Allrun never runs the solver "
-                          "(runApplication $(getApplication))")
+        raise AllrunError(script, 0, "", "it never runs the solver as a line of its own (runApplication "
+                          "$(getApplication))")
     return Derived(parser.steps, parser.solver_line, script.name)
 
 
@@ -85,7 +86,6 @@ class _Parser:
         self.steps: list[dict[str, Any]] = []
         self.solver_line: int | None = None
         self.app_variable = False
-        self.last_number, self.last_line = 0, ""
 
     def read(self, script: Path, nested: bool) -> None:
         try:
@@ -93,7 +93,6 @@ class _Parser:
         except OSError as exc:
             raise AllrunError(script, 0, "", f"cannot be read ({exc.strerror or exc})") from None
         for number, line in _logical_lines(text):
-            self.last_number, self.last_line = number, line
             self.line(script, number, line, nested)
 
     def line(self, script: Path, number: int, line: str, nested: bool) -> None:

@@ -54,7 +54,7 @@ def main() -> int:
     print(f"  derived cleanly: {len(derived)}")
     print(f"  refused:         {len(refused)}")
     print(f"  ({len(not_cases)} more Allruns drive several cases and have no controlDict beside them)")
-    kinds = collections.Counter(exc.line.split()[0] if exc.line.split() else "(file)" for _, exc in refused)
+    kinds = collections.Counter(exc.line.split()[0] if exc.line.split() else "(no solver line)" for _, exc in refused)
     print("refused lines, by first word: " + ", ".join(f"{w} {n}" for w, n in kinds.most_common(12)))
     if args.verbose:
         for case, count in derived:

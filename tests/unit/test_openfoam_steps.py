@@ -108,8 +108,9 @@ def test_lines_after_the_solver_and_a_missing_solver_are_refused(tmp_path):
     with pytest.raises(AllrunError, match="line 5.*after the solver"):
         derive(case, "interFoam")
     (case / "Allrun").write_text(HEAD + "runApplication setFields\n")
-    with pytest.raises(AllrunError, match="never runs the solver"):
+    with pytest.raises(AllrunError, match="^Allrun: it never runs the solver") as caught:
         derive(case, "interFoam")
+    assert caught.value.number == 0
 
 
 def test_a_serial_step_after_a_parallel_one_is_refused(tmp_path):
