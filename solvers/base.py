@@ -92,6 +92,8 @@ class Prepared:
     progress_total: float | None = None    # the value `Progress.step` reaches at the end, when known
     env: dict[str, str] = field(default_factory=dict)  # exported before the script; secrets allowed
     info: dict[str, str] = field(default_factory=dict)  # published on the run record (e.g. a server's port)
+    # Logs of the steps run before the solver, by step name (`e2e logs --step NAME`), relative to the run dir.
+    step_logs: dict[str, str] = field(default_factory=dict)
 
 
 class Progress(BaseModel):

@@ -10,7 +10,7 @@ import zlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator, ValidationInfo, field_validator
 
 from orchestrator.model.errors import SpecError
 from orchestrator.model.spec import check_input_dir, resolve_input_path
@@ -26,6 +26,7 @@ from .base import (
     SolverPlugin,
     copy_if_absent,
 )
+from .openfoam_steps import MAX_STEPS, STEP_FAILED, Step, check_steps, derived_steps, step_logs, template_steps
 
 WORD = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 FOAM_DIR = "/usr/share/openfoam"   # Debian's package; WM_PROJECT_DIR is all its binaries need
@@ -69,6 +70,26 @@ class OpenFOAMOptions(SolverOptions):
     mesh: Literal["auto", "blockMesh", "none"] = "auto"
     reconstruct: bool = True
     mpi_args: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.,:=/+-]{1,128}$")]] = Field(default_factory=list)
+    steps: list[Step] | None = Field(None, max_length=MAX_STEPS, validate_default=True, description=(
+        "pre-processing before the solver, in order (never rerun by a restart); when not given, derived at "
+        "submit from the case's Allrun (or Allrun.pre); [] for none"))
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: list[Step] | None, info: ValidationInfo) -> list[Step] | None:
+        case, application = info.data.get("case"), info.data.get("application")
+        if case is None or application is None:
+            return value  # their own errors are reported
+        if value is None and (info.context or {}).get("check_paths", True):
+            try:
+                control = read_entry((Path(case) / "system" / "controlDict").read_text(errors="replace"),
+                                     "application")
+            except OSError as exc:
+                raise ValueError(f"system/controlDict of the case cannot be read: {exc.strerror or exc}") from None
+            value = derived_steps(Path(case), application, control)
+        if value:
+            check_steps(value, application)
+        return value
 
     @field_validator("parameters")
     @classmethod
@@ -107,9 +128,14 @@ class OpenFOAM(SolverPlugin):
         decompose = nprocs > 1 and not (restart and (ctx.run_dir / "processor0").is_dir())
         if decompose:
             (ctx.run_dir / "system" / "decomposeParDict").write_text(decompose_dict(nprocs))
+        steps = list(options.steps or [])
+        # `auto` meshes only when no step runs blockMesh itself (an Allrun's own `runApplication blockMesh`)
         needs_mesh = not restart and (options.mesh == "blockMesh" or (
-            options.mesh == "auto" and not (ctx.run_dir / "constant" / "polyMesh" / "points").exists()
+            options.mesh == "auto" and not any(s.run == "blockMesh" for s in steps)
+            and not (ctx.run_dir / "constant" / "polyMesh" / "points").exists()
             and (ctx.run_dir / "system" / "blockMeshDict").exists()))
+        # A restart continues the solver: pre-processing ran in the first attempt and is never rerun.
+        serial, parallel = template_steps([] if restart else steps, parallel_ok=nprocs > 1)
         flags = list(options.mpi_args)
         if ctx.as_root:
             flags.insert(0, "--allow-run-as-root")
@@ -121,10 +147,13 @@ class OpenFOAM(SolverPlugin):
             template="openfoam/run.sh.j2",
             context={"application": options.application, "nprocs": nprocs, "hostfile": ctx.hostfile,
                      "mesh": needs_mesh, "decompose": decompose, "reconstruct": options.reconstruct,
-                     "mpi_flags": flags, "log_file": log_file, "append_log": restart, "restart": restart},
+                     "mpi_flags": flags, "log_file": log_file, "append_log": restart, "restart": restart,
+                     "serial_steps": serial, "parallel_steps": parallel},
             log_file=log_file,
+            step_logs=step_logs(steps),
             progress_total=_float(end),
             env={"WM_PROJECT_DIR": os.environ.get("WM_PROJECT_DIR", FOAM_DIR)},
+            info={"steps": _describe(steps)} if steps else {},
         )
 
     def parse_progress(self, text: str, last: Progress | None) -> Progress | None:
@@ -145,6 +174,8 @@ class OpenFOAM(SolverPlugin):
         return progress if found else None
 
     def judge_exit(self, exit_code: int, log_tail: str) -> Outcome:
+        if exit_code != 0 and (m := STEP_FAILED.search(log_tail)):  # written there by run.sh, before the solver
+            return Outcome(False, f"{m.group(1)} (exit code {exit_code})")
         if (m := _FATAL.search(log_tail)):
             return Outcome(False, f"FOAM FATAL ERROR: {m.group(1).strip()} (exit code {exit_code})")
         if exit_code != 0:
@@ -167,7 +198,7 @@ class OpenFOAM(SolverPlugin):
 
     def apply_live(self, old: OpenFOAMOptions, new: OpenFOAMOptions, files: RunFiles) -> list[str]:
         # Only controlDict entries are re-read by a running solver; everything else needs a restart.
-        fixed = [f for f in ("application", "case", "mesh", "reconstruct", "mpi_args")
+        fixed = [f for f in ("application", "case", "mesh", "reconstruct", "mpi_args", "steps")
                  if getattr(old, f) != getattr(new, f)]
         if fixed:
             raise SpecError([(f"solver.{f}", "cannot change while the solver runs; pause, edit, then restart")
@@ -186,6 +217,13 @@ class OpenFOAM(SolverPlugin):
             _check_end_is_written(merged)
         files.write_text("system/controlDict", merged)
         return [f"parameters.{k}" for k in changed]
+
+
+def _describe(steps: list[Step]) -> str:
+    """The steps in one line, as `e2e render` and the run record show them."""
+    logs = list(step_logs(steps).values())
+    return "; ".join(" ".join([s.run, *s.args]) + (" [parallel]" if s.parallel else "") + f" > {log}"
+                     for s, log in zip(steps, logs, strict=True))
 
 
 def _times(folder: Path) -> dict[float, str]:

@@ -124,13 +124,17 @@ async def _follow_events(request: Request, client: ControlService, job_id: str, 
         await reader.aclose()
 
 
-@router.get("/jobs/{job}/logs", summary="The solver log of the current (or a given) run, from a byte offset")
+@router.get("/jobs/{job}/logs", summary="The solver log of the current (or a given) run, or of one of its "
+                                         "pre-processing steps, from a byte offset")
 def log_page(job: str, client: ControlService = Depends(client_for), run: Optional[str] = Query(None, max_length=32),
              offset: int = Query(0, ge=0, le=MAX_OFFSET),
-             limit: int = Query(LOG_PAGE, ge=1, le=16 * LOG_PAGE)) -> dict[str, Any]:
-    text, next_offset = client.read_log(job, run, offset, limit)
+             limit: int = Query(LOG_PAGE, ge=1, le=16 * LOG_PAGE),
+             step: Optional[str] = Query(None, max_length=90, description="a step's name, e.g. setFields "
+                                                                           "(`steps` of the run's info)")
+             ) -> dict[str, Any]:
+    text, next_offset = client.read_log(job, run, offset, limit, step)
     return {"run": run or client.job(job).current_run, "offset": offset, "next_offset": next_offset,
-            "text": text.decode(errors="replace")}
+            "text": text.decode(errors="replace"), **({"step": step} if step else {})}
 
 
 @router.get("/jobs/{job}/logs/stream", summary="The solver log as Server-Sent Events, one per chunk of lines "

@@ -188,18 +188,21 @@ def watch(job: str) -> None:
 
 @app.command()
 def logs(job: str, follow: bool = typer.Option(False, "-f", "--follow", help="keep printing new lines"),
-         run: Optional[str] = typer.Option(None, help="run id, default the current run")) -> None:
-    """Print the solver log of the job's current (or given) run."""
+         run: Optional[str] = typer.Option(None, help="run id, default the current run"),
+         step: Optional[str] = typer.Option(None, "--step", help="a pre-processing step's log instead of the "
+                                                                  "solver's, e.g. setFields (setFields.2 for the "
+                                                                  "second setFields)")) -> None:
+    """Print the solver log of the job's current (or given) run, or the log of one of its steps."""
     client = _client()
     offset = 0
     while True:
-        chunk, offset = client.read_log(job, run, offset)
+        chunk, offset = client.read_log(job, run, offset, step=step)
         if chunk:
             sys.stdout.write(chunk.decode(errors="replace"))
             sys.stdout.flush()
             continue
         if not follow or run_finished(client.status(job)):
-            chunk, offset = client.read_log(job, run, offset)  # what was written before it ended
+            chunk, offset = client.read_log(job, run, offset, step=step)  # what was written before it ended
             sys.stdout.write(chunk.decode(errors="replace"))
             return
         time.sleep(0.5)

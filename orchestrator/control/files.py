@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from orchestrator.model.errors import UserError
 from orchestrator.sync.confine import open_confined
 
 if TYPE_CHECKING:
@@ -60,10 +61,19 @@ class RunLog:
         return f"runs/{self.run_id}/{self.name}" if self.name else None
 
 
-def run_log(service: ControlService, job: str, run_id: str | None = None) -> RunLog:
+def run_log(service: ControlService, job: str, run_id: str | None = None, step: str | None = None) -> RunLog:
+    """The run's solver log, or the log of the step called `step` (a name its plugin gave: UserError naming the
+    run's steps when it has no such step)."""
     record = service.job(job)
     run = service.store.get_run(record.id, run_id or record.current_run)
-    return RunLog(record.id, run.id, run.log_file or None)
+    if step is None:
+        return RunLog(record.id, run.id, run.log_file or None)
+    logs = run.step_logs or {}
+    name = logs.get(step) or (step if step in logs.values() else None)  # `setFields` or `log.setFields`
+    if name is None:
+        known = ", ".join(logs) if logs else "none (it runs no steps before the solver, or has not started)"
+        raise UserError(f"run {run.id} of {record.id} has no step {step!r}; its steps: {known}")
+    return RunLog(record.id, run.id, name)
 
 
 def read_job_file(home: Path, job_id: str, rel: str, offset: int, limit: int) -> tuple[bytes, int] | None:
@@ -79,9 +89,9 @@ def read_job_file(home: Path, job_id: str, rel: str, offset: int, limit: int) ->
 
 
 def read_log(service: ControlService, job: str, run_id: str | None = None, offset: int = 0,
-             limit: int = 1 << 20) -> tuple[bytes, int]:
-    """Up to `limit` bytes of the run's solver log from `offset`, and the offset after them."""
-    log = run_log(service, job, run_id)
+             limit: int = 1 << 20, step: str | None = None) -> tuple[bytes, int]:
+    """Up to `limit` bytes of the run's solver log (or of its step's log) from `offset`, and the offset after."""
+    log = run_log(service, job, run_id, step)
     found = read_job_file(service.settings.root, log.job_id, log.rel, offset, limit) if log.rel else None
     data = found[0] if found else b""
     return data, offset + len(data)

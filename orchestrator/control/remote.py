@@ -139,8 +139,9 @@ class RemoteControl:
                 if deadline is not None and time.monotonic() > deadline:
                     return
 
-    def read_log(self, job: str, run: str | None = None, offset: int = 0) -> tuple[bytes, int]:
-        params = {"offset": offset, **({"run": run} if run else {})}
+    def read_log(self, job: str, run: str | None = None, offset: int = 0,
+                 step: str | None = None) -> tuple[bytes, int]:
+        params = {"offset": offset, **({"run": run} if run else {}), **({"step": step} if step else {})}
         page = self._call("GET", f"/jobs/{job}/logs", params=params)
         return page["text"].encode(), page["next_offset"]
 

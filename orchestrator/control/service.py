@@ -182,10 +182,11 @@ class ControlService:
                     return
 
     def read_log(self, job: str, run_id: str | None = None, offset: int = 0,
-                 limit: int = 1 << 20) -> tuple[bytes, int]:
-        """Up to `limit` bytes of the run's solver log from `offset`, and the offset after them (read confined:
-        a log the job swapped for a symlink is refused, never followed)."""
-        return files.read_log(self, job, run_id, offset, limit)
+                 limit: int = 1 << 20, step: str | None = None) -> tuple[bytes, int]:
+        """Up to `limit` bytes of the run's solver log (or of the log of its pre-processing `step`) from
+        `offset`, and the offset after them (read confined: a log the job swapped for a symlink is refused,
+        never followed)."""
+        return files.read_log(self, job, run_id, offset, limit, step)
 
     def log_path(self, job: str, run_id: str | None = None) -> Path | None:
         record = self.job(job)

@@ -204,7 +204,8 @@ class Lifecycle:
         if previous != prepared.log_file or not log_path.exists() or log_path.stat().st_size < offset:
             offset = 0  # a new log (or one the solver will overwrite): parse it from the start
         self.store.update_run(job.id, run.id, log_file=prepared.log_file, log_offset=offset,
-                              progress_total=prepared.progress_total, node=nodes[0].name, info=prepared.info)
+                              progress_total=prepared.progress_total, node=nodes[0].name, info=prepared.info,
+                              step_logs=prepared.step_logs or None)
 
     # -- observe
     def observe(self, job: Job, run: Run) -> None:

@@ -144,6 +144,7 @@ class Run(Record):
     # where the run's log is and how far it was parsed
     log_file: str | None = None
     log_offset: int = 0
+    step_logs: dict[str, str] | None = None  # the logs of the steps before the solver, by step name
     progress: Progress | None = None
     progress_total: float | None = None
     node: str | None = None

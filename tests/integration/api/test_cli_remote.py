@@ -48,6 +48,9 @@ def test_cli_drives_a_job_through_the_api(api, tokens, http, tmp_path):
     frozen = remote(api, token, "pause", job_id, "--freeze", "--json")
     assert frozen is not None and json.loads(frozen.stdout)["runs_detail"][0]["state"] == "FROZEN"
     assert "remote=yes" in remote(api, token, "logs", job_id).stdout  # the uploaded input reached the run
+    # `logs --step` reaches the control surface through the API: a job with no pre-processing steps says so
+    no_step = remote(api, token, "logs", job_id, "--step", "setFields", check=False)
+    assert no_step.returncode == 2 and "has no step 'setFields'; its steps: none" in no_step.stderr
     remote(api, token, "resume", job_id)
     listing = remote(api, token, "ls").stdout
     assert job_id in listing and "RUNNING" in listing
