@@ -17,7 +17,7 @@ from .driver import Lifecycles
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(sized(300, 2400))]
 
-JOBS = sized(24, 200)
+JOBS = sized(16, 200)
 WINDOW = 8           # one job per virtual node
 KILL_GAP = (0.5, 3.0)  # seconds between kills, uniform: lands anywhere in provision, launch, observe, terminate
 

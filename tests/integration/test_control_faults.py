@@ -197,7 +197,7 @@ def test_pause_racing_terminate_always_ends_consistent(redis_url, tmp_path):
     redis.Redis.from_url(url).flushdb()
     engine = Engine(make_settings(tmp_path / "home", url, stop_grace=5, kill_grace=2))
     client = engine.client
-    rounds, batch = 50, 8  # 8 virtual nodes: 8 jobs race at a time
+    rounds, batch = 24, 8  # 8 virtual nodes: 8 jobs race at a time
     outcomes = []
     try:
         for first in range(0, rounds, batch):
