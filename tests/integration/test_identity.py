@@ -6,32 +6,55 @@ from __future__ import annotations
 
 import json
 import os
+import tarfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from orchestrator.cluster.identity import lookup
 from orchestrator.cluster.local import group_members, tagged_processes
+from orchestrator.control.uploads import uploads_root
 from orchestrator.model.paths import JobPaths, results_dir
 from tests.integration import probes
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import Engine, make_settings, wait_for
 from tests.integration.desktop_helpers import require_desktop_tools, session_processes, wait_desktop
 
 pytestmark = pytest.mark.integration
 
-# What alice's job tries. $1 bob's job folder, $2 E2E_HOME, $3 the engine's stack.json, $4 the worker's pid,
-# $5 bob's run pid (its process group), $6 the Redis data.
+# What alice's job tries. $1 bob's job folder, $2 E2E_HOME, $3 the engine's stack.json (every role's Redis
+# password), $4 the worker's pid, $5 bob's run pid (its process group), $6 bob's desktop password file,
+# $7 bob's upload, $8 bob's results, $9 the engine's Redis port (its users.acl sits in $2/redis).
 ATTEMPTS = {
     "bob-dir": 'ls "$1"',
     "bob-run": 'cat "$1"/runs/run-001/.e2e/*/pid',
+    "bob-desktop-password": 'cat "$6"',
+    "bob-upload": 'ls "$7"',
+    "bob-results": 'ls "$8"',
     "jobs-list": 'ls "$2/jobs"',
+    "uploads-list": 'ls "$2/uploads"',
     "stack-json": 'cat "$3"',
+    "redis-acl-and-data": 'ls "$2/redis"',
+    "engine-logs": 'ls "$2/logs"',
     "worker-environ": 'cat /proc/$4/environ',
+    "any-environ-with-redis": 'grep -l -a -i redis /proc/[0-9]*/environ',
     "signal-bob": 'kill -0 $5',
-    "redis-data": 'ls $6',
+    # Redis answers only a user with a password: a connection without one (the ACL's default user) is refused
+    "redis-unauthenticated": 'exec 3<>/dev/tcp/127.0.0.1/$9; printf "PING\r\n" >&3; read -t 5 reply <&3; '
+                             'case "$reply" in +PONG*) true ;; *) false ;; esac',
     "engine-env": 'env | grep -qi -e redis -e E2E_HOME -e E2E_RUN_AS',
 }
 PROBE = probes.script({"control": 'ls "$PWD"', **ATTEMPTS})
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """A root engine as `e2e up` runs it: its own embedded Redis with the per-role ACL users (the suite's shared
+    Redis has none), so what a job could do with anything it finds is tried against the real thing."""
+    settings = make_settings(tmp_path_factory.mktemp("identity-home"), "redis://embedded", redis_url=None)
+    eng = Engine(settings)
+    yield eng
+    eng.close()
 
 
 def _uids(pid: int) -> list[int]:
@@ -93,22 +116,37 @@ def test_every_process_and_folder_of_a_job_is_its_owners(engine, owners):
         engine.client.terminate(job_id)
 
 
-def test_alices_job_reaches_nothing_of_bobs_or_of_the_engines(engine, owners, redis_url, tmp_path_factory):
-    bobs = owners["bob"].submit_data({"name": "bobs", "solver": {"name": "command", "command": ["sleep", "600"]}})
+def test_alices_job_reaches_nothing_of_bobs_or_of_the_engines(engine, owners, tmp_path):
+    require_desktop_tools()
+    home = engine.settings.root
+    (tmp_path / "case").mkdir()
+    (tmp_path / "case" / "input.txt").write_text("bob's input\n")
+    with tarfile.open(tmp_path / "case.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "case", arcname="case")
+    upload = owners["bob"].add_upload(tmp_path / "case.tar.gz")
+    finished = owners["bob"].submit_data({"name": "done", "limits": {"terminate_on_end": True},
+                                          "solver": {"name": "command", "command": ["true"]}})
+    bobs = owners["bob"].submit_data({"name": "bobs", "desktop": {"enabled": True},
+                                      "solver": {"name": "command", "command": ["sleep", "600"]}})
     try:
         bob_pid = _running(engine, bobs)
+        assert wait_desktop(engine, bobs).state == "ready"
+        assert engine.wait_job_terminal(finished).state.value == "TERMINATED"
         stack = engine.settings.stack_file
-        assert stack.exists() and "redis_url" in json.loads(stack.read_text())
-        worker = engine.stack.read()["pids"]["worker"]
-        redis_data = str(tmp_path_factory.getbasetemp() / "redis*")
-        argv = ["bash", "-c", PROBE, "probe", str(JobPaths.for_job(
-            engine.settings.root, bobs).root), str(engine.settings.root), str(stack), str(worker), str(bob_pid),
-            redis_data]
-        job_id = owners["alice"].submit_data({"name": "probe", "solver": {"name": "command", "command": argv}})
+        assert "redis_urls" in json.loads(stack.read_text())
+        port = urlsplit(json.loads(stack.read_text())["redis_urls"]["api"]).port
+        targets = {6: JobPaths.for_job(home, bobs).root / "desktop" / "passwd",
+                   7: uploads_root(home, owners["bob"].user) / upload["id"], 8: results_dir(home, finished)}
+        assert all(path.exists() for path in targets.values()), targets   # each target is real
+        argv = ["bash", "-c", PROBE, "probe", JobPaths.for_job(home, bobs).root, home, stack,
+                engine.stack.read()["pids"]["worker"], bob_pid, *targets.values(), port]
+        job_id = owners["alice"].submit_data({"name": "probe", "solver": {
+            "name": "command", "command": [str(a) for a in argv]}})
         doc = engine.wait_run(job_id, timeout=60)
-        out = (JobPaths.for_job(engine.settings.root, job_id).root / "runs" / "run-001" / "output.log").read_text()
+        out = (JobPaths.for_job(home, job_id).root / "runs" / "run-001" / "output.log").read_text()
         probes.check(out, {"control"}, set(ATTEMPTS))  # its own folder it may read: the probe works
         assert os.path.exists(f"/proc/{bob_pid}") and group_members(bob_pid)
+        assert not engine.client.store.users.get(owners["alice"].user).admin   # GET /me: still not an admin
         engine.client.terminate(job_id)
         assert doc.runs_detail[0].state.value == "COMPLETED"
     finally:
