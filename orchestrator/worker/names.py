@@ -8,3 +8,4 @@ SIGNALS = "e2e.signals"        # (job_id, run_id): apply a pause, freeze or resu
 TERMINATE = "e2e.terminate"    # (job_id): stop the solver, collect results, release the nodes
 RECONCILE = "e2e.reconcile"    # (): the periodic pass that drives every job towards its state
 APPLY_LIVE = "e2e.apply_live"  # (job_id, run_id, request, old_spec, new_spec, files, by, deadline): a live edit
+NOTIFY = "e2e.notify"          # (task): one delivery of one notification to one target (webhook or email)
