@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.control.accounts import job_account
+from orchestrator.control.notify import check_spec_webhooks
 from orchestrator.control.sweeps import SweepPlan, member_rows, new_sweep_id, parse_submission, resolve_sweep, summary
 from orchestrator.control.uploads import check_inside_uploads, uploads_root
 from orchestrator.desktop.access import resolve_for_submit
 from orchestrator.model.errors import SpecError
-from orchestrator.control.notify import check_spec_webhooks
 from orchestrator.model.spec import load_spec, spec_for_store, validate_spec
 from orchestrator.worker import names
 

@@ -83,7 +83,7 @@ def check_url(url: str, *, allow_private: bool = True, resolve: bool = False, fi
     if parts.username or parts.password:
         raise UserError(f"{field}: put no credentials in a webhook URL (the signature authenticates the engine)")
     try:
-        parts.port
+        _ = parts.port  # urlsplit checks the port only when asked
     except ValueError:
         raise UserError(f"{field}: the webhook URL's port is not a number from 0 to 65535") from None
     if not allow_private:
@@ -181,7 +181,7 @@ def job_targets(block: dict[str, Any] | None, owner: str) -> list[Target]:
     for kind, field in (("webhook", "webhooks"), ("email", "email")):
         for address in block.get(field) or []:
             digest = hashlib.sha256(f"{kind}:{address}".encode()).hexdigest()[:10]
-            out.append(Target(id=f"job-{digest}", kind=kind, address=address, events=events, owner=owner))  # type: ignore[arg-type]
+            out.append(Target(id=f"job-{digest}", kind=kind, address=address, events=events, owner=owner))
     return out
 
 

@@ -24,8 +24,8 @@ from orchestrator.store.events_async import AsyncEvents
 from orchestrator.store.keys import KeyNames
 from orchestrator.store.locks import Locks
 from orchestrator.store.metrics import Metrics
-from orchestrator.store.notify import OUTBOX_MAXLEN, Notifications
 from orchestrator.store.nodes import NodeLeases
+from orchestrator.store.notify import OUTBOX_MAXLEN, Notifications
 from orchestrator.store.scripts import ALLOCATE, RELEASE, REPLACE, SET_ONCE, TRANSITION
 from orchestrator.store.secrets import DesktopSecrets
 from orchestrator.store.sweeps import Sweeps

@@ -39,7 +39,7 @@ class Notifications:
         if same is None and len(current) >= MAX_TARGETS:
             raise UserError(f"a user has at most {MAX_TARGETS} notification targets; remove one first")
         target_id = same.id if same else ("w" if kind == "webhook" else "m") + secrets.token_hex(3)
-        target = Target(id=target_id, kind=kind, address=address, events=events, owner=user)  # type: ignore[arg-type]
+        target = Target(id=target_id, kind=kind, address=address, events=events, owner=user)
         pipe = self._r.pipeline(transaction=True)
         pipe.hset(key, target_id, target.model_dump_json())
         pipe.sadd(self._keys.notify_users, user)
@@ -80,9 +80,10 @@ class Notifications:
         return list(reply[0][1]) if reply else []
 
     def ensure_group(self) -> None:
-        """The consumer group, starting at the outbox's end (events from before any dispatcher are history)."""
+        """The consumer group, from the outbox's first entry: what was written while no dispatcher ran (every
+        worker down) is still delivered when one starts (the outbox is capped, so this is bounded)."""
         try:
-            self._r.xgroup_create(self._keys.notify_outbox, GROUP, id="$", mkstream=True)
+            self._r.xgroup_create(self._keys.notify_outbox, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
