@@ -19,7 +19,8 @@ def check_spec_webhooks(service: ControlService, spec: Any) -> None:
     """A spec's `notify.webhooks` under this engine's private-address policy (the model checked the rest)."""
     block = getattr(spec, "notify", None)
     for i, url in enumerate(block.webhooks if block else []):
-        check_url(url, allow_private=service.settings.notify_allow_private, field=f"notify.webhooks.{i}")
+        check_url(url, allow_private=service.settings.notify_allow_private, resolve=True,
+                  field=f"notify.webhooks.{i}")
 
 
 def targets(service: ControlService, everyone: bool = False) -> list[dict[str, Any]]:

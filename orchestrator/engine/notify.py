@@ -19,12 +19,13 @@ import urllib.request
 from email.message import EmailMessage
 from typing import Any, Callable
 
-from orchestrator.model.errors import NotFound
+from orchestrator.model.errors import NotFound, UserError
 from orchestrator.model.notify import (
     DELIVERY_HEADER,
     EVENT_HEADER,
     SIGNATURE_HEADER,
     Target,
+    check_url,
     email_text,
     encode_body,
     job_targets,
@@ -112,6 +113,11 @@ def deliver(store: JobStore, settings: Settings, task: dict[str, Any]) -> None:
     target = Target.model_validate(task["target"])
     body = task["body"]
     if target.kind == "webhook":
+        if not settings.notify_allow_private:  # again now: the name may resolve elsewhere than when it was added
+            try:
+                check_url(target.address, allow_private=False, resolve=True)
+            except UserError as exc:
+                raise DeliveryFailed(str(exc)) from None
         post_webhook(target.address, body, store.notify.secret(target.owner), settings.notify_timeout)
     else:
         send_email(settings, target.address, body)

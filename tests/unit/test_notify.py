@@ -224,3 +224,13 @@ def test_users_manage_only_their_own_targets_and_an_admin_sees_all(store, tmp_pa
     assert ann.notify_secret() not in json.dumps(task)
     ann.notify_remove(hook["id"])
     assert ann.notify_targets() == []
+
+
+def test_a_private_webhook_is_refused_again_at_delivery_when_the_engine_forbids_them(store, tmp_path):
+    cfg = settings(tmp_path, notify_allow_private=False, notify_attempts=1)
+    target = store.notify.add_target("ann", "webhook", "http://localhost:1/hook", [RUN_COMPLETED])
+    task = {"delivery": "2-0.x", "target": target.model_dump(),
+            "body": {"event": RUN_COMPLETED, "job": {"id": "j1"}, "delivery": "2-0.x", "time": 0}}
+    assert attempt(store, cfg, task, 1, "w1") is False
+    [entry] = store.notify.read_log(owner="ann")
+    assert entry["status"] == "gave up" and "private or local" in entry["error"]
