@@ -16,6 +16,7 @@ from orchestrator.engine.notify import Dispatcher, attempt
 from orchestrator.model.errors import NotFound, SpecError, UserError
 from orchestrator.model.events import EventKind
 from orchestrator.model.notify import (
+    DESKTOP_READY,
     RUN_COMPLETED,
     check_url,
     encode_body,
@@ -92,20 +93,21 @@ def test_payload_names_the_job_and_carries_no_secret(store, tmp_path):
     spec = {"name": "lic", "desktop": {"enabled": False},
             "solver": {"name": "mechanical", "input": "x.dat", "license_file": LICENCE}}
     job_id = store.create_job(name="lic", owner="ann", spec=spec, backend="local", solver="mechanical")
-    store.notify.add_target("ann", "webhook", "http://127.0.0.1:9/hook", [RUN_COMPLETED])
+    store.notify.add_target("ann", "webhook", "http://127.0.0.1:9/hook", [RUN_COMPLETED, DESKTOP_READY])
     store.notify.ensure_group()
     complete_run(store, job_id)
     store.append_event(job_id, EventKind.DESKTOP, {"state": "ready", "url": "http://h:1/vnc.html#token=TOK&pw=PW"})
     dispatcher, sent = _dispatcher(store, tmp_path)
     for entry_id, fields in store.notify.read_outbox("d1", block_ms=0):
         dispatcher.dispatch(entry_id, fields)
-    assert len(sent) == 1  # RUNNING and desktop.ready are not among the target's events
+    assert [t["body"]["event"] for t in sent] == [RUN_COMPLETED, DESKTOP_READY]  # RUNNING is not wanted
     body = sent[0]["body"]
     assert body["event"] == RUN_COMPLETED and body["state"] == "COMPLETED" and body["run"] == "run-001"
     assert body["job"] == {"id": job_id, "name": "lic", "owner": "ann"}
     assert body["link"] == f"https://e2e.example.org/ui/jobs/{job_id}"
+    assert sent[1]["body"]["desktop_url"] == "http://h:1/vnc.html"
     text = json.dumps(sent)
-    assert LICENCE not in text and store.notify.secret("ann") not in text
+    assert LICENCE not in text and store.notify.secret("ann") not in text and "TOK" not in text
 
 
 def test_each_event_and_target_is_sent_once_across_dispatchers(make_store, tmp_path):
@@ -234,3 +236,12 @@ def test_a_private_webhook_is_refused_again_at_delivery_when_the_engine_forbids_
     assert attempt(store, cfg, task, 1, "w1") is False
     [entry] = store.notify.read_log(owner="ann")
     assert entry["status"] == "gave up" and "private or local" in entry["error"]
+
+
+def test_the_workers_get_the_smtp_password_itself_not_its_mask(tmp_path):
+    from orchestrator.worker.stack import Stack
+
+    env = Stack(settings(tmp_path, smtp_host="mail", smtp_password="pw-Q7x")).\
+        _env("redis://127.0.0.1:1/0", "worker")
+    assert env["E2E_SMTP_PASSWORD"] == "pw-Q7x" and env["E2E_SMTP_HOST"] == "mail"
+    assert "pw-Q7x" not in " ".join(v for k, v in env.items() if k != "E2E_SMTP_PASSWORD")
