@@ -245,3 +245,24 @@ def test_the_workers_get_the_smtp_password_itself_not_its_mask(tmp_path):
         _env("redis://127.0.0.1:1/0", "worker")
     assert env["E2E_SMTP_PASSWORD"] == "pw-Q7x" and env["E2E_SMTP_HOST"] == "mail"
     assert "pw-Q7x" not in " ".join(v for k, v in env.items() if k != "E2E_SMTP_PASSWORD")
+
+
+def test_the_remote_transport_reaches_the_same_operations_through_the_api(store, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from orchestrator.api.app import create_app
+    from orchestrator.control.remote import RemoteControl
+
+    http = TestClient(create_app(settings(tmp_path), store))
+    ann = RemoteControl("http://testserver", store.users.create("ann"), transport=http._transport)
+    bob = RemoteControl("http://testserver", store.users.create("bob"), transport=http._transport)
+    hook = ann.notify_add("webhook", "https://example.org/hook", ["run.failed"])
+    assert [t["id"] for t in ann.notify_targets()] == [hook["id"]] and bob.notify_targets() == []
+    with pytest.raises(UserError, match="http:// or https://"):
+        ann.notify_add("webhook", "file:///etc/passwd", None)
+    with pytest.raises(NotFound):
+        bob.notify_remove(hook["id"])
+    secret = ann.notify_secret()
+    assert secret == store.notify.secret("ann") and ann.notify_secret(rotate=True) != secret
+    assert ann.notify_log() == []
+    assert ann.notify_remove(hook["id"])["id"] == hook["id"] and ann.notify_targets() == []
