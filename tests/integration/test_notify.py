@@ -5,6 +5,9 @@ it on the third attempt, which the delivery log records."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -15,6 +18,14 @@ from .conftest import Engine, make_settings, redis_flush, wait_for
 pytestmark = pytest.mark.integration
 
 DB = "/1"
+
+
+def e2e(settings, *args: str) -> subprocess.CompletedProcess:
+    """The real CLI as the job's owner (USER=tester, the engine machine's own user), on this engine."""
+    env = {**os.environ, "E2E_HOME": str(settings.root), "E2E_REDIS_URL": settings.redis_url, "USER": "tester",
+           "LOGNAME": "tester", "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
 
 
 def test_a_completed_run_is_delivered_signed_by_webhook_and_email_and_retried_with_backoff(redis_url, tmp_path):
@@ -62,6 +73,15 @@ def test_a_completed_run_is_delivered_signed_by_webhook_and_email_and_retried_wi
         assert tries() == [(1, "retrying"), (2, "retrying"), (3, "delivered")]
         assert all(e["error"] == "HTTP 500" for e in log if e["status"] == "retrying")
         assert {e["status"] for e in log if e["address"] != hooks.url + "/flaky"} == {"delivered"}
+
+        # The CLI shows the same log, per job; a bad URL is refused by its field, and nothing is stored
+        shown = e2e(engine.settings, "notify", "log", "--job", job_id, "--json")
+        assert shown.returncode == 0, shown.stderr
+        assert sorted((e["attempt"], e["status"]) for e in json.loads(shown.stdout)
+                      if e["address"].endswith("/flaky")) == [(1, "retrying"), (2, "retrying"), (3, "delivered")]
+        bad = e2e(engine.settings, "notify", "add-webhook", "ftp://example.org/x")
+        assert bad.returncode != 0 and "http:// or https://" in bad.stderr and "Traceback" not in bad.stderr
+        assert [t["address"] for t in client.notify_targets()] == [hooks.url + "/mine"]
 
         # Each (event, target) once: nothing more arrives (RUNNING was not subscribed)
         assert len(hooks.wait(3, 1.0)) == 2 and len(smtp.messages) == 1
