@@ -130,6 +130,25 @@ def test_each_event_and_target_is_sent_once_across_dispatchers(make_store, tmp_p
     assert outbox(a) == []  # acknowledged and removed
 
 
+def test_entries_a_dead_dispatcher_read_are_reclaimed_by_another_and_still_sent_once(make_store, tmp_path):
+    a, b = make_store(), make_store()
+    job_id = a.create_job(name="s", owner="ann", spec=SPEC, backend="local", solver="command")
+    a.notify.add_target("ann", "webhook", "http://127.0.0.1:9/hook", [RUN_COMPLETED])
+    a.notify.ensure_group()
+    complete_run(a, job_id)
+    entry_id = next(i for i, f in a.notify.read_outbox("a", block_ms=0) if '"COMPLETED"' in f["data"])
+    da, sent_a = _dispatcher(a, tmp_path, "a")
+    db, sent_b = _dispatcher(b, tmp_path, "b")
+    delivery = f"{entry_id}.{a.notify.targets('ann')[0].id}"
+    assert a.notify.claim(delivery, "a")  # `a` claimed and died before sending and acknowledging
+    reclaimed = b.notify.reclaim("b", min_idle_ms=0)
+    assert entry_id in [i for i, _ in reclaimed]
+    for i, f in reclaimed:
+        db.dispatch(i, f)
+    assert sent_b == [] and sent_a == []  # the claim holds: at most once, even if that one is lost
+    assert b.notify.reclaim("b", min_idle_ms=0) == []  # acknowledged now
+
+
 # -- checks at the edge
 
 @pytest.mark.parametrize("url, allow_private, problem", [
