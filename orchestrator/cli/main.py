@@ -282,6 +282,7 @@ from orchestrator.cli import (  # noqa: E402  (after `app` exists: each module a
     desktop,  # noqa: F401  (desktop, keys, access)
     files,  # noqa: F401  (files, download)
     nodes,  # noqa: F401  (nodes, nodes trust)
+    notify,  # noqa: F401  (notify add-webhook, add-email, ls, rm, test, secret, log)
     sweeps,  # noqa: F401  (sweep ls, sweep status)
     uploads,  # noqa: F401  (uploads ls, uploads rm)
 )

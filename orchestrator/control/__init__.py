@@ -15,6 +15,7 @@ service (the caller: who asks, their scope, the store, the settings, the task se
     nodes.py       the node listing, drain/undrain, SSH host keys, the dry-run render
     files.py       a job's file manifest and downloads
     desktop.py     desktops (URL, password, tunnel), their access rules, the user's SSH keys
+    notify.py      the user's notification targets, signing secret, test send and delivery log
 
 Why functions and delegating methods rather than mixins or helper classes: a mixin would read attributes
 another class defines, so no module could be understood alone; helper classes would each hold a copy of the

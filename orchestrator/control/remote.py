@@ -230,6 +230,28 @@ class RemoteControl:
     def set_access_rules(self, rules: list[str] | None) -> list[str] | None:
         return self._call("PUT", "/access", json={"rules": rules})["rules"]
 
+    # -- notifications
+    def notify_targets(self, everyone: bool = False) -> list[dict[str, Any]]:
+        return self._call("GET", "/notify/targets", params={"all": "true"} if everyone else None)
+
+    def notify_add(self, kind: str, address: str, events: list[str] | None = None) -> dict[str, Any]:
+        return self._call("POST", "/notify/targets", json={"kind": kind, "address": address, "events": events})
+
+    def notify_remove(self, target_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/notify/targets/{quote(target_id, safe='')}")
+
+    def notify_secret(self, rotate: bool = False) -> str:
+        return self._call("POST" if rotate else "GET", "/notify/secret")["secret"]
+
+    def notify_test(self) -> list[dict[str, Any]]:
+        return self._call("POST", "/notify/test")
+
+    def notify_log(self, job: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if job:
+            params["job"] = job
+        return self._call("GET", "/notify/log", params=params)
+
     def desktop(self, job: str, wait: float = 0) -> dict[str, Any]:
         """The desktop's URL (with its token and password), VNC port and SSH tunnel."""
         return self._call("GET", f"/jobs/{job}/desktop", params={"wait": min(wait, 30)})

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from orchestrator.control import desktop, files, nodes, steering, submission, uploads
+from orchestrator.control import desktop, files, nodes, notify, steering, submission, uploads
 from orchestrator.control.desktop import DesktopRefused
 from orchestrator.control.nodes import HostKeyOffer, Rendered
 from orchestrator.control.protocol import (
@@ -365,6 +365,26 @@ class ControlService:
     def set_access_rules(self, rules: list[str] | None) -> list[str] | None:
         """Set (None: clear) the caller's default rules; my-ip is fixed to their address now."""
         return desktop.set_access_rules(self, rules)
+
+    # -- notifications (control/notify.py)
+    def notify_targets(self, everyone: bool = False) -> list[dict[str, Any]]:
+        """The caller's webhooks and email addresses (an admin with `everyone`: all users')."""
+        return notify.targets(self, everyone)
+
+    def notify_add(self, kind: str, address: str, events: list[str] | None = None) -> dict[str, Any]:
+        return notify.add(self, kind, address, events)
+
+    def notify_remove(self, target_id: str) -> dict[str, Any]:
+        return notify.remove(self, target_id)
+
+    def notify_secret(self, rotate: bool = False) -> str:
+        return notify.secret(self, rotate)
+
+    def notify_test(self) -> list[dict[str, Any]]:
+        return notify.test(self)
+
+    def notify_log(self, job: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        return notify.delivery_log(self, job, limit)
 
     def desktop_session(self, job: str, wait: float = 0) -> Any:
         """The job's ready desktop (desktop.connect.Desktop, holding its secret), waiting up to `wait`."""

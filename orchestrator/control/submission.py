@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.control.accounts import job_account
+from orchestrator.control.notify import check_spec_webhooks
 from orchestrator.control.sweeps import SweepPlan, member_rows, new_sweep_id, parse_submission, resolve_sweep, summary
 from orchestrator.control.uploads import check_inside_uploads, uploads_root
 from orchestrator.desktop.access import resolve_for_submit
@@ -45,13 +46,16 @@ def checked_spec(service: ControlService, data: Any, sweep: list[str] | tuple[st
     anything looks at the disk, so the answer never tells whether a server path exists."""
     root = uploads_root(service.settings.root, owner or service.user) if confine else None
     parsed = parse_submission(data, list(sweep), root or base_dir, source, confine=root)
-    if root is not None:  # the model refused every path outside already; this re-checks the validated result
-        for spec in [m.spec for m in parsed.members] if isinstance(parsed, SweepPlan) else [parsed]:
+    specs = [m.spec for m in parsed.members] if isinstance(parsed, SweepPlan) else [parsed]
+    for spec in specs:
+        if root is not None:  # the model refused every path outside already; this re-checks the validated result
             check_inside_uploads(spec, root)
+        check_spec_webhooks(service, spec)
     return parsed
 
 
 def submit(service: ControlService, spec: Any, extra: dict[str, Any] | None = None) -> str:
+    check_spec_webhooks(service, spec)  # the engine's private-address policy (the model checked the URLs' form)
     backend = check_fits(service, spec)
     account = job_account(service)  # resolved now, kept on the job: every later step runs as it
     spec = resolve_for_submit(spec, service.store, service.user, service.address)  # desktop.access: default, my-ip
@@ -66,6 +70,7 @@ def submit_sweep(service: ControlService, plan: SweepPlan) -> tuple[str, list[st
     # Every member is checked first: a sweep is queued whole or not at all.
     job_account(service)
     for member in plan.members:
+        check_spec_webhooks(service, member.spec)
         check_fits(service, member.spec)
         resolve_for_submit(member.spec, service.store, service.user, service.address)  # raises before any job
     sweep_id = new_sweep_id()

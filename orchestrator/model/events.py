@@ -27,6 +27,7 @@ class EventKind(str, Enum):
     SYNC_SKIP = "sync.skip"          # a path the sync refuses (escaping symlink, permissions)
     SYNC_STATS = "sync.stats"        # one sync pass: files, bytes, lag
     SYNC_STATE = "sync.state"        # the sync process started, stopped, was restarted
+    RULE_FIRED = "rule.fired"        # a monitor rule's condition held: {rule, action, values, reason}
 
 
 class Event(BaseModel):

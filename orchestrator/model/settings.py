@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from orchestrator.model.errors import InfrastructureError, StackError
@@ -79,6 +79,23 @@ class Settings(BaseSettings):
                     '(e.g. {"ANSYSLMD_LICENSE_FILE": "1055@lic1"}); never logged',
     )
 
+    public_url: str = Field(
+        "", description="the monitor's address as users reach it, for the links in notifications "
+                        "(default http://API_HOST:API_PORT)")
+    notify_allow_private: bool = Field(
+        True, description="webhooks may target loopback and private addresses (on-prem receivers); false on a "
+                          "shared engine, so a user cannot make it POST into its own network (SSRF)")
+    notify_attempts: PositiveInt = Field(5, description="attempts per notification before it is given up")
+    notify_backoff: PositiveFloat = Field(
+        1.0, description="seconds before a notification's first retry; doubled each attempt (1, 2, 4, 8 s...)")
+    notify_timeout: PositiveFloat = Field(5.0, description="seconds one webhook POST or SMTP session may take")
+    smtp_host: str = Field("", description="SMTP server for email notifications; unset: email is not sent")
+    smtp_port: PositiveInt = Field(25, description="SMTP server port")
+    smtp_from: str = Field("e2e@localhost", description="sender address of email notifications")
+    smtp_user: str = Field("", description="SMTP login (with E2E_SMTP_PASSWORD); unset: no login")
+    smtp_password: SecretStr = Field(SecretStr(""), description="SMTP password; never logged")
+    smtp_starttls: bool = Field(False, description="upgrade the SMTP session with STARTTLS before logging in")
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _proxies(cls, value: object) -> list[str]:
@@ -118,6 +135,11 @@ class Settings(BaseSettings):
     def quota(self) -> int:
         """The cap on one user's uploads' unpacked bytes together (E2E_UPLOAD_QUOTA, else 10x the upload limit)."""
         return self.upload_quota or 10 * self.api_max_upload
+
+    @property
+    def monitor_url(self) -> str:
+        """The monitor's base address for links sent out (E2E_PUBLIC_URL, else the API's own)."""
+        return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
 
     @property
     def stack_file(self) -> Path:

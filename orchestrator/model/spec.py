@@ -23,6 +23,7 @@ from pydantic_core import ErrorDetails
 
 from orchestrator.model.access import normalise_rules
 from orchestrator.model.errors import SpecError
+from orchestrator.model.notify import NotifySpec
 from orchestrator.model.untrusted import MAX_QUOTED, load_yaml, quoted, yaml_error_text
 from solvers.base import Registry, SolverOptions, registry
 
@@ -157,6 +158,7 @@ class JobSpecBase(StrictModel):
     cluster: ClusterSpec = ClusterSpec()
     desktop: DesktopSpec = DesktopSpec()
     limits: Limits = Limits()
+    notify: NotifySpec | None = Field(None, description="events of this job to send, and where (email, webhooks)")
 
 
 def build_spec_model(reg: Registry) -> type[JobSpecBase]:

@@ -72,15 +72,17 @@ def role_grants(keys: KeyNames, queues: tuple[str, ...], reconcile_queue: str) -
     jobs = (f"{p}:job:*", keys.jobs, f"{keys.jobs}:*", keys.seq, keys.owned("*"), keys.queue,
             keys.sweep("*"), keys.sweeps, keys.pools_pattern)
     users = (keys.account("*"), keys.token("*"), keys.account_tokens("*"))
-    per_user = (f"{p}:user:*",)  # ssh keys and access rules
+    per_user = (f"{p}:user:*",)  # ssh keys, access rules, notification targets and secrets
+    notify = (f"{p}:notify:*",)  # the notification outbox (fed by every event writer), claims, delivery log
     metrics = (f"{p}:celery:*", f"{p}:metrics:*", keys.audit)
     engine_only = (keys.leftovers, f"{p}:lock:*", f"{p}:sync:*")
     return {
         "api": Grant(_DATA_COMMANDS + _PUBSUB,
-                     keys=(*jobs, *users, *per_user, *metrics, *_celery(queues), *_UNACKED, *_PIDBOX_KEYS),
+                     keys=(*jobs, *users, *per_user, *notify, *metrics, *_celery(queues), *_UNACKED, *_PIDBOX_KEYS),
                      channels=_PIDBOX_CHANNELS),
         "worker": Grant(_DATA_COMMANDS + _PUBSUB,
-                        keys=(*jobs, *per_user, *metrics, *engine_only, *_celery(queues), *_UNACKED, *_PIDBOX_KEYS),
+                        keys=(*jobs, *per_user, *notify, *metrics, *engine_only, *_celery(queues), *_UNACKED,
+                              *_PIDBOX_KEYS),
                         channels=_PIDBOX_CHANNELS),
         "beat": Grant(("-@all", "+@connection", "+@transaction", "+lpush", "+llen", "+sadd", "+smembers",
                        "-@dangerous"),

@@ -13,6 +13,7 @@ import redis
 from orchestrator.model.access import parse_address
 from orchestrator.model.errors import InvalidState, NotFound
 from orchestrator.model.events import Event, EventKind
+from orchestrator.model.notify import notification_event
 from orchestrator.model.records import Job, Run
 from orchestrator.model.states import JOB_TERMINAL, RUN_ENDED, JobState, RunState, job_sources, run_sources
 from orchestrator.store.access import AccessRules, SshKeys
@@ -24,6 +25,7 @@ from orchestrator.store.keys import KeyNames
 from orchestrator.store.locks import Locks
 from orchestrator.store.metrics import Metrics
 from orchestrator.store.nodes import NodeLeases
+from orchestrator.store.notify import OUTBOX_MAXLEN, Notifications
 from orchestrator.store.scripts import ALLOCATE, RELEASE, REPLACE, SET_ONCE, TRANSITION
 from orchestrator.store.secrets import DesktopSecrets
 from orchestrator.store.sweeps import Sweeps
@@ -58,6 +60,7 @@ class JobStore(NodeLeases, Sweeps):
         self.audit = Audit(client, keys)
         self.metrics = Metrics(client, keys)
         self.locks = Locks(client, keys)
+        self.notify = Notifications(client, keys)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> JobStore:
@@ -309,20 +312,30 @@ class JobStore(NodeLeases, Sweeps):
         flat: list[str] = []
         for k, v in _encode(fields).items():
             flat += [k, v]
-        event = json.dumps({"state": to.value, **(data or {})}, separators=(",", ":"), default=str)
+        payload = {"state": to.value, **(data or {})}
+        event = json.dumps(payload, separators=(",", ":"), default=str)
+        keys = [key, self._keys.events(job_id), self._keys.active]
+        if notification_event(kind.value, payload):  # mirrored into the outbox in the same atomic step
+            keys.append(self._keys.notify_outbox)
         status, *rest = self._transition(
-            keys=[key, self._keys.events(job_id), self._keys.active],
+            keys=keys,
             args=[",".join(s.value for s in sources), to.value, _now(), kind.value, event, self.events_maxlen,
-                  job_id if deactivate else "", *flat],
+                  job_id if deactivate else "", job_id, *flat],
         )
         if status == -1:
             raise NotFound(f"no such job or run for {job_id!r}")
         return status == 1
 
     def _xadd(self, client: Any, job_id: str, kind: EventKind, data: dict[str, Any], ts: str) -> Any:
-        return client.xadd(self._keys.events(job_id), {
-            "kind": kind.value, "ts": ts, "data": json.dumps(data, separators=(",", ":"), default=str),
-        }, maxlen=self.events_maxlen, approximate=True)
+        fields = {"kind": kind.value, "ts": ts, "data": json.dumps(data, separators=(",", ":"), default=str)}
+        if not notification_event(kind.value, data):
+            return client.xadd(self._keys.events(job_id), fields, maxlen=self.events_maxlen, approximate=True)
+        # a notifiable event: mirrored into the outbox in the same transaction (one round trip more, at most)
+        pipe = self._r.pipeline(transaction=True) if client is self._r else client
+        pipe.xadd(self._keys.events(job_id), fields, maxlen=self.events_maxlen, approximate=True)
+        pipe.xadd(self._keys.notify_outbox, {"job": job_id, "event": "", **fields}, maxlen=OUTBOX_MAXLEN,
+                  approximate=True)
+        return pipe.execute()[0] if client is self._r else pipe
 
 
 def _decode_job(raw: dict[str, str]) -> Job:

@@ -103,6 +103,28 @@ class KeyNames:
     def access(self, user: str) -> str:
         return f"{self.prefix}:user:{user}:access"
 
+    # -- notifications: a user's targets and signing secret; the outbox, delivery claims and log (engine-wide)
+    def notify_targets(self, user: str) -> str:
+        return f"{self.prefix}:user:{user}:notify"
+
+    def notify_secret(self, user: str) -> str:
+        return f"{self.prefix}:user:{user}:notify-secret"
+
+    @property
+    def notify_users(self) -> str:
+        return f"{self.prefix}:notify:users"
+
+    @property
+    def notify_outbox(self) -> str:
+        return f"{self.prefix}:notify:outbox"
+
+    def notify_claim(self, delivery: str) -> str:
+        return f"{self.prefix}:notify:claim:{delivery}"
+
+    @property
+    def notify_log(self) -> str:
+        return f"{self.prefix}:notify:log"
+
     # -- desktop secrets (apart from the job hash, so no listing carries them)
     def desktop_secret(self, job_id: str) -> str:
         return f"{self.job(job_id)}:desktop-secret"

@@ -2,7 +2,8 @@
 
 # One atomic compare-and-set: check the current state is one of the expected ones, bump the version,
 # write state plus extra fields, append the typed event to the job's stream, and (for a terminal job
-# state) take the job off the active set, all in one step.
+# state) take the job off the active set, all in one step. KEYS[4], when given, is the notification outbox:
+# the event is mirrored there in the same step, so a notification is never lost between the two.
 TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {-1, ''} end
@@ -11,9 +12,13 @@ for s in string.gmatch(ARGV[1], '[^,]+') do if s == cur then ok = true end end
 if not ok then return {0, cur} end
 local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[3])
-for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[7] ~= '' then redis.call('SREM', KEYS[3], ARGV[7]) end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'kind', ARGV[4], 'ts', ARGV[3], 'data', ARGV[5])
+if KEYS[4] then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', 10000, '*', 'job', ARGV[8], 'event', id, 'kind', ARGV[4], 'ts', ARGV[3],
+             'data', ARGV[5])
+end
 return {1, tostring(v), id}
 """
 

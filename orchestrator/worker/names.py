@@ -9,3 +9,4 @@ TERMINATE = "e2e.terminate"    # (job_id): stop the solver, collect results, rel
 RECONCILE = "e2e.reconcile"    # (): the periodic pass that drives every job towards its state
 APPLY_LIVE = "e2e.apply_live"  # (job_id, run_id, request, old_spec, new_spec, files, by, deadline): a live edit
 INVENTORY = "e2e.inventory"    # (): publish each configured backend's nodes, load and reachability (every 10 s)
+NOTIFY = "e2e.notify"          # (task): one delivery of one notification to one target (webhook or email)

@@ -172,12 +172,14 @@ class Stack:
         """A child process's environment: these settings, spelled as the E2E_* variables they read, and its
         Redis role. With the embedded Redis no URL is in it: the child reads its role's URL from stack.json
         (0600), so no password sits in any process's environment or command line."""
-        fields = self.settings.model_dump(mode="json", exclude={"home", "redis_url", "redis_role"},
-                                          exclude_none=True)
+        fields = self.settings.model_dump(mode="json", exclude={"home", "redis_url", "redis_role", "smtp_password"},
+                                          exclude_none=True)  # (a SecretStr dumps masked: passed apart below)
         as_text = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in fields.items()}
         inherited = {k: v for k, v in os.environ.items() if k not in ("E2E_REDIS_URL", "REDIS_URL")}
         env = {**inherited, **{f"E2E_{k.upper()}": v for k, v in as_text.items()},
                "E2E_HOME": str(self.home), "E2E_REDIS_ROLE": role, **self.worker_env}
+        if self.settings.smtp_password.get_secret_value():  # the workers send email; never on a command line
+            env["E2E_SMTP_PASSWORD"] = self.settings.smtp_password.get_secret_value()
         if self.settings.redis_url and not self.settings.redis_urls_file:
             env["E2E_REDIS_URL"] = url  # an external Redis given by one URL only: every process uses it
         return env

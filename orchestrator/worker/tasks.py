@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
 from functools import lru_cache
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutdown
 
 from orchestrator.engine.lifecycle import Lifecycle
 from orchestrator.engine.live_edit import apply_live_edit
 from orchestrator.engine.nodes_admin import publish_inventories
+from orchestrator.engine.notify import Dispatcher, attempt
+from orchestrator.model.notify import retry_delay
 from orchestrator.model.settings import get_settings
 from orchestrator.store.jobs import JobStore
 from orchestrator.worker import names
@@ -77,3 +85,36 @@ def reconcile() -> int:
             lock.release()
         except Exception:  # noqa: BLE001 - lease expired under a very long pass; harmless
             log.warning("reconcile lease expired before release")
+
+
+@app.task(name=names.NOTIFY, bind=True, max_retries=None)
+def notify(self: Any, task: dict) -> None:
+    """One delivery: attempt it; on failure retry after 1, 2, 4... x E2E_NOTIFY_BACKOFF seconds, up to
+    E2E_NOTIFY_ATTEMPTS attempts in all (each one logged)."""
+    lc = lifecycle()
+    number = self.request.retries + 1
+    if not attempt(lc.store, lc.settings, task, number, _consumer()) and number < lc.settings.notify_attempts:
+        raise self.retry(countdown=retry_delay(number, lc.settings.notify_backoff), max_retries=None)
+
+
+def _consumer() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+_dispatch_stop = threading.Event()
+
+
+@worker_ready.connect(weak=False)
+def _start_dispatcher(**_kwargs: object) -> None:
+    """Each worker's main process runs one notification dispatcher thread (outbox -> delivery tasks)."""
+    _dispatch_stop.clear()
+    # its own store, not lifecycle()'s: the main process forks pool children, which must not inherit a lifecycle
+    settings = get_settings()
+    store = JobStore.from_url(settings.resolved_redis_url(), events_maxlen=settings.events_maxlen)
+    dispatcher = Dispatcher(store, settings, lambda task: app.send_task(names.NOTIFY, args=[task]), _consumer())
+    threading.Thread(target=dispatcher.run, args=(_dispatch_stop,), name="e2e-notify-dispatch", daemon=True).start()
+
+
+@worker_shutdown.connect(weak=False)
+def _stop_dispatcher(**_kwargs: object) -> None:
+    _dispatch_stop.set()
