@@ -26,6 +26,7 @@ from .base import (
     SolverPlugin,
     copy_if_absent,
 )
+from .series import parse_foam_table
 
 WORD = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 FOAM_DIR = "/usr/share/openfoam"   # Debian's package; WM_PROJECT_DIR is all its binaries need
@@ -126,6 +127,12 @@ class OpenFOAM(SolverPlugin):
             progress_total=_float(end),
             env={"WM_PROJECT_DIR": os.environ.get("WM_PROJECT_DIR", FOAM_DIR)},
         )
+
+    def series_files(self) -> tuple[str, ...]:
+        return ("postProcessing/*/*/*",)  # function objects: <name>/<startTime>/<file>
+
+    def parse_series(self, path: str, text: str, state: dict[str, Any]) -> dict[str, list[list[float]]]:
+        return parse_foam_table(path, text, state)
 
     def parse_progress(self, text: str, last: Progress | None) -> Progress | None:
         found = False

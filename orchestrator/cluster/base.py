@@ -68,6 +68,17 @@ class ClusterBackend(ABC):
     def read_bytes(self, node: Node, path: Path, offset: int = 0, limit: int | None = None) -> bytes | None:
         """Bytes of a file on the node from offset (None if it does not exist)."""
 
+    def list_files(self, node: Node, root: Path, patterns: tuple[str, ...], limit: int = 200) -> list[str]:
+        """Regular files under root matching the glob patterns, as paths relative to root, sorted, at most
+        `limit`; symlinks are not listed (nor followed by read_bytes). This default reads the engine's own
+        filesystem (local and shared-storage backends); a backend whose nodes keep their own files lists there."""
+        found: set[str] = set()
+        for pattern in patterns:
+            for path in root.glob(pattern):
+                if path.is_file() and not path.is_symlink():
+                    found.add(path.relative_to(root).as_posix())
+        return sorted(found)[:limit]
+
     @abstractmethod
     def write_bytes(self, node: Node, path: Path, data: bytes) -> None:
         """Write a file on the node atomically (temp file + rename)."""

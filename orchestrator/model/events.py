@@ -20,6 +20,8 @@ class EventKind(str, Enum):
     NODE_REPLACED = "node.replaced"  # restart_on_node_failure leased another node in its place
     DESKTOP = "desktop"      # the desktop's state: starting, ready (with URL), failed (with reason), stopped
     ACCESS_REFUSED = "access.refused"  # a connection from outside the job's CIDR rules, or without its token
+    SERIES = "run.series"            # new points of a run's monitored series, one read of its monitor files
+    RULE_FIRED = "rule.fired"        # a monitor rule's condition held: {rule, action, values, reason}
     WARNING = "warning"
     ERROR = "error"
     SYNC_FILE = "sync.file"          # a file added, updated, appended or deleted by the live sync
