@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from orchestrator.engine.rules import apply_rules, evaluate
@@ -142,3 +144,14 @@ def test_rules_wait_while_the_run_is_not_running(store):
     store.record_progress(job_id, "run-001", Progress(residuals={"p": float("nan")}), 10)
     assert apply_rules(store, store.get_job(job_id), store.get_run(job_id, "run-001"), rules,
                        lambda *a: pytest.fail("stopped a frozen run")) == []
+
+
+def test_a_plain_command_reports_residuals_for_the_rules_to_judge():
+    from solvers.command import Command
+
+    progress = Command().parse_progress("progress: 3/10\nresidual: p 1e-4\nresidual: Ux nan\n", None)
+    assert progress is not None and progress.step == 3 and progress.residuals["p"] == 1e-4
+    assert math.isnan(progress.residuals["Ux"])
+    later = Command().parse_progress("residual: p 2e-4\n", progress)
+    assert later is not None and later.residuals["p"] == 2e-4 and later.step == 3
+    assert Command().parse_progress("residual: p lots\n", None) is None
