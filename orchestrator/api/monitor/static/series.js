@@ -6,6 +6,13 @@
 const SERIES_PLOT = {width: 720, height: 240, left: 64, right: 12, top: 12, bottom: 28};
 const SERIES_KEEP = 5000;  // points kept per series on the page
 
+// a value in a few characters: 4 significant digits, in exponent form when tiny or huge
+function shortNumber(v) {
+  if (typeof v !== "number") return String(v);
+  const a = Math.abs(v);
+  return a && (a < 1e-3 || a >= 1e6) ? v.toExponential(3) : String(Number(v.toPrecision(4)));
+}
+
 function seriesPanel(jobId) {
   const state = {run: null, points: {}, chosen: null};
   const chooser = document.getElementById("series-name");
@@ -60,14 +67,14 @@ function seriesPanel(jobId) {
     for (let i = 0; i <= 4; i++) {  // five horizontal grid lines with their values
       const y = y0 + (y1 - y0) * i / 4;
       svg.appendChild(svgNode("line", {x1: P.left, x2: P.left + w, y1: sy(y), y2: sy(y), class: "grid"}));
-      svg.appendChild(svgNode("text", {x: 4, y: sy(y) + 4, class: "tick"}, y.toPrecision(4)));
+      svg.appendChild(svgNode("text", {x: 4, y: sy(y) + 4, class: "tick"}, shortNumber(y)));
     }
     svg.appendChild(svgNode("text", {x: P.left, y: P.height - 6, class: "tick"}, String(x0)));
     svg.appendChild(svgNode("text", {x: P.left + w - 60, y: P.height - 6, class: "tick"}, String(x1)));
     const coords = points.map(p => `${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
     svg.appendChild(svgNode("polyline", {points: coords, stroke: "#1f77b4", fill: "none"}));
     const last = points[points.length - 1];
-    document.getElementById("series-last").textContent = `latest: x ${last[0]}, ${last[1].toPrecision(6)}`;
+    document.getElementById("series-last").textContent = `\u2014 latest: x ${last[0]}, ${shortNumber(last[1])}`;
   }
 
   function svgNode(tag, attrs, text) {
@@ -79,7 +86,7 @@ function seriesPanel(jobId) {
 
   function onRule(event) {
     const d = event.data;
-    const values = Object.entries(d.values || {}).map(([k, v]) => `${k}=${v}`).join(" ");
+    const values = Object.entries(d.values || {}).map(([k, v]) => `${k}=${shortNumber(v)}`).join(" ");
     const item = el("li", `${new Date(event.ts * 1000).toLocaleTimeString()} ${d.run} rule ${d.rule} ` +
                           `(${d.when}) -> ${d.action}: ${d.reason} [${values}]`);
     document.getElementById("rules-fired").prepend(item);
