@@ -133,7 +133,8 @@ def main() -> int:
     }
     figures["ratio_p50"] = round(figures["rule_p50_ms"] / max(figures["sse_p50_ms"], 0.1), 2)
     print(f"residual line -> rule action (pause requested): p50 {figures['rule_p50_ms']} ms, "
-          f"p95 {figures['rule_p95_ms']} ms, max {figures['rule_max_ms']} ms  (target p50 <= {TARGET_P50_S * 1000:.0f} ms)")
+          f"p95 {figures['rule_p95_ms']} ms, max {figures['rule_max_ms']} ms "
+          f"(target p50 <= {TARGET_P50_S * 1000:.0f} ms)")
     print(f"log line -> SSE client (same lines):            p50 {figures['sse_p50_ms']} ms, "
           f"p95 {figures['sse_p95_ms']} ms")
     print(f"ratio rule/SSE at p50: {figures['ratio_p50']}x; reconcile interval {args.interval:g} s, "

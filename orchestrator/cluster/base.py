@@ -73,10 +73,12 @@ class ClusterBackend(ABC):
         `limit`; symlinks are not listed (nor followed by read_bytes). This default reads the engine's own
         filesystem (local and shared-storage backends); a backend whose nodes keep their own files lists there."""
         found: set[str] = set()
+        real = root.resolve()
         for pattern in patterns:
             for path in root.glob(pattern):
-                if path.is_file() and not path.is_symlink():
-                    found.add(path.relative_to(root).as_posix())
+                rel = path.relative_to(root)
+                if path.is_file() and path.resolve() == real / rel:  # no symlink on the way, nor the file one
+                    found.add(rel.as_posix())
         return sorted(found)[:limit]
 
     @abstractmethod

@@ -295,13 +295,15 @@ class Lifecycle:
             tail = backend.read_bytes(head, paths.root / run.log_file, size_hint) or b""
         outcome = plugin.judge_exit(code, tail.decode(errors="replace")[-8192:])
         if run.state is RunState.STOPPING:
-            graceful = (StopIntent.PAUSE, StopIntent.COMPLETE)  # a failed checkpoint is a failure, not a stop
-            to = stopped_state(run) if outcome.ok or run.stop_intent not in graceful else RunState.FAILED
+            to = stopped_state(run)
+            if not outcome.ok:  # a failed checkpoint is a failure; a rule's stop without a clean end, a stop
+                to = RunState.FAILED if run.stop_intent is StopIntent.PAUSE else RunState.STOPPED
             verbs = {RunState.PAUSED: "paused on request", RunState.STOPPED: "stopped on request"}
             verb = verbs.get(to, "pause failed")
             reason = f"{verb} ({outcome.reason})"
-            if run.stop_reason and to is not RunState.FAILED:  # a monitor rule stopped it: the rule says why
-                reason = run.stop_reason
+            if run.stop_reason:  # a monitor rule asked: the rule says why
+                reason = run.stop_reason if outcome.ok else f"{run.stop_reason}; the solver did not end " \
+                                                              f"cleanly ({outcome.reason})"
         else:
             to, reason = (RunState.COMPLETED if outcome.ok else RunState.FAILED), outcome.reason
         ended = backend.read_bytes(head, paths.ended_at) or b""

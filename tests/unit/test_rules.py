@@ -6,13 +6,15 @@ import math
 
 import pytest
 
+from orchestrator.cluster.local import LocalBackend
 from orchestrator.engine.rules import apply_rules, evaluate
 from orchestrator.model.errors import SpecError
 from orchestrator.model.events import EventKind
 from orchestrator.model.monitor import MonitorSpec
 from orchestrator.model.records import StopIntent
-from orchestrator.model.spec import validate_spec
-from orchestrator.model.states import RunState
+from orchestrator.model.settings import Settings
+from orchestrator.model.spec import spec_for_store, validate_spec
+from orchestrator.model.states import JobState, RunState
 from solvers.base import Progress
 
 
@@ -155,3 +157,58 @@ def test_a_plain_command_reports_residuals_for_the_rules_to_judge():
     later = Command().parse_progress("residual: p 2e-4\n", progress)
     assert later is not None and later.residuals["p"] == 2e-4 and later.step == 3
     assert Command().parse_progress("residual: p lots\n", None) is None
+
+
+# -- the worker's pass: log -> rule -> graceful stop -> the run's end, with the rule as its reason
+class OneRunBackend(LocalBackend):
+    """A run's files as the test sets them (log, exit code); signals are recorded, never sent."""
+
+    def __init__(self, settings, log: bytes) -> None:
+        super().__init__(settings)
+        self.files: dict[str, bytes] = {"log.txt": log}
+        self.signals: list[int] = []
+
+    def read_bytes(self, node, path, offset=0, limit=None):
+        data = self.files.get(path.name)
+        return None if data is None else data[offset:None if limit is None else offset + limit]
+
+    def group_alive(self, node, pgid):
+        return "exit_code" not in self.files
+
+    def signal_group(self, node, pgid, signum, account=None):
+        self.signals.append(signum)
+        return True
+
+    def signal_tagged(self, node, tag, signum, account=None):
+        return 0
+
+
+@pytest.mark.parametrize("code, state, reason", [
+    (b"0\n", RunState.COMPLETED, "rule conv: converged: p 1e-05 < 0.001"),
+    (b"143\n", RunState.STOPPED, "rule conv: converged: p 1e-05 < 0.001; the solver did not end cleanly "
+                                 "(exit code 143)"),
+])
+def test_a_stop_rule_ends_the_run_with_the_rule_as_its_reason(store, tmp_path, code, state, reason):
+    from orchestrator.engine.lifecycle import Lifecycle
+
+    settings = Settings(home=tmp_path, local_nodes=1)
+    spec = validate_spec(_spec({"rules": [{"name": "conv", "when": "converged", "below": {"p": 1e-3},
+                                           "action": "stop"}]}))
+    job_id = store.create_job(name="j", owner="u", backend="local", solver="command", spec=spec_for_store(spec))
+    assert store.transition_job(job_id, JobState.PROVISIONING, nodes=store.allocate("local", job_id, 1, ["node-01"]))
+    assert store.transition_job(job_id, JobState.UP)
+    for to in (RunState.LAUNCHING, RunState.RUNNING):
+        assert store.transition_run(job_id, "run-001", to, pid=4321, log_file="log.txt")
+    lc = Lifecycle.create(store, settings)
+    backend = OneRunBackend(settings, b"progress: 3/10\nresidual: p 1e-5\n")
+    lc.ctx.backend_of = lambda job: backend
+    # the pass that reads the residual line asks the run to stop: the command has no graceful way, so SIGTERM
+    lc.observe(store.get_job(job_id), store.get_run(job_id, "run-001"))
+    run = store.get_run(job_id, "run-001")
+    assert run.state is RunState.STOPPING and run.stop_intent is StopIntent.COMPLETE
+    assert run.stop_reason == "rule conv: converged: p 1e-05 < 0.001" and backend.signals == [15]
+    # the solver exits: the next pass ends the run
+    backend.files["exit_code"] = code
+    lc.observe(store.get_job(job_id), store.get_run(job_id, "run-001"))
+    run = store.get_run(job_id, "run-001")
+    assert run.state is state and run.reason == reason

@@ -140,12 +140,17 @@ def test_follow_series_reads_only_new_complete_lines_and_stores_points(store, ru
     assert follow_series(store, job_id, store.get_run(job_id, "run-001"), OpenFOAM(), backend, head, paths) == {}
 
 
-def test_a_symlinked_monitor_file_is_never_read(store, run_dir, tmp_path):
+def test_a_symlinked_monitor_file_or_folder_is_never_listed_nor_read(store, run_dir, tmp_path):
     settings, job_id, paths = run_dir
     secret = tmp_path / "secret.dat"
     secret.write_text("# Time a\n1 42\n")
     (paths.root / "postProcessing/x/0").mkdir(parents=True)
     (paths.root / "postProcessing/x/0/a.dat").symlink_to(secret)
+    (tmp_path / "elsewhere/0").mkdir(parents=True)
+    (tmp_path / "elsewhere/0/b.dat").write_text("# Time b\n1 7\n")
+    (paths.root / "postProcessing/y").symlink_to(tmp_path / "elsewhere")  # a folder on the way
+    backend = LocalBackend(settings)
+    assert backend.list_files(Node("n1", "localhost", 1, settings.root), paths.root, ("postProcessing/*/*/*",)) == []
     got = follow_series(store, job_id, store.get_run(job_id, "run-001"), OpenFOAM(), LocalBackend(settings),
                         Node("n1", "localhost", 1, settings.root), paths)
     assert got == {} and store.series_names(job_id, "run-001") == []
