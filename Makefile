@@ -54,6 +54,7 @@ bench: system-deps-test $(STAMP)
 	$(PY) bench/desktop.py --jobs 10
 	$(PY) bench/sync.py
 	$(PY) bench/api.py
+	$(PY) bench/rules.py
 
 # The hardening suites (tests/faults) and one table of their figures; E2E_LONG=1 runs the long variants.
 resilience: system-deps-test $(STAMP)

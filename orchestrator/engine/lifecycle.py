@@ -230,8 +230,9 @@ class Lifecycle:
             return
         self._follow_log(job_id, run, plugin, backend, head, paths)
         follow_series(self.store, job_id, run, plugin, backend, head, paths)
-        apply_rules(self.store, job, run, ctx.spec_of(job).monitor.rules, self._rule_stop)
         code = exit_code(backend, head, paths)
+        if code is None:  # a run that has ended is judged by its end, not stopped by a rule
+            apply_rules(self.store, job, run, ctx.spec_of(job).monitor.rules, self._rule_stop)
         if code is None and not backend.group_alive(head, run.pid):
             code = exit_code(backend, head, paths)  # the wrapper may have recorded it and left just now
             if code is None:

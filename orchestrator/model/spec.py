@@ -23,6 +23,7 @@ from orchestrator.model.access import normalise_rules
 from orchestrator.model.errors import SpecError
 from orchestrator.model.monitor import MonitorSpec
 from orchestrator.model.spec_types import NAME_PATTERN, Duration
+from orchestrator.model.spec_types import parse_duration as parse_duration  # re-exported: callers found it here
 from orchestrator.model.untrusted import MAX_QUOTED, load_yaml, quoted, yaml_error_text
 from solvers.base import Registry, SolverOptions, registry
 

@@ -20,8 +20,8 @@ from solvers.openfoam import OpenFOAM
 from solvers.series import parse_ccx_cvg, parse_ccx_sta, parse_fluent_report, parse_foam_table, parse_star_csv
 from solvers.starccm import StarCCM
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "series"
-FOAM = GOLDEN / "openfoam"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "series"  # captured from real runs
+FOAM = SAMPLES / "openfoam"
 
 
 def _foam(rel: str) -> dict:
@@ -79,10 +79,10 @@ def test_files_that_are_not_function_object_tables_are_skipped():
 
 
 def test_calculix_increments_and_convergence():
-    sta = parse_ccx_sta((GOLDEN / "calculix/beamnldy.sta").read_text(), {})
+    sta = parse_ccx_sta((SAMPLES / "calculix/beamnldy.sta").read_text(), {})
     assert sta["increments/iterations"] == [[5e-06, 3.0]]
     state: dict = {}
-    cvg = parse_ccx_cvg((GOLDEN / "calculix/beamnldy.cvg").read_text(), state)
+    cvg = parse_ccx_cvg((SAMPLES / "calculix/beamnldy.cvg").read_text(), state)
     assert [p[1] for p in cvg["convergence/residual_force"]] == [1105.0, 0.7769, 0.0]
     assert state["rows"] == 3
     more = parse_ccx_cvg("     1     2     1     1        0  0.5000E+01  0.1000E+01  0.0000E+00  0.0000E+00\n", state)
