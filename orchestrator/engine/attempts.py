@@ -15,7 +15,8 @@ from solvers.base import RunMode, registry
 # What the previous attempt left on the run record that must not leak into the next one.
 ATTEMPT_FIELDS = ("pid", "exit_code", "reason", "stop_intent", "stop_requested_at", "stop_sent_at", "term_sent_at",
                   "kill_sent_at", "signals", "frozen_at", "ended_at", "launch_requested_at", "failed_nodes",
-                  "recovery", "started_at", "stop_reason", "progress_at")
+                  "recovery", "started_at", "stop_reason", "progress_at",
+                  "resumed_at")
 
 
 def checkpoint_of(root: Path, job: Job, run: Run) -> str:

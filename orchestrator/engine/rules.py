@@ -108,7 +108,8 @@ def apply_rules(store: JobStore, job: Job, run: Run, rules: list[Any], stop: Sto
     if not rules or run.state is not RunState.RUNNING:
         return []
     now = time.time() if now is None else now
-    clock = run.progress_at or run.started_at
+    # the stall clock: the last progress, or the start; a run frozen meanwhile counts from its resume
+    clock = max((t for t in (run.progress_at or run.started_at, run.resumed_at) if t is not None), default=None)
 
     def series(name: str, last: int) -> list[list[float]]:
         return store.series_points(job.id, run.id, name, last)

@@ -169,6 +169,7 @@ class Run(Record):
     kill_sent_at: float | None = None
     signals: Signals | None = None
     frozen_at: float | None = None
+    resumed_at: float | None = None       # the last resume from frozen (a `stalled` rule's clock starts again)
     # node faults
     failed_nodes: list[str] | None = None
     recovery: str | None = None

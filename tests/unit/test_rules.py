@@ -212,3 +212,19 @@ def test_a_stop_rule_ends_the_run_with_the_rule_as_its_reason(store, tmp_path, c
     lc.observe(store.get_job(job_id), store.get_run(job_id, "run-001"))
     run = store.get_run(job_id, "run-001")
     assert run.state is state and run.reason == reason
+
+
+def test_a_stalled_rule_counts_from_the_resume_of_a_frozen_run(store):
+    job_id = _running(store)
+    rules = _rules({"name": "stuck", "when": "stalled", "for": 60, "action": "notify"})
+    store.record_progress(job_id, "run-001", Progress(step=3), 10)
+    progress_at = store.get_run(job_id, "run-001").progress_at
+    store.transition_run(job_id, "run-001", RunState.FROZEN, frozen_at=progress_at + 5)
+    store.transition_run(job_id, "run-001", RunState.RUNNING, frozen_at=None, resumed_at=progress_at + 300)
+
+    def fired(now: float) -> list:
+        return apply_rules(store, store.get_job(job_id), store.get_run(job_id, "run-001"), rules,
+                           lambda *a: None, now=now)
+
+    assert fired(progress_at + 330) == []  # frozen for minutes, resumed 30 s ago: not stalled
+    assert [f.rule.name for f in fired(progress_at + 361)] == ["stuck"]

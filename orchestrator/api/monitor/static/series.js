@@ -1,6 +1,6 @@
 // The job page's series panel: a chooser of the run's monitored series (function-object tables, .sta/.cvg,
 // report files) and a small SVG plot of the chosen one, fed by GET /jobs/{id}/series and run.series events;
-// and the list of monitor rules that fired (rule.fired events). Uses api/el from monitor.js.
+// and the list of monitor rules that fired (rule.fired events). Uses api/el/flash from monitor.js.
 "use strict";
 
 const SERIES_PLOT = {width: 720, height: 240, left: 64, right: 12, top: 12, bottom: 28};
@@ -14,7 +14,7 @@ function shortNumber(v) {
 }
 
 function seriesPanel(jobId) {
-  const state = {run: null, points: {}, chosen: null};
+  const state = {run: null, points: {}, chosen: null, full: new Set()};
   const chooser = document.getElementById("series-name");
   const svg = document.getElementById("series-plot");
 
@@ -38,11 +38,27 @@ function seriesPanel(jobId) {
     if (kept.length > SERIES_KEEP) kept.splice(0, kept.length - SERIES_KEEP);
   }
 
+  // the names first (with one point each), then only the chosen series in full: a long run with dozens of
+  // series would otherwise send them all
   async function load(run) {
-    state.run = run; state.points = {}; state.chosen = null;
+    state.run = run; state.points = {}; state.chosen = null; state.full = new Set();
     chooser.replaceChildren();
-    const listing = await api(`/jobs/${jobId}/series?run=${encodeURIComponent(run)}&last=${SERIES_KEEP}`);
-    for (const name of listing.names) add(name, listing.series[name] || []);
+    const listing = await api(`/jobs/${jobId}/series?run=${encodeURIComponent(run)}&last=1`);
+    for (const name of listing.names) addName(name);
+    await fetchChosen();
+  }
+
+  async function fetchChosen() {
+    const name = state.chosen, run = state.run;
+    if (name === null || state.full.has(name)) { draw(); return; }
+    const page = await api(`/jobs/${jobId}/series?run=${encodeURIComponent(run)}` +
+                           `&name=${encodeURIComponent(name)}&last=${SERIES_KEEP}`);
+    if (run !== state.run) return;
+    state.full.add(name);
+    const live = state.points[name] || [];  // what events brought meanwhile comes after the page
+    state.points[name] = [];
+    add(name, page.series[name] || []);
+    add(name, live);
     draw();
   }
 
@@ -92,6 +108,9 @@ function seriesPanel(jobId) {
     document.getElementById("rules-fired").prepend(item);
   }
 
-  chooser.addEventListener("change", () => { state.chosen = chooser.value; draw(); });
+  chooser.addEventListener("change", () => {
+    state.chosen = chooser.value;
+    fetchChosen().catch(err => flash(err.message, true));
+  });
   return {load, onEvent, onRule, draw, get run() { return state.run; }};
 }
