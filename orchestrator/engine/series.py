@@ -14,6 +14,7 @@ from solvers.base import SolverPlugin
 log = logging.getLogger(__name__)
 
 SERIES_CHUNK = 256 << 10  # bytes read per monitor file per observation: a backlog drains over a few passes
+SERIES_BUDGET = 2 << 20   # bytes read over all of a run's monitor files per observation: the rest next pass
 MAX_FILES = 200           # monitor files followed per run
 
 
@@ -26,8 +27,10 @@ def follow_series(store: JobStore, job_id: str, run: Run, plugin: SolverPlugin, 
         return {}
     files: dict[str, dict[str, Any]] = {k: dict(v) for k, v in run.series_files.items()}
     points: dict[str, list[list[float]]] = {}
-    changed = False
+    changed, budget = False, SERIES_BUDGET
     for rel in backend.list_files(head, paths.root, patterns, MAX_FILES):
+        if budget <= 0:
+            break
         state = files.setdefault(rel, {"offset": 0})
         if state.get("skip"):
             continue
@@ -35,6 +38,7 @@ def follow_series(store: JobStore, job_id: str, run: Run, plugin: SolverPlugin, 
         data = backend.read_bytes(head, paths.root / rel, offset, SERIES_CHUNK)
         if not data:
             continue
+        budget -= len(data)
         cut = data.rfind(b"\n") + 1
         if cut == 0:
             if len(data) < SERIES_CHUNK:

@@ -15,6 +15,8 @@ from orchestrator.store.keys import KeyNames
 
 SERIES_KEPT = 10_000  # points kept per series: the monitor's plot and a `series` rule's longest window
 MAX_SERIES = 500      # series names one run may have (a case with thousands of probes gets the first ones)
+MAX_NAME = 200        # characters of a series name (column names come from the job's own files)
+EVENT_POINTS = 500    # points per series one event carries (a backlog read at once: the store keeps them all)
 
 
 def finite(points: list[list[float]]) -> list[list[float | None]]:
@@ -38,7 +40,7 @@ class SeriesPoints:
         known = set(self._r.smembers(self._keys.series_names(job_id, run_id)))
         taken = []
         for name in points:
-            if name in known or len(known) < MAX_SERIES:
+            if len(name) <= MAX_NAME and (name in known or len(known) < MAX_SERIES):
                 known.add(name)
                 taken.append(name)
         pipe = self._r.pipeline(transaction=True)
@@ -49,7 +51,9 @@ class SeriesPoints:
             pipe.rpush(key, *(json.dumps(p) for p in points[name]))
             pipe.ltrim(key, -SERIES_KEPT, -1)
         if taken:
-            batch = [{"name": n, "points": finite(points[n])} for n in taken]
+            batch = [{"name": n, "points": finite(points[n][-EVENT_POINTS:]),
+                      **({"skipped": len(points[n]) - EVENT_POINTS} if len(points[n]) > EVENT_POINTS else {})}
+                     for n in taken]
             self._xadd(pipe, job_id, EventKind.SERIES, {"run": run_id, "series": batch}, f"{time.time():.6f}")
         pipe.execute()
         return taken

@@ -154,3 +154,31 @@ def test_a_symlinked_monitor_file_or_folder_is_never_listed_nor_read(store, run_
     got = follow_series(store, job_id, store.get_run(job_id, "run-001"), OpenFOAM(), LocalBackend(settings),
                         Node("n1", "localhost", 1, settings.root), paths)
     assert got == {} and store.series_names(job_id, "run-001") == []
+
+
+def test_a_backlog_is_stored_whole_but_each_event_carries_the_latest_points(store, run_dir):
+    from orchestrator.store.series import EVENT_POINTS, MAX_NAME
+
+    _, job_id, _ = run_dir
+    points = {"r/p": [[float(i), 1.0 / (i + 1)] for i in range(EVENT_POINTS + 20)], "x" * (MAX_NAME + 1): [[1.0, 2.0]]}
+    assert store.record_series(job_id, "run-001", points, {}) == ["r/p"]  # an over-long name is dropped
+    assert len(store.series_points(job_id, "run-001", "r/p")) == EVENT_POINTS + 20
+    event = [e for e in store.events(job_id) if e.kind is EventKind.SERIES][-1]
+    batch = event.data["series"][0]
+    assert batch["skipped"] == 20 and len(batch["points"]) == EVENT_POINTS and batch["points"][-1][0] == EVENT_POINTS + 19
+
+
+def test_a_pass_reads_within_its_byte_budget_and_the_next_pass_goes_on(store, run_dir, monkeypatch):
+    import orchestrator.engine.series as series_module
+
+    settings, job_id, paths = run_dir
+    monkeypatch.setattr(series_module, "SERIES_BUDGET", 100)
+    for name in ("a", "b"):
+        table = paths.root / f"postProcessing/{name}/0/{name}.dat"
+        table.parent.mkdir(parents=True)
+        table.write_text("# Time v\n" + "".join(f"{i} {i * 2}\n" for i in range(1, 30)))
+    backend, head = LocalBackend(settings), Node("n1", "localhost", 1, settings.root)
+    first = follow_series(store, job_id, store.get_run(job_id, "run-001"), OpenFOAM(), backend, head, paths)
+    assert set(first) == {"a/a/v"}  # the first file used the pass's budget
+    second = follow_series(store, job_id, store.get_run(job_id, "run-001"), OpenFOAM(), backend, head, paths)
+    assert set(second) == {"b/b/v"} and len(second["b/b/v"]) == 29
