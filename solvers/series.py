@@ -42,7 +42,10 @@ def foam_prefix(rel: str) -> str | None:
     name = PurePosixPath(parts[3])
     if name.suffix not in ("", ".dat"):
         return None  # a surface, a VTK file, a sample set: not a table appended per step
-    return parts[1] if name.stem in _MAIN_FILES else f"{parts[1]}/{name.stem}"
+    stem = name.stem
+    if stem.endswith(f"_{parts[2]}"):  # a restart at a time whose folder had the file: coefficient_100.dat
+        stem = stem[:-len(parts[2]) - 1]
+    return parts[1] if stem in _MAIN_FILES else f"{parts[1]}/{stem}"
 
 
 def _header_names(tokens: list[str]) -> list[str]:

@@ -35,6 +35,12 @@ def follow_series(store: JobStore, job_id: str, run: Run, plugin: SolverPlugin, 
         if state.get("skip"):
             continue
         offset = int(state.get("offset", 0))
+        if state.get("attempt", run.attempt) < run.attempt:  # first look in a new attempt: rewritten?
+            if offset and not backend.read_bytes(head, paths.root / rel, offset - 1, 1):
+                state = files[rel] = {"offset": 0}  # shorter than we read: the restart rewrote it (probes)
+                offset = 0
+            state["attempt"] = run.attempt
+            changed = True
         data = backend.read_bytes(head, paths.root / rel, offset, SERIES_CHUNK)
         if not data:
             continue
@@ -44,13 +50,13 @@ def follow_series(store: JobStore, job_id: str, run: Run, plugin: SolverPlugin, 
             if len(data) < SERIES_CHUNK:
                 continue  # a line still being written
             cut = len(data)  # one line longer than a chunk: not a table we can use; step over it
-        memory = {k: v for k, v in state.items() if k != "offset"}
+        memory = {k: v for k, v in state.items() if k not in ("offset", "attempt")}
         try:
             found = plugin.parse_series(rel, data[:cut].decode(errors="replace"), memory)
         except Exception as exc:  # noqa: BLE001 - a plugin's parser failing on one file must not stop the run's observation
             log.warning("%s/%s: parsing %s failed: %s", job_id, run.id, rel, exc)
             memory, found = {"skip": True}, {}
-        files[rel] = {**memory, "offset": offset + cut}
+        files[rel] = {**memory, "offset": offset + cut, "attempt": run.attempt}
         changed = True
         for name, new in found.items():
             points.setdefault(name, []).extend(new)

@@ -72,6 +72,14 @@ def test_a_header_read_earlier_names_the_rows_of_a_later_read():
     assert first == {} and later["fc/Cd"][0] == [1.0, -2.379127e-04]
 
 
+def test_a_restart_continues_the_same_series_names():
+    # a restart writes <startTime>/, or <startTime>/coefficient_<startTime>.dat when that folder had the file
+    text = (FOAM / "postProcessing/fc/0/coefficient.dat").read_text()
+    for rel in ("postProcessing/fc/100/coefficient.dat", "postProcessing/fc/100/coefficient_100.dat"):
+        assert "fc/Cd" in parse_foam_table(rel, text, {})
+    assert "probes1/p/0" in parse_foam_table("postProcessing/probes1/100/p_100", "# Probe 0\n# Time\n101 5\n", {})
+
+
 def test_files_that_are_not_function_object_tables_are_skipped():
     state: dict = {}
     assert parse_foam_table("postProcessing/surfaces/100/p_plane.vtk", "# vtk DataFile\n1 2\n", state) == {}
@@ -183,3 +191,21 @@ def test_a_pass_reads_within_its_byte_budget_and_the_next_pass_goes_on(store, ru
     assert set(first) == {"a/a/v"}  # the first file used the pass's budget
     second = follow_series(store, job_id, store.get_run(job_id, "run-001"), OpenFOAM(), backend, head, paths)
     assert set(second) == {"b/b/v"} and len(second["b/b/v"]) == 29
+
+
+def test_a_file_a_restart_rewrote_shorter_is_read_again_from_its_start(store, run_dir):
+    # probes rewrite their file when a restart starts in the same time folder: it is shorter than the offset
+    settings, job_id, paths = run_dir
+    probe = paths.root / "postProcessing/probes1/0/p"
+    probe.parent.mkdir(parents=True)
+    header = "# Probe 0 (0 0 0)\n#       Probe 0\n#        Time\n"
+    probe.write_text(header + "".join(f"{i} {i}.5\n" for i in range(1, 40)))
+    backend, head = LocalBackend(settings), Node("n1", "localhost", 1, settings.root)
+    follow_series(store, job_id, store.get_run(job_id, "run-001"), OpenFOAM(), backend, head, paths)
+    probe.write_text(header + "31 7\n32 8\n")
+    run = store.get_run(job_id, "run-001")
+    assert follow_series(store, job_id, run, OpenFOAM(), backend, head, paths) == {}  # same attempt: no look
+    run.attempt = 2  # the restart
+    again = follow_series(store, job_id, run, OpenFOAM(), backend, head, paths)
+    assert again == {"probes1/p/0": [[31.0, 7.0], [32.0, 8.0]]}
+    assert store.get_run(job_id, "run-001").series_files["postProcessing/probes1/0/p"]["attempt"] == 2
