@@ -42,7 +42,7 @@ def next_attempt(store: JobStore, root: Path, job: Job, run: Run,
     if not store.transition_run(job.id, run.id, RunState.PENDING, expect=[run.state],
                                 data={"attempt": attempt, "from": checkpoint, **event},
                                 attempt=attempt, mode=RunMode.RESTART, revision=job.revision or 1,
-                                past_attempts=past, rules_fired=[],  # a restart re-arms the rules
+                                past_attempts=past, rules_fired=[], rules_warned=[],  # a restart re-arms the rules
                                 **dict.fromkeys(ATTEMPT_FIELDS)):
         return None
     return {"attempt": attempt, "checkpoint": checkpoint}

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 # A progress message that says the solver failed (FOAM FATAL ERROR, *ERROR in ccx, a floating point exception).
 _FATAL = re.compile(r"fatal|\berror\b|diverg|floating point", re.I)
 
+NAME_GRACE = 60.0  # seconds of running before a rule naming nothing the run reports is warned about
+
 # series name, how many latest points -> [[x, y], ...] oldest first
 SeriesReader = Callable[[str, int], list[list[float]]]
 Stopper = Callable[[Job, Run, StopIntent, str], None]
@@ -86,6 +88,37 @@ def evaluate(rule: Any, progress: Progress | None, series: SeriesReader, *, now:
     raise TypeError(f"unknown rule {rule!r}")
 
 
+def named(rule: Any) -> list[str]:
+    """The residual or series names a rule waits for."""
+    if isinstance(rule, ConvergedRule):
+        return list(rule.below)
+    if isinstance(rule, DivergedRule):
+        return list(rule.above)
+    return [rule.series] if isinstance(rule, SeriesRule) else []
+
+
+def _warn_unknown_names(store: JobStore, job: Job, run: Run, rules: list[Any], now: float) -> None:
+    """A rule naming what the run has never reported (a typo: fc/CD for fc/Cd) would wait forever in
+    silence: once the run has run a while, say so once per rule and run attempt, with what it does report."""
+    if run.started_at is None or now - run.started_at < NAME_GRACE or run.progress is None:
+        return
+    waiting = [r for r in rules if r.name not in run.rules_fired and r.name not in run.rules_warned]
+    if not waiting:
+        return
+    known = set(run.progress.residuals) | set(store.series_names(job.id, run.id))
+    for rule in waiting:
+        unknown = [n for n in named(rule) if n not in known]
+        if not unknown:
+            continue
+        run.rules_warned = [*run.rules_warned, rule.name]
+        store.update_run(job.id, run.id, rules_warned=run.rules_warned)
+        shown = ", ".join(sorted(known)[:30]) or "nothing yet"
+        store.append_event(job.id, EventKind.WARNING, {
+            "run": run.id, "rule": rule.name,
+            "message": f"rule {rule.name} waits for {', '.join(map(repr, unknown))}, which this run has not "
+                       f"reported after {now - run.started_at:.0f}s; it reports: {shown}"})
+
+
 def _diverged(rule: DivergedRule, progress: Progress | None, series: SeriesReader) -> Firing | None:
     if progress is not None:
         bad = {k: str(v) for k, v in progress.residuals.items() if not math.isfinite(v)}
@@ -114,6 +147,7 @@ def apply_rules(store: JobStore, job: Job, run: Run, rules: list[Any], stop: Sto
     def series(name: str, last: int) -> list[list[float]]:
         return store.series_points(job.id, run.id, name, last)
 
+    _warn_unknown_names(store, job, run, rules, now)
     fired: list[Firing] = []
     for rule in rules:
         if rule.name in run.rules_fired:

@@ -151,6 +151,7 @@ class Run(Record):
     # parser's memory; and the monitor rules that fired in this attempt (a restart re-arms them)
     series_files: dict[str, dict[str, Any]] = Field(default_factory=dict)
     rules_fired: list[str] = Field(default_factory=list)
+    rules_warned: list[str] = Field(default_factory=list)  # rules naming what the run never reported, said once
     node: str | None = None
     info: dict[str, Any] | None = None
     # the current attempt

@@ -228,3 +228,24 @@ def test_a_stalled_rule_counts_from_the_resume_of_a_frozen_run(store):
 
     assert fired(progress_at + 330) == []  # frozen for minutes, resumed 30 s ago: not stalled
     assert [f.rule.name for f in fired(progress_at + 361)] == ["stuck"]
+
+
+def test_a_rule_naming_what_the_run_never_reports_is_warned_about_once(store):
+    job_id = _running(store)  # started at t=1
+    rules = _rules({"name": "cd", "when": "series", "series": "fc/CD", "tolerance": 0.01, "window": 5},
+                   {"name": "ok", "when": "converged", "below": {"p": 1e-9}})
+    store.record_progress(job_id, "run-001", Progress(step=30, residuals={"p": 1e-3}), 10)
+    store.record_series(job_id, "run-001", {"fc/Cd": [[30.0, 0.5]]}, {})
+
+    def warnings() -> list[dict]:
+        return [e.data for e in store.events(job_id) if e.kind is EventKind.WARNING]
+
+    def observe(now: float) -> None:
+        apply_rules(store, store.get_job(job_id), store.get_run(job_id, "run-001"), rules, lambda *a: None, now=now)
+
+    observe(now=30)  # not a minute in yet: names may still appear
+    assert warnings() == []
+    observe(now=62)
+    observe(now=63)
+    assert warnings() == [{"run": "run-001", "rule": "cd", "message": "rule cd waits for 'fc/CD', which this run "
+                           "has not reported after 61s; it reports: fc/Cd, p"}]
