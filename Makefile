@@ -55,6 +55,7 @@ bench: system-deps-test $(STAMP)
 	$(PY) bench/sync.py
 	$(PY) bench/api.py
 	$(PY) bench/notify.py --samples 60
+	$(PY) bench/rules.py
 
 # The hardening suites (tests/faults) and one table of their figures; E2E_LONG=1 runs the long variants.
 resilience: system-deps-test $(STAMP)

@@ -155,6 +155,17 @@ class SolverPlugin(ABC):
     def parse_progress(self, text: str, last: Progress | None) -> Progress | None:
         """Fold new complete log lines into the progress so far; None when nothing new was seen."""
 
+    def series_files(self) -> tuple[str, ...]:
+        """Glob patterns (relative to the run directory) of the monitor files the solver appends to, tailed
+        live by the engine into series events (function-object tables, .sta/.cvg, report files); () = none."""
+        return ()
+
+    def parse_series(self, path: str, text: str, state: dict[str, Any]) -> dict[str, list[list[float]]]:
+        """Fold new complete lines of the monitor file `path` (relative to the run directory) into points per
+        series name ({"fc/Cd": [[x, y], ...]}). `state` is this file's own memory between reads (a header's
+        column names), JSON-able, stored by the engine; set state["skip"] to stop reading a file."""
+        return {}
+
     def judge_exit(self, exit_code: int, log_tail: str) -> Outcome:
         """Decide success from the exit code and the end of the log (override for solvers that lie)."""
         if exit_code == 0:

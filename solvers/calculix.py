@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -22,6 +22,7 @@ from .base import (
     copy_if_absent,
 )
 from .calculix_deck import DeckError, DeckFile, instrumented, read_deck, restart_deck, structure
+from .series import parse_ccx_cvg, parse_ccx_sta
 from .vendor import (
     JOBNAME_PATTERN,
     InputFile,
@@ -120,6 +121,12 @@ class CalculiX(SolverPlugin):
         except DeckError as exc:
             raise UserError(f"calculix: {exc}; rerun instead") from None
         return jobname, periods
+
+    def series_files(self) -> tuple[str, ...]:
+        return ("*.sta", "*.cvg")  # increments and equilibrium iterations, one file each per attempt
+
+    def parse_series(self, path: str, text: str, state: dict[str, Any]) -> dict[str, list[list[float]]]:
+        return parse_ccx_sta(text, state) if path.endswith(".sta") else parse_ccx_cvg(text, state)
 
     def parse_progress(self, text: str, last: Progress | None) -> Progress | None:
         progress = (last or Progress()).model_copy(deep=True)

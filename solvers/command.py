@@ -15,6 +15,8 @@ from .base import LaunchContext, Prepared, Progress, RunMode, SolverOptions, Sol
 
 _FRACTION = re.compile(r"^progress[:=\s]+([0-9.]+)\s*/\s*([0-9.]+)\s*$", re.M | re.I)
 _PERCENT = re.compile(r"^progress[:=\s]+([0-9.]+)\s*%\s*$", re.M | re.I)
+_RESIDUAL = re.compile(r"^residual[:=\s]+([A-Za-z][\w.()/-]{0,63})\s+([-+]?(?:[0-9.]+(?:[eE][-+]?\d+)?|nan|inf))\s*$",
+                       re.M | re.I)
 
 
 def _existing(path: Path, info) -> Path:
@@ -24,7 +26,8 @@ def _existing(path: Path, info) -> Path:
 
 
 class CommandOptions(SolverOptions):
-    """`solver:` block for a plain command. Print `progress: 3/10` or `progress: 30%` lines to report progress."""
+    """`solver:` block for a plain command. Print `progress: 3/10` or `progress: 30%` lines to report progress,
+    and `residual: NAME VALUE` lines (e.g. `residual: p 1.2e-3`) for the monitor rules to judge."""
 
     name: Literal["command"]
     command: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(min_length=1)
@@ -73,12 +76,15 @@ class Command(SolverPlugin):
     def parse_progress(self, text: str, last: Progress | None) -> Progress | None:
         fractions = _FRACTION.findall(text)
         percents = _PERCENT.findall(text)
-        if not fractions and not percents:
+        residuals = _RESIDUAL.findall(text)
+        if not fractions and not percents and not residuals:
             return None
-        progress = (last or Progress()).model_copy()
+        progress = (last or Progress()).model_copy(deep=True)
+        for name, value in residuals:
+            progress.residuals[name] = float(value)
         if fractions:
             step, total = fractions[-1]
             progress.step, progress.total = float(step), float(total)
-        else:
+        elif percents:
             progress.step, progress.total = float(percents[-1]), 100.0
         return progress

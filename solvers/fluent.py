@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from orchestrator.model.errors import UserError
 
 from .base import LaunchContext, Outcome, Prepared, Progress, RunFiles, RunMode, Secret, SolverOptions, SolverPlugin
+from .series import parse_fluent_report
 from .vendor import ExtraArg, InputFile, ansys_licence_env, attempt_name, copy_input, hosts, numbered, touch
 
 CHECK_FILE = "check-fluent"   # touch: write case/data and carry on
@@ -127,6 +128,12 @@ class Fluent(SolverPlugin):
             lines.append(f"/solve/iterate {max(options.iterations - done, 0)}")
         lines += ['/file/write-case-data "./final" ok', "exit yes"]
         return "\n".join(lines) + "\n"
+
+    def series_files(self) -> tuple[str, ...]:
+        return ("*.out",)  # report files (report definitions written per iteration): <name>.out
+
+    def parse_series(self, path: str, text: str, state: dict[str, Any]) -> dict[str, list[list[float]]]:
+        return parse_fluent_report(path, text, state)
 
     def parse_progress(self, text: str, last: Progress | None) -> Progress | None:
         progress = (last or Progress()).model_copy(deep=True)

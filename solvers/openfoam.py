@@ -27,6 +27,7 @@ from .base import (
     copy_if_absent,
 )
 from .openfoam_steps import MAX_STEPS, STEP_FAILED, Step, check_steps, derived_steps, step_logs, template_steps
+from .series import parse_foam_table
 
 WORD = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 FOAM_DIR = "/usr/share/openfoam"   # Debian's package; WM_PROJECT_DIR is all its binaries need
@@ -155,6 +156,12 @@ class OpenFOAM(SolverPlugin):
             env={"WM_PROJECT_DIR": os.environ.get("WM_PROJECT_DIR", FOAM_DIR)},
             info={"steps": _describe(steps)} if steps else {},
         )
+
+    def series_files(self) -> tuple[str, ...]:
+        return ("postProcessing/*/*/*",)  # function objects: <name>/<startTime>/<file>
+
+    def parse_series(self, path: str, text: str, state: dict[str, Any]) -> dict[str, list[list[float]]]:
+        return parse_foam_table(path, text, state)
 
     def parse_progress(self, text: str, last: Progress | None) -> Progress | None:
         found = False

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from orchestrator.model.errors import UserError
 
 from .base import LaunchContext, Outcome, Prepared, Progress, RunFiles, RunMode, Secret, SolverOptions, SolverPlugin
+from .series import parse_star_csv
 from .vendor import (
     ExtraArg,
     InputFile,
@@ -102,6 +103,12 @@ class StarCCM(SolverPlugin):
             env=env,
             info=info,
         )
+
+    def series_files(self) -> tuple[str, ...]:
+        return ("*.csv",)  # monitor plots exported as CSV by the macro (one per monitor)
+
+    def parse_series(self, path: str, text: str, state: dict[str, Any]) -> dict[str, list[list[float]]]:
+        return parse_star_csv(path, text, state)
 
     def parse_progress(self, text: str, last: Progress | None) -> Progress | None:
         progress = (last or Progress()).model_copy(deep=True)

@@ -137,6 +137,14 @@ def log_page(job: str, client: ControlService = Depends(client_for), run: Option
             "text": text.decode(errors="replace"), **({"step": step} if step else {})}
 
 
+@router.get("/jobs/{job}/series", summary="A run's monitored series: every name, and the latest points of the "
+                                          "named ones (all when none is named)")
+def series(job: str, client: ControlService = Depends(client_for), run: Optional[str] = Query(None, max_length=32),
+           name: Optional[list[str]] = Query(None, max_length=50), last: int = Query(500, ge=1, le=10_000)
+           ) -> dict[str, Any]:
+    return client.series(job, run, [n[:200] for n in name] if name else None, last)
+
+
 @router.get("/jobs/{job}/logs/stream", summary="The solver log as Server-Sent Events, one per chunk of lines "
                                                 "(resumable: Last-Event-ID is the byte offset)",
             response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})

@@ -26,7 +26,7 @@ from orchestrator.cli.common import (
     err,
     out,
 )
-from orchestrator.cli.watch import watch_job
+from orchestrator.cli.watch import watch_job, watch_series
 from orchestrator.control.protocol import run_finished
 from orchestrator.model.errors import E2EError, InfrastructureError, UserError
 from orchestrator.model.settings import get_settings
@@ -180,9 +180,17 @@ def status(job: str, as_json: bool = JSON_OPT) -> None:
 
 
 @app.command()
-def watch(job: str) -> None:
+def watch(job: str,
+          name: Optional[str] = typer.Argument(None, help="with --series: the series to follow, e.g. fc/Cd"),
+          series: bool = typer.Option(False, "--series", help="follow one monitored series (its latest points as "
+                                                             "they arrive); without a NAME, list the series")) -> None:
     """Follow a job live (progress, residuals, state) until its current run ends."""
     client = _client()
+    if name is not None and not series:
+        raise UserError(f"{name!r}: to follow a series, say --series {name}")
+    if series:
+        watch_series(client, client.resolve(job), name, out)
+        return
     watch_job(client, client.resolve(job), out)
 
 

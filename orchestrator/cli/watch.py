@@ -86,3 +86,50 @@ def sync_line(event) -> str | None:
     if event.kind is EventKind.SYNC_STATE:
         return f"[blue]sync[/] {data.get('state')}" + (f": {data['message']}" if data.get("message") else "")
     return None
+
+
+def watch_series(client: Control, job_id: str, name: str | None, console: Console,
+                 timeout: float | None = None, shown: int = 10) -> None:
+    """`e2e watch JOB --series [NAME]`: without a name, list the current run's series with their latest
+    point; with one, print its latest points, then each new point as it arrives, until the run ends."""
+    doc = client.status(job_id)
+    run_id = doc.current_run
+    listing = client.series(job_id, run_id, [name] if name else None, last=1 if name is None else shown)
+    if name is None:
+        if not listing["names"]:
+            console.print(f"{run_id}: no series yet (the solver has written no monitor file the plugin reads)")
+        for each in listing["names"]:
+            last = (listing["series"].get(each) or [[None, None]])[-1]
+            console.print(f"{each:<40} {_point(last)}", highlight=False)
+        return
+    for point in listing["series"][name]:
+        console.print(f"{name} {_point(point)}", highlight=False)
+    last_x = listing["series"][name][-1][0] if listing["series"][name] else None
+
+    attempt = next(r.attempt or 1 for r in doc.runs_detail if r.id == run_id)
+    launched = {"attempt": 0}  # the attempt whose launch the replay has reached (as watch_job)
+
+    def ended(event) -> bool:
+        if event.kind is not EventKind.RUN_STATE or event.data.get("run") != run_id:
+            return False
+        if event.data["state"] == "LAUNCHING":
+            launched["attempt"] = event.data.get("attempt") or 1
+        return RunState(event.data["state"]) in RUN_ENDED and launched["attempt"] >= attempt
+
+    for event in client.follow(job_id, until=ended, timeout=timeout):  # replayed points up to last_x are skipped
+        if event.kind is EventKind.SERIES and event.data.get("run") == run_id:
+            for batch in event.data.get("series", []):
+                if batch.get("name") != name:
+                    continue
+                for point in batch.get("points", []):
+                    if last_x is None or point[0] is None or point[0] > last_x:
+                        console.print(f"{name} {_point(point)}", highlight=False)
+        elif event.kind is EventKind.RUN_STATE and event.data.get("run") == run_id \
+                and RunState(event.data["state"]) in RUN_ENDED and launched["attempt"] >= attempt:
+            console.print(f"{run_id}: {event.data['state']}"
+                          + (f" ({event.data['reason']})" if event.data.get("reason") else ""))
+
+
+def _point(point: list) -> str:
+    x, y = point
+    return f"x={x:g}  {'nan' if y is None else format(y, '.6g')}" if x is not None else "-"

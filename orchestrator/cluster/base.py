@@ -77,6 +77,19 @@ class ClusterBackend(ABC):
     def read_bytes(self, node: Node, path: Path, offset: int = 0, limit: int | None = None) -> bytes | None:
         """Bytes of a file on the node from offset (None if it does not exist)."""
 
+    def list_files(self, node: Node, root: Path, patterns: tuple[str, ...], limit: int = 200) -> list[str]:
+        """Regular files under root matching the glob patterns, as paths relative to root, sorted, at most
+        `limit`; symlinks are not listed (nor followed by read_bytes). This default reads the engine's own
+        filesystem (local and shared-storage backends); a backend whose nodes keep their own files lists there."""
+        found: set[str] = set()
+        real = root.resolve()
+        for pattern in patterns:
+            for path in root.glob(pattern):
+                rel = path.relative_to(root)
+                if path.is_file() and path.resolve() == real / rel:  # no symlink on the way, nor the file one
+                    found.add(rel.as_posix())
+        return sorted(found)[:limit]
+
     @abstractmethod
     def write_bytes(self, node: Node, path: Path, data: bytes) -> None:
         """Write a file on the node atomically (temp file + rename)."""

@@ -14,8 +14,10 @@ staging into its directories (rsync's node side), and its own ~/.ssh.
 
 from __future__ import annotations
 
+import fnmatch
 import shlex
 import shutil
+import stat
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -184,6 +186,36 @@ class SSHBackend(ClusterBackend):
             self.conn(node).sftp_failed()
             return NodeUnreachable(f"node {node.name}: file access to {path} failed: {exc or type(exc).__name__}")
         return BackendError(f"node {node.name}: {path}: {exc.strerror or exc}")
+
+    def list_files(self, node: Node, root: Path, patterns: tuple[str, ...], limit: int = 200) -> list[str]:
+        """The node's regular files under root matching the patterns, walked one glob segment at a time
+        over SFTP (lstat: a symlink is neither listed nor entered)."""
+        sftp = self._sftp(node)
+        found: set[str] = set()
+        try:
+            for pattern in patterns:
+                level = [""]
+                segments = PurePosixPath(pattern).parts
+                for depth, segment in enumerate(segments):
+                    last, nxt = depth == len(segments) - 1, []
+                    for rel in level:
+                        try:
+                            entries = sftp.listdir_attr(str(root / rel) if rel else str(root))
+                        except FileNotFoundError:
+                            continue
+                        for entry in entries:
+                            if not fnmatch.fnmatchcase(entry.filename, segment):
+                                continue
+                            kind = stat.S_IFMT(entry.st_mode or 0)
+                            path = f"{rel}/{entry.filename}" if rel else entry.filename
+                            if last and kind == stat.S_IFREG:
+                                found.add(path)
+                            elif not last and kind == stat.S_IFDIR:
+                                nxt.append(path)
+                    level = nxt[:limit]
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise self._file_error(node, root, exc) from None
+        return sorted(found)[:limit]
 
     def read_bytes(self, node: Node, path: Path, offset: int = 0, limit: int | None = None) -> bytes | None:
         try:

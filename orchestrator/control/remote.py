@@ -145,6 +145,13 @@ class RemoteControl:
         page = self._call("GET", f"/jobs/{job}/logs", params=params)
         return page["text"].encode(), page["next_offset"]
 
+    def series(self, job: str, run_id: str | None = None, names: list[str] | None = None,
+               last: int = 500) -> dict[str, Any]:
+        params: dict[str, Any] = {"last": last, **({"run": run_id} if run_id else {})}
+        if names:
+            params["name"] = names
+        return self._call("GET", f"/jobs/{job}/series", params=params)
+
     def history(self, job: str) -> History:
         return History.model_validate(self._call("GET", f"/jobs/{job}/history"))
 

@@ -44,6 +44,7 @@ from orchestrator.model.settings import Settings, get_settings
 from orchestrator.model.spec import validate_spec
 from orchestrator.model.states import JobState
 from orchestrator.store.jobs import JobStore
+from orchestrator.store.series import finite
 
 # Kept importable from here, where callers found them before the split.
 __all__ = ["ALLOWED_PAUSE", "TERMINABLE", "ControlService", "DesktopRefused", "HostKeyOffer", "Rendered"]
@@ -187,6 +188,21 @@ class ControlService:
         `offset`, and the offset after them (read confined: a log the job swapped for a symlink is refused,
         never followed)."""
         return files.read_log(self, job, run_id, offset, limit, step)
+
+    def series(self, job: str, run_id: str | None = None, names: list[str] | None = None,
+               last: int = 500) -> dict[str, Any]:
+        """A run's monitored series (function-object tables, .sta/.cvg, report files): every name, and the
+        latest `last` points of the named ones (all when none are named); NaN/inf read as null."""
+        record = self.job(job)
+        run = self.store.get_run(record.id, run_id or record.current_run)
+        known = self.store.series_names(record.id, run.id)
+        unknown = sorted(set(names or ()) - set(known))
+        if unknown:
+            raise NotFound(f"run {run.id} has no series {', '.join(map(repr, unknown))}; "
+                           f"it has: {', '.join(known) or 'none yet'}")
+        chosen = names or known
+        return {"run": run.id, "names": known,
+                "series": {n: finite(self.store.series_points(record.id, run.id, n, last)) for n in chosen}}
 
     def log_path(self, job: str, run_id: str | None = None) -> Path | None:
         record = self.job(job)

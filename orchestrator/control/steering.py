@@ -97,7 +97,7 @@ def resume(service: ControlService, job: str) -> JobStatus:
     record, run = _current(service, job)
     check_allowed(Command.RESUME, record, run)
     if not service.store.transition_run(record.id, run.id, RunState.RUNNING, expect=[RunState.FROZEN],
-                                        data={"by": service.user}, frozen_at=None):
+                                        data={"by": service.user}, frozen_at=None, resumed_at=time.time()):
         raise _race(service, record.id, Command.RESUME)
     _audit(service, record.id, "resume", run=run.id)
     service.send(names.SIGNALS, record.id, run.id)

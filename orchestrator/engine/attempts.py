@@ -15,7 +15,8 @@ from solvers.base import RunMode, registry
 # What the previous attempt left on the run record that must not leak into the next one.
 ATTEMPT_FIELDS = ("pid", "exit_code", "reason", "stop_intent", "stop_requested_at", "stop_sent_at", "term_sent_at",
                   "kill_sent_at", "signals", "frozen_at", "ended_at", "launch_requested_at", "failed_nodes",
-                  "recovery", "started_at")
+                  "recovery", "started_at", "stop_reason", "progress_at",
+                  "resumed_at")
 
 
 def checkpoint_of(root: Path, job: Job, run: Run) -> str:
@@ -41,6 +42,7 @@ def next_attempt(store: JobStore, root: Path, job: Job, run: Run,
     if not store.transition_run(job.id, run.id, RunState.PENDING, expect=[run.state],
                                 data={"attempt": attempt, "from": checkpoint, **event},
                                 attempt=attempt, mode=RunMode.RESTART, revision=job.revision or 1,
-                                past_attempts=past, **dict.fromkeys(ATTEMPT_FIELDS)):
+                                past_attempts=past, rules_fired=[], rules_warned=[],  # a restart re-arms the rules
+                                **dict.fromkeys(ATTEMPT_FIELDS)):
         return None
     return {"attempt": attempt, "checkpoint": checkpoint}

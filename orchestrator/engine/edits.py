@@ -21,7 +21,7 @@ from orchestrator.model.untrusted import AliasError, load_yaml, quoted
 from orchestrator.sync.confine import write_confined
 
 KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-TOP_LEVEL = ("name", "description", "cluster", "desktop", "limits", "solver")
+TOP_LEVEL = ("name", "description", "cluster", "desktop", "limits", "monitor", "solver")
 # Fixed once the cluster exists: the allocation, the plugin, and the job's identity.
 IMMUTABLE = ("name", "cluster", "solver.name")
 MAX_FILE_BYTES = 64 << 20

@@ -15,7 +15,9 @@ from orchestrator.engine.faults import fault_point
 from orchestrator.engine.limits import check_limits
 from orchestrator.engine.materialize import materialize_run, prepare_job_tree
 from orchestrator.engine.node_health import fail_on_node_fault, kill_leftovers, restart_on_replacement, wants_recovery
+from orchestrator.engine.rules import apply_rules
 from orchestrator.engine.runctl import adopt_started
+from orchestrator.engine.series import follow_series
 from orchestrator.engine.stopping import Stopping, remove_stale_files
 from orchestrator.model.errors import E2EError
 from orchestrator.model.events import EventKind
@@ -239,12 +241,16 @@ class Lifecycle:
             self.recover_node_fault(job_id, run_id)
             return
         self._follow_log(job_id, run, plugin, backend, head, paths)
+        follow_series(self.store, job_id, run, plugin, backend, head, paths)
         code = exit_code(backend, head, paths)
+        if code is None:  # a run that has ended is judged by its end, not stopped by a rule
+            apply_rules(self.store, job, run, ctx.spec_of(job).monitor.rules, self._rule_stop)
         if code is None and not backend.group_alive(head, run.pid):
             code = exit_code(backend, head, paths)  # the wrapper may have recorded it and left just now
             if code is None:
                 reason = "the run's processes are gone and no exit code was recorded (killed?)"
                 to = stopped_state(run) if state is RunState.STOPPING else RunState.FAILED
+                to = RunState.STOPPED if to is RunState.COMPLETED else to  # no exit code: no answer to stand by
                 self.store.transition_run(job_id, run_id, to, expect=[state], data={"reason": reason},
                                           reason=reason, ended_at=time.time())
                 return
@@ -264,6 +270,9 @@ class Lifecycle:
                                  ctx.account_of(job))  # the stop task was lost
             else:
                 ctx.control.escalate(backend, nodes, job_id, run, ctx.account_of(job))
+
+    def _rule_stop(self, job: Job, run: Run, intent: StopIntent, reason: str) -> None:
+        self.stopping.stop_run(job, run, intent, reason)
 
     def recover_node_fault(self, job_id: str, run_id: str) -> None:
         """restart_on_node_failure: the run failed by a node fault restarts on replacement nodes."""
@@ -289,7 +298,7 @@ class Lifecycle:
         if progress.total is None and run.progress_total is not None:
             progress = progress.model_copy(update={"total": run.progress_total})
         self.store.record_progress(job_id, run.id, progress, offset + cut)
-        run.progress, run.log_offset = progress, offset + cut
+        run.progress, run.log_offset, run.progress_at = progress, offset + cut, time.time()
 
     def _finish(self, job_id: str, run: Run, plugin: SolverPlugin, code: int,
                 backend: ClusterBackend, head: Node, paths: RunPaths) -> None:
@@ -299,10 +308,15 @@ class Lifecycle:
             tail = backend.read_bytes(head, paths.root / run.log_file, size_hint) or b""
         outcome = plugin.judge_exit(code, tail.decode(errors="replace")[-8192:])
         if run.state is RunState.STOPPING:
-            to = stopped_state(run) if outcome.ok or run.stop_intent is not StopIntent.PAUSE else RunState.FAILED
+            to = stopped_state(run)
+            if not outcome.ok:  # a failed checkpoint is a failure; a rule's stop without a clean end, a stop
+                to = RunState.FAILED if run.stop_intent is StopIntent.PAUSE else RunState.STOPPED
             verbs = {RunState.PAUSED: "paused on request", RunState.STOPPED: "stopped on request"}
             verb = verbs.get(to, "pause failed")
             reason = f"{verb} ({outcome.reason})"
+            if run.stop_reason:  # a monitor rule asked: the rule says why
+                reason = run.stop_reason if outcome.ok else f"{run.stop_reason}; the solver did not end " \
+                                                              f"cleanly ({outcome.reason})"
         else:
             to, reason = (RunState.COMPLETED if outcome.ok else RunState.FAILED), outcome.reason
         ended = backend.read_bytes(head, paths.ended_at) or b""
@@ -363,4 +377,6 @@ def exit_code(backend: ClusterBackend, head: Node, paths: RunPaths) -> int | Non
 
 
 def stopped_state(run: Run) -> RunState:
+    if run.stop_intent is StopIntent.COMPLETE:
+        return RunState.COMPLETED  # a monitor rule's stop: the solver wrote its fields and the answer stands
     return RunState.PAUSED if run.stop_intent is StopIntent.PAUSE else RunState.STOPPED

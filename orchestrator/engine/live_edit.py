@@ -48,7 +48,11 @@ def apply_live_edit(lc: Any, job_id: str, run_id: str, request: str, old_spec: d
         if not nodes:
             raise InvalidState(f"cannot apply live: job {job_id} holds no node now")
         run_files = RunFilesOnNode(backend, nodes[0], lc.paths(job_id).run(run_id).root)
-        applied = list(lc.plugin_of(job).apply_live(old.solver, new.solver, run_files))
+        applied: list[str] = []
+        if old.solver != new.solver or old.monitor == new.monitor:
+            applied += lc.plugin_of(job).apply_live(old.solver, new.solver, run_files)
+        if old.monitor != new.monitor:  # the worker evaluates the rules: the new revision holds from its next pass
+            applied.append("monitor.rules")
         for rel, text in files.items():
             run_files.write_text(rel, text)
             applied.append(rel)

@@ -31,9 +31,10 @@ class Stopping:
         self.store = ctx.store
 
     # -- stop
-    def stop_run(self, job: Job, run: Run, intent: StopIntent = StopIntent.TERMINATE) -> None:
-        """Ask an active run to stop (intent pause ends it PAUSED, terminate STOPPED); a run that has not
-        started yet is stopped before it can."""
+    def stop_run(self, job: Job, run: Run, intent: StopIntent = StopIntent.TERMINATE,
+                 reason: str | None = None) -> None:
+        """Ask an active run to stop (intent pause ends it PAUSED, terminate STOPPED, complete COMPLETED with
+        `reason`, a monitor rule's); a run that has not started yet is stopped before it can."""
         ctx, intent = self.ctx, StopIntent(intent)
         job_id, run_id = job.id, run.id
         state = run.state
@@ -45,7 +46,7 @@ class Stopping:
         paths = ctx.paths(job_id).run(run_id, run.attempt)
         if state is RunState.LAUNCHING and nodes:
             if adopt_started(self.store, job_id, run_id, backend, nodes[0], paths):
-                return self.stop_run(job, self.store.get_run(job_id, run_id), intent)
+                return self.stop_run(job, self.store.get_run(job_id, run_id), intent, reason)
             try:  # take the claim ourselves, so no wrapper can start this attempt any more
                 paths.meta.mkdir(parents=True, exist_ok=True)
                 paths.claim.mkdir()
@@ -56,7 +57,8 @@ class Stopping:
             return
         if state in (RunState.RUNNING, RunState.FROZEN):
             if not self.store.transition_run(job_id, run_id, RunState.STOPPING, expect=[state],
-                                             data={"intent": intent.value}, stop_intent=intent,
+                                             data={"intent": intent.value, **({"reason": reason} if reason else {})},
+                                             stop_intent=intent, stop_reason=reason,
                                              stop_requested_at=time.time()):
                 return
             run = self.store.get_run(job_id, run_id)

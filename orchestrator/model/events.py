@@ -20,6 +20,8 @@ class EventKind(str, Enum):
     NODE_REPLACED = "node.replaced"  # restart_on_node_failure leased another node in its place
     DESKTOP = "desktop"      # the desktop's state: starting, ready (with URL), failed (with reason), stopped
     ACCESS_REFUSED = "access.refused"  # a connection from outside the job's CIDR rules, or without its token
+    SERIES = "run.series"            # new points of a run's monitored series, one read of its monitor files
+    RULE_FIRED = "rule.fired"        # a monitor rule's condition held: {rule, action, values, reason}
     WARNING = "warning"
     ERROR = "error"
     SYNC_FILE = "sync.file"          # a file added, updated, appended or deleted by the live sync
@@ -27,7 +29,6 @@ class EventKind(str, Enum):
     SYNC_SKIP = "sync.skip"          # a path the sync refuses (escaping symlink, permissions)
     SYNC_STATS = "sync.stats"        # one sync pass: files, bytes, lag
     SYNC_STATE = "sync.state"        # the sync process started, stopped, was restarted
-    RULE_FIRED = "rule.fired"        # a monitor rule's condition held: {rule, action, values, reason}
 
 
 class Event(BaseModel):

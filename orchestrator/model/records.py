@@ -17,6 +17,7 @@ class StopIntent(str, Enum):
 
     PAUSE = "pause"
     TERMINATE = "terminate"
+    COMPLETE = "complete"  # a monitor rule's stop: the solver writes its fields and the run ends COMPLETED
 
 
 class Signals(str, Enum):
@@ -147,6 +148,12 @@ class Run(Record):
     step_logs: dict[str, str] | None = None  # the logs of the steps before the solver, by step name
     progress: Progress | None = None
     progress_total: float | None = None
+    progress_at: float | None = None      # when the log last showed progress (the `stalled` rule's clock)
+    # the run's monitor files (function-object tables, .sta, report files): per file, how far read and the
+    # parser's memory; and the monitor rules that fired in this attempt (a restart re-arms them)
+    series_files: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    rules_fired: list[str] = Field(default_factory=list)
+    rules_warned: list[str] = Field(default_factory=list)  # rules naming what the run never reported, said once
     node: str | None = None
     info: dict[str, Any] | None = None
     # the current attempt
@@ -158,12 +165,14 @@ class Run(Record):
     reason: str | None = None
     # control
     stop_intent: StopIntent | None = None
+    stop_reason: str | None = None        # why a rule stopped it: the COMPLETED run's reason
     stop_requested_at: float | None = None
     stop_sent_at: float | None = None
     term_sent_at: float | None = None
     kill_sent_at: float | None = None
     signals: Signals | None = None
     frozen_at: float | None = None
+    resumed_at: float | None = None       # the last resume from frozen (a `stalled` rule's clock starts again)
     # node faults
     failed_nodes: list[str] | None = None
     recovery: str | None = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -11,7 +10,6 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -23,38 +21,16 @@ from pydantic_core import ErrorDetails
 
 from orchestrator.model.access import normalise_rules
 from orchestrator.model.errors import SpecError
+from orchestrator.model.monitor import MonitorSpec
 from orchestrator.model.notify import NotifySpec
+from orchestrator.model.spec_types import NAME_PATTERN, Duration
+from orchestrator.model.spec_types import parse_duration as parse_duration  # re-exported: callers found it here
 from orchestrator.model.untrusted import MAX_QUOTED, load_yaml, quoted, yaml_error_text
 from solvers.base import Registry, SolverOptions, registry
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])", re.I)
-_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 MAX_PROBLEMS = 50  # problems one error lists; a spec with more (a huge generated list) gets a count of the rest
 # The one answer for any path outside an API caller's uploads: the same words whether it exists or not.
 OUTSIDE_UPLOADS = "must be inside your uploads (POST /uploads), named relative to them"
-
-
-def parse_duration(value: Any) -> Any:
-    """'1h30m', '90s', '2d', 45 (seconds) -> seconds as float; anything else is left for pydantic to reject."""
-    if value is None:
-        return value
-    if isinstance(value, bool):
-        raise ValueError(f"{quoted(value)} is not a duration; use e.g. 90s, 30m, 1h30m, 2d")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        parts = _DURATION.findall(text)
-        if text and parts and "".join(n + u for n, u in parts).lower() == text.lower():
-            return float(sum(float(n) * _UNIT_SECONDS[u.lower()] for n, u in parts))
-        if re.fullmatch(r"\d+(\.\d+)?", text):
-            return float(text)
-        raise ValueError(f"{quoted(value)} is not a duration; use e.g. 90s, 30m, 1h30m, 2d")
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, description="seconds, or 90s/30m/1h/2d")]
 
 
 def resolve_input_path(value: Any, info: ValidationInfo) -> Any:
@@ -159,6 +135,7 @@ class JobSpecBase(StrictModel):
     desktop: DesktopSpec = DesktopSpec()
     limits: Limits = Limits()
     notify: NotifySpec | None = Field(None, description="events of this job to send, and where (email, webhooks)")
+    monitor: MonitorSpec = MonitorSpec()
 
 
 def build_spec_model(reg: Registry) -> type[JobSpecBase]:

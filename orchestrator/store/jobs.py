@@ -28,6 +28,7 @@ from orchestrator.store.nodes import NodeLeases
 from orchestrator.store.notify import OUTBOX_MAXLEN, Notifications
 from orchestrator.store.scripts import ALLOCATE, RELEASE, REPLACE, SET_ONCE, TRANSITION
 from orchestrator.store.secrets import DesktopSecrets
+from orchestrator.store.series import SeriesPoints
 from orchestrator.store.sweeps import Sweeps
 from orchestrator.store.users import Users
 from solvers.base import Progress
@@ -40,7 +41,7 @@ def _now() -> str:
     return f"{time.time():.6f}"
 
 
-class JobStore(NodeLeases, Sweeps):
+class JobStore(NodeLeases, Sweeps, SeriesPoints):
     """Every read and write of engine state goes through here; the connection is private to the store."""
 
     def __init__(self, client: redis.Redis, prefix: str = "e2e", events_maxlen: int = 10_000) -> None:
@@ -273,7 +274,7 @@ class JobStore(NodeLeases, Sweeps):
         """Store the latest progress and append it to the stream, together."""
         pipe = self._r.pipeline(transaction=True)
         pipe.hset(self._keys.run(job_id, run_id), mapping=_encode({
-            "progress": progress.model_dump(), "log_offset": log_offset}))
+            "progress": progress.model_dump(), "log_offset": log_offset, "progress_at": time.time()}))
         self._xadd(pipe, job_id, EventKind.PROGRESS,
                    {"run": run_id, **progress.model_dump(), "fraction": progress.fraction}, _now())
         pipe.execute()

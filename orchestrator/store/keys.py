@@ -27,6 +27,14 @@ class KeyNames:
     def events(self, job_id: str) -> str:
         return f"{self.job(job_id)}:events"
 
+    def series_names(self, job_id: str, run_id: str) -> str:
+        """The set of a run's series names."""
+        return f"{self.run(job_id, run_id)}:series"
+
+    def series(self, job_id: str, run_id: str, name: str) -> str:
+        """One series' latest points, oldest first (a capped list of JSON [x, y])."""
+        return f"{self.run(job_id, run_id)}:series:{name}"
+
     def revisions(self, job_id: str) -> str:
         return f"{self.job(job_id)}:revisions"
 

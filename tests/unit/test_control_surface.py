@@ -138,6 +138,17 @@ def test_a_live_edit_is_applied_by_the_worker_task_and_recorded(store, tmp_path)
     assert actions[:2] == ["edit-live", APPLIED]
 
 
+def test_a_live_edit_of_the_monitor_rules_needs_nothing_of_the_solver(store, tmp_path):
+    # a plugin that cannot apply edits to its solver: the rules are the worker's own, so they change anyway
+    job_id = running_job(store)
+    celery = InlineCelery(FakeLifecycle(store, tmp_path, FakePlugin(refuse=UserError("cannot apply edits"))))
+    client = ControlService(settings(tmp_path), store, "alice", celery=celery)
+    rule = "monitor.rules=[{name: conv, when: converged, below: {p: 1e-4}, action: stop}]"
+    result = client.edit(job_id, [rule], live=True)
+    assert result["revision"] == 2 and result["applied_live"] == ["monitor.rules"]
+    assert store.get_job(job_id).spec["monitor"]["rules"][0]["name"] == "conv"
+
+
 @pytest.mark.parametrize("refusal, kind", [
     (SpecError([("solver.parameters", "endTime is off the write interval")]), SpecError),
     (UserError("command cannot apply edits to a running solver"), UserError),

@@ -229,3 +229,33 @@ def test_node_rows_show_leases_load_and_unreachable_nodes(tmp_path):
     assert [(r["name"], r["state"], r["job"], r["load"], r["reachable"]) for r in rows] == \
         [("n1", "leased", "job-7", 0.5, True), ("n2", "free", None, None, False)]
     assert "did not answer" in rows[1]["problem"]
+
+
+class LocalSftp:
+    """listdir_attr as paramiko's SFTP client answers it (lstat per entry), on this machine's files."""
+
+    def listdir_attr(self, path: str):
+        import paramiko
+
+        return [paramiko.SFTPAttributes.from_stat(os.lstat(os.path.join(path, name)), name)
+                for name in os.listdir(path)]
+
+
+def test_list_files_walks_the_globs_over_sftp_without_following_symlinks(tmp_path, monkeypatch):
+    # the run directory on the node: function-object tables, a symlinked folder and file, another file
+    backend, fake = backend_with(tmp_path, monkeypatch, Completed(0, b"", b""))
+    fake.sftp = LocalSftp
+    run = tmp_path / "run"
+    (run / "postProcessing" / "fc" / "0").mkdir(parents=True)
+    (run / "postProcessing" / "fc" / "0" / "coefficient.dat").write_text("# Time Cd\n")
+    (run / "postProcessing" / "probes" / "0").mkdir(parents=True)
+    (run / "postProcessing" / "probes" / "0" / "p").write_text("")
+    (tmp_path / "elsewhere" / "0").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "0" / "secret.dat").write_text("")
+    (run / "postProcessing" / "linked").symlink_to(tmp_path / "elsewhere")
+    (run / "postProcessing" / "fc" / "0" / "link.dat").symlink_to(tmp_path / "elsewhere" / "0" / "secret.dat")
+    (run / "job.sta").write_text("")
+    node = backend.inventory()[0]
+    assert backend.list_files(node, run, ("postProcessing/*/*/*", "*.sta", "*.cvg")) == [
+        "job.sta", "postProcessing/fc/0/coefficient.dat", "postProcessing/probes/0/p"]
+    assert backend.list_files(node, run / "missing", ("*.sta",)) == []

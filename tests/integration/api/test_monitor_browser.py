@@ -6,6 +6,7 @@ Assertions read the page (text, DOM); screenshots are kept next to the test's tm
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 
 import httpx
@@ -137,6 +138,54 @@ def test_submit_from_the_page_watch_the_plot_grow_then_pause_and_restart(driver,
     assert alice.post(f"/jobs/{job_id}/terminate").status_code == 200
     wait_doc(alice, job_id, lambda d: d["state"] == "TERMINATED", "terminated", timeout=120)
     alice.close()
+
+
+SERIES_SPEC = {"name": "monitor-series", "desktop": {"enabled": False}, "cluster": {"nodes": 1, "cores_per_node": 1},
+               "solver": {"name": "openfoam", "application": "simpleFoam",
+                          "parameters": {"endTime": 2000, "writeInterval": 2000}},
+               "monitor": {"rules": [{"name": "cd-steady", "when": "series", "series": "fc/Cd", "tolerance": "2%",
+                                      "window": 20, "action": "stop"}]}}
+
+
+def test_the_job_page_lists_and_plots_the_runs_series_and_the_rule_that_fired(driver, api, tokens, openfoam,
+                                                                                tmp_path):
+    # pitzDaily with a forceCoeffs function object, uploaded like a user's case, and a rule on its Cd
+    from tests.integration.test_monitor_rules import _case
+
+    alice = api_client(api, tokens["alice"][1])
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(_case(tmp_path), arcname="pitzDaily")
+    reply = alice.post("/uploads", content=buffer.getvalue(), headers={"Content-Type": "application/gzip"})
+    assert reply.status_code == 201, reply.text
+    spec = {**SERIES_SPEC, "solver": {**SERIES_SPEC["solver"], "case": f"{reply.json()['path']}/pitzDaily"}}
+    reply = alice.post("/jobs", json={"spec": spec})
+    assert reply.status_code == 201, reply.text
+    job_id = reply.json()["id"]
+    login(driver, api, tokens["alice"][1])
+    driver.get(f"{api.url}/ui/jobs/{job_id}")
+    # the chooser lists the series as they appear; choosing fc/Cd plots it
+    page_until(driver, lambda d: d.execute_script(
+        "return [...document.querySelectorAll('#series-name option')].some(o => o.value === 'fc/Cd')"),
+        "fc/Cd in the series chooser", timeout=90)
+    driver.execute_script("const s = document.getElementById('series-name'); s.value = 'fc/Cd';"
+                          "s.dispatchEvent(new Event('change'));")
+    page_until(driver, lambda d: text(d, "#run-state") == "COMPLETED", "the rule completing the run", timeout=120)
+    listed = alice.get(f"/jobs/{job_id}/series", params={"name": "fc/Cd", "last": 10000}).json()["series"]["fc/Cd"]
+    drawn = page_until(driver, lambda d: d.execute_script(
+        "const svg = document.getElementById('series-plot');"
+        "return svg.dataset.series === 'fc/Cd' && Number(svg.dataset.points) === arguments[0] &&"
+        "       svg.querySelector('polyline') ? Number(svg.dataset.points) : 0;", len(listed)),
+        "every point of fc/Cd on the plot")
+    assert drawn == len(listed) >= 20
+    fired = text(driver, "#rules-fired")
+    assert "rule cd-steady (series) -> stop" in fired and "fc/Cd steady" in fired
+    count = text(driver, "#series-count")  # fc's 12 coefficients and solverInfo's residuals
+    assert count.endswith(" series") and int(count.split()[0]) >= 13, count
+    driver.execute_script("document.querySelector('h2 + p #series-name').closest('p').previousElementSibling"
+                          ".scrollIntoView()")  # the Series section at the top of the window
+    shot = os.environ.get("E2E_SERIES_SCREENSHOT")  # docs/monitor-series.png is made this way
+    driver.save_screenshot(shot or str(tmp_path / "monitor-series.png"))
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ const REDRAW_MS = 250;
 
 function startJobPage(jobId) {
   const state = {doc: null, run: null, series: {}, points: 0, log: null, desktopUrl: null};
+  const monitored = seriesPanel(jobId);  // series.js
 
   const set = (id, text) => { document.getElementById(id).textContent = text ?? "-"; };
 
@@ -22,6 +23,7 @@ function startJobPage(jobId) {
     const run = doc.runs_detail.find(r => r.id === doc.current_run) || {};
     if (state.run !== null && run.id !== state.run) { state.series = {}; state.points = 0; draw(); }
     state.run = run.id;
+    if (run.id && monitored.run !== run.id) monitored.load(run.id).catch(err => flash(err.message, true));
     set("job-name", doc.name); set("job-state", doc.state + queuePlace(doc.queue)); set("job-owner", doc.owner);
     set("job-solver", doc.solver); set("job-nodes", (doc.nodes || []).join(", ") || "none");
     set("run-id", run.id); set("run-state", run.state); set("run-attempt", run.attempt);
@@ -134,7 +136,7 @@ function startJobPage(jobId) {
 
   // -- events: the stream drives everything live
   const eventList = document.getElementById("events");
-  let pendingDraw = false, pendingRefresh = null;
+  let pendingDraw = false, pendingSeries = false, pendingRefresh = null;
   function onEvent(event) {
     eventList.prepend(eventItem(event));
     while (eventList.children.length > 200) eventList.lastChild.remove();
@@ -145,6 +147,12 @@ function startJobPage(jobId) {
       if (!pendingDraw) { pendingDraw = true; setTimeout(() => { pendingDraw = false; draw(); }, REDRAW_MS); }
       return;
     }
+    if (event.kind === "run.series") {
+      monitored.onEvent(event.data);
+      if (!pendingSeries) { pendingSeries = true; setTimeout(() => { pendingSeries = false; monitored.draw(); }, REDRAW_MS); }
+      return;
+    }
+    if (event.kind === "rule.fired") monitored.onRule(event);
     if (["job.state", "run.state", "run.created", "desktop", "control"].includes(event.kind)) {
       clearTimeout(pendingRefresh);
       pendingRefresh = setTimeout(() => refresh().then(history).catch(err => flash(err.message, true)), 100);
@@ -159,7 +167,7 @@ function startJobPage(jobId) {
   function summary(event) {
     const d = event.data;
     if (event.kind === "run.progress") return `${d.run} step ${d.step}`;
-    return ["run", "state", "action", "by", "reason", "message"].filter(k => d[k] !== undefined && d[k] !== null)
+    return ["run", "rule", "state", "action", "by", "reason", "message"].filter(k => d[k] !== undefined && d[k] !== null)
       .map(k => `${k}=${d[k]}`).join(" ");
   }
 
@@ -171,11 +179,13 @@ function startJobPage(jobId) {
     // `past` would otherwise never show (the page said LAUNCHING for a run long RUNNING)
     await refresh();
     past.filter(e => e.kind === "run.progress").forEach(e => addProgress(e.data));
-    past.slice(-200).forEach(e => eventList.prepend(eventItem(e)));
+    past.filter(e => e.kind === "rule.fired").forEach(e => monitored.onRule(e));
+    past.filter(e => e.kind !== "run.series").slice(-200).forEach(e => eventList.prepend(eventItem(e)));
     draw();
     const after = past.length ? past[past.length - 1].id : "0-0";
     const events = new EventSource(`${API}/jobs/${jobId}/events?after=${encodeURIComponent(after)}`);
-    for (const kind of ["job.created", "job.state", "run.created", "run.state", "run.progress", "control",
+    for (const kind of ["job.created", "job.state", "run.created", "run.state", "run.progress", "run.series",
+                        "rule.fired", "control",
                         "node.failed", "node.replaced", "desktop", "access.refused", "warning", "error", "sync.file",
                         "sync.conflict", "sync.skip", "sync.stats", "sync.state"]) {
       events.addEventListener(kind, e => onEvent(JSON.parse(e.data)));
