@@ -15,7 +15,7 @@ from pathlib import Path
 
 from orchestrator.cluster import joblogin
 from orchestrator.cluster.base import ClusterBackend, Node
-from orchestrator.cluster.identity import account_for
+from orchestrator.cluster.identity import account_for, switches
 from orchestrator.cluster.local import LocalBackend
 from orchestrator.cluster.ssh import SSHBackend
 from orchestrator.model.errors import BackendError
@@ -173,8 +173,9 @@ class SyncService(JobService):
         inventory of the job's own key, authorised for the account on the node while the job lives (the
         process runs as the account and never holds the engine's key); otherwise the engine's own."""
         backend = ctx.backend
-        if account is None or not isinstance(backend, SSHBackend) or not backend.needs_drop(ctx.head, account):
-            return Path(ctx.settings.inventory)  # the engine's login is the job's account (single-user)
+        if account is None or not switches(account) or not isinstance(backend, SSHBackend) \
+                or not backend.needs_drop(ctx.head, account):
+            return Path(ctx.settings.inventory)  # single-user, or the engine's login is the job's account
         inventory = ctx.paths.sync.root / joblogin.INVENTORY
         return joblogin.grant(backend, ctx.head, account, ctx.job_id, ctx.paths.sync.root) \
             if not inventory.is_file() else inventory
@@ -182,8 +183,8 @@ class SyncService(JobService):
     @staticmethod
     def _revoke_node_login(ctx: ServiceContext) -> None:
         account, backend = account_for(ctx.job.account), ctx.backend
-        if account is None or not isinstance(backend, SSHBackend) or shares_storage(ctx) \
-                or not backend.needs_drop(ctx.head, account):
+        if account is None or not switches(account) or not isinstance(backend, SSHBackend) \
+                or shares_storage(ctx) or not backend.needs_drop(ctx.head, account):
             return
         try:
             joblogin.revoke(backend, ctx.head, account, ctx.job_id)
