@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from orchestrator.cli.common import (
+    JOB_ARG,
     JSON_OPT,
     _age,
     _client,
@@ -144,7 +145,7 @@ def _expected(place, short: bool = False) -> str:
 
 
 @app.command()
-def status(job: str, as_json: bool = JSON_OPT) -> None:
+def status(job: str = JOB_ARG, as_json: bool = JSON_OPT) -> None:
     """Show a job: state, nodes, runs with their progress, results."""
     client = _client()
     doc = client.status(job)
@@ -180,14 +181,14 @@ def status(job: str, as_json: bool = JSON_OPT) -> None:
 
 
 @app.command()
-def watch(job: str) -> None:
+def watch(job: str = JOB_ARG) -> None:
     """Follow a job live (progress, residuals, state) until its current run ends."""
     client = _client()
     watch_job(client, client.resolve(job), out)
 
 
 @app.command()
-def logs(job: str, follow: bool = typer.Option(False, "-f", "--follow", help="keep printing new lines"),
+def logs(job: str = JOB_ARG, follow: bool = typer.Option(False, "-f", "--follow", help="keep printing new lines"),
          run: Optional[str] = typer.Option(None, help="run id, default the current run"),
          step: Optional[str] = typer.Option(None, "--step", help="a pre-processing step's log instead of the "
                                                                   "solver's, e.g. setFields (setFields.2 for the "
@@ -209,7 +210,8 @@ def logs(job: str, follow: bool = typer.Option(False, "-f", "--follow", help="ke
 
 
 @app.command()
-def terminate(job: Optional[str] = typer.Argument(None, help="job id (or a unique start of it)"),
+def terminate(job: Optional[str] = typer.Argument(None, envvar="E2E_JOB",
+                                                 help="job id (or a unique start of it); default $E2E_JOB"),
               wait: bool = typer.Option(False, "--wait", help="wait until TERMINATED"),
               timeout: float = typer.Option(300, help="seconds to wait with --wait"),
               sweep: Optional[str] = typer.Option(None, "--sweep", help="terminate every job of this sweep"),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shlex
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,7 +19,7 @@ from orchestrator.desktop.access import EVERYWHERE, is_everywhere, resolve, spli
 from orchestrator.desktop.rfb import RFBError, handshake
 from orchestrator.desktop.secrets import DesktopSecret, DesktopSecrets
 from orchestrator.desktop.vncauth import passwd_file
-from orchestrator.model.errors import BackendError, UserError
+from orchestrator.model.errors import BackendError, NotFound, UserError
 from orchestrator.model.events import EventKind
 from orchestrator.model.identity import Account
 from orchestrator.model.records import DesktopRecord, Job
@@ -171,6 +173,7 @@ class DesktopService(JobService):
             "failed_file": str(desk / "failed"), "activity_file": str(desk / "activity"),
             "activity_every": ACTIVITY_EVERY,
         }).encode())
+        nodes.write_private(ctx.backend, ctx.head, desk / "e2e.env", self.session_env(ctx).encode())
         write("session.sh", self.session_script(ctx, desk).encode())
         restarts = rec.restarts
         self._set_state(ctx, STARTING, {"restarts": restarts} if restarts else {}, restarts=restarts,
@@ -180,6 +183,22 @@ class DesktopService(JobService):
         account = _account(ctx)
         ctx.backend.hand_over(ctx.head, desk, account)  # the session is the owner's; its password file 0600
         ctx.backend.spawn_detached(ctx.head, ["bash", str(desk / "session.sh")], cwd=desk, account=account)
+
+    def session_env(self, ctx: ServiceContext) -> str:
+        """The session's E2E_SERVER, E2E_JOB and a fresh job-scoped token (E2E_TOKEN): `e2e status` in the
+        desktop's terminal needs no argument, and can act on this job only. A file (0600, the owner's) that
+        session.sh sources, so the token is never on a command line."""
+        env = {"E2E_JOB": ctx.job_id}
+        try:
+            token = ctx.store.users.issue_for_job(ctx.job.owner, ctx.job_id)
+            env.update(E2E_SERVER=ctx.settings.resolved_api_url(), E2E_TOKEN=token)
+        except NotFound:  # a job of the engine machine's own user (no API account): its CLI talks to the store
+            pass
+        lines = [f"{name}={shlex.quote(value)}" for name, value in env.items()]
+        engine_bin = Path(sys.executable).parent
+        if nodes.is_loopback(ctx.head) and (engine_bin / "e2e").exists():  # this machine: the engine's own CLI
+            lines.append(f"PATH={shlex.quote(str(engine_bin))}:\"$PATH\"")
+        return "\n".join(lines) + "\n"
 
     def session_script(self, ctx: ServiceContext, desk: Path) -> str:
         spec = ctx.spec.desktop

@@ -25,7 +25,7 @@ from orchestrator.store.locks import Locks
 from orchestrator.store.metrics import Metrics
 from orchestrator.store.nodes import NodeLeases
 from orchestrator.store.scripts import ALLOCATE, RELEASE, REPLACE, SET_ONCE, TRANSITION
-from orchestrator.store.secrets import DesktopSecrets
+from orchestrator.store.secrets import DesktopPasses, DesktopSecrets
 from orchestrator.store.sweeps import Sweeps
 from orchestrator.store.users import Users
 from solvers.base import Progress
@@ -55,6 +55,7 @@ class JobStore(NodeLeases, Sweeps):
         self.ssh_keys = SshKeys(client, keys)
         self.access = AccessRules(client, keys)
         self.secrets = DesktopSecrets(client, keys)
+        self.desktop_passes = DesktopPasses(client, keys)
         self.audit = Audit(client, keys)
         self.metrics = Metrics(client, keys)
         self.locks = Locks(client, keys)

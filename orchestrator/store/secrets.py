@@ -53,3 +53,22 @@ class DesktopSecrets:
 
     def delete(self, job_id: str) -> None:
         self._r.delete(self._keys.desktop_secret(job_id))
+
+
+class DesktopPasses:
+    """The store's desktop-passes family (`store.desktop_passes`): one-time link codes and the desktop cookies
+    they are exchanged for, each kept only as its sha256 with an expiry, so a Redis dump holds nothing usable."""
+
+    def __init__(self, client: Any, keys: KeyNames) -> None:
+        self._r = client
+        self._keys = keys
+
+    def put(self, job_id: str, kind: str, digest: str, user: str, ttl: float) -> None:
+        self._r.set(self._keys.desktop_pass(job_id, kind, digest), user, px=max(1, int(ttl * 1000)))
+
+    def take(self, job_id: str, kind: str, digest: str) -> str | None:
+        """The user of a pass, deleting it in the same step: a second use finds nothing."""
+        return self._r.getdel(self._keys.desktop_pass(job_id, kind, digest))
+
+    def peek(self, job_id: str, kind: str, digest: str) -> str | None:
+        return self._r.get(self._keys.desktop_pass(job_id, kind, digest))
