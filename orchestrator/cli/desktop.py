@@ -18,7 +18,7 @@ from rich.table import Table
 
 from orchestrator.cli.common import JSON_OPT, _client, _dump, app, err, out
 from orchestrator.control.service import ControlService
-from orchestrator.model.errors import UserError
+from orchestrator.model.errors import E2EError, UserError
 
 keys_app = typer.Typer(help="Your SSH public keys: installed on the head node of every cluster you start.",
                        no_args_is_help=True)
@@ -81,15 +81,20 @@ def _remote_desktop(client, job: str, wait: float, tunnel: bool, open_browser: b
         raise UserError("--set-password, --vnc-file and --run work on the engine's machine only, not through "
                         "--server")
     info = client.desktop(job, wait)
+    link = None
     if not tunnel:
-        link = client.desktop_link(job)
-        info["api_url"] = link["url"]
+        try:
+            link = client.desktop_link(job)
+            info["api_url"] = link["url"]
+        except E2EError:  # an API from before desktops went through it: the direct URL still works
+            pass
     if as_json:
         _dump(info)
     elif tunnel:
         out.print(info["tunnel"], highlight=False)
     else:
-        _print_api_link(info["api_url"], link["expires_in"])
+        if link is not None:
+            _print_api_link(link["url"], link["expires_in"])
         print(info["url"])
     if open_browser:
         open_privately(info["url"])

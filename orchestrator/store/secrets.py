@@ -14,6 +14,7 @@ class DesktopSecret:
     view_password: str | None
     token: str
     version: int     # bumped by every password change, so the engine knows to rewrite the head node's file
+    api_token: str | None = None  # the session's job-scoped API token (E2E_TOKEN), minted at submit
 
 
 class DesktopSecrets:
@@ -41,7 +42,11 @@ class DesktopSecrets:
         if not raw.get("password") or not raw.get("token"):
             return None
         return DesktopSecret(password=raw["password"], view_password=raw.get("view_password") or None,
-                             token=raw["token"], version=int(raw.get("version") or 1))
+                             token=raw["token"], version=int(raw.get("version") or 1),
+                             api_token=raw.get("api_token") or None)
+
+    def set_api_token(self, job_id: str, token: str) -> None:
+        self._r.hset(self._keys.desktop_secret(job_id), "api_token", token)
 
     def set_password(self, job_id: str, password: str, view_password: str | None) -> int:
         """Replace the passwords (the token stays); the new version number."""

@@ -208,3 +208,33 @@ def test_websocket_carries_bytes_both_ways_for_the_owner_only(store, settings):
         with pytest.raises(WebSocketDisconnect):
             with api.websocket_connect(f"/desktop/{job}/websockify", headers=headers) as ws:
                 ws.receive_bytes()
+
+
+# -- the desktop terminal's CLI: the job argument defaults to $E2E_JOB
+
+def test_cli_job_argument_defaults_to_e2e_job(monkeypatch):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import control as cli_control
+    from orchestrator.cli import main as cli_main
+    from orchestrator.cli.common import app
+    from orchestrator.model.errors import NotFound
+
+    seen = []
+
+    class Recorder:
+        def __getattr__(self, name):
+            def call(job, *args, **kwargs):
+                seen.append((name, job))
+                raise NotFound(f"no job {job!r}")
+            return call
+
+    for module in (cli_main, cli_control):
+        monkeypatch.setattr(module, "_client", Recorder)
+    runner = CliRunner()
+    commands = (["status"], ["pause"], ["resume"], ["restart"], ["rerun"], ["terminate"], ["logs"],
+                ["edit", "--set", "x=1"])
+    for args in commands:
+        runner.invoke(app, args, env={"E2E_JOB": "abc123"})
+    assert [job for _, job in seen] == ["abc123"] * len(commands), seen
+    assert runner.invoke(app, ["status"], env={"E2E_JOB": ""}).exit_code == 2  # no job, no default: usage error
