@@ -186,7 +186,12 @@ class FakeVnc:
         threading.Thread(target=self.serve, daemon=True).start()
 
     def serve(self) -> None:
-        conn, _ = self.sock.accept()
+        while True:
+            conn, _ = self.sock.accept()
+            threading.Thread(target=self.echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def echo(conn: socket.socket) -> None:
         conn.sendall(b"RFB 003.008\n")
         while data := conn.recv(4096):
             conn.sendall(data.upper())
