@@ -232,6 +232,7 @@ def test_desktop_runs_on_the_ssh_head_node_and_the_tunnel_reaches_it(cluster, en
             assert job_id in handshake(proxied, d.secret.password).name
         finally:
             proxied.close()
+        _chromium_through_the_api(served.url, admin, job_id, tmp_path)
     finally:
         served.stop()
         _netns(cluster, "nft", "delete", "table", "inet", "e2e_test_block")
@@ -243,3 +244,26 @@ def test_desktop_runs_on_the_ssh_head_node_and_the_tunnel_reaches_it(cluster, en
     assert _netns(cluster, "nft", "list", "table", "inet", f"e2e_desktop_{job_id}").returncode != 0
     mine = (tmp_path / "me.pub").read_text().split()[1]
     assert mine not in authorized.read_text()  # the account's other keys (its node key) stay
+
+
+def _chromium_through_the_api(api_url: str, token: str, job_id: str, tmp_path: Path) -> None:
+    """noVNC in a real browser from a one-time link: connected, and the head node's screen drawn."""
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.integration.api.test_desktop_api import CANVAS_COLOURS
+    from tests.integration.desktop_helpers import chromium, close_chromium
+
+    link = httpx.post(f"{api_url}/api/v1/jobs/{job_id}/desktop/link", headers={"Authorization": f"Bearer {token}"})
+    assert link.status_code == 201, link.text
+    driver = chromium()
+    try:
+        driver.get(api_url + link.json()["path"])
+        status = lambda drv: drv.find_element(By.ID, "noVNC_status").get_attribute("textContent")  # noqa: E731
+        WebDriverWait(driver, 30).until(lambda drv: "Connected" in status(drv))
+        assert job_id in status(driver)
+        wait_for(lambda: driver.execute_script(CANVAS_COLOURS) > 1, 20, "the head node's desktop on the canvas")
+        driver.save_screenshot(str(tmp_path / "desktop-api-ssh.png"))
+    finally:
+        close_chromium(driver)
