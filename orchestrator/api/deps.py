@@ -226,7 +226,7 @@ async def client_for(request: Request, user: User = Depends(current_user)) -> Co
     return client
 
 
-def _refused_job(client: ControlService, request: Request, job_id: str) -> None:
+def _refused_job(client: ControlService, request: HTTPConnection, job_id: str) -> None:
     """Another user's job asked for: the caller gets a plain 404; the job's owner and the admins see who."""
     where = _where(request)
     audit.record(client.store, "another user's job", user=client.user, job=job_id, **where)

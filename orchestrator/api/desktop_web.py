@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import HTTPConnection
 
 from orchestrator.api import audit
-from orchestrator.api.deps import TOKEN_COOKIE, _header_token, _where, cross_site, job_token_alive
+from orchestrator.api.deps import TOKEN_COOKIE, _header_token, _refused_job, _where, cross_site, job_token_alive
 from orchestrator.api.users import User
 from orchestrator.control.desktop import DESKTOP_COOKIE_TTL, desktop_cookie_user, redeem_desktop_link
 from orchestrator.control.service import ControlService
@@ -80,6 +80,7 @@ def _caller(conn: HTTPConnection, job: str) -> ControlService:
         user = User(name=name, admin=False, job=job)  # the link's cookie opens this desktop and nothing else
     client: ControlService = engine.client(user)
     client.address = _address(conn)
+    client.on_refused = lambda job_id: _refused_job(client, conn, job_id)  # another's job: 404, and recorded
     return client
 
 
@@ -91,12 +92,12 @@ def _authorised(conn: HTTPConnection, job: str) -> tuple[ControlService, Any]:
     return client, session
 
 
-def _refused_link(conn: HTTPConnection, job: str, reason: str) -> None:
+def _refused(conn: HTTPConnection, job: str, reason: str, entry: str = "api desktop link") -> None:
+    """An audit record, and an access.refused event on the job when it exists (its owner sees the attempt)."""
     store = conn.app.state.engine.store
     audit.record(store, reason, job=job, **_where(conn))
-    if store.owners([job])[0] is not None:  # a real job: its owner sees the attempt
-        store.append_event(job, EventKind.ACCESS_REFUSED, {"entry": "api desktop link", "reason": reason,
-                                                            **_where(conn)})
+    if store.owners([job])[0] is not None:
+        store.append_event(job, EventKind.ACCESS_REFUSED, {"entry": entry, "reason": reason, **_where(conn)})
 
 
 @router.get("/link")
@@ -114,11 +115,11 @@ def redeem_link(job: str, body: LinkBody, request: Request) -> Response:
     """Exchange a one-time link's code for this desktop's cookie (HttpOnly, SameSite=Strict, this path only)."""
     reason = cross_site(request)
     if reason:
-        _refused_link(request, job, f"cross-site link redemption: {reason}")
+        _refused(request, job, f"cross-site link redemption: {reason}")
         raise HTTPException(403, f"cross-site request refused: {reason}")
     cookie = redeem_desktop_link(request.app.state.engine.store, job, body.code)
     if cookie is None:
-        _refused_link(request, job, "one-time desktop link unknown, used or expired")
+        _refused(request, job, "one-time desktop link unknown, used or expired")
         raise HTTPException(403, "this desktop link has been used or has expired: ask for a new one")
     response = Response(status_code=204)
     response.set_cookie(DESKTOP_COOKIE, cookie, max_age=int(DESKTOP_COOKIE_TTL), path=f"/desktop/{job}/",
@@ -148,6 +149,7 @@ async def websockify(websocket: WebSocket, job: str) -> None:
     reason = cross_site(websocket)  # a page on another site cannot ride the user's cookie into the desktop
     try:
         if reason:
+            await asyncio.to_thread(_refused, websocket, job, f"cross-site WebSocket: {reason}", "api desktop proxy")
             raise HTTPException(403, f"cross-site WebSocket refused: {reason}")
         client = await asyncio.to_thread(_caller, websocket, job)
         stream = await asyncio.to_thread(client.open_desktop_stream, job, _address(websocket))

@@ -213,6 +213,9 @@ def test_websocket_carries_bytes_both_ways_for_the_owner_only(store, settings):
         with pytest.raises(WebSocketDisconnect):
             with api.websocket_connect(f"/desktop/{job}/websockify", headers=headers) as ws:
                 ws.receive_bytes()
+    refused = [e.data for e in store.events(job) if e.kind is EventKind.ACCESS_REFUSED]
+    assert any("cross-site" in e["reason"] and e["entry"] == "api desktop proxy" for e in refused), refused
+    assert any(e.get("user") == "bob" and e["reason"] == "not the job's owner" for e in refused), refused
 
 
 # -- the desktop terminal's CLI: the job argument defaults to $E2E_JOB
