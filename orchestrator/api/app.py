@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from orchestrator.api import admin, cluster, files, jobs, metrics, notify, streams, uploads, usage
+from orchestrator.api import admin, cluster, desktop_web, files, jobs, metrics, notify, streams, uploads, usage
 from orchestrator.api.deps import API, TOKEN_COOKIE, Engine  # noqa: F401  (API, TOKEN_COOKIE: their old home)
 from orchestrator.control.service import DesktopRefused
 from orchestrator.model.errors import (
@@ -114,7 +114,7 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
                   description="Submit, follow, steer and terminate simulation jobs; desktops, files, nodes.")
     app.state.engine = Engine(settings, store)
     _install_errors(app)
-    for module in (jobs, uploads, streams, files, cluster, notify, usage, admin, metrics):
+    for module in (jobs, uploads, streams, files, cluster, notify, usage, admin, metrics, desktop_web):
         app.include_router(module.router)
     try:
         from orchestrator.api.monitor import routes as monitor_routes  # the admin task monitor's pages, when installed

@@ -108,6 +108,12 @@ async def desktop(job: str, request: Request, client: ControlService = Depends(c
         return await _wait_for_desktop(request, client, job, wait)
 
 
+@router.post("/jobs/{job}/desktop/link", status_code=201,
+             summary="A one-time link (60 s, single use) to the desktop through the API; the code is after '#'")
+def desktop_link(job: str, request: Request, client: ControlService = Depends(client_for)) -> dict[str, Any]:
+    return client.desktop_link(job, request.client.host if request.client else None)
+
+
 def _still_starting(client: ControlService, job: str) -> bool:
     """Worth waiting for: the desktop is starting (or not yet started) on a job that is coming up, the rule
     desktop.connect.desktop waits by."""

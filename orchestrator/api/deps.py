@@ -11,6 +11,7 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request
+from starlette.requests import HTTPConnection
 
 from orchestrator.api import audit
 from orchestrator.api.users import User
@@ -120,19 +121,21 @@ class Engine:
 
     def client(self, user: User) -> ControlService:
         """The control service scoped to one API account (others' jobs answer 404; admins see every job)."""
-        return ControlService(self.settings, self.store, user.name, admin=user.admin, celery=self.celery)
+        client = ControlService(self.settings, self.store, user.name, admin=user.admin, celery=self.celery)
+        client.job_scope = user.job
+        return client
 
 
-def _header_token(request: Request) -> str | None:
+def _header_token(request: HTTPConnection) -> str | None:
     header = request.headers.get("authorization", "")
     return header[7:].strip() if header.lower().startswith("bearer ") else None
 
 
-def bearer(request: Request) -> str | None:
+def bearer(request: HTTPConnection) -> str | None:
     return _header_token(request) or request.cookies.get(TOKEN_COOKIE)
 
 
-def cross_site(request: Request) -> str | None:
+def cross_site(request: HTTPConnection) -> str | None:
     """Why a browser request comes from another site, or None. Browsers send Sec-Fetch-Site (and Origin on
     every POST); a request with neither is no browser's, so no forgery vehicle (the rule Go's
     net/http CrossOriginProtection uses). Without Sec-Fetch-Site (older browsers), Origin must name this host."""
@@ -161,8 +164,9 @@ def cookie_csrf_check(request: Request) -> None:
         raise HTTPException(403, f"cross-site request refused: {reason}")
 
 
-def _where(request: Request) -> dict[str, Any]:
-    return {"address": request.client.host if request.client else None, "method": request.method,
+def _where(request: HTTPConnection) -> dict[str, Any]:
+    return {"address": request.client.host if request.client else None,
+            "method": request.scope.get("method", "WEBSOCKET"),
             "path": request.url.path}
 
 
@@ -177,11 +181,41 @@ async def current_user(request: Request) -> User:
         audit.record(engine.store, "no token" if not token else "unknown or revoked token", **_where(request))
         raise HTTPException(401, "missing, unknown or revoked token: send `Authorization: Bearer <token>` "
                                  "(`e2e admin create-user` makes one)", headers={"WWW-Authenticate": "Bearer"})
+    if user.job:
+        job_scope_check(engine, request, user)
     wait = engine.limiter.take(user.name)
     if wait:
         raise HTTPException(429, f"too many requests: at most {engine.settings.api_rate:g}/s; retry in {wait:.1f}s",
                             headers={"Retry-After": str(max(1, round(wait)))})
     return user
+
+
+def job_scope_check(engine: Engine, request: Request, user: User) -> None:
+    """A job-scoped token: refused once its job is terminated (checked on use, then revoked), and allowed only
+    on its job's routes (other jobs then answer 404, as another user's do), the listing and /me: 403 elsewhere."""
+    job_token_alive(engine, request, user)
+    path = request.url.path
+    if path in (f"{API}/me", f"{API}/jobs") and request.method in SAFE_METHODS or path.startswith(f"{API}/jobs/"):
+        return
+    audit.record(engine.store, "job-scoped token outside its job", user=user.name, job=user.job, **_where(request))
+    raise HTTPException(403, f"this token acts on job {user.job} only")
+
+
+def job_token_alive(engine: Engine, request: HTTPConnection, user: User) -> None:
+    """401 (and the job's tokens revoked) once a job-scoped token's job is terminated or gone."""
+    from orchestrator.model.errors import NotFound
+    from orchestrator.model.states import JobState
+
+    try:
+        ended = engine.store.get_job(user.job).state is JobState.TERMINATED
+    except NotFound:
+        ended = True
+    if ended:
+        engine.users.revoke_job(user.job)
+        audit.record(engine.store, "job-scoped token of an ended job", user=user.name, job=user.job,
+                     **_where(request))
+        raise HTTPException(401, f"this token was for job {user.job}, which has ended",
+                            headers={"WWW-Authenticate": "Bearer"})
 
 
 async def client_for(request: Request, user: User = Depends(current_user)) -> ControlService:
@@ -192,7 +226,7 @@ async def client_for(request: Request, user: User = Depends(current_user)) -> Co
     return client
 
 
-def _refused_job(client: ControlService, request: Request, job_id: str) -> None:
+def _refused_job(client: ControlService, request: HTTPConnection, job_id: str) -> None:
     """Another user's job asked for: the caller gets a plain 404; the job's owner and the admins see who."""
     where = _where(request)
     audit.record(client.store, "another user's job", user=client.user, job=job_id, **where)

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -116,3 +116,11 @@ def edit(job: str, body: EditBody, client: ControlService = Depends(client_for))
                 raise SpecError([(f"files.{rel}", "not valid text")]) from None
             local[str(path)] = rel
         return jsonable_encoder(client.edit(job, body.set, local, live=body.live, message=body.message))
+
+
+@router.post("/jobs/{job}/token", status_code=201,
+             summary="A token that reads and controls this job only, until it is terminated (not admin)")
+def job_token(job: str, client: ControlService = Depends(client_for)) -> dict[str, Any]:
+    if client.job_scope:
+        raise HTTPException(403, "a job-scoped token cannot issue tokens")
+    return client.job_token(job)

@@ -18,6 +18,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 out = Console()
 err = Console(stderr=True)
 
+JOB_ARG = typer.Argument(..., envvar="E2E_JOB", show_envvar=False,
+                         help="job id (or a unique start of it); default $E2E_JOB (set in a job's desktop)")
 JSON_OPT = typer.Option(False, "--json", help="print machine-readable JSON")
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from orchestrator.cli.common import JSON_OPT, _client, _dump, _job_doc, _state, app, out
+from orchestrator.cli.common import JOB_ARG, JSON_OPT, _client, _dump, _job_doc, _state, app, out
 from orchestrator.control.protocol import Control, JobStatus
 from orchestrator.model.errors import SpecError
 from orchestrator.model.states import RUN_ENDED, RunState
@@ -31,7 +31,7 @@ TIMEOUT_OPT = typer.Option(300.0, help="seconds to wait with --wait")
 
 
 @app.command()
-def pause(job: str,
+def pause(job: str = JOB_ARG,
           freeze: bool = typer.Option(False, "--freeze", help="suspend every process at once (no checkpoint); "
                                                               "`e2e resume` continues"),
           wait: bool = WAIT_OPT, timeout: float = TIMEOUT_OPT, as_json: bool = JSON_OPT) -> None:
@@ -44,7 +44,7 @@ def pause(job: str,
 
 
 @app.command()
-def resume(job: str, as_json: bool = JSON_OPT) -> None:
+def resume(job: str = JOB_ARG, as_json: bool = JSON_OPT) -> None:
     """Continue a run suspended with `pause --freeze`."""
     doc = _client().resume(job)
     _dump(_job_doc(doc)) if as_json else _report(doc, "resumed")
@@ -60,19 +60,19 @@ def _launch(job: str, start: str, verb: str, wait: bool, timeout: float, as_json
 
 
 @app.command()
-def restart(job: str, wait: bool = WAIT_OPT, timeout: float = TIMEOUT_OPT, as_json: bool = JSON_OPT) -> None:
+def restart(job: str = JOB_ARG, wait: bool = WAIT_OPT, timeout: float = TIMEOUT_OPT, as_json: bool = JSON_OPT) -> None:
     """Continue the current run from its latest checkpoint, with the edits made so far."""
     _launch(job, "restart", "restarted", wait, timeout, as_json)
 
 
 @app.command()
-def rerun(job: str, wait: bool = WAIT_OPT, timeout: float = TIMEOUT_OPT, as_json: bool = JSON_OPT) -> None:
+def rerun(job: str = JOB_ARG, wait: bool = WAIT_OPT, timeout: float = TIMEOUT_OPT, as_json: bool = JSON_OPT) -> None:
     """Start a new run from the original inputs plus the edits; earlier runs' results are kept."""
     _launch(job, "rerun", "rerun started", wait, timeout, as_json)
 
 
 @app.command()
-def edit(job: str,
+def edit(job: str = JOB_ARG,
          set_: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE, e.g. parameters.endTime=0.5 "
                                                                       "or limits.walltime=2h (repeatable)"),
          file: Optional[list[str]] = typer.Option(None, "--file", help="LOCAL=RELPATH: replace an input file "

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from orchestrator.cli.common import JSON_OPT, _client, _dump, app, err, out
 from orchestrator.control.service import ControlService
-from orchestrator.model.errors import UserError
+from orchestrator.model.errors import E2EError, UserError
 
 keys_app = typer.Typer(help="Your SSH public keys: installed on the head node of every cluster you start.",
                        no_args_is_help=True)
@@ -29,7 +29,7 @@ app.add_typer(access_app, name="access")
 
 
 @app.command("desktop")
-def desktop_cmd(job: str,
+def desktop_cmd(job: str = typer.Argument(..., envvar="E2E_JOB", help="job id (default: $E2E_JOB)"),
                 open_browser: bool = typer.Option(False, "--open", help="open the desktop in your web browser"),
                 vnc_file: Optional[Path] = typer.Option(None, "--vnc-file", help="write a .vnc file for a viewer"),
                 view_only: bool = typer.Option(False, "--view-only", help="with --vnc-file: view-only password"),
@@ -64,9 +64,12 @@ def desktop_cmd(job: str,
         if run:
             _run_tunnel(client, d, port, identity)
         return
+    link = client.desktop_link(job)
+    api_url = client.settings.resolved_api_url() + link["path"]
     if as_json:
-        _dump({"id": d.job_id, "url": d.url, "vnc_port": d.vnc_port, "state": d.record.state})
+        _dump({"id": d.job_id, "url": d.url, "api_url": api_url, "vnc_port": d.vnc_port, "state": d.record.state})
     elif vnc_file is None:
+        _print_api_link(api_url, link["expires_in"])
         print(d.url)
     if open_browser:
         open_privately(d.url)
@@ -78,14 +81,30 @@ def _remote_desktop(client, job: str, wait: float, tunnel: bool, open_browser: b
         raise UserError("--set-password, --vnc-file and --run work on the engine's machine only, not through "
                         "--server")
     info = client.desktop(job, wait)
+    link = None
+    if not tunnel:
+        try:
+            link = client.desktop_link(job)
+            info["api_url"] = link["url"]
+        except E2EError:  # an API from before desktops went through it: the direct URL still works
+            pass
     if as_json:
         _dump(info)
     elif tunnel:
         out.print(info["tunnel"], highlight=False)
     else:
+        if link is not None:
+            _print_api_link(link["url"], link["expires_in"])
         print(info["url"])
     if open_browser:
         open_privately(info["url"])
+
+
+def _print_api_link(url: str, expires_in: float) -> None:
+    """The desktop through the API (the browser needs to reach only the API), on stderr: stdout keeps the
+    direct gateway URL alone, which scripts and native clients read."""
+    err.print(f"through the API (one-time link, valid {expires_in:.0f} s): {url}", highlight=False, soft_wrap=True)
+    err.print("direct to the head node's gateway:", highlight=False)
 
 
 BROWSER_READ_WAIT = 15.0  # seconds to wait for the browser to read the page before leaving it in place

@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from orchestrator.cli.common import (
+    JOB_ARG,
     JSON_OPT,
     _age,
     _client,
@@ -144,7 +145,7 @@ def _expected(place, short: bool = False) -> str:
 
 
 @app.command()
-def status(job: str, as_json: bool = JSON_OPT) -> None:
+def status(job: str = JOB_ARG, as_json: bool = JSON_OPT) -> None:
     """Show a job: state, nodes, runs with their progress, results."""
     client = _client()
     doc = client.status(job)
@@ -180,7 +181,7 @@ def status(job: str, as_json: bool = JSON_OPT) -> None:
 
 
 @app.command()
-def watch(job: str,
+def watch(job: str = JOB_ARG,
           name: Optional[str] = typer.Argument(None, help="with --series: the series to follow, e.g. fc/Cd"),
           series: bool = typer.Option(False, "--series", help="follow one monitored series (its latest points as "
                                                              "they arrive); without a NAME, list the series")) -> None:
@@ -195,7 +196,7 @@ def watch(job: str,
 
 
 @app.command()
-def logs(job: str, follow: bool = typer.Option(False, "-f", "--follow", help="keep printing new lines"),
+def logs(job: str = JOB_ARG, follow: bool = typer.Option(False, "-f", "--follow", help="keep printing new lines"),
          run: Optional[str] = typer.Option(None, help="run id, default the current run"),
          step: Optional[str] = typer.Option(None, "--step", help="a pre-processing step's log instead of the "
                                                                   "solver's, e.g. setFields (setFields.2 for the "
@@ -217,7 +218,8 @@ def logs(job: str, follow: bool = typer.Option(False, "-f", "--follow", help="ke
 
 
 @app.command()
-def terminate(job: Optional[str] = typer.Argument(None, help="job id (or a unique start of it)"),
+def terminate(job: Optional[str] = typer.Argument(None, envvar="E2E_JOB",
+                                                 help="job id (or a unique start of it); default $E2E_JOB"),
               wait: bool = typer.Option(False, "--wait", help="wait until TERMINATED"),
               timeout: float = typer.Option(300, help="seconds to wait with --wait"),
               sweep: Optional[str] = typer.Option(None, "--sweep", help="terminate every job of this sweep"),

@@ -3,6 +3,7 @@ that admit a caller, and the SSH keys installed on their jobs' head nodes."""
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,11 +18,15 @@ from orchestrator.desktop.access import (
 from orchestrator.desktop.access import resolve as resolve_rules
 from orchestrator.model.errors import UserError
 from orchestrator.model.events import EventKind
+from orchestrator.model.states import JobState
+from orchestrator.store.users import hash_token
 
 if TYPE_CHECKING:
     from orchestrator.control.service import ControlService
 
 VNC_LOCAL_PORT = 5901  # the local end the printed tunnel instructions use
+LINK_TTL = 60.0                  # seconds a one-time desktop link stays valid
+DESKTOP_COOKIE_TTL = 12 * 3600.0  # seconds the browser's desktop cookie (from a link) stays valid
 
 
 class DesktopRefused(UserError):
@@ -101,7 +106,7 @@ def desktop(service: ControlService, job: str, wait: float = 0) -> dict[str, Any
     d = desktop_session(service, job, wait)
     check_desktop_access(service, d, "api desktop" if service.scoped else "desktop url")
     user, host, port = d.ssh
-    return {"id": d.job_id, "state": d.record.state, "url": d.url, "vnc_port": d.vnc_port,
+    return {"id": d.job_id, "state": d.record.state, "url": d.url, "web_url": d.web_path, "vnc_port": d.vnc_port,
             "password": d.secret.password, "ssh": {"user": user, "host": host, "port": port},
             "tunnel": d.tunnel_instructions(VNC_LOCAL_PORT)}
 
@@ -132,3 +137,59 @@ def open_desktop_tunnel(service: ControlService, session: Any, local_port: int, 
         ssh.close()
         raise UserError(f"cannot listen on 127.0.0.1:{local_port}: {exc.strerror or exc}; choose a port with "
                         "--local-port") from None
+
+
+# -- the desktop through the API: job-scoped tokens, one-time links, the stream to Xvnc
+
+def job_token(service: ControlService, job: str) -> dict[str, Any]:
+    """A token for the job's owner bound to this job only (not admin); it ends with the job."""
+    record = service.job(job)
+    if record.state is JobState.TERMINATED:
+        raise UserError(f"job {record.id} is terminated: a token for it would never work")
+    token = service.store.users.issue_for_job(record.owner, record.id)
+    return {"job": record.id, "user": record.owner, "token": token, "expires": "when the job is terminated"}
+
+
+def desktop_link(service: ControlService, job: str, address: str | None = None) -> dict[str, Any]:
+    """A one-time link to the desktop through the API: its code works once, within LINK_TTL seconds. The code
+    (and the VNC password) ride after '#', so no server log ever sees them; the page posts the code."""
+    d = desktop_session(service, job)
+    check_desktop_access(service, d, "api desktop link", address)
+    code = secrets.token_urlsafe(24)
+    service.store.desktop_passes.put(d.job_id, "link", hash_token(code), service.user, LINK_TTL)
+    return {"id": d.job_id, "path": f"/desktop/{d.job_id}/link#code={code}&{d.web_fragment}",
+            "expires_in": LINK_TTL}
+
+
+def redeem_desktop_link(store: Any, job_id: str, code: str) -> str | None:
+    """Exchange a link's code (once) for a desktop cookie value; None when unknown, used or expired."""
+    user = store.desktop_passes.take(job_id, "link", hash_token(code)) if code else None
+    if user is None:
+        return None
+    cookie = secrets.token_urlsafe(32)
+    store.desktop_passes.put(job_id, "cookie", hash_token(cookie), user, DESKTOP_COOKIE_TTL)
+    return cookie
+
+
+def desktop_cookie_user(store: Any, job_id: str, cookie: str | None) -> str | None:
+    return store.desktop_passes.peek(job_id, "cookie", hash_token(cookie)) if cookie else None
+
+
+def open_desktop_stream(service: ControlService, job: str, address: str | None) -> Any:
+    """A blocking byte stream (recv, sendall, close) to the job's Xvnc, for the API's WebSocket proxy, after
+    the CIDR check on `address`. Straight to Xvnc's loopback port through the backend (a direct-tcpip channel
+    on ssh), not through the node's gateway: the gateway's CIDR rules would have to admit the API's own
+    address, and its port need not be reachable from anywhere. Xvnc still asks for the VNC password."""
+    from orchestrator.cluster import get_backend
+    from orchestrator.desktop.nodes import open_tcp
+
+    d = desktop_session(service, job)
+    check_desktop_access(service, d, "api desktop proxy", address)
+    record = service.store.get_job(d.job_id)
+    backend = get_backend(record.backend, service.settings)
+    by_name = {n.name: n for n in backend.inventory()}
+    if not record.nodes or record.nodes[0] not in by_name:
+        raise UserError(f"job {d.job_id}: its head node is not in the {record.backend} backend's inventory")
+    stream = open_tcp(backend, by_name[record.nodes[0]], d.vnc_port)
+    stream.settimeout(None)  # a desktop may sit idle for hours
+    return stream

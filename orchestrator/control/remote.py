@@ -263,6 +263,14 @@ class RemoteControl:
         """The desktop's URL (with its token and password), VNC port and SSH tunnel."""
         return self._call("GET", f"/jobs/{job}/desktop", params={"wait": min(wait, 30)})
 
+    def desktop_link(self, job: str, address: str | None = None) -> dict[str, Any]:
+        """A one-time link to the desktop through the API; `url` is absolute (this server's)."""
+        link = self._call("POST", f"/jobs/{job}/desktop/link")
+        return {**link, "url": self.server + link["path"]}
+
+    def job_token(self, job: str) -> dict[str, Any]:
+        return self._call("POST", f"/jobs/{job}/token")
+
     def usage(self, owner: str | None = None, limit: int = 1000, since: float | None = None,
               until: float | None = None) -> dict[str, Any]:
         params = {k: v for k, v in (("owner", owner), ("limit", limit), ("since", since), ("until", until))

@@ -63,6 +63,7 @@ class ControlService:
         self.address = address              # where the user connects from, when known (API): for my-ip
         self._celery = celery
         self.on_refused: Callable[[str], None] = lambda job_id: None  # the API records who asked
+        self.job_scope = ""                 # a job-scoped token's one job: every other answers 404
 
     @property
     def user(self) -> str:
@@ -94,6 +95,10 @@ class ControlService:
 
     def resolve(self, job: str) -> str:
         """The full id of the one job (the caller's, when scoped) whose id starts with `job`."""
+        if self.job_scope:  # never a prefix search: its "matches N jobs" would name the user's other jobs
+            if job and len(job) <= 64 and self.job_scope.startswith(job):
+                return self.job_scope
+            raise NotFound(f"no job {job!r}")
         if not self.scoped:
             return self.store.find_job(job)
         if not job or len(job) > 64:
@@ -148,6 +153,8 @@ class ControlService:
 
     def jobs(self, limit: int = 100, owner: str | None = None) -> list[Job]:
         """The newest jobs the caller may see (only `owner`'s when given; a scoped non-admin: only theirs)."""
+        if self.job_scope:
+            return [self.store.get_job(self.job_scope)]
         if not self.admin:
             owner = self.user
         return self.store.list_jobs(limit, owner=owner)
@@ -413,6 +420,18 @@ class ControlService:
     def desktop(self, job: str, wait: float = 0) -> dict[str, Any]:
         """The desktop's URL (with its token and password), VNC port and SSH tunnel, for the caller's address."""
         return desktop.desktop(self, job, wait)
+
+    def job_token(self, job: str) -> dict[str, Any]:
+        """A token that reads and controls this job only, until it is terminated (the desktop panel's)."""
+        return desktop.job_token(self, job)
+
+    def desktop_link(self, job: str, address: str | None = None) -> dict[str, Any]:
+        """A one-time, short-lived link to the desktop through the API (its path, with the code after '#')."""
+        return desktop.desktop_link(self, job, address)
+
+    def open_desktop_stream(self, job: str, address: str | None) -> Any:
+        """A byte stream to the job's Xvnc for the API's WebSocket proxy, if `address` may reach the desktop."""
+        return desktop.open_desktop_stream(self, job, address)
 
     def set_desktop_password(self, job: str, password: str, view_password: str | None = None) -> int:
         return desktop.set_desktop_password(self, job, password, view_password)

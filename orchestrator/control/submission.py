@@ -62,8 +62,24 @@ def submit(service: ControlService, spec: Any, extra: dict[str, Any] | None = No
     job_id = service.store.create_job(name=spec.name, owner=service.user, spec=spec_for_store(spec),
                                       backend=backend, solver=spec.solver.name,
                                       extra={**(extra or {}), "account": account})
+    if spec.desktop.enabled:
+        desktop_token(service, job_id)
     service.send(names.PROVISION, job_id)
     return job_id
+
+
+def desktop_token(service: ControlService, job_id: str) -> None:
+    """The desktop session's job-scoped token (its E2E_TOKEN), minted here, where the API's Redis role may
+    write tokens (a worker's may not: it could mint anyone's), and kept beside the VNC password until the
+    desktop writes it into the session's 0600 env file. Jobs of the engine machine's own user (no API
+    account) get none: their desktop's CLI talks to the engine directly."""
+    from orchestrator.model.errors import NotFound
+
+    try:
+        token = service.store.users.issue_for_job(service.user, job_id)
+    except NotFound:
+        return
+    service.store.secrets.set_api_token(job_id, token)
 
 
 def submit_sweep(service: ControlService, plan: SweepPlan) -> tuple[str, list[str]]:

@@ -36,6 +36,17 @@ class Desktop:
                 f"&password={quote(self.secret.password, safe='')}")
 
     @property
+    def web_fragment(self) -> str:
+        """noVNC's settings for the API's route: it connects back to the page's own host, never the node."""
+        return (f"autoconnect=1&resize=scale&reconnect=1&path={quote(f'desktop/{self.job_id}/websockify', safe='')}"
+                f"&password={quote(self.secret.password, safe='')}")
+
+    @property
+    def web_path(self) -> str:
+        """The desktop through the API (a path on the API's host): only the API need be reachable."""
+        return f"/desktop/{self.job_id}/vnc.html#{self.web_fragment}"
+
+    @property
     def vnc_port(self) -> int:
         return int(self.record.vnc_port)
 

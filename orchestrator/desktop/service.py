@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shlex
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -171,6 +173,7 @@ class DesktopService(JobService):
             "failed_file": str(desk / "failed"), "activity_file": str(desk / "activity"),
             "activity_every": ACTIVITY_EVERY,
         }).encode())
+        nodes.write_private(ctx.backend, ctx.head, desk / "e2e.env", self.session_env(ctx, secret).encode())
         write("session.sh", self.session_script(ctx, desk).encode())
         restarts = rec.restarts
         self._set_state(ctx, STARTING, {"restarts": restarts} if restarts else {}, restarts=restarts,
@@ -180,6 +183,19 @@ class DesktopService(JobService):
         account = _account(ctx)
         ctx.backend.hand_over(ctx.head, desk, account)  # the session is the owner's; its password file 0600
         ctx.backend.spawn_detached(ctx.head, ["bash", str(desk / "session.sh")], cwd=desk, account=account)
+
+    def session_env(self, ctx: ServiceContext, secret: DesktopSecret) -> str:
+        """The session's E2E_JOB, and E2E_SERVER with the job-scoped token minted at submit (E2E_TOKEN): `e2e
+        status` in the desktop's terminal needs no argument, and can act on this job only. A file (0600, the
+        owner's) that session.sh sources, so the token is never on a command line."""
+        env = {"E2E_JOB": ctx.job_id}
+        if secret.api_token:  # none for a job of the engine machine's own user: its CLI talks to the engine
+            env.update(E2E_SERVER=ctx.settings.resolved_api_url(), E2E_TOKEN=secret.api_token)
+        lines = [f"{name}={shlex.quote(value)}" for name, value in env.items()]
+        engine_bin = Path(sys.executable).parent
+        if nodes.is_loopback(ctx.head) and (engine_bin / "e2e").exists():  # this machine: the engine's own CLI
+            lines.append(f"PATH={shlex.quote(str(engine_bin))}:\"$PATH\"")
+        return "\n".join(lines) + "\n"
 
     def session_script(self, ctx: ServiceContext, desk: Path) -> str:
         spec = ctx.spec.desktop

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
         None, description="partition the slurm backend allocates from (default: Slurm's)")
     api_host: str = Field("127.0.0.1", description="address `e2e serve` listens on (0.0.0.0 behind a proxy)")
     api_port: PositiveInt = Field(8765, description="port `e2e serve` listens on")
+    api_url: str | None = Field(
+        None, description="the API's address as the head nodes see it (the desktop session's E2E_SERVER, the "
+                          "API URL `e2e desktop` prints); default http://127.0.0.1:E2E_API_PORT")
     api_max_body: PositiveInt = Field(1 << 20, description="largest JSON request body the API accepts (bytes)")
     api_max_upload: PositiveInt = Field(1 << 30, description="largest input upload (tar.gz) the API accepts (bytes)")
     upload_max_extracted: PositiveInt | None = Field(
@@ -144,6 +147,10 @@ class Settings(BaseSettings):
     @property
     def stack_file(self) -> Path:
         return self.root / "stack.json"
+
+    def resolved_api_url(self) -> str:
+        """The API's base URL as the head nodes (and a browser on this machine) reach it, no trailing slash."""
+        return (self.api_url or f"http://127.0.0.1:{self.api_port}").rstrip("/")
 
     def resolved_redis_url(self) -> str:
         """REDIS_URL if set, else this process's role's URL from E2E_REDIS_URLS_FILE or the embedded stack's

@@ -27,7 +27,7 @@ from orchestrator.store.metrics import Metrics
 from orchestrator.store.nodes import NodeLeases
 from orchestrator.store.notify import OUTBOX_MAXLEN, Notifications
 from orchestrator.store.scripts import ALLOCATE, RELEASE, REPLACE, SET_ONCE, TRANSITION
-from orchestrator.store.secrets import DesktopSecrets
+from orchestrator.store.secrets import DesktopPasses, DesktopSecrets
 from orchestrator.store.series import SeriesPoints
 from orchestrator.store.sweeps import Sweeps
 from orchestrator.store.users import Users
@@ -58,6 +58,7 @@ class JobStore(NodeLeases, Sweeps, SeriesPoints):
         self.ssh_keys = SshKeys(client, keys)
         self.access = AccessRules(client, keys)
         self.secrets = DesktopSecrets(client, keys)
+        self.desktop_passes = DesktopPasses(client, keys)
         self.audit = Audit(client, keys)
         self.metrics = Metrics(client, keys)
         self.locks = Locks(client, keys)

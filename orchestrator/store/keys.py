@@ -104,6 +104,9 @@ class KeyNames:
     def account_tokens(self, name: str) -> str:
         return f"{self.prefix}:account-tokens:{name}"
 
+    def job_tokens(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:job-tokens"
+
     # -- ssh keys and access rules, per user
     def ssh_keys(self, user: str) -> str:
         return f"{self.prefix}:user:{user}:ssh-keys"
@@ -136,6 +139,10 @@ class KeyNames:
     # -- desktop secrets (apart from the job hash, so no listing carries them)
     def desktop_secret(self, job_id: str) -> str:
         return f"{self.job(job_id)}:desktop-secret"
+
+    def desktop_pass(self, job_id: str, kind: str, digest: str) -> str:
+        """A one-time link code or a browser's desktop cookie (by its sha256), expiring on its own."""
+        return f"{self.job(job_id)}:desktop-{kind}:{digest}"
 
     # -- audit
     @property

@@ -14,6 +14,7 @@ class DesktopSecret:
     view_password: str | None
     token: str
     version: int     # bumped by every password change, so the engine knows to rewrite the head node's file
+    api_token: str | None = None  # the session's job-scoped API token (E2E_TOKEN), minted at submit
 
 
 class DesktopSecrets:
@@ -41,7 +42,11 @@ class DesktopSecrets:
         if not raw.get("password") or not raw.get("token"):
             return None
         return DesktopSecret(password=raw["password"], view_password=raw.get("view_password") or None,
-                             token=raw["token"], version=int(raw.get("version") or 1))
+                             token=raw["token"], version=int(raw.get("version") or 1),
+                             api_token=raw.get("api_token") or None)
+
+    def set_api_token(self, job_id: str, token: str) -> None:
+        self._r.hset(self._keys.desktop_secret(job_id), "api_token", token)
 
     def set_password(self, job_id: str, password: str, view_password: str | None) -> int:
         """Replace the passwords (the token stays); the new version number."""
@@ -53,3 +58,22 @@ class DesktopSecrets:
 
     def delete(self, job_id: str) -> None:
         self._r.delete(self._keys.desktop_secret(job_id))
+
+
+class DesktopPasses:
+    """The store's desktop-passes family (`store.desktop_passes`): one-time link codes and the desktop cookies
+    they are exchanged for, each kept only as its sha256 with an expiry, so a Redis dump holds nothing usable."""
+
+    def __init__(self, client: Any, keys: KeyNames) -> None:
+        self._r = client
+        self._keys = keys
+
+    def put(self, job_id: str, kind: str, digest: str, user: str, ttl: float) -> None:
+        self._r.set(self._keys.desktop_pass(job_id, kind, digest), user, px=max(1, int(ttl * 1000)))
+
+    def take(self, job_id: str, kind: str, digest: str) -> str | None:
+        """The user of a pass, deleting it in the same step: a second use finds nothing."""
+        return self._r.getdel(self._keys.desktop_pass(job_id, kind, digest))
+
+    def peek(self, job_id: str, kind: str, digest: str) -> str | None:
+        return self._r.get(self._keys.desktop_pass(job_id, kind, digest))

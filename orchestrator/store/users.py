@@ -25,6 +25,7 @@ class User:
     name: str
     admin: bool
     os_user: str = ""  # the OS account the user's jobs run as (a root engine); "" = not mapped yet
+    job: str = ""      # a job-scoped token's one job ("" = the user's own token, every job of theirs)
 
 
 def check_name(name: str) -> None:
@@ -70,6 +71,33 @@ class Users:
         pipe.execute()
         return token
 
+    def issue_for_job(self, name: str, job_id: str) -> str:
+        """A token that acts for `name` on one job only, never as an admin (the desktop session's, the panel's).
+        Its end with the job is checked on use by the API; `revoke_job` deletes them when the job ends."""
+        self.get(name)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        digest = hash_token(token)
+        pipe = self._r.pipeline()
+        pipe.hset(self._keys.token(digest), mapping={"user": name, "created_at": time.time(), "label": f"job {job_id}",
+                                                     "admin": 0, "job": job_id})
+        pipe.sadd(self._keys.account_tokens(name), digest)
+        pipe.sadd(self._keys.job_tokens(job_id), digest)
+        pipe.execute()
+        return token
+
+    def revoke_job(self, job_id: str) -> int:
+        """Revoke every token scoped to the job; how many there were."""
+        digests = list(self._r.smembers(self._keys.job_tokens(job_id)))
+        pipe = self._r.pipeline()
+        for digest in digests:
+            name = self._r.hget(self._keys.token(digest), "user")
+            pipe.delete(self._keys.token(digest))
+            if name:
+                pipe.srem(self._keys.account_tokens(name), digest)
+        pipe.delete(self._keys.job_tokens(job_id))
+        pipe.execute()
+        return len(digests)
+
     def get(self, name: str) -> User:
         raw = self._r.hgetall(self._keys.account(name))
         if not raw:
@@ -83,7 +111,7 @@ class Users:
         entry = self._r.hgetall(self._keys.token(hash_token(token)))
         if not entry.get("user"):
             return None
-        return User(name=entry["user"], admin=entry.get("admin") == "1")
+        return User(name=entry["user"], admin=entry.get("admin") == "1", job=entry.get("job") or "")
 
     def revoke(self, token: str) -> str:
         """Revoke one token; the user it belonged to."""

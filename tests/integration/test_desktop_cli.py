@@ -57,7 +57,9 @@ def test_keys_access_and_desktop_commands(e2e, engine, tmp_path):
         rec = wait_desktop(engine, job_id)
         assert rec.state == "ready" and rec.access == ["127.0.0.0/8", "2001:db8::/32"]
 
-        url = e2e("desktop", job_id).strip()
+        printed = e2e("desktop", job_id).strip().splitlines()
+        url = printed[0]  # stdout: the direct URL alone; stderr (after it here): the one-time link through the API
+        assert any(f"/desktop/{job_id}/link#code=" in line for line in printed[1:]), printed
         assert url.startswith(rec.url + "#autoconnect=1") and "token%3D" in url and "password=" in url
         status = e2e("status", job_id)
         assert "desktop  ready" in status and rec.url in status and "token" not in status

@@ -94,10 +94,11 @@ def _listens_on_loopback(pid: int, port: int) -> bool:
 class WebSocketStream:
     """An RFB stream over the gateway's WebSocket, as noVNC speaks it (binary frames)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, headers: list[str] | None = None) -> None:
         import websocket  # websocket-client, installed with selenium
 
-        self.ws, self.buffer = websocket.create_connection(url, subprotocols=["binary"], timeout=10), b""
+        self.ws = websocket.create_connection(url, subprotocols=["binary"], header=headers or [], timeout=10)
+        self.buffer = b""
 
     def recv(self, n: int) -> bytes:
         if not self.buffer:
@@ -211,6 +212,31 @@ def test_desktop_runs_on_the_ssh_head_node_and_the_tunnel_reaches_it(cluster, en
         tunnel.wait(10)
     assert tunnel.returncode == 0, tunnel.stderr.read()
 
+    # the web client through the API: with every packet to the gateway's port dropped in the head node's own
+    # network (this machine, the browser's side, reaches nothing there), the API relays noVNC's WebSocket to
+    # Xvnc over the engine's ssh connection, after the job's CIDR check (the API sees 127.0.0.1, inside it)
+    from tests.integration.api.conftest import Served
+
+    block = tmp_path / "block.nft"
+    block.write_text(f"table inet e2e_test_block {{\n  chain input {{\n    type filter hook input priority -50;\n"
+                     f"    tcp dport {d.record.web_port} drop\n  }}\n}}\n")
+    assert _netns(cluster, "nft", "-f", str(block)).returncode == 0
+    served = Served(engine.settings)
+    try:
+        with pytest.raises(OSError):
+            socket.create_connection((head.address, d.record.web_port), timeout=2).close()
+        admin = client.store.users.create(f"deskadmin{os.getpid()}", admin=True)
+        proxied = WebSocketStream(f"ws://127.0.0.1:{served.port}/desktop/{job_id}/websockify",
+                                  [f"Authorization: Bearer {admin}"])
+        try:
+            assert job_id in handshake(proxied, d.secret.password).name
+        finally:
+            proxied.close()
+        _chromium_through_the_api(served.url, admin, job_id, tmp_path)
+    finally:
+        served.stop()
+        _netns(cluster, "nft", "delete", "table", "inet", "e2e_test_block")
+
     # terminate: the session ends on the node, its rules and the user's key go
     client.terminate(job_id)
     engine.wait_job_terminal(job_id, timeout=60)
@@ -218,3 +244,26 @@ def test_desktop_runs_on_the_ssh_head_node_and_the_tunnel_reaches_it(cluster, en
     assert _netns(cluster, "nft", "list", "table", "inet", f"e2e_desktop_{job_id}").returncode != 0
     mine = (tmp_path / "me.pub").read_text().split()[1]
     assert mine not in authorized.read_text()  # the account's other keys (its node key) stay
+
+
+def _chromium_through_the_api(api_url: str, token: str, job_id: str, tmp_path: Path) -> None:
+    """noVNC in a real browser from a one-time link: connected, and the head node's screen drawn."""
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.integration.api.test_desktop_api import CANVAS_COLOURS
+    from tests.integration.desktop_helpers import chromium, close_chromium
+
+    link = httpx.post(f"{api_url}/api/v1/jobs/{job_id}/desktop/link", headers={"Authorization": f"Bearer {token}"})
+    assert link.status_code == 201, link.text
+    driver = chromium()
+    try:
+        driver.get(api_url + link.json()["path"])
+        status = lambda drv: drv.find_element(By.ID, "noVNC_status").get_attribute("textContent")  # noqa: E731
+        WebDriverWait(driver, 30).until(lambda drv: "Connected" in status(drv))
+        assert job_id in status(driver)
+        wait_for(lambda: driver.execute_script(CANVAS_COLOURS) > 1, 20, "the head node's desktop on the canvas")
+        driver.save_screenshot(str(tmp_path / "desktop-api-ssh.png"))
+    finally:
+        close_chromium(driver)

@@ -38,7 +38,7 @@ function startJobPage(jobId) {
     set("desktop-state", desktop.state || "none");
     if (desktop.state === "ready" && !state.desktopUrl) {
       const info = await api(`/jobs/${jobId}/desktop`);
-      state.desktopUrl = info.url;
+      state.desktopUrl = info.web_url || info.url;
       const link = document.getElementById("desktop-link");
       link.href = info.url;
       link.hidden = false;
