@@ -140,6 +140,21 @@ def engine(redis_url, tmp_path_factory):
     eng.close()
 
 
+@pytest.fixture(autouse=True)
+def _ends_the_jobs_it_started(request):
+    """A test on a shared engine terminates the jobs it left up: the engine's nodes are few (8), leases are
+    first in, first out, and a job left holding nodes would queue every later test's jobs behind it."""
+    if "engine" not in request.fixturenames:
+        yield
+        return
+    engine = request.getfixturevalue("engine")
+    before = set(engine.client.store.active_jobs())
+    yield
+    for job_id in set(engine.client.store.active_jobs()) - before:
+        with contextlib.suppress(Exception):
+            engine.client.terminate(job_id)
+
+
 @pytest.fixture
 def openfoam():
     require(shutil.which("simpleFoam") is not None and shutil.which("mpirun") is not None,
