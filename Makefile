@@ -29,8 +29,13 @@ demo: system-deps-demo $(STAMP)
 	$(VENV)/bin/e2e demo
 
 # System packages and the virtualenv first (a fresh machine may lack python3-venv), then lint and types, then tests.
+# The unit suite (CPU-bound, fakeredis) runs beside the fault and integration suites (which mostly wait on
+# real processes): two pytest sessions, each with its own temp folder and Redis; the unit log follows theirs.
 test: system-deps-test $(STAMP) lint typecheck
-	$(PY) -m pytest -q -ra
+	@$(PY) -m pytest -q -ra -p no:cacheprovider tests/unit > $(VENV)/unit-tests.log 2>&1 & unit=$$!; \
+	$(PY) -m pytest -q -ra tests/faults tests/integration; rc=$$?; \
+	wait $$unit; urc=$$?; echo "== the unit suite (run beside the others): exit $$urc"; \
+	cat $(VENV)/unit-tests.log; test $$rc -eq 0 && test $$urc -eq 0
 
 # Style and the layer contracts ([tool.importlinter] in pyproject.toml); a violation fails `make test`.
 lint: $(STAMP)
