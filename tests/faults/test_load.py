@@ -48,10 +48,10 @@ def test_load_hundreds_of_queued_jobs_over_six_nodes(redis_url, tmp_path):
         cpu0 = {name: cpu_seconds(pids[name]) for name in ("worker", "beat")}
         mem0 = r.info("memory")["used_memory"]
         t0 = time.monotonic()
-        # Given JOBS jobs queued at once, each a short real run that ends its job 1 s after it finishes
-        # (idle_shutdown): nodes come free without anyone calling terminate
+        # Given JOBS jobs queued at once, each a short real run that ends its job as soon as it finishes
+        # (terminate_on_end, a batch job): nodes come free without anyone calling terminate
         jobs = [client.submit_data(recording_job(f"load-{i:04d}", starts, seconds=0.2,
-                                                 limits={"idle_shutdown": "1s"})) for i in range(JOBS)]
+                                                 limits={"terminate_on_end": True})) for i in range(JOBS)]
         queued_mem = r.info("memory")["used_memory"] - mem0
         # When the engine works through them
         store = client.store
