@@ -74,10 +74,11 @@ def xvnc_sample(folder: Path, timeout: float) -> float:
         proc.wait(10)
 
 
-def desktop_bench_args(doc: str, jobs: int, what: str) -> argparse.Namespace | None:
-    """The desktop benches' options; None (after saying why) when Xvnc is missing."""
+def desktop_bench_args(doc: str, jobs: int, what: str, flag: str = "--jobs") -> argparse.Namespace | None:
+    """The desktop benches' options (the sample count under `flag`); None (after saying why) when Xvnc is
+    missing."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
-    p.add_argument("--jobs", type=int, default=jobs, help=f"timed samples of {what} (default {jobs})")
+    p.add_argument(flag, type=int, default=jobs, help=f"timed samples of {what} (default {jobs})")
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()

@@ -17,7 +17,6 @@ Prints p50/p90/max per path and whether the target (API p50 <= 100 ms) holds. Ex
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.desktop import percentile  # noqa: E402
+from bench.desktop import desktop_bench_args, percentile  # noqa: E402
 
 TARGET_P50_MS = 100.0
 KEYS = (0x61, 0xFF08)  # 'a', BackSpace
@@ -161,14 +160,8 @@ def serve_api(settings):
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--samples", type=int, default=40, help="timed keystrokes per path (default 40)")
-    p.add_argument("--timeout", type=float, default=60.0)
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args()
-    if not shutil.which("Xvnc"):
-        print("Xvnc is not installed (apt-get install --no-install-recommends tigervnc-standalone-server "
-              "xfonts-base openbox xterm novnc websockify)", file=sys.stderr)
+    args = desktop_bench_args(__doc__, 40, "keystrokes per path", flag="--samples")
+    if args is None:
         return 2
     home = Path(tempfile.mkdtemp(prefix="e2e-bench-desktop-latency-"))
     os.environ["E2E_HOME"] = str(home)

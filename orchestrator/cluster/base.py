@@ -121,6 +121,10 @@ class ClusterBackend(ABC):
         """Give the job's allocation back when it terminates (idempotent)."""
         return None  # an optional hook, like allocate
 
+    def expected_start(self, job_id: str) -> float | None:
+        """When the backend's own scheduler expects a pending allocation to start; None: it does not say."""
+        return None  # an optional hook: a backend without a scheduler of its own has nothing pending
+
     def suspend(self, job_id: str) -> bool:
         """Freeze every process of the job natively; False: not supported, signal the processes instead."""
         return False

@@ -63,10 +63,8 @@ def scheduler_place(settings: Settings, job: Job) -> QueuePlace | None:
         return None
     from orchestrator.cluster import get_backend
 
-    backend = get_backend(job.backend, settings)
-    expected = getattr(backend, "expected_start", None)
     try:
-        when = expected(job.id) if expected is not None else None
+        when = get_backend(job.backend, settings).expected_start(job.id)
     except E2EError:
         when = None
     return QueuePlace(position=None, expected_start=when, why=job.waiting)

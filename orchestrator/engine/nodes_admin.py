@@ -21,6 +21,11 @@ PROBE_TIMEOUT = 3.0
 log = logging.getLogger(__name__)
 
 
+def node_state(job: str | None, drained: dict[str, Any] | None) -> NodeState:
+    """A drain wins over a lease (a drained node keeps its job until it ends, but takes no new one)."""
+    return NodeState.DRAINED if drained else NodeState.LEASED if job else NodeState.FREE
+
+
 def node_rows(backend: ClusterBackend, leases: dict[str, str],
               drained: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One row per node: name, address, cores, state (free/leased/drained), job, load, reachable, problem,
@@ -35,7 +40,7 @@ def node_rows(backend: ClusterBackend, leases: dict[str, str],
             problem = exc.message
         job = leases.get(node.name) or None  # the pool stores free nodes with an empty job
         note = drained.get(node.name)
-        state = NodeState.DRAINED if note else NodeState.LEASED if job else NodeState.FREE
+        state = node_state(job, note)
         return {"name": node.name, "address": node.address, "cores": node.cores, "state": state, "job": job,
                 "load": load, "reachable": problem is None, "problem": problem, "drained": note}
     nodes = backend.inventory()
@@ -87,8 +92,7 @@ def published_rows(store: JobStore, backend: str) -> list[dict[str, Any]] | None
     rows = []
     for node in doc.get("nodes", []):
         job, note = leases.get(node["name"]) or None, drained.get(node["name"])
-        state = NodeState.DRAINED if note else NodeState.LEASED if job else NodeState.FREE
-        rows.append({**node, "state": state, "job": job, "drained": note, "seen_at": doc.get("at")})
+        rows.append({**node, "state": node_state(job, note), "job": job, "drained": note, "seen_at": doc.get("at")})
     return rows
 
 

@@ -168,23 +168,30 @@ class SyncService(JobService):
         host.backend.spawn_detached(host.node, argv, cwd=ctx.paths.root, account=account)
 
     @staticmethod
-    def _node_login(ctx: ServiceContext, account: Account | None) -> Path:
-        """The inventory the process reaches the node with: with a job account on a root engine, a one-node
-        inventory of the job's own key, authorised for the account on the node while the job lives (the
-        process runs as the account and never holds the engine's key); otherwise the engine's own."""
+    def _job_login(ctx: ServiceContext, account: Account | None) -> SSHBackend | None:
+        """The ssh backend when the process needs a login of the job's own to its node: a root engine running
+        the job as another account than the node's login, on a node without shared storage; else None."""
         backend = ctx.backend
         if account is None or not switches(account) or not isinstance(backend, SSHBackend) \
-                or not backend.needs_drop(ctx.head, account):
+                or shares_storage(ctx) or not backend.needs_drop(ctx.head, account):
+            return None
+        return backend
+
+    def _node_login(self, ctx: ServiceContext, account: Account | None) -> Path:
+        """The inventory the process reaches the node with: with a job login (see _job_login), a one-node
+        inventory of the job's own key, authorised for the account on the node while the job lives (the
+        process runs as the account and never holds the engine's key); otherwise the engine's own."""
+        backend = self._job_login(ctx, account)
+        if backend is None or account is None:
             return Path(ctx.settings.inventory)  # single-user, or the engine's login is the job's account
         inventory = ctx.paths.sync.root / joblogin.INVENTORY
         return joblogin.grant(backend, ctx.head, account, ctx.job_id, ctx.paths.sync.root) \
             if not inventory.is_file() else inventory
 
-    @staticmethod
-    def _revoke_node_login(ctx: ServiceContext) -> None:
-        account, backend = account_for(ctx.job.account), ctx.backend
-        if account is None or not switches(account) or not isinstance(backend, SSHBackend) \
-                or shares_storage(ctx) or not backend.needs_drop(ctx.head, account):
+    def _revoke_node_login(self, ctx: ServiceContext) -> None:
+        account = self._account(ctx)
+        backend = self._job_login(ctx, account)
+        if backend is None or account is None:
             return
         try:
             joblogin.revoke(backend, ctx.head, account, ctx.job_id)
