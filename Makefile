@@ -33,7 +33,7 @@ demo: system-deps-demo $(STAMP)
 # real processes): two pytest sessions, each with its own temp folder and Redis; the unit log follows theirs.
 test: system-deps-test $(STAMP) lint typecheck
 	@$(PY) -m pytest -q -ra -p no:cacheprovider tests/unit > $(VENV)/unit-tests.log 2>&1 & unit=$$!; \
-	$(PY) -m pytest -q -ra tests/faults tests/integration; rc=$$?; \
+	$(PY) -m pytest -q -ra --durations=40 tests/faults tests/integration; rc=$$?; \
 	wait $$unit; urc=$$?; echo "== the unit suite (run beside the others): exit $$urc"; \
 	cat $(VENV)/unit-tests.log; test $$rc -eq 0 && test $$urc -eq 0
 

@@ -38,7 +38,9 @@ def test_job_runs_in_its_slurm_allocation_freezes_and_terminates(slurm, redis_ur
         account = lookup(client.status(job_id).account)
         tagged = wait_for(lambda: backend.tagged_processes(backend.inventory()[0], f"{job_id}/run-001", account),
                           20, "the run's processes")
-        assert uid_lines([pid, *tagged]) == {p: [account.uid] * 4 for p in [pid, *tagged]}
+        owners = uid_lines([pid, *tagged])  # the loop's sleeps come and go: the wrapper and the shell stay
+        assert pid in owners and len(owners) >= 2
+        assert owners == {p: [account.uid] * 4 for p in owners}
         assert backend.slurm("squeue", "--noheader", f"--name={job_name(job_id)}", "--format=%u").stdout.strip() \
             == account.name
         client.pause(job_id, freeze=True)

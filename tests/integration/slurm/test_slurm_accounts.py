@@ -24,10 +24,17 @@ pytestmark = pytest.mark.integration
 
 
 def uid_lines(pids: list[int]) -> dict[int, list[int]]:
-    """Real, effective, saved and fs uid of each process (the Slurm node is this machine)."""
+    """Real, effective, saved and fs uid of each process still alive (the Slurm node is this machine).
+
+    A run's short-lived children (a loop's `sleep`) may end between listing and reading; they are left out,
+    and callers check that the long-lived ones were read."""
     found = {}
     for pid in pids:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for line in status.splitlines():
             if line.startswith("Uid:"):
                 found[pid] = [int(x) for x in line.split()[1:]]
     return found
