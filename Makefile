@@ -29,13 +29,23 @@ demo: system-deps-demo $(STAMP)
 	$(VENV)/bin/e2e demo
 
 # System packages and the virtualenv first (a fresh machine may lack python3-venv), then lint and types, then tests.
-# The unit suite (CPU-bound, fakeredis) runs beside the fault and integration suites (which mostly wait on
-# real processes): two pytest sessions, each with its own temp folder and Redis; the unit log follows theirs.
+# Three pytest sessions at once, each with its own temp folder and Redis: the unit suite (CPU-bound on fakeredis)
+# and the real-component suites in two halves, which mostly wait on real processes (sshd, Slurm, solvers, the
+# engine's timeouts). Half A holds every suite that builds network-namespace or Slurm clusters, so that the
+# OS accounts' authorized_keys on the nodes are only ever written by one session; half B is the rest. Each
+# half names its slowest tests; the logs of A and of the unit suite follow B's.
+INTEGRATION_A := tests/faults tests/integration/ssh tests/integration/slurm tests/integration/test_sync_ssh.py \
+                 tests/integration/test_worker_crash.py
 test: system-deps-test $(STAMP) lint typecheck
 	@$(PY) -m pytest -q -ra -p no:cacheprovider tests/unit > $(VENV)/unit-tests.log 2>&1 & unit=$$!; \
-	$(PY) -m pytest -q -ra --durations=40 tests/faults tests/integration; rc=$$?; \
-	wait $$unit; urc=$$?; echo "== the unit suite (run beside the others): exit $$urc"; \
-	cat $(VENV)/unit-tests.log; test $$rc -eq 0 && test $$urc -eq 0
+	$(PY) -m pytest -q -ra -p no:cacheprovider --durations=25 $(INTEGRATION_A) > $(VENV)/integration-a.log 2>&1 & a=$$!; \
+	$(PY) -m pytest -q -ra --durations=25 tests/integration $(addprefix --ignore=,$(INTEGRATION_A)); brc=$$?; \
+	wait $$a; arc=$$?; echo "== integration half A ($(INTEGRATION_A)), run beside: exit $$arc"; \
+	cat $(VENV)/integration-a.log; \
+	wait $$unit; urc=$$?; echo "== the unit suite, run beside: exit $$urc"; \
+	cat $(VENV)/unit-tests.log; \
+	echo "== exits: integration B $$brc, integration A $$arc, unit $$urc"; \
+	test $$brc -eq 0 && test $$arc -eq 0 && test $$urc -eq 0
 
 # Style and the layer contracts ([tool.importlinter] in pyproject.toml); a violation fails `make test`.
 lint: $(STAMP)

@@ -78,9 +78,10 @@ def pytest_configure(config) -> None:
 
     checkout = hashlib.sha256(str(Path(__file__).resolve().parents[1]).encode()).hexdigest()[:10]
     # One new folder per session (a job process of the previous session may still be writing into its own),
-    # and only the three newest kept.
+    # and only the newest kept: `make test` runs three sessions at once (unit and two integration halves), so
+    # a session starting must leave the other two (and the previous run's, for a look after a failure).
     earlier = sorted(Path(tempfile.gettempdir()).glob(f"e2e-tests-{checkout}-*"), key=os.path.getmtime)
-    for old in earlier[:-2]:
+    for old in earlier[:-5]:
         shutil.rmtree(old, ignore_errors=True)
     config.option.basetemp = tempfile.mkdtemp(prefix=f"e2e-tests-{checkout}-")
 

@@ -263,7 +263,12 @@ def _chromium_through_the_api(api_url: str, token: str, job_id: str, tmp_path: P
         status = lambda drv: drv.find_element(By.ID, "noVNC_status").get_attribute("textContent")  # noqa: E731
         WebDriverWait(driver, 30).until(lambda drv: "Connected" in status(drv))
         assert job_id in status(driver)
-        wait_for(lambda: driver.execute_script(CANVAS_COLOURS) > 1, 20, "the head node's desktop on the canvas")
-        driver.save_screenshot(str(tmp_path / "desktop-api-ssh.png"))
+        # Generous: the first frame crosses the API's relay and the engine's ssh connection, and CI runs two
+        # suites at once on two cores. A failure keeps the screenshot of what the browser had.
+        shot = tmp_path / "desktop-api-ssh.png"
+        try:
+            wait_for(lambda: driver.execute_script(CANVAS_COLOURS) > 1, 60, "the head node's desktop on the canvas")
+        finally:
+            driver.save_screenshot(str(shot))
     finally:
         close_chromium(driver)
