@@ -208,9 +208,15 @@ def test_desktop_runs_on_the_ssh_head_node_and_the_tunnel_reaches_it(cluster, en
         with pytest.raises(AuthFailed):
             authenticate("127.0.0.1", local, "wrong-pw")
     finally:
+        # Ctrl-C closes it: communicate() drains both pipes meanwhile (a full pipe would hold the process)
         tunnel.send_signal(signal.SIGINT)
-        tunnel.wait(10)
-    assert tunnel.returncode == 0, tunnel.stderr.read()
+        try:
+            _, tunnel_err = tunnel.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            tunnel.kill()
+            _, tunnel_err = tunnel.communicate()
+            raise AssertionError(f"`e2e desktop --tunnel --run` still up 30 s after Ctrl-C: {tunnel_err[-2000:]}")
+    assert tunnel.returncode == 0, tunnel_err
 
     # the web client through the API: with every packet to the gateway's port dropped in the head node's own
     # network (this machine, the browser's side, reaches nothing there), the API relays noVNC's WebSocket to
