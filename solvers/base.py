@@ -137,7 +137,8 @@ class DesktopApp:
     wait_for: str | None = None         # relative to cwd: start once this exists (results written later)
     optional: bool = False              # a missing program is skipped with a note either way; optional
                                         # ones are expected to be missing on lean head nodes
-    files: dict[str, str] = field(default_factory=dict)  # helper files (a script) written into apps_dir first
+    files: dict[str, str] = field(default_factory=dict)  # helper files by relative path, into apps_dir first
+    env: dict[str, str] = field(default_factory=dict)    # set for this app only
 
 
 @dataclass(frozen=True)

@@ -127,8 +127,10 @@ class CalculiX(SolverPlugin):
 
     def desktop_apps(self, options: CalculiXOptions, ctx: DesktopContext) -> list[DesktopApp]:
         """CalculiX GraphiX on the job's results (<job>.frd, once ccx wrote it), then the defaults."""
-        cgx = DesktopApp("CalculiX GraphiX", ("cgx", f"{options.jobname}.frd"), cwd=ctx.run_id,
-                         wait_for=f"{options.jobname}.frd")
+        # cgx(1): -v (the default) reads a .frd result file, and the optional solver input beside it gives
+        # the sets and loads of the calculation. It reads the file once: reopen it from the menu for newer steps.
+        cgx = DesktopApp("CalculiX GraphiX", ("cgx", "-v", f"{options.jobname}.frd", f"{options.jobname}.inp"),
+                         cwd=ctx.run_id, wait_for=f"{options.jobname}.frd")
         return [cgx, *terminal_and_files(ctx.run_id)]
 
     def series_files(self) -> tuple[str, ...]:

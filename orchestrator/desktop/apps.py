@@ -8,11 +8,11 @@ from pathlib import Path, PurePosixPath
 from xml.sax.saxutils import escape, quoteattr
 
 from orchestrator.model.errors import PluginError
-from orchestrator.model.rendering import render
+from orchestrator.model.rendering import Raw, render
 from solvers.base import DesktopApp
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def check(apps: list[DesktopApp]) -> list[DesktopApp]:
@@ -30,8 +30,11 @@ def check(apps: list[DesktopApp]) -> list[DesktopApp]:
             if rel is not None and not _relative(rel):
                 raise PluginError(f"desktop app {app.name!r}: {what} {rel!r} must be relative and stay inside")
         for name in app.files:
-            if not _FILE_NAME.match(name):
-                raise PluginError(f"desktop app {app.name!r}: file name {name!r} is not a plain file name")
+            if not _relative(name) or name.endswith("/"):
+                raise PluginError(f"desktop app {app.name!r}: file name {name!r} must be relative and stay inside")
+        for key, value in app.env.items():
+            if not _ENV_NAME.match(key) or "\0" in value or "\n" in value:
+                raise PluginError(f"desktop app {app.name!r}: env {key!r} is not a variable name and one-line value")
     return apps
 
 
@@ -45,7 +48,8 @@ def launcher(job_id: str, work_dir: Path, apps: list[DesktopApp]) -> str:
     return render((TEMPLATES,), "desktop/apps.sh.j2", {
         "job_id": job_id, "work_dir": str(work_dir),
         "apps": [{"index": i, "name": a.name, "argv": list(a.argv), "cwd": a.cwd, "wait_for": a.wait_for or "",
-                  "optional": a.optional, "session": a.start_with_session} for i, a in enumerate(apps, 1)],
+                  "optional": a.optional, "session": a.start_with_session,
+                  "env": [Raw(f"{k}={shlex.quote(v)}") for k, v in a.env.items()]} for i, a in enumerate(apps, 1)],
     })
 
 

@@ -196,6 +196,7 @@ class DesktopService(JobService):
         nodes.make_dirs(ctx.backend, ctx.head, desk / "apps", 0o700)
         for app in found:
             for name, text in app.files.items():
+                nodes.make_dirs(ctx.backend, ctx.head, (desk / "apps" / name).parent, 0o700)
                 ctx.backend.write_bytes(ctx.head, desk / "apps" / name, text.encode())
         ctx.backend.write_bytes(ctx.head, desk / "apps.sh",
                                 desktop_apps.launcher(ctx.job_id, ctx.paths.work, found).encode())

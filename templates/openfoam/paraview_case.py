@@ -3,6 +3,8 @@
 # the solver writes new time directories.
 import glob
 import os
+import sys
+import traceback
 
 from paraview import simple
 
@@ -32,20 +34,55 @@ display = simple.Show(reader, view)
 scene = simple.GetAnimationScene()
 scene.UpdateAnimationUsingDataTimeSteps()
 scene.GoToLast()
-for field in ("p", "U"):
-    if field in reader.CellArrays:
-        simple.ColorBy(display, ("POINTS", field))
-        display.RescaleTransferFunctionToDataRange(True, False)
-        display.SetScalarBarVisibility(view, True)
-        break
-view.ResetCamera()
-simple.Render(view)
+coloured = False
+
+
+def colour():
+    """Colour by pressure (or velocity) once the reader offers it: a case opened before its first fields
+    were written shows a solid colour until then."""
+    global coloured
+    for field in ("p", "U"):
+        if field in reader.PointData.keys():
+            simple.ColorBy(display, ("POINTS", field))
+            display.RescaleTransferFunctionToDataRange(True, False)
+            display.SetScalarBarVisibility(view, True)
+            coloured = True
+            return
+
+
+colour()
+
+
+def has_cells():
+    info = reader.GetDataInformation()
+    return bool(info and info.GetNumberOfCells())
+
+
+def frame():
+    """Fit the camera to the case, once it has cells (drawn first: the camera fits what was drawn)."""
+    global framed
+    simple.Render(view)
+    if has_cells():
+        simple.ResetCamera(view)
+        framed = True
+    simple.Render(view)
+
+
+framed = False  # a case opened before its mesh is complete is framed once it is
+frame()
 shown = list(reader.TimestepValues or [])
 
 
 def refresh(*_):
-    """New time directories: re-read the case's times (ReloadFiles), switch case type if a reconstruct
-    happened, and go to the newest time."""
+    try:
+        update()
+    except Exception:  # a half-synced time directory: the next tick tries again; the session log says why
+        traceback.print_exc(file=sys.__stderr__)
+
+
+def update():
+    """New time directories: re-read the case's times (ReloadFiles), switch the case type when a
+    reconstruct happened, and go to the newest time."""
     global shown
     wanted = case_type()
     if reader.CaseType != wanted:
@@ -53,12 +90,20 @@ def refresh(*_):
     simple.ReloadFiles(reader)
     reader.UpdatePipelineInformation()
     times = list(reader.TimestepValues or [])
-    if times != shown:
-        shown = times
-        scene.UpdateAnimationUsingDataTimeSteps()
-        scene.GoToLast()
+    if times == shown and framed and coloured:
+        return
+    scene.UpdateAnimationUsingDataTimeSteps()
+    scene.GoToLast()
+    reader.UpdatePipeline(times[-1] if times else 0.0)
+    if not coloured:
+        colour()
+    if coloured:
         display.RescaleTransferFunctionToDataRange(False, True)
+    if framed:
         simple.Render(view)
+    else:
+        frame()
+    shown = times  # only once all went through: a failed tick is tried again
 
 
 # The GUI's render window interactor is Qt's (QVTKInteractor): its repeating timer is a QTimer on the GUI

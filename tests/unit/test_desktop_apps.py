@@ -44,12 +44,12 @@ def wait_file(path: Path, timeout: float = 5) -> str:
 
 def test_the_launcher_passes_every_argument_as_one_word_in_the_apps_folder(tmp_path):
     out = tmp_path / "work" / "run-001" / "argv.txt"
-    app = DesktopApp("Echo <&>", ("bash", "-c", 'printf "%s\\n" "$PWD" "$@" > argv.txt', "x", HOSTILE, "two words"),
-                     cwd="run-001")
+    app = DesktopApp("Echo <&>", ("bash", "-c", 'printf "%s\\n" "$PWD" "$@" "$APP_SETTING" > argv.txt', "x", HOSTILE,
+                                  "two words"), cwd="run-001", env={"APP_SETTING": HOSTILE + " env"})
     proc = launch(tmp_path, [app], "--session")
     assert proc.wait(10) == 0
     lines = wait_file(out).splitlines()
-    assert lines == [str(tmp_path / "work" / "run-001"), HOSTILE, "two words"]
+    assert lines == [str(tmp_path / "work" / "run-001"), HOSTILE, "two words", HOSTILE + " env"]
     assert not list(tmp_path.rglob("pwned*")), "a value reached the shell as code"
 
 
@@ -100,6 +100,8 @@ def test_a_missing_program_is_skipped_with_a_note_and_the_others_still_start(tmp
     (DesktopApp("X", ()), "argv"),
     (DesktopApp("X", ("xterm", "a\nb")), "argv"),
     (DesktopApp("X", ("xterm",), files={"../x.py": ""}), "file name"),
+    (DesktopApp("X", ("xterm",), files={"/etc/x.py": ""}), "file name"),
+    (DesktopApp("X", ("xterm",), env={"A B": "1"}), "env"),
     (DesktopApp("", ("xterm",)), "name"),
 ])
 def test_apps_a_launcher_cannot_carry_safely_are_refused_naming_the_field(bad, field):
@@ -139,7 +141,10 @@ def test_openfoam_opens_paraview_on_the_runs_copy_with_its_state_script(tmp_path
     found = OpenFOAM().desktop_apps(OpenFOAMOptions(name="openfoam", application="icoFoam", case=str(case)), ctx)
     paraview = found[0]
     assert paraview.argv == ("paraview", f"--script={ctx.apps_dir / 'paraview_case.py'}")
-    assert (paraview.cwd, paraview.wait_for, paraview.start_with_session) == ("run-001", "system/controlDict", True)
+    assert (paraview.cwd, paraview.wait_for, paraview.start_with_session) == ("run-001", "constant/polyMesh", True)
+    assert paraview.env == {"XDG_CONFIG_HOME": str(ctx.apps_dir / "paraview-config")}
+    # no modal welcome dialog holding the state script back
+    assert "ShowWelcomeDialog=false" in paraview.files["paraview-config/ParaView/ParaView5.11.0.ini"]
     script = paraview.files["paraview_case.py"]
     assert script.startswith("FOAM_FILE = 'my_case.foam'\n")
     compile(script, "paraview_case.py", "exec")  # the state script is Python ParaView can run
@@ -151,5 +156,6 @@ def test_calculix_opens_graphix_on_the_jobs_results_once_written(tmp_path):
     opts = CalculiXOptions.model_validate({"name": "calculix", "input": str(DATA / "cantilever.inp"),
                                            "jobname": "beam"})
     found = CalculiX().desktop_apps(opts, desktop(tmp_path))
-    assert (found[0].argv, found[0].cwd, found[0].wait_for) == (("cgx", "beam.frd"), "run-001", "beam.frd")
+    assert (found[0].argv, found[0].cwd, found[0].wait_for) == (("cgx", "-v", "beam.frd", "beam.inp"), "run-001",
+                                                                  "beam.frd")
     apps.check(found)

@@ -93,7 +93,7 @@ def test_the_session_starts_the_plugins_apps_and_openbox_lists_them_in_its_menu(
     desk = ctx.paths.root / "desktop"
     launcher = (desk / "apps.sh").read_text()
     assert subprocess.run(["bash", "-n", str(desk / "apps.sh")]).returncode == 0
-    assert "start Terminal . '' false xterm" in launcher and "pcmanfm" in launcher  # the command plugin's
+    assert "start Terminal . '' false -- xterm" in launcher and "pcmanfm" in launcher  # the command plugin's
     assert "<command>bash " + str(desk / "apps.sh") + " 1</command>" in (desk / "menu.xml").read_text()
     script = (desk / "session.sh").read_text()
     assert f"--startup 'bash {desk / 'apps.sh'} --session'" in script
