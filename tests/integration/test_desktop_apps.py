@@ -4,6 +4,7 @@ CalculiX GraphiX on a ccx job's results, in the session's Xvnc, as the job's own
 from __future__ import annotations
 
 import base64
+import os
 import re
 import shutil
 import subprocess
@@ -69,8 +70,11 @@ def _owned_app(engine, job_id: str, comm: str, uid: int) -> int:
     """The session's process named `comm` (it runs in the session's process group), checked to be the owner's."""
     desk = JobPaths.for_job(engine.settings.root, job_id).root / "desktop"
     pgid = int((desk / "pgid").read_text())
-    pid = wait_for(lambda: next((p for p, c in session_processes(pgid).items() if c == comm), None), 60,
-                   f"{comm} in the desktop session; apps log:\n" + _log(desk))
+    try:
+        pid = wait_for(lambda: next((p for p, c in session_processes(pgid).items() if c == comm), None), 90,
+                       f"{comm} in the desktop session")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the session's log:\n{_log(desk)}") from None
     uid_line = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("Uid:"))
     assert [int(v) for v in uid_line.split()[1:]] == [uid] * 4, uid_line
     return pid
@@ -104,7 +108,7 @@ def test_an_openfoam_job_shows_paraview_on_its_live_case_as_the_owner(engine, bo
         assert "Welcome to ParaView" not in _windows(rec.display)  # a modal dialog would hold the script back
         # on top of the terminal, focused
         wait_for(lambda: _active_window(rec.display) == window[0], 30, "ParaView focused")
-        _screenshot(engine, job_id, window[1], DOCS / "desktop-paraview.png")
+        _screenshot(engine, job_id, window[1], DOCS / "desktop-paraview.png", next_time=lambda: _new_time(work))
     finally:
         engine.client.terminate(job_id)
         engine.wait_job_terminal(job_id, timeout=60)
@@ -129,7 +133,20 @@ def test_a_calculix_job_shows_graphix_on_its_results_as_the_owner(engine, bob, t
         engine.wait_job_terminal(job_id, timeout=60)
 
 
-def _screenshot(engine, job_id: str, box: tuple[int, int, int, int], target: Path) -> None:
+def _new_time(work: Path) -> None:
+    """A time directory written after ParaView opened the case (as the solver would, here in the work folder
+    the desktop edits): 0.6 with a uniform pressure, so the view must change when ParaView picks it up."""
+    later = work / "0.6"
+    shutil.copytree(work / "0.5", later)
+    p = (later / "p").read_text()
+    (later / "p").write_text(re.sub(r"internalField\s+nonuniform.*?\)\s*;", "internalField uniform 0;", p,
+                                    count=1, flags=re.S))
+    bob = lookup("bob")
+    for path in (later, *later.rglob("*")):  # the owner's, as the solver's files are
+        os.chown(path, bob.uid, bob.gid)
+
+
+def _screenshot(engine, job_id: str, box: tuple[int, int, int, int], target: Path, next_time) -> None:
     """The desktop as a user sees it through noVNC in Chromium, once ParaView has drawn the case: its render
     view shows the colour-mapped pressure field."""
     d = connect.desktop(engine.client, job_id)
@@ -152,11 +169,27 @@ def _screenshot(engine, job_id: str, box: tuple[int, int, int, int], target: Pat
         view = (x + int(w * 0.35), y + int(h * 0.35), int(w * 0.6), int(h * 0.55))
         try:
             wait_for(lambda: driver.execute_script(colours, *view) > 500, 60, "ParaView drawing the case's field")
-        finally:  # (what the desktop showed, also when it never drew the case)
-            # noVNC's canvas itself: headless Chromium's page screenshot can lag behind a canvas drawn into
-            url = driver.execute_script("return document.querySelector('#noVNC_container canvas').toDataURL();")
-            assert url.startswith("data:image/png;base64,")
-            target.write_bytes(base64.b64decode(url.split(",", 1)[1]))
+            _save_canvas(driver, target)
+            # a new time directory: ParaView's timer finds it and shows it, without anyone touching ParaView
+            grab = ("return document.querySelector('#noVNC_container canvas').getContext('2d')"
+                    ".getImageData(...arguments).data")
+            driver.execute_script(f"window.e2eBefore = (() => {{ {grab}; }})();", *view)
+            changed = (f"const now = (() => {{ {grab}; }})(); const was = window.e2eBefore; let n = 0;"
+                       "for (let i = 0; i < now.length; i += 4) if (Math.abs(now[i] - was[i]) > 40"
+                       " || Math.abs(now[i + 1] - was[i + 1]) > 40 || Math.abs(now[i + 2] - was[i + 2]) > 40) n++;"
+                       "return n;")
+            next_time()
+            wait_for(lambda: driver.execute_script(changed, *view) > 1000, 30, "ParaView showing time 0.6")
+        except AssertionError:  # what the desktop showed instead
+            _save_canvas(driver, target.with_name("desktop-paraview-failed.png"))
+            raise
     finally:
         close_chromium(driver)
 
+
+
+def _save_canvas(driver, target: Path) -> None:
+    """noVNC's canvas itself: headless Chromium's page screenshot can lag behind a canvas drawn into."""
+    url = driver.execute_script("return document.querySelector('#noVNC_container canvas').toDataURL();")
+    assert url.startswith("data:image/png;base64,")
+    target.write_bytes(base64.b64decode(url.split(",", 1)[1]))

@@ -44,6 +44,7 @@ def wait_file(path: Path, timeout: float = 5) -> str:
 
 def test_the_launcher_passes_every_argument_as_one_word_in_the_apps_folder(tmp_path):
     out = tmp_path / "work" / "run-001" / "argv.txt"
+    out.parent.mkdir(parents=True)
     app = DesktopApp("Echo <&>", ("bash", "-c", 'printf "%s\\n" "$PWD" "$@" "$APP_SETTING" > argv.txt', "x", HOSTILE,
                                   "two words"), cwd="run-001", env={"APP_SETTING": HOSTILE + " env"})
     proc = launch(tmp_path, [app], "--session")
@@ -55,6 +56,7 @@ def test_the_launcher_passes_every_argument_as_one_word_in_the_apps_folder(tmp_p
 
 def test_only_session_apps_start_with_the_session_and_the_menu_number_starts_one(tmp_path):
     work = tmp_path / "work"
+    work.mkdir()
     first = DesktopApp("A", ("touch", "a-started"))
     menu_only = DesktopApp("B", ("touch", "b-started"), start_with_session=False)
     assert launch(tmp_path, [first, menu_only], "--session").wait(10) == 0
@@ -72,10 +74,14 @@ def wait_file_exists(path: Path, timeout: float = 5) -> None:
         time.sleep(0.02)
 
 
-def test_an_app_waiting_for_its_results_starts_once_they_appear(tmp_path):
+def test_an_app_waiting_for_its_folder_and_results_starts_once_they_appear_and_creates_neither(tmp_path):
+    (tmp_path / "work").mkdir()
     run = tmp_path / "work" / "run-001"
     app = DesktopApp("Viewer", ("touch", "viewer-started"), cwd="run-001", wait_for="job.frd")
     assert launch(tmp_path, [app], "--session").wait(10) == 0  # the launcher itself never waits
+    time.sleep(1.2)
+    assert not run.exists(), "the launcher made the run's folder in the synced work folder"
+    run.mkdir()  # as the sync does when the run starts
     time.sleep(1.2)
     assert not (run / "viewer-started").exists()
     (run / "job.frd").write_text("results")
@@ -84,6 +90,7 @@ def test_an_app_waiting_for_its_results_starts_once_they_appear(tmp_path):
 
 def test_a_missing_program_is_skipped_with_a_note_and_the_others_still_start(tmp_path):
     work = tmp_path / "work"
+    work.mkdir()
     found = [DesktopApp("Files", ("no-such-file-manager", "."), optional=True),
              DesktopApp("Viewer", ("no-such-viewer",)), DesktopApp("Touch", ("touch", "started"))]
     assert launch(tmp_path, found, "--session").wait(10) == 0
