@@ -18,14 +18,14 @@ from orchestrator.desktop.access import EVERYWHERE, is_everywhere, resolve, spli
 from orchestrator.desktop.rfb import RFBError, handshake
 from orchestrator.desktop.secrets import DesktopSecret, DesktopSecrets
 from orchestrator.desktop.vncauth import passwd_file
-from orchestrator.model.errors import BackendError, UserError
+from orchestrator.model.errors import BackendError, PluginError, UserError
 from orchestrator.model.events import EventKind
 from orchestrator.model.identity import Account
 from orchestrator.model.records import DesktopRecord, Job
 from orchestrator.model.rendering import Raw, render
 from orchestrator.model.services import JobService, ServiceContext
 from orchestrator.model.states import DesktopState
-from solvers.base import DesktopApp, DesktopContext, registry
+from solvers.base import DesktopApp, DesktopContext, registry, terminal_and_files
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 GATEWAY_SOURCE = Path(__file__).with_name("gateway.py")
@@ -187,8 +187,13 @@ class DesktopService(JobService):
     def apps(self, ctx: ServiceContext, desk: Path) -> list[DesktopApp]:
         """What the job's solver plugin puts on the desktop, checked (the engine itself knows no solver)."""
         plugin = registry().get(ctx.spec.solver.name)
-        found = plugin.desktop_apps(ctx.spec.solver, DesktopContext(ctx.job_id, ctx.job.current_run, desk / "apps"))
-        return desktop_apps.check(list(found))
+        try:
+            found = plugin.desktop_apps(ctx.spec.solver, DesktopContext(ctx.job_id, ctx.job.current_run, desk / "apps"))
+            return desktop_apps.check(list(found))
+        except PluginError as exc:  # a plugin's mistake costs its apps, not the desktop
+            ctx.store.append_event(ctx.job_id, EventKind.WARNING, {
+                "service": self.name, "message": f"{plugin.name} desktop apps refused ({exc}); a terminal instead"})
+            return terminal_and_files()
 
     def _write_apps(self, ctx: ServiceContext, desk: Path) -> None:
         """The apps' helper files, their launcher (apps.sh) and the openbox menu listing them (menu.xml)."""
