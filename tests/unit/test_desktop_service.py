@@ -75,8 +75,14 @@ def test_a_head_node_without_xvnc_fails_the_desktop_with_the_package_to_install(
     assert desktop_record(ctx.store.get_job(ctx.job_id)).state is DesktopState.STOPPED
 
 
-def test_session_files_keep_secrets_private_and_the_script_parses(ctx, no_xvnc_path, monkeypatch):
-    monkeypatch.setenv("PATH", no_xvnc_path)
+def without_xvnc(ctx: ServiceContext, path: str) -> ServiceContext:
+    """The context with a session PATH lacking Xvnc (E2E_JOB_PATH): the session fails at once, nothing stays up."""
+    settings = ctx.settings.model_copy(update={"job_path": path})
+    return dataclasses.replace(ctx, settings=settings, backend=LocalBackend(settings))
+
+
+def test_session_files_keep_secrets_private_and_the_script_parses(ctx, no_xvnc_path):
+    ctx = without_xvnc(ctx, no_xvnc_path)
     DesktopService().start(ctx)
     desk = ctx.paths.root / "desktop"
     assert oct(desk.stat().st_mode & 0o777) == "0o700"  # passwd and the gateway's token live in here
@@ -87,8 +93,8 @@ def test_session_files_keep_secrets_private_and_the_script_parses(ctx, no_xvnc_p
     assert str(ctx.paths.work) in script
 
 
-def test_the_session_starts_the_plugins_apps_and_openbox_lists_them_in_its_menu(ctx, no_xvnc_path, monkeypatch):
-    monkeypatch.setenv("PATH", no_xvnc_path)
+def test_the_session_starts_the_plugins_apps_and_openbox_lists_them_in_its_menu(ctx, no_xvnc_path):
+    ctx = without_xvnc(ctx, no_xvnc_path)
     DesktopService().start(ctx)
     desk = ctx.paths.root / "desktop"
     launcher = (desk / "apps.sh").read_text()
