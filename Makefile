@@ -20,8 +20,11 @@ TEST_PACKAGES := $(DEMO_PACKAGES) redis-server
 # Recommends of TigerVNC), openbox, noVNC over websockify; its tests also load noVNC in chromium and check
 # firewall rules with nft.
 DESKTOP_PACKAGES := tigervnc-standalone-server tigervnc-tools xfonts-base openbox xterm novnc websockify
+# The solvers' apps on the desktop: ParaView (its Python, for --script, is a separate package), CalculiX
+# GraphiX, the optional file manager; xwininfo/xprop (x11-utils) let the tests look inside the session.
+DESKTOP_APP_PACKAGES := paraview python3-paraview calculix-cgx pcmanfm x11-utils
 LEAN_TEST_PACKAGES := $(SSH_PACKAGES) $(SLURM_PACKAGES) $(PLUGIN_PACKAGES) $(DESKTOP_PACKAGES) \
-                      chromium chromium-driver nftables
+                      $(DESKTOP_APP_PACKAGES) chromium chromium-driver nftables
 
 .PHONY: demo test lint typecheck unit integration bench resilience ccx-conformance setup openapi system-deps-demo system-deps-test clean
 

@@ -126,6 +126,36 @@ class Outcome:
     reason: str
 
 
+@dataclass(frozen=True)
+class DesktopApp:
+    """A program a plugin puts on the job's desktop: started with the session and listed in its menu."""
+
+    name: str                           # the menu's label
+    argv: tuple[str, ...]               # the program and its arguments, each passed as one quoted word
+    cwd: str = "."                      # where it starts, relative to the job's work folder
+    start_with_session: bool = True     # False: only in the menu
+    wait_for: str | None = None         # relative to cwd: start once this exists (results written later)
+    optional: bool = False              # a missing program is skipped with a note either way; optional
+                                        # ones are expected to be missing on lean head nodes
+    files: dict[str, str] = field(default_factory=dict)  # helper files by relative path, into apps_dir first
+    env: dict[str, str] = field(default_factory=dict)    # set for this app only
+
+
+@dataclass(frozen=True)
+class DesktopContext:
+    """What the desktop service tells a plugin about the desktop it furnishes."""
+
+    job_id: str
+    run_id: str                   # the run the desktop shows: its copy is <work folder>/<run_id>/
+    apps_dir: Path                # on the head node: where DesktopApp.files land (absolute, for argv)
+
+
+def terminal_and_files(cwd: str = ".") -> list[DesktopApp]:
+    """The default desktop: a terminal in the folder, and a file manager on it where one is installed."""
+    return [DesktopApp("Terminal", ("xterm", "-geometry", "100x30+40+40"), cwd=cwd),
+            DesktopApp("Files", ("pcmanfm", "."), cwd=cwd, start_with_session=False, optional=True)]
+
+
 class RunFiles(Protocol):
     """The narrow file access a plugin gets to a live run directory (the engine routes it to the node)."""
 
@@ -165,6 +195,11 @@ class SolverPlugin(ABC):
         series name ({"fc/Cd": [[x, y], ...]}). `state` is this file's own memory between reads (a header's
         column names), JSON-able, stored by the engine; set state["skip"] to stop reading a file."""
         return {}
+
+    def desktop_apps(self, options: SolverOptions, ctx: DesktopContext) -> list[DesktopApp]:
+        """What the job's desktop shows (the first app is its main window); by default a terminal and a file
+        manager on the work folder. Override to open the solver's post-processor on the live run."""
+        return terminal_and_files()
 
     def judge_exit(self, exit_code: int, log_tail: str) -> Outcome:
         """Decide success from the exit code and the end of the log (override for solvers that lie)."""

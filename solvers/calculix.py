@@ -11,6 +11,8 @@ from pydantic import Field
 from orchestrator.model.errors import UserError
 
 from .base import (
+    DesktopApp,
+    DesktopContext,
     LaunchContext,
     Outcome,
     Prepared,
@@ -20,6 +22,7 @@ from .base import (
     SolverOptions,
     SolverPlugin,
     copy_if_absent,
+    terminal_and_files,
 )
 from .calculix_deck import DeckError, DeckFile, instrumented, read_deck, restart_deck, structure
 from .series import parse_ccx_cvg, parse_ccx_sta
@@ -121,6 +124,14 @@ class CalculiX(SolverPlugin):
         except DeckError as exc:
             raise UserError(f"calculix: {exc}; rerun instead") from None
         return jobname, periods
+
+    def desktop_apps(self, options: CalculiXOptions, ctx: DesktopContext) -> list[DesktopApp]:
+        """CalculiX GraphiX on the job's results (<job>.frd, once ccx wrote it), then the defaults."""
+        # cgx(1): -v (the default) reads a .frd result file, and the optional solver input beside it gives
+        # the sets and loads of the calculation. It reads the file once: reopen it from the menu for newer steps.
+        cgx = DesktopApp("CalculiX GraphiX", ("cgx", "-v", f"{options.jobname}.frd", f"{options.jobname}.inp"),
+                         cwd=ctx.run_id, wait_for=f"{options.jobname}.frd")
+        return [cgx, *terminal_and_files(ctx.run_id)]
 
     def series_files(self) -> tuple[str, ...]:
         return ("*.sta", "*.cvg")  # increments and equilibrium iterations, one file each per attempt

@@ -16,6 +16,8 @@ from orchestrator.model.errors import SpecError
 from orchestrator.model.spec import check_input_dir, resolve_input_path
 
 from .base import (
+    DesktopApp,
+    DesktopContext,
     LaunchContext,
     Outcome,
     Prepared,
@@ -25,11 +27,14 @@ from .base import (
     SolverOptions,
     SolverPlugin,
     copy_if_absent,
+    terminal_and_files,
 )
 from .openfoam_steps import MAX_STEPS, STEP_FAILED, Step, check_steps, derived_steps, step_logs, template_steps
 from .series import parse_foam_table
 
 WORD = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
+PARAVIEW_SCRIPT = Path(__file__).resolve().parent.parent / "templates" / "openfoam" / "paraview_case.py"
+PARAVIEW_SETTINGS = "paraview-config/ParaView/ParaView5.11.0.ini"  # Qt settings, read before the script runs
 FOAM_DIR = "/usr/share/openfoam"   # Debian's package; WM_PROJECT_DIR is all its binaries need
 _TIME = re.compile(r"^Time = (\S+)", re.M)
 _RESIDUAL = re.compile(r"Solving for (\w+), Initial residual = ([-+0-9.eE]+)")
@@ -156,6 +161,19 @@ class OpenFOAM(SolverPlugin):
             env={"WM_PROJECT_DIR": os.environ.get("WM_PROJECT_DIR", FOAM_DIR)},
             info={"steps": _describe(steps)} if steps else {},
         )
+
+    def desktop_apps(self, options: OpenFOAMOptions, ctx: DesktopContext) -> list[DesktopApp]:
+        """ParaView on the run's live copy (its built-in reader on an empty <case>.foam), once the mesh is there
+        (blockMesh may still be to run: a reader opened on no mesh only shows errors), then the defaults."""
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", options.case.name).strip(".") or "case"
+        script = f"FOAM_FILE = {name + '.foam'!r}\n" + PARAVIEW_SCRIPT.read_text()
+        # Its own settings folder: the modal welcome dialog would otherwise hold the script back until closed
+        settings = "[General]\nGeneralSettings.ShowWelcomeDialog=false\n"
+        paraview = DesktopApp("ParaView", ("paraview", f"--script={ctx.apps_dir / 'paraview_case.py'}"),
+                              cwd=ctx.run_id, wait_for="constant/polyMesh",
+                              files={"paraview_case.py": script, PARAVIEW_SETTINGS: settings},
+                              env={"XDG_CONFIG_HOME": str(ctx.apps_dir / "paraview-config")})
+        return [paraview, *terminal_and_files(ctx.run_id)]
 
     def series_files(self) -> tuple[str, ...]:
         return ("postProcessing/*/*/*",)  # function objects: <name>/<startTime>/<file>

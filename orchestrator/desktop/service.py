@@ -14,18 +14,20 @@ from typing import Any, Iterator
 
 from orchestrator.cluster.base import NodeUnreachable
 from orchestrator.cluster.identity import account_for
+from orchestrator.desktop import apps as desktop_apps
 from orchestrator.desktop import nodes
 from orchestrator.desktop.access import EVERYWHERE, is_everywhere, resolve, split_families
 from orchestrator.desktop.rfb import RFBError, handshake
 from orchestrator.desktop.secrets import DesktopSecret, DesktopSecrets
 from orchestrator.desktop.vncauth import passwd_file
-from orchestrator.model.errors import BackendError, UserError
+from orchestrator.model.errors import BackendError, PluginError, UserError
 from orchestrator.model.events import EventKind
 from orchestrator.model.identity import Account
 from orchestrator.model.records import DesktopRecord, Job
 from orchestrator.model.rendering import Raw, render
 from orchestrator.model.services import JobService, ServiceContext
 from orchestrator.model.states import DesktopState
+from solvers.base import DesktopApp, DesktopContext, registry, terminal_and_files
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 GATEWAY_SOURCE = Path(__file__).with_name("gateway.py")
@@ -174,6 +176,7 @@ class DesktopService(JobService):
             "activity_every": ACTIVITY_EVERY,
         }).encode())
         nodes.write_private(ctx.backend, ctx.head, desk / "e2e.env", self.session_env(ctx, secret).encode())
+        self._write_apps(ctx, desk)
         write("session.sh", self.session_script(ctx, desk).encode())
         restarts = rec.restarts
         self._set_state(ctx, STARTING, {"restarts": restarts} if restarts else {}, restarts=restarts,
@@ -196,6 +199,28 @@ class DesktopService(JobService):
         if nodes.is_loopback(ctx.head) and (engine_bin / "e2e").exists():  # this machine: the engine's own CLI
             lines.append(f"PATH={shlex.quote(str(engine_bin))}:\"$PATH\"")
         return "\n".join(lines) + "\n"
+    def apps(self, ctx: ServiceContext, desk: Path) -> list[DesktopApp]:
+        """What the job's solver plugin puts on the desktop, checked (the engine itself knows no solver)."""
+        plugin = registry().get(ctx.spec.solver.name)
+        try:
+            found = plugin.desktop_apps(ctx.spec.solver, DesktopContext(ctx.job_id, ctx.job.current_run, desk / "apps"))
+            return desktop_apps.check(list(found))
+        except PluginError as exc:  # a plugin's mistake costs its apps, not the desktop
+            ctx.store.append_event(ctx.job_id, EventKind.WARNING, {
+                "service": self.name, "message": f"{plugin.name} desktop apps refused ({exc}); a terminal instead"})
+            return terminal_and_files()
+
+    def _write_apps(self, ctx: ServiceContext, desk: Path) -> None:
+        """The apps' helper files, their launcher (apps.sh) and the openbox menu listing them (menu.xml)."""
+        found = self.apps(ctx, desk)
+        nodes.make_dirs(ctx.backend, ctx.head, desk / "apps", 0o700)
+        for app in found:
+            for name, text in app.files.items():
+                nodes.make_dirs(ctx.backend, ctx.head, (desk / "apps" / name).parent, 0o700)
+                ctx.backend.write_bytes(ctx.head, desk / "apps" / name, text.encode())
+        ctx.backend.write_bytes(ctx.head, desk / "apps.sh",
+                                desktop_apps.launcher(ctx.job_id, ctx.paths.work, found).encode())
+        ctx.backend.write_bytes(ctx.head, desk / "menu.xml", desktop_apps.menu(desk / "apps.sh", found).encode())
 
     def session_script(self, ctx: ServiceContext, desk: Path) -> str:
         spec = ctx.spec.desktop
@@ -207,8 +232,8 @@ class DesktopService(JobService):
             "home": str(home) if home else "", "geometry": spec.geometry, "depth": spec.depth,
             "title": f"{ctx.job.name or 'job'} ({ctx.job_id})", "novnc_dir": NOVNC_DIR,
             "blacklist_threshold": BLACKLIST_THRESHOLD,
-            # openbox runs its startup command from $HOME: the terminal changes to the work folder itself
-            "startup": "bash -c 'cd \"$E2E_WORK\" && exec xterm -geometry 100x30+40+40 -title \"$E2E_TITLE\"'",
+            # openbox runs its startup command: the plugin's apps, each in its folder of the work folder
+            "startup": f"bash {desk / 'apps.sh'} --session",
         })
 
     def _check_starting(self, ctx: ServiceContext, rec: DesktopRecord) -> DesktopState:

@@ -93,6 +93,30 @@ def test_session_files_keep_secrets_private_and_the_script_parses(ctx, no_xvnc_p
     assert str(ctx.paths.work) in script
 
 
+def test_the_session_starts_the_plugins_apps_and_openbox_lists_them_in_its_menu(ctx, no_xvnc_path):
+    ctx = without_xvnc(ctx, no_xvnc_path)
+    DesktopService().start(ctx)
+    desk = ctx.paths.root / "desktop"
+    launcher = (desk / "apps.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(desk / "apps.sh")]).returncode == 0
+    assert "start Terminal . '' false -- xterm" in launcher and "pcmanfm" in launcher  # the command plugin's
+    assert "<command>bash " + str(desk / "apps.sh") + " 1</command>" in (desk / "menu.xml").read_text()
+    script = (desk / "session.sh").read_text()
+    assert f"--startup 'bash {desk / 'apps.sh'} --session'" in script
+    assert '<file>$desk/menu.xml</file>' in script and '--config-file "$desk/rc.xml"' in script
+
+
+def test_a_plugins_unsafe_app_costs_its_apps_not_the_desktop(ctx, monkeypatch):
+    from solvers.base import DesktopApp
+    from solvers.command import Command
+
+    monkeypatch.setattr(Command, "desktop_apps", lambda self, options, dctx: [DesktopApp("X", ("x",), cwd="../out")])
+    found = DesktopService().apps(ctx, ctx.paths.root / "desktop")
+    assert [a.argv[0] for a in found] == ["xterm", "pcmanfm"]
+    warnings = [e.data["message"] for e in ctx.store.events(ctx.job_id) if e.kind is EventKind.WARNING]
+    assert any("cwd '../out' must be relative" in w for w in warnings), warnings
+
+
 def test_session_script_quotes_hostile_paths(ctx, tmp_path):
     from dataclasses import replace
 

@@ -215,7 +215,8 @@ def test_desktop_runs_on_the_ssh_head_node_and_the_tunnel_reaches_it(cluster, en
         except subprocess.TimeoutExpired:
             tunnel.kill()
             _, tunnel_err = tunnel.communicate()
-            raise AssertionError(f"`e2e desktop --tunnel --run` still up 30 s after Ctrl-C: {tunnel_err[-2000:]}")
+            raise AssertionError("`e2e desktop --tunnel --run` still up 30 s after Ctrl-C: "
+                                 f"{tunnel_err[-2000:]}") from None
     assert tunnel.returncode == 0, tunnel_err
 
     # the web client through the API: with every packet to the gateway's port dropped in the head node's own
