@@ -2,8 +2,9 @@
 
 How the pieces fit:
 - service.py   SyncService (entry point `orchestrator.services: sync`): starts one detached process per job
-               on the head node, restarts it, forwards its events to the job's stream, asks it for a final
-               pass on terminate. Controlled through files in <job>/.sync/ read and written via the backend.
+               that has a consumer for it (a desktop; a node with its own disk), restarts it, forwards its
+               events to the job's stream, asks it for a final pass on terminate. Controlled through files
+               in <job>/.sync/ read and written via the backend.
 - daemon.py    that process: inotify (watchdog) reports changed folders, a pass syncs them; every 3 s a
                full rescan is the safety net. runs/<run-id>/ <-> work/<run-id>/, one pair per run.
 - engine.py    one pass of one pair: per-path state of both sides, the rules (one side changed -> copy or

@@ -118,10 +118,9 @@ def _walk(root: Path) -> Iterator[tuple[str, str, str]]:
         except FileNotFoundError:
             continue
         for de in entries:
-            secret = de.name in SECRET_BEARING and (not rel_dir or rel_dir.startswith(".e2e"))
-            if secret or scratch_name(de.name):
-                continue
             rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
+            if _left_out(rel):
+                continue
             if de.is_symlink():
                 target = os.readlink(de.path)
                 if link_stays_inside(root, rel, target):
@@ -130,6 +129,13 @@ def _walk(root: Path) -> Iterator[tuple[str, str, str]]:
                 stack.append((rel, Path(de.path)))
             elif de.is_file(follow_symlinks=False):
                 yield rel, "f", ""
+
+
+def _left_out(rel: str) -> bool:
+    """The run wrapper (top level or under .e2e/: it may export licence settings), temp, lock, core and scratch
+    files."""
+    folder, _, name = rel.rpartition("/")
+    return (name in SECRET_BEARING and (not folder or folder.startswith(".e2e"))) or scratch_name(name)
 
 
 def _copy_hashing(src: Path, dest: Path, by_hash: dict[str, Path]) -> tuple[str, int]:
@@ -153,30 +159,38 @@ def _copy_hashing(src: Path, dest: Path, by_hash: dict[str, Path]) -> tuple[str,
 
 
 class LiveFiles(ResultsStore):
-    """A running job's work folder seen as a (read-only) store: listed and downloaded like results, without
-    checksums (files still change)."""
+    """A running job's files seen as a (read-only) store, under the names its results will have: the work
+    folder (`work/`) and each run directory (`runs/<run>/`), listed and downloaded like results, without
+    checksums (files still change). A run directory is the engine's copy: the live one on shared storage, the
+    live sync's mirror from a node with its own disk (staged back at the run's end at the latest)."""
 
-    def __init__(self, work: Path) -> None:
-        self.work = Path(work)
+    def __init__(self, sources: dict[str, Path]) -> None:
+        self.sources = {prefix: Path(root) for prefix, root in sources.items()}
 
     def location(self, job_id: str) -> str:
-        return str(self.work)
+        return str(self.sources["work"])
 
     def manifest(self, job_id: str) -> dict[str, Any] | None:
         files = []
-        for rel, kind, _ in _walk(self.work):
-            if kind == "f":
-                try:
-                    st = os.stat(self.work / rel)
-                except FileNotFoundError:
-                    continue  # deleted while listed
-                files.append({"path": f"work/{rel}", "size": st.st_size, "mtime": st.st_mtime, "sha256": None})
+        for prefix, root in self.sources.items():
+            for rel, kind, _ in _walk(root):
+                if kind == "f":
+                    try:
+                        st = os.stat(root / rel)
+                    except FileNotFoundError:
+                        continue  # deleted while listed
+                    files.append({"path": f"{prefix}/{rel}", "size": st.st_size, "mtime": st.st_mtime,
+                                  "sha256": None})
         return {"job": job_id, "live": True, "files": files, "links": [], "bytes": sum(f["size"] for f in files)}
 
     def open(self, job_id: str, rel: str) -> BinaryIO:
-        if not rel.startswith("work/"):
-            raise NotFound(f"{rel!r} is not in the work folder")
-        return open_confined(self.work, rel[len("work/"):])
+        for prefix, root in self.sources.items():
+            if rel.startswith(prefix + "/"):
+                inner = rel[len(prefix) + 1:]
+                if prefix != "work" and _left_out(inner):  # what results never hold, the live view does not serve
+                    break
+                return open_confined(root, inner)
+        raise NotFound(f"{rel!r} is not in the job's work folder or run directories")
 
     def put(self, job_id: str, sources: dict[str, Path]) -> dict[str, Any]:
         raise InfrastructureError("the live work folder is read-only here")
@@ -188,22 +202,26 @@ def results_store(home: Path) -> ResultsStore:
 
 
 def files_of(home: Path, job: Job) -> ResultsStore:
-    """Where a job's files are read from: its stored results once it has them, the live work folder before."""
+    """Where a job's files are read from: its stored results once it has them, the live folders before."""
     store = results_store(home)
     if job.state is JobState.TERMINATED or store.manifest(job.id) is not None:
         return store
-    return LiveFiles(JobPaths.for_job(home, job.id).work)
+    return LiveFiles(result_sources(JobPaths.for_job(home, job.id)))
 
 
-def store_results(ctx: ServiceContext) -> dict[str, Any]:
-    """After the final sync: store the work folder and every run directory; a summary for the job record."""
-    paths = ctx.paths
+def result_sources(paths: JobPaths) -> dict[str, Path]:
+    """What a job's results hold, by name: the work folder and every run directory."""
     sources: dict[str, Path] = {"work": paths.work}
     if paths.runs.is_dir():
         for run in sorted(d.name for d in os.scandir(paths.runs) if d.is_dir(follow_symlinks=False)):
             sources[f"runs/{run}"] = paths.run(run).root
+    return sources
+
+
+def store_results(ctx: ServiceContext) -> dict[str, Any]:
+    """After the final sync: store the work folder and every run directory; a summary for the job record."""
     store = results_store(ctx.settings.root)
-    manifest = store.put(ctx.job_id, sources)
+    manifest = store.put(ctx.job_id, result_sources(ctx.paths))
     return {"location": store.location(ctx.job_id), "files": len(manifest["files"]), "bytes": manifest["bytes"]}
 
 

@@ -66,9 +66,16 @@ class SyncService(JobService):
     name = "sync"
 
     def wanted(self, ctx: ServiceContext) -> bool:
-        # Shared storage: the process sees the run directories itself. Nodes with their own disks: it lists
-        # them over ssh and mirrors them into the engine's runs/ (orchestrator/sync/nodelink.py).
-        return shares_storage(ctx) or ctx.backend.name == "ssh"
+        """Only where something consumes the copy: a process per job that nobody reads costs ~50 MB and a
+        supervise call per pass, for nothing.
+        - Nodes with their own disks (ssh): always. The process lists the node's run directories over ssh and
+          mirrors them into the engine's runs/ (orchestrator/sync/nodelink.py): the copy a restart on another
+          node starts from when the node dies before its run ends (and stage-out never happens).
+        - Shared storage: only for a desktop, whose apps look at the work folder. Without one, the run
+          directories are the engine's own files already: the live file listing reads them (runs/<run>/)."""
+        if not shares_storage(ctx):
+            return ctx.backend.name == "ssh"
+        return bool(ctx.spec.desktop.enabled)
 
     # -- the contract
     def start(self, ctx: ServiceContext) -> None:

@@ -207,7 +207,7 @@ def test_downloads_never_read_or_write_outside(esc, tmp_path):
     esc.check("download into a folder with a symlink on the way", to2)
 
     # live files: listed, then a listed file is swapped for a symlink to outside before the download reads it
-    live = LiveFiles(work)
+    live = LiveFiles({"work": work})
     listed = live.manifest("job1")
     assert [f["path"] for f in listed["files"]] == ["work/run-001/log"]
     (work / "run-001" / "log").unlink()
@@ -218,7 +218,7 @@ def test_downloads_never_read_or_write_outside(esc, tmp_path):
         def manifest(self, job_id):
             return listed
     try:
-        download(Frozen(work), "job1", "work/run-001/log", to3)
+        download(Frozen({"work": work}), "job1", "work/run-001/log", to3)
     except (UserError, OSError):
         refused += 1
     esc.check("live download of a file swapped for a symlink", to3)

@@ -85,6 +85,43 @@ def test_sync_runs_with_the_job_and_results_are_complete_after_terminate(engine,
     assert bad.returncode == 2 and "stay inside" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_a_batch_job_on_shared_storage_has_no_sync_process_and_its_live_files_are_its_run(engine, tmp_path):
+    (tmp_path / "params.txt").write_text("value=1\n")
+    client = engine.client
+    job_id = client.submit_data({"name": "no-sync", "desktop": {"enabled": False}, "solver": {
+        "name": "command", "command": ["bash", "-c", SOLVER], "inputs": [str(tmp_path / "params.txt")]}})
+    paths = JobPaths.for_job(engine.settings.root, job_id)
+    run_dir = paths.run("run-001").root
+    # Given the job runs and its solver writes (no desktop: nothing consumes a copy in the work folder)
+    wait_for(lambda: (run_dir / "out dir" / "step 03.txt").exists(), 60, "the first outputs in runs/run-001")
+    # Then no sync process was started for it (the engine spent no process on this job)
+    assert not paths.sync.pid.exists() and not any((paths.work).iterdir())
+    daemons = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline_has(p, b"orchestrator.sync.daemon",
+                                                                               str(paths.root).encode())]
+    assert daemons == []
+    # And `e2e files` lists the run directory live, under the names its results will have, and downloads
+    live = json.loads(e2e(engine, "files", job_id, "--json").stdout)
+    names = {f["path"] for f in live["files"]}
+    assert live["live"] and {"runs/run-001/params.txt", "runs/run-001/out dir/step 02.txt"} <= names
+    assert not any(n.endswith("wrapper.sh") for n in names)
+    e2e(engine, "download", job_id, "runs/run-001/out dir/step 02.txt", "--to", str(tmp_path / "dl"))
+    assert (tmp_path / "dl" / "step 02.txt").read_text() == "value=1\n"
+    # When it is terminated, its results hold the run, and no sync state was ever reported
+    client.terminate(job_id)
+    assert engine.wait_job_terminal(job_id, timeout=120).state is JobState.TERMINATED
+    stored = {f["path"] for f in results_store(engine.settings.root).manifest(job_id)["files"]}
+    assert "runs/run-001/out dir/step 02.txt" in stored
+    assert not any(e.kind is EventKind.SYNC_STATE for e in client.events(job_id))
+
+
+def _cmdline_has(pid: str, *parts: bytes) -> bool:
+    try:
+        line = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return all(part in line for part in parts)
+
+
 def e2e(engine, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "E2E_HOME": str(engine.settings.root), "E2E_REDIS_URL": engine.settings.redis_url}
     proc = subprocess.run([E2E, *args], env=env, capture_output=True, text=True, timeout=60, check=False)

@@ -40,7 +40,8 @@ def test_outputs_written_on_an_ssh_node_reach_the_work_folder_and_edits_go_back(
     engine, cluster = ssh_sync_engine
     (tmp_path / "params.txt").write_text("value=1\n")
     client = engine.client
-    job_id = client.submit_data({"name": "sync-ssh", "desktop": {"enabled": False},
+    # a desktop: the consumer the live sync of shared storage runs for (SyncService.wanted)
+    job_id = client.submit_data({"name": "sync-ssh", "desktop": {"enabled": True},
                                  "cluster": {"backend": "ssh", "nodes": 1},
                                  "solver": {"name": "command", "command": ["bash", "-c", SOLVER],
                                             "inputs": [str(tmp_path / "params.txt")]}})

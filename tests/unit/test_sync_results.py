@@ -85,15 +85,19 @@ def test_a_damaged_file_is_not_handed_out(job, tmp_path):
     assert not (tmp_path / "d" / HOSTILE[0]).exists()
 
 
-def test_live_files_list_the_work_folder(job, tmp_path):
-    _, _, work, _ = job
-    live = LiveFiles(work)
+def test_live_files_list_what_the_results_will_hold(job, tmp_path):
+    store, stored, work, run = job
+    live = LiveFiles({"work": work, "runs/run-001": run})
     listed = live.manifest("job1")
-    assert listed["live"] and {f["path"] for f in listed["files"]} == {
-        f"work/run-001/{n}" for n in [*HOSTILE, "big.bin"]}
+    # the same names as the stored results (a job without a desktop has no live sync into work/: its run
+    # directories are what there is to see while it runs)
+    assert listed["live"] and {f["path"] for f in listed["files"]} == {f["path"] for f in stored["files"]}
     assert download(live, "job1", "work/run-001/big.bin", tmp_path / "l") == ["big.bin"]
-    with pytest.raises(NotFound):
-        live.open("job1", "runs/run-001/big.bin")
+    assert download(live, "job1", "runs/run-001/big.bin", tmp_path / "r") == ["big.bin"]
+    assert (tmp_path / "r" / "big.bin").read_bytes() == (run / "big.bin").read_bytes()
+    for hidden in ("runs/run-001/.e2e/attempt-1/wrapper.sh", "runs/run-001/case.lock", "elsewhere/big.bin"):
+        with pytest.raises(NotFound):
+            live.open("job1", hidden)
 
 
 def test_a_job_without_any_file_still_gets_its_results_stored(tmp_path):

@@ -17,21 +17,28 @@ from orchestrator.model.states import JobState
 from orchestrator.sync.service import SyncService, _Host
 
 
-def _ctx(backend) -> ServiceContext:
+def _ctx(backend, desktop: bool = True) -> ServiceContext:
     node = Node("node-01", "10.0.0.2", 1, Path("/var/tmp/e2e"))
-    return ServiceContext(job=Job(id="j", state=JobState.UP), spec=None, backend=backend, nodes=[node],
+    spec = SimpleNamespace(desktop=SimpleNamespace(enabled=desktop))
+    return ServiceContext(job=Job(id="j", state=JobState.UP), spec=spec, backend=backend, nodes=[node],
                           paths=JobPaths(Path("/x")), store=None, settings=None)
 
 
-@pytest.mark.parametrize(("backend", "wanted"), [
-    (SimpleNamespace(name="local"), True),
-    (SimpleNamespace(name="slurm"), True),
-    (SimpleNamespace(name="ssh", spec=lambda node: SimpleNamespace(shared_storage=True)), True),
-    (SimpleNamespace(name="ssh", spec=lambda node: SimpleNamespace(shared_storage=False)), True),
-    (SimpleNamespace(name="cloud"), False),  # an unknown backend: nothing assumed about its storage
+SHARED_SSH = SimpleNamespace(name="ssh", spec=lambda node: SimpleNamespace(shared_storage=True))
+OWN_DISK_SSH = SimpleNamespace(name="ssh", spec=lambda node: SimpleNamespace(shared_storage=False))
+
+
+@pytest.mark.parametrize(("backend", "with_desktop", "without_desktop"), [
+    (SimpleNamespace(name="local"), True, False),
+    (SimpleNamespace(name="slurm"), True, False),
+    (SHARED_SSH, True, False),
+    # the engine's mirror of a node's own disk is what a restart elsewhere starts from: kept either way
+    (OWN_DISK_SSH, True, True),
+    (SimpleNamespace(name="cloud"), False, False),  # an unknown backend: nothing assumed about its storage
 ])
-def test_the_sync_runs_where_it_reaches_both_folders(backend, wanted):
-    assert SyncService().wanted(_ctx(backend)) is wanted
+def test_the_sync_runs_only_where_a_consumer_reads_its_copy(backend, with_desktop, without_desktop):
+    assert SyncService().wanted(_ctx(backend, desktop=True)) is with_desktop
+    assert SyncService().wanted(_ctx(backend, desktop=False)) is without_desktop
 
 
 @pytest.mark.parametrize("shared", [True, False])
