@@ -74,6 +74,7 @@ bench: system-deps-test $(STAMP)
 	$(PY) bench/api.py
 	$(PY) bench/notify.py --samples 60
 	$(PY) bench/rules.py
+	$(PY) bench/scale.py --sizes 50,300
 
 # The hardening suites (tests/faults) and one table of their figures; E2E_LONG=1 runs the long variants.
 resilience: system-deps-test $(STAMP)

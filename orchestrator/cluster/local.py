@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 
 from orchestrator.cluster.base import ClusterBackend, Node
@@ -35,10 +36,7 @@ class LocalBackend(ClusterBackend):
         self._state = settings.root
         self._root = settings.root / "nodes"
         self._job_path = settings.job_path
-        self._nodes = [
-            Node(f"node-{i:02d}", "localhost", settings.local_cores_per_node, self._root / f"node-{i:02d}")
-            for i in range(1, settings.local_nodes + 1)
-        ]
+        self._nodes = _virtual_nodes(self._root, settings.local_nodes, settings.local_cores_per_node)
 
     def inventory(self) -> list[Node]:
         return list(self._nodes)
@@ -69,7 +67,7 @@ class LocalBackend(ClusterBackend):
             raise BackendError(f"could not start {argv[0]} on {node.name}: {exc}") from exc
 
     def group_alive(self, node: Node, pgid: int) -> bool:
-        return bool(group_members(pgid))
+        return group_alive(pgid)
 
     def signal_group(self, node: Node, pgid: int, signum: int, account: Account | None = None) -> bool:
         if pgid <= 1:
@@ -143,6 +141,13 @@ def _signal_owned_group(node: Node, pgid: int, signum: int, uid: int) -> bool:
     return True
 
 
+@lru_cache(maxsize=8)
+def _virtual_nodes(root: Path, count: int, cores: int) -> tuple[Node, ...]:
+    """The virtual nodes, made once per configuration: the engine builds a backend per job it looks at, and
+    thousands of Path objects per pass added up (nodes are immutable)."""
+    return tuple(Node(f"node-{i:02d}", "localhost", cores, root / f"node-{i:02d}") for i in range(1, count + 1))
+
+
 def _stat_fields(pid: int | str) -> list[str] | None:
     """/proc/<pid>/stat after "(comm)": state ppid pgrp ...; None when the process is gone."""
     try:
@@ -156,6 +161,25 @@ def _stat_fields(pid: int | str) -> list[str] | None:
 def process_states(pids: list[int]) -> set[str]:
     """The state letters (R, S, T, Z, ...) of the processes that still exist among pids."""
     return {fields[0] for fields in map(_stat_fields, pids) if fields}
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process group has a live (non-zombie) member. O(1) while its leader runs (a run's wrapper, a
+    desktop session, a sync process lead their groups for their whole life): the reconcile pass asks this of
+    every running job, and a scan of /proc per job made the pass grow with the square of the jobs. The scan
+    is left for a group whose leader has ended while other members may still run."""
+    if pgid <= 0:
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # a non-root engine and another user's group: the scan below decides
+    leader = _stat_fields(pgid)
+    if leader and len(leader) > 2 and leader[0] != "Z" and int(leader[2]) == pgid:
+        return True
+    return bool(group_members(pgid))
 
 
 def group_members(pgid: int) -> list[int]:

@@ -1,0 +1,209 @@
+"""Benchmark: how the engine's observation grows with active jobs (local backend, virtual nodes, no desktop).
+
+For each size N (`--sizes 50,300`; the first is the baseline the others are compared with, measured in the same
+run), a private engine (orchestrator.worker.stack.Stack: embedded Redis, Celery worker and beat) with N virtual
+nodes gets N single-node `sleep` jobs (`desktop: {enabled: false}`) submitted at once, and the bench measures:
+  * burst: first submit -> every run RUNNING (s);
+  * processes the engine runs per job: the file-sync processes left (a batch job on shared storage has no
+    consumer for one) and the engine's resident memory (worker, beat, Redis) per active job;
+  * one reconcile pass over the N running jobs, timed in this process with the beat stopped (s; ms per job);
+  * exit -> ended: with the beat running again, K runs' processes are killed one at a time; from the kill to
+    the run's ended state event (p50/p99: how late a run's exit is noticed);
+  * terminate: every job terminated at once -> all TERMINATED (jobs/s).
+Prints a table and the ratios of each size to the first. Exits 0 whatever the figures; non-zero on errors.
+
+    .venv/bin/python bench/scale.py --sizes 50,300 [--exits 20] [--json]
+As root, jobs run as E2E_RUN_AS (default e2e-jobs, which must exist: `make test` creates it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from latency import percentile, signals_deferred  # noqa: E402 (bench helpers; after the path)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="50,300", help="active jobs per round, comma-separated (default 50,300)")
+    p.add_argument("--exits", type=int, default=20, help="runs killed one at a time per round (default 20)")
+    p.add_argument("--interval", type=float, default=1.0, help="the beat's reconcile interval, s (default 1.0)")
+    p.add_argument("--timeout", type=float, default=600.0, help="give up on one phase after this many s")
+    p.add_argument("--json", action="store_true", help="also print the results as JSON")
+    p.add_argument("--profile", action="store_true", help="print where the timed reconcile pass spends its time")
+    args = p.parse_args()
+    try:
+        args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        p.error("--sizes: comma-separated whole numbers, e.g. 50,300")
+    if not args.sizes or min(args.sizes) < 2 or args.exits < 1:
+        p.error("--sizes must each be >= 2 and --exits >= 1")
+    return args
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process and its descendants (a prefork worker's children do the work)."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        todo.extend(int(c) for c in children)
+    return total
+
+
+def sync_processes(home: Path) -> int:
+    count = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            line = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"orchestrator.sync.daemon" in line and str(home).encode() in line:
+            count += 1
+    return count
+
+
+def wait_until(what: str, check, timeout: float, poll: float = 0.05) -> float:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(poll)
+    return time.time()
+
+
+def one_round(n: int, args: argparse.Namespace) -> dict:
+    from orchestrator.cluster.local import tagged_processes
+    from orchestrator.control.client import Client
+    from orchestrator.engine.lifecycle import Lifecycle
+    from orchestrator.model.events import EventKind
+    from orchestrator.model.settings import Settings
+    from orchestrator.model.spec import validate_spec
+    from orchestrator.model.states import JobState, RunState
+    from orchestrator.store.jobs import JobStore
+    from orchestrator.worker.stack import Stack
+
+    home = Path(tempfile.mkdtemp(prefix="e2e-scale-"))
+    home.chmod(0o711)
+    settings = Settings(home=home, local_nodes=n, local_cores_per_node=1, reconcile_interval=args.interval)
+    stack = Stack(settings)
+    try:
+        with signals_deferred():
+            stack.start()
+        client = Client(settings, user="bench")
+        store = client.store
+        spec = validate_spec({"name": "scale", "solver": {"name": "command", "command": ["sleep", "3600"]},
+                              "cluster": {"nodes": 1, "cores_per_node": 1}, "desktop": {"enabled": False}})
+        started = time.time()
+        jobs = [client.submit(spec) for _ in range(n)]
+        submitted = time.time() - started
+
+        def running() -> bool:
+            return all((run := store.get_run(j, "run-001")) is not None and run.state is RunState.RUNNING
+                       for j in jobs)
+        burst = wait_until(f"{n} runs RUNNING", running, args.timeout, poll=0.2) - started
+
+        pids = stack.read().get("pids", {})
+        engine_kib = sum(rss_kib(pid) for pid in pids.values() if pid)
+        syncs = sync_processes(home)
+
+        # One pass in this process over every running job, the beat stopped (so no other pass runs meanwhile).
+        stack.stop_process("beat")
+        lc = Lifecycle.create(JobStore.from_url(stack.read()["redis_url"]), settings)
+        lc.reconcile()  # warm (imports, connections)
+        t0 = time.perf_counter()
+        observed = lc.reconcile()
+        pass_s = time.perf_counter() - t0
+        if args.profile:
+            import cProfile
+            import pstats
+
+            profile = cProfile.Profile()
+            profile.runcall(lc.reconcile)
+            pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(35)
+        with signals_deferred():
+            stack.start(workers=False, beat=True)
+
+        # exit -> ended: kill one run's processes at a time, wait for its ended state event
+        lags = []
+        for job_id in jobs[:args.exits]:
+            tag = f"{job_id}/run-001"
+            killed = time.time()
+            for pid in tagged_processes(tag):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            ended = None
+            for event in client.follow(job_id, until=lambda e: e.kind is EventKind.RUN_STATE
+                                       and e.data.get("state") in ("FAILED", "COMPLETED", "STOPPED"),
+                                       timeout=args.timeout):
+                ended = event
+            if ended is None or ended.kind is not EventKind.RUN_STATE:
+                raise RuntimeError(f"job {job_id}: its killed run never ended")
+            lags.append(ended.ts - killed)
+
+        t_term = time.time()
+        for job_id in jobs:
+            client.terminate(job_id)
+        wait_until("every job TERMINATED", lambda: all(store.get_job(j).state is JobState.TERMINATED for j in jobs),
+                   args.timeout, poll=0.5)
+        term_s = time.time() - t_term
+        return {"jobs": n, "submit_s": submitted, "burst_s": burst, "sync_processes": syncs,
+                "engine_mib": engine_kib / 1024, "kib_per_job": engine_kib / n, "observed": observed,
+                "pass_s": pass_s, "pass_ms_per_job": 1000 * pass_s / n,
+                "exit_ended_p50_s": percentile(lags, 50), "exit_ended_p99_s": percentile(lags, 99),
+                "terminate_jobs_per_s": n / term_s}
+    finally:
+        with signals_deferred():
+            stack.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> int:
+    args = parse_args()
+    if os.geteuid() == 0:
+        os.environ.setdefault("E2E_RUN_AS", "e2e-jobs")
+    for var in ("E2E_HOME", "REDIS_URL", "E2E_REDIS_URL"):
+        os.environ.pop(var, None)
+    os.umask(0o022)
+    rounds = []
+    for n in args.sizes:
+        print(f"round: {n} active jobs ...", file=sys.stderr, flush=True)
+        rounds.append(one_round(n, args))
+    cols = [("jobs", "{:d}"), ("burst_s", "{:.2f}"), ("sync_processes", "{:d}"), ("kib_per_job", "{:.0f}"),
+            ("pass_s", "{:.3f}"), ("pass_ms_per_job", "{:.2f}"), ("exit_ended_p50_s", "{:.2f}"),
+            ("exit_ended_p99_s", "{:.2f}"), ("terminate_jobs_per_s", "{:.1f}")]
+    print(" | ".join(name for name, _ in cols))
+    for r in rounds:
+        print(" | ".join(fmt.format(r[name]) for name, fmt in cols))
+    base = rounds[0]
+    for r in rounds[1:]:
+        print(f"{r['jobs']} vs {base['jobs']} jobs ({r['jobs'] / base['jobs']:.1f}x): pass "
+              f"{r['pass_s'] / base['pass_s']:.2f}x, per job {r['pass_ms_per_job'] / base['pass_ms_per_job']:.2f}x, "
+              f"exit->ended p50 {r['exit_ended_p50_s'] / base['exit_ended_p50_s']:.2f}x, "
+              f"burst {r['burst_s'] / base['burst_s']:.2f}x")
+    if args.json:
+        print(json.dumps(rounds, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
