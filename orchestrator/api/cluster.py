@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.api import audit
 from orchestrator.api.deps import API, TokenWatch, admin_client, client_for
+from orchestrator.control.desktop import SHARE_TTL_MAX, SHARE_TTL_MIN
 from orchestrator.control.service import ControlService
 from orchestrator.desktop.access import normalise_rules
 from orchestrator.model.errors import InvalidState
@@ -112,6 +113,19 @@ async def desktop(job: str, request: Request, client: ControlService = Depends(c
              summary="A one-time link (60 s, single use) to the desktop through the API; the code is after '#'")
 def desktop_link(job: str, request: Request, client: ControlService = Depends(client_for)) -> dict[str, Any]:
     return client.desktop_link(job, request.client.host if request.client else None)
+
+
+class ShareBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    expires_in: int = Field(3600, ge=SHARE_TTL_MIN, le=SHARE_TTL_MAX,
+                            description="seconds the link works (60 s to 7 days)")
+
+
+@router.post("/jobs/{job}/desktop/share", status_code=201,
+             summary="A view-only link to the desktop for another person, reusable until it expires")
+def desktop_share(job: str, body: ShareBody, request: Request,
+                  client: ControlService = Depends(client_for)) -> dict[str, Any]:
+    return client.desktop_share(job, body.expires_in, request.client.host if request.client else None)
 
 
 def _still_starting(client: ControlService, job: str) -> bool:

@@ -75,6 +75,23 @@ def desktop_cmd(job: str = typer.Argument(..., envvar="E2E_JOB", help="job id (d
         open_privately(d.url)
 
 
+@app.command("share")
+def share_cmd(job: str = typer.Argument(..., envvar="E2E_JOB", help="job id (default: $E2E_JOB)"),
+              expires: int = typer.Option(3600, "--expires", help="seconds the link works (60 to 604800)"),
+              as_json: bool = JSON_OPT) -> None:
+    """A view-only link to a job's desktop for someone else: they watch it in their browser, through the API,
+    and cannot type or click; it works until it expires (the job's access rules still apply)."""
+    client = _client()
+    link = client.desktop_share(job, expires)
+    url = link.get("url") or client.settings.resolved_api_url() + link["path"]
+    if as_json:
+        _dump({**link, "url": url})
+        return
+    err.print(f"view-only, works for {expires} s; anyone holding it may watch (change the view-only password "
+              "with `e2e desktop --set-password` to end every share at once):")
+    print(url)
+
+
 def _remote_desktop(client, job: str, wait: float, tunnel: bool, open_browser: bool, as_json: bool,
                     unsupported: bool) -> None:
     if unsupported:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 VNC_LOCAL_PORT = 5901  # the local end the printed tunnel instructions use
 LINK_TTL = 60.0                  # seconds a one-time desktop link stays valid
 DESKTOP_COOKIE_TTL = 12 * 3600.0  # seconds the browser's desktop cookie (from a link) stays valid
+SHARE_TTL_MIN, SHARE_TTL_MAX = 60, 7 * 86400  # a view-only share link's life, seconds
 
 
 class DesktopRefused(UserError):
@@ -161,13 +162,45 @@ def desktop_link(service: ControlService, job: str, address: str | None = None) 
             "expires_in": LINK_TTL}
 
 
+def desktop_share(service: ControlService, job: str, expires_in: int = 3600,
+                  address: str | None = None) -> dict[str, Any]:
+    """A view-only link to the desktop that the owner gives another person: it opens noVNC through the API
+    with the desktop's view-only password (made now if the desktop has none), as often as needed until it
+    expires. Xvnc itself makes a view-only login view-only: its keys, pointer and clipboard are ignored."""
+    from orchestrator.desktop import connect
+    from orchestrator.desktop.vncauth import generate_password
+
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int) \
+            or not SHARE_TTL_MIN <= expires_in <= SHARE_TTL_MAX:
+        raise UserError(f"expires_in: seconds from {SHARE_TTL_MIN} to {SHARE_TTL_MAX} (7 days), got {expires_in!r}")
+    d = desktop_session(service, job)
+    check_desktop_access(service, d, "api desktop share", address)
+    view = d.secret.view_password
+    if not view:
+        view = generate_password()
+        connect.set_password(service, d.job_id, d.secret.password, view)  # waits until the head node uses it
+    code = secrets.token_urlsafe(24)
+    service.store.desktop_passes.put(d.job_id, "share", hash_token(code), service.user, expires_in)
+    service.store.append_event(d.job_id, EventKind.CONTROL, {
+        "action": "desktop-share", "by": service.user, "expires_in": expires_in, "view_only": True})
+    return {"id": d.job_id, "path": f"/desktop/{d.job_id}/link#code={code}&{d.view_fragment(view)}",
+            "expires_in": expires_in, "view_only": True}
+
+
 def redeem_desktop_link(store: Any, job_id: str, code: str) -> str | None:
-    """Exchange a link's code (once) for a desktop cookie value; None when unknown, used or expired."""
-    user = store.desktop_passes.take(job_id, "link", hash_token(code)) if code else None
+    """Exchange a link's code for a desktop cookie value; None when unknown, used or expired. A one-time link
+    works once; a share link until it expires (its cookie not beyond that)."""
+    if not code:
+        return None
+    digest = hash_token(code)
+    user, ttl = store.desktop_passes.take(job_id, "link", digest), DESKTOP_COOKIE_TTL
     if user is None:
+        user, left = store.desktop_passes.peek_with_ttl(job_id, "share", digest)
+        ttl = min(ttl, left or 0)
+    if user is None or ttl <= 0:
         return None
     cookie = secrets.token_urlsafe(32)
-    store.desktop_passes.put(job_id, "cookie", hash_token(cookie), user, DESKTOP_COOKIE_TTL)
+    store.desktop_passes.put(job_id, "cookie", hash_token(cookie), user, ttl)
     return cookie
 
 

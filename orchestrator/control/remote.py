@@ -268,6 +268,11 @@ class RemoteControl:
         link = self._call("POST", f"/jobs/{job}/desktop/link")
         return {**link, "url": self.server + link["path"]}
 
+    def desktop_share(self, job: str, expires_in: int = 3600, address: str | None = None) -> dict[str, Any]:
+        """A view-only link to the desktop for another person; `url` is absolute (this server's)."""
+        link = self._call("POST", f"/jobs/{job}/desktop/share", json={"expires_in": expires_in})
+        return {**link, "url": self.server + link["path"]}
+
     def job_token(self, job: str) -> dict[str, Any]:
         return self._call("POST", f"/jobs/{job}/token")
 

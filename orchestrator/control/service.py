@@ -429,6 +429,10 @@ class ControlService:
         """A one-time, short-lived link to the desktop through the API (its path, with the code after '#')."""
         return desktop.desktop_link(self, job, address)
 
+    def desktop_share(self, job: str, expires_in: int = 3600, address: str | None = None) -> dict[str, Any]:
+        """A view-only link to the desktop for another person, reusable until it expires (its path)."""
+        return desktop.desktop_share(self, job, expires_in, address)
+
     def open_desktop_stream(self, job: str, address: str | None) -> Any:
         """A byte stream to the job's Xvnc for the API's WebSocket proxy, if `address` may reach the desktop."""
         return desktop.open_desktop_stream(self, job, address)

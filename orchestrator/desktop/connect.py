@@ -41,6 +41,13 @@ class Desktop:
         return (f"autoconnect=1&resize=scale&reconnect=1&path={quote(f'desktop/{self.job_id}/websockify', safe='')}"
                 f"&password={quote(self.secret.password, safe='')}")
 
+    def view_fragment(self, view_password: str) -> str:
+        """The API route's settings for a view-only viewer: the view-only password, and noVNC sends no input
+        (Xvnc ignores a view-only login's input anyway)."""
+        return (f"autoconnect=1&resize=scale&reconnect=1&view_only=1"
+                f"&path={quote(f'desktop/{self.job_id}/websockify', safe='')}"
+                f"&password={quote(view_password, safe='')}")
+
     @property
     def web_path(self) -> str:
         """The desktop through the API (a path on the API's host): only the API need be reachable."""

@@ -77,3 +77,12 @@ class DesktopPasses:
 
     def peek(self, job_id: str, kind: str, digest: str) -> str | None:
         return self._r.get(self._keys.desktop_pass(job_id, kind, digest))
+
+    def peek_with_ttl(self, job_id: str, kind: str, digest: str) -> tuple[str | None, float | None]:
+        """The user of a pass and its seconds left (None, None when there is none)."""
+        key = self._keys.desktop_pass(job_id, kind, digest)
+        pipe = self._r.pipeline(transaction=True)
+        pipe.get(key)
+        pipe.pttl(key)
+        user, left = pipe.execute()
+        return (user, left / 1000) if user is not None and left and left > 0 else (None, None)

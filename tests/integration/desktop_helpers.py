@@ -72,3 +72,25 @@ def close_chromium(driver) -> None:
     driver.quit()
     if profile:
         shutil.rmtree(profile, ignore_errors=True)
+
+
+class WebSocketStream:
+    """An RFB stream over the gateway's WebSocket, as noVNC speaks it (binary frames)."""
+
+    def __init__(self, url: str, headers: list[str] | None = None) -> None:
+        import websocket  # websocket-client, installed with selenium
+
+        self.ws = websocket.create_connection(url, subprotocols=["binary"], header=headers or [], timeout=10)
+        self.buffer = b""
+
+    def recv(self, n: int) -> bytes:
+        if not self.buffer:
+            self.buffer = self.ws.recv()
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    def sendall(self, data: bytes) -> None:
+        self.ws.send_binary(data)
+
+    def close(self) -> None:
+        self.ws.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -83,6 +84,12 @@ def test_keys_access_and_desktop_commands(e2e, engine, tmp_path):
         assert authenticate("127.0.0.1", rec.vnc_port, "look0nly")
         with pytest.raises(AuthFailed):
             authenticate("127.0.0.1", rec.vnc_port, password)
+
+        # `e2e share`: a view-only link carrying the view-only password set just above, never the full one
+        shared = json.loads(e2e("share", job_id, "--expires", "120", "--json"))
+        assert shared["view_only"] and f"/desktop/{job_id}/link#code=" in shared["url"]
+        assert "password=look0nly" in shared["url"] and "s3cret99" not in shared["url"]
+        assert "expires" in e2e("share", job_id, "--expires", "5", code=2)
 
         # the head node's authorized_keys has the key, restricted to the job's networks
         node = engine.client.job(job_id).nodes[0]

@@ -142,6 +142,33 @@ def test_expired_link_is_refused(store, settings):
     assert api.post(f"/desktop/{job}/link", json={"code": code}).status_code == 403
 
 
+def test_share_link_is_view_only_reusable_and_ends_with_its_expiry(store, settings):
+    owner = store.users.create("alice")
+    job = new_job(store, vnc_port=1)
+    full = store.secrets.read(job).password
+    store.secrets.set_password(job, full, "viewpw12")  # an existing view-only password is used, not replaced
+    api = local_client(settings, store)
+    assert api.post(f"{API}/jobs/{job}/desktop/share", headers=bearer(owner),
+                    json={"expires_in": 10**7}).status_code == 422
+    made = api.post(f"{API}/jobs/{job}/desktop/share", headers=bearer(owner), json={"expires_in": 120})
+    assert made.status_code == 201, made.text
+    path = made.json()["path"]
+    assert "view_only=1" in path and "password=viewpw12" in path and full not in path
+    code = path.split("#code=", 1)[1].split("&", 1)[0]
+    for _ in range(2):  # reusable (a reload, a second tab)
+        assert local_client(settings, store).post(f"/desktop/{job}/link", json={"code": code}).status_code == 204
+    cookie = redeem_desktop_link(store, job, code)
+    left = store._r.pttl(store._keys.desktop_pass(job, "cookie", hash_token(cookie)))
+    assert 0 < left <= 120_000  # the cookie ends with the share, not 12 h later
+    share_key = store._keys.desktop_pass(job, "share", hash_token(code))
+    store._r.pexpire(share_key, 1)
+    import time
+    time.sleep(0.01)
+    assert redeem_desktop_link(store, job, code) is None
+    assert store.secrets.read(job).view_password == "viewpw12"
+    assert any(e.data.get("action") == "desktop-share" for e in store.events(job))
+
+
 def test_link_code_never_reaches_a_url_a_server_sees(store, settings):
     owner = store.users.create("alice")
     job = new_job(store, vnc_port=1)

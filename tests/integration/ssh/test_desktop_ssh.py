@@ -25,7 +25,7 @@ from orchestrator.model.settings import Settings
 from orchestrator.worker.stack import free_port
 from tests.conftest import require
 from tests.integration.conftest import Engine, make_settings, redis_flush, wait_for
-from tests.integration.desktop_helpers import require_desktop_tools, spec, wait_desktop
+from tests.integration.desktop_helpers import WebSocketStream, require_desktop_tools, spec, wait_desktop
 from tests.integration.sshcluster import NodeCluster, namespaces_available, sshd_available
 
 pytestmark = pytest.mark.integration
@@ -89,28 +89,6 @@ def _listens_on_loopback(pid: int, port: int) -> bool:
     """Whether the process's network namespace has a TCP listener on 127.0.0.1:port (/proc/PID/net/tcp)."""
     rows = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
     return any(r.split()[1] == f"0100007F:{port:04X}" and r.split()[3] == "0A" for r in rows)
-
-
-class WebSocketStream:
-    """An RFB stream over the gateway's WebSocket, as noVNC speaks it (binary frames)."""
-
-    def __init__(self, url: str, headers: list[str] | None = None) -> None:
-        import websocket  # websocket-client, installed with selenium
-
-        self.ws = websocket.create_connection(url, subprotocols=["binary"], header=headers or [], timeout=10)
-        self.buffer = b""
-
-    def recv(self, n: int) -> bytes:
-        if not self.buffer:
-            self.buffer = self.ws.recv()
-        data, self.buffer = self.buffer[:n], self.buffer[n:]
-        return data
-
-    def sendall(self, data: bytes) -> None:
-        self.ws.send_binary(data)
-
-    def close(self) -> None:
-        self.ws.close()
 
 
 def test_desktop_runs_on_the_ssh_head_node_and_the_tunnel_reaches_it(cluster, engine, tmp_path):
