@@ -32,18 +32,19 @@ class Desktop:
     def url(self) -> str:
         """noVNC with everything after '#': a fragment never reaches a server or its logs."""
         path = quote(f"websockify?token={self.secret.token}", safe="")
-        return (f"{self.record.url}#autoconnect=1&resize=scale&reconnect=1&path={path}"
+        return (f"{self.record.url}#autoconnect=1&resize=remote&reconnect=1&path={path}"
                 f"&password={quote(self.secret.password, safe='')}")
 
     @property
     def web_fragment(self) -> str:
         """noVNC's settings for the API's route: it connects back to the page's own host, never the node."""
-        return (f"autoconnect=1&resize=scale&reconnect=1&path={quote(f'desktop/{self.job_id}/websockify', safe='')}"
+        # resize=remote: the desktop takes the browser window's size (Xvnc accepts SetDesktopSize)
+        return (f"autoconnect=1&resize=remote&reconnect=1&path={quote(f'desktop/{self.job_id}/websockify', safe='')}"
                 f"&password={quote(self.secret.password, safe='')}")
 
     def view_fragment(self, view_password: str) -> str:
         """The API route's settings for a view-only viewer: the view-only password, and noVNC sends no input
-        (Xvnc ignores a view-only login's input anyway)."""
+        (Xvnc ignores a view-only login's input anyway); scaled, never resizing the owner's desktop."""
         return (f"autoconnect=1&resize=scale&reconnect=1&view_only=1"
                 f"&path={quote(f'desktop/{self.job_id}/websockify', safe='')}"
                 f"&password={quote(view_password, safe='')}")

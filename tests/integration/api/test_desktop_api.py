@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from orchestrator.desktop.rfb import authenticate
 from orchestrator.model.paths import JobPaths
 from tests.integration.conftest import wait_for
 from tests.integration.desktop_helpers import chromium, close_chromium, require_desktop_tools, spec, wait_desktop
@@ -94,6 +95,12 @@ def test_browser_opens_the_desktop_through_the_api_with_the_gateway_unreachable(
         colours = wait_for(lambda: (n := driver.execute_script(CANVAS_COLOURS)) > 1 and n, 20,
                            "the desktop drawn on noVNC's canvas")
         assert colours > 1
+        # the desktop took the browser window's size (noVNC's resize=remote; the spec asked for 1024x768)
+        inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+        password = alice.get(f"/jobs/{job_id}/desktop").json()["password"]
+        size = wait_for(lambda: (i := authenticate("127.0.0.1", rec.vnc_port, password)) and (i.width, i.height)
+                        != (1024, 768) and (i.width, i.height), 20, "the desktop resized to the browser window")
+        assert abs(size[0] - inner[0]) <= 16 and abs(size[1] - inner[1]) <= 16, (size, inner)
         shot = tmp_path / "desktop-api.png"
         driver.save_screenshot(str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
