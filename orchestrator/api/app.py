@@ -4,6 +4,7 @@ The routes' shared dependencies (auth, the per-request control service) are in o
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from typing import Any
 
@@ -30,6 +31,7 @@ from orchestrator.store.jobs import JobStore
 
 log = logging.getLogger("e2e.api")
 UPLOAD_PATHS = ("/api/v1/uploads",)
+PUT_FILE = re.compile(r"^/api/v1/jobs/[^/]+/files/")  # a file put into a running job's work folder
 
 
 def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -54,7 +56,9 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.upload_limit if scope["path"].startswith(UPLOAD_PATHS) else self.limit
+        path = scope["path"]
+        uploading = path.startswith(UPLOAD_PATHS) or (scope.get("method") == "PUT" and PUT_FILE.match(path))
+        limit = self.upload_limit if uploading else self.limit
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         too_big = error_response(413, f"request body larger than {limit} bytes")

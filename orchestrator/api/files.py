@@ -1,19 +1,22 @@
 """File routes: list a job's files (live work folder, or stored results with sha256) and download them,
-one file or everything as a tar.gz stream."""
+one file or everything as a tar.gz stream; put a file into a running job's work folder."""
 
 from __future__ import annotations
 
 import io
 import os
 import tarfile
+import tempfile
 import threading
 from typing import Any, Iterator
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.deps import API, client_for
 from orchestrator.control.service import ControlService
+from orchestrator.control.uploads import incoming_dir
 from orchestrator.model.errors import NotFound
 from orchestrator.sync.confine import check_rel
 from orchestrator.sync.results import CHUNK, ResultsStore
@@ -46,6 +49,26 @@ def download_file(job: str, path: str, client: ControlService = Depends(client_f
     if entry.get("sha256"):
         headers["X-Checksum-Sha256"] = entry["sha256"]
     return StreamingResponse(_chunks(handle), media_type="application/octet-stream", headers=headers)
+
+
+@router.put("/jobs/{job}/files/{path:path}", status_code=201,
+            summary="Put a file (the raw body) into a running job's work folder, work/<run>/...: the live sync "
+                    "takes it to the run, as an edit on the desktop would")
+async def put_file(job: str, path: str, request: Request,
+                   client: ControlService = Depends(client_for)) -> dict[str, Any]:
+    # The body goes to the engine's private folder first, within the upload limit; then, off the event loop,
+    # into the work folder as the job's account.
+    cap = client.settings.api_max_upload
+    with tempfile.NamedTemporaryFile(dir=incoming_dir(client.settings.root), prefix="put-") as tmp:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise HTTPException(413, f"the file is larger than E2E_API_MAX_UPLOAD ({cap} bytes)")
+            tmp.write(chunk)
+        tmp.flush()
+        tmp.seek(0)
+        return await run_in_threadpool(client.put_work_file, job, path, tmp)
 
 
 @router.get("/jobs/{job}/archive", summary="Every file of the job (or a folder's) as one tar.gz stream",

@@ -1,4 +1,5 @@
-"""`e2e` commands for a job's files: list them (results, or the live work folder) and download them."""
+"""`e2e` commands for a job's files: list them (results, or the live work folder), download them, and put one
+into a running job's work folder."""
 
 from __future__ import annotations
 
@@ -41,3 +42,22 @@ def download_cmd(job: str, path: str = typer.Argument(None, help="a file or fold
         _dump({"job": job_id, "to": str(to), "files": written})
         return
     out.print(f"downloaded {len(written)} file{'s' if len(written) != 1 else ''} into {to}")
+
+
+@app.command("put")
+def put_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="a local file"),
+            job: str = typer.Argument(..., envvar="E2E_JOB", help="job id (default: $E2E_JOB)"),
+            to: str = typer.Option(None, "--to", help="where, as `e2e files` names it (default: "
+                                                      "work/<current run>/<file name>)"),
+            as_json: bool = JSON_OPT) -> None:
+    """Put a file into a running job's work folder (as the job's account): its live sync takes it into the run
+    directory, as an edit made on the desktop would; the next restart (or the solver, if it re-reads) uses it."""
+    client = _client()
+    if to is None:
+        to = f"work/{client.status(job).current_run}/{file.name}"
+    with open(file, "rb") as source:
+        put = client.put_work_file(job, to, source)
+    if as_json:
+        _dump(put)
+        return
+    out.print(f"put {put['bytes']:,} bytes into {put['path']} of {put['job']}")

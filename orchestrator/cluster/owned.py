@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from orchestrator.model.errors import BackendError
 from orchestrator.model.identity import Account
@@ -132,6 +134,11 @@ def write_confined(state: Path, path: Path, data: bytes, mode: int) -> None:
     """Write through a temp file and a rename (readers never see half a file). Below the state directory the
     folder is reached without following a symlink, and the file gets the folder's owner: what the engine
     writes into a job's tree later (stop files, the desktop password) stays readable by the job's account."""
+    write_confined_from(state, path, io.BytesIO(data), mode)
+
+
+def write_confined_from(state: Path, path: Path, source: BinaryIO, mode: int) -> int:
+    """write_confined with the content read from a file object in chunks (an upload); the bytes written."""
     parts = _inside(state, path)
     if parts is None or not parts:
         dfd = os.open(Path(path).parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -144,13 +151,22 @@ def write_confined(state: Path, path: Path, data: bytes, mode: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dfd)  # a symlink planted at the temp name goes, unfollowed
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fd, mode)  # whatever the umask
-            folder = os.fstat(dfd)
-            if os.geteuid() == 0 and folder.st_uid != 0:
-                os.fchown(fd, folder.st_uid, folder.st_gid)
-            fh.write(data)
-        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        written = 0
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                os.fchmod(fd, mode)  # whatever the umask
+                folder = os.fstat(dfd)
+                if os.geteuid() == 0 and folder.st_uid != 0:
+                    os.fchown(fd, folder.st_uid, folder.st_gid)
+                while block := source.read(1 << 20):
+                    fh.write(block)
+                    written += len(block)
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+        return written
     finally:
         os.close(dfd)
 

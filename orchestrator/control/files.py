@@ -1,5 +1,6 @@
 """A job's files: their manifest and their download, from the live work folder while the job is up and from its
-stored results (checked against their sha256) after; and the files its runs write (the solver log), read confined.
+stored results (checked against their sha256) after; a file put into a running job's work folder; and the files
+its runs write (the solver log), read confined.
 
 Everything under a job's folder is written by the job itself, which may swap any of it for a symlink (to
 /proc/self/environ, another user's results, the engine's keys). So every read of a job-written file goes
@@ -12,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from orchestrator.model.errors import UserError
+from orchestrator.model.errors import InvalidState, UserError
+from orchestrator.model.events import EventKind
+from orchestrator.model.states import JobState
 from orchestrator.sync.confine import open_confined
 
 if TYPE_CHECKING:
@@ -45,6 +48,40 @@ def open_job_file(home: Path, job_id: str, rel: str) -> BinaryIO:
     $E2E_HOME/jobs (the engine's, which no job can change) with O_NOFOLLOW at every name, so a symlink
     anywhere on the way, the job's folder included, is refused (UserError), and only a regular file opens."""
     return open_confined(Path(home) / "jobs", f"{job_id}/{rel}")
+
+
+def put_work_file(service: ControlService, job: str, path: str, source: BinaryIO) -> dict[str, Any]:
+    """Put a file into a running job's work folder (`work/<run>/...`, as `files` names it), written as the job's
+    OS account: its live sync then carries it into the run directory, as an edit made on the desktop would."""
+    from orchestrator.cluster.identity import account_for, acting_as
+    from orchestrator.cluster.owned import make_dirs_confined, write_confined_from
+    from orchestrator.model.paths import JobPaths
+    from orchestrator.sync.confine import check_rel
+    from orchestrator.sync.tree import scratch_name
+
+    record = service.job(job)
+    rel = check_rel(path.strip("/"))
+    if not rel.startswith("work/"):
+        raise UserError(f"path {path!r}: files go into the work folder; name it work/<run>/<file>, as "
+                        f"`e2e files {record.id}` lists it")
+    if scratch_name(rel.rsplit("/", 1)[-1]):
+        raise UserError(f"path {path!r}: a temp, lock or scratch name, which the sync never carries")
+    if record.state is not JobState.UP:
+        raise InvalidState(f"job {record.id} is {record.state.value}: files go into the work folder of a job "
+                           "that is up")
+    if not record.spec.get("desktop", {}).get("enabled", True):
+        raise InvalidState(f"job {record.id} has no desktop, so no live sync carries its work folder to the "
+                           "run: change its inputs with `e2e edit --file` and restart")
+    work = JobPaths.for_job(service.settings.root, record.id).work
+    target = work / rel[len("work/"):]
+    # as the account, from its own work folder down, never following a link: a job that made work/<run> a
+    # link to somewhere else gets an error, not a file written there
+    with acting_as(account_for(record.account)):
+        make_dirs_confined(work, target.parent, 0o700)
+        size = write_confined_from(work, target, source, 0o600)
+    service.store.append_event(record.id, EventKind.CONTROL, {"action": "file-put", "by": service.user,
+                                                              "path": rel, "bytes": size})
+    return {"job": record.id, "path": rel, "bytes": size}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import json
 import tarfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 from urllib.parse import quote
 
 import httpx
@@ -212,6 +212,9 @@ class RemoteControl:
 
     def download(self, job: str, path: str | None, to: Path) -> tuple[str, list[str]]:
         raise local_only()
+
+    def put_work_file(self, job: str, path: str, source: BinaryIO) -> dict[str, Any]:
+        return self._call("PUT", f"/jobs/{job}/files/{quote(path, safe='/')}", content=source)
 
     # -- input uploads
     def uploads(self, owner: str | None = None) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import getpass
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from orchestrator.control import desktop, files, nodes, notify, steering, submission, uploads
 from orchestrator.control.desktop import DesktopRefused
@@ -357,6 +357,10 @@ class ControlService:
         """(job id, where its files are read from, their manifest): the live work folder while the job is up,
         its stored results (with sha256) after."""
         return files.file_store(self, job)
+
+    def put_work_file(self, job: str, path: str, source: BinaryIO) -> dict[str, Any]:
+        """Put a file into a running job's work folder (as its account); the live sync takes it to the run."""
+        return files.put_work_file(self, job, path, source)
 
     def files(self, job: str) -> dict[str, Any]:
         return files.files(self, job)
