@@ -55,7 +55,9 @@ def _tail(path: Path) -> str:
 def _click(display: str, xy: list[int], last: bool = False) -> None:
     """A real pointer click at root coordinates in the session's display (the last one may end the session, and
     its X server, before xdotool returns: what it did is checked through the API)."""
-    done = subprocess.run(["xdotool", "mousemove", "--sync", str(xy[0]), str(xy[1]), "click", "1"],
+    # from the corner: `mousemove --sync` to where the pointer already is waits for a move that never comes
+    done = subprocess.run(["xdotool", "mousemove", "--sync", "3", "3", "mousemove", "--sync", str(xy[0]), str(xy[1]),
+                           "click", "1"],
                           env={**os.environ, "DISPLAY": f":{display}"}, capture_output=True, text=True, timeout=10)
     assert done.returncode == 0 or (last and "connection" in done.stderr), done.stderr
 
