@@ -6,8 +6,10 @@ engine installed. The desktop service ships this file into the session's folder 
 and starts it as the desktop's first app. It reads E2E_JOB, E2E_SERVER and E2E_TOKEN (a job-scoped token: it
 reads and controls this job only) from its environment, never from argv, and never prints the token.
 
-Without a token (a job of the engine machine's own user) it has no API: it shows the job through `e2e status
+Without a token (a job not submitted through the API) it has no API: it shows the job through `e2e status
 --json` on PATH and its buttons run `e2e pause` etc.; the residual plot, log and files stay empty, saying so.
+That works only where the job's account can reach the engine with that CLI (an engine run by that same user);
+elsewhere (e.g. a root engine's job accounts) the status line says `e2e` failed and the buttons stay disabled.
 
 The pure parts (formatting, the edit form's request body, the plot's scaling) have no Tk and are unit-tested.
 """
@@ -30,6 +32,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 POLL = 1.0            # seconds between looks at the job
+CLI_POLL = 5.0        # the same through `e2e` (no token): a process each time
+CLI_RETRY = 30.0      # ... once `e2e` failed
 FILES_EVERY = 5.0     # seconds between listings of the run's files
 LOG_LINES = 12        # latest log lines shown
 LOG_PAGE = 65536      # bytes asked per log read
@@ -191,8 +195,9 @@ class Cli:
         if not self.exe:
             raise ApiError("no E2E_TOKEN and no `e2e` on PATH: this panel can only show the job id")
         done = subprocess.run([self.exe, *args], capture_output=True, text=True, timeout=60)
-        if done.returncode != 0:
-            raise ApiError(f"e2e {args[0]}: {(done.stderr or done.stdout).strip()[-300:]}")
+        if done.returncode != 0:  # e.g. the job's account cannot reach the engine from here
+            raise ApiError(f"e2e {args[0]} failed, so this panel cannot show or control the job: "
+                           f"{(done.stderr or done.stdout).strip()[-300:]}")
         return done.stdout
 
     def job_doc(self) -> dict[str, Any]:
@@ -207,7 +212,8 @@ class Cli:
 
 class Poller(threading.Thread):
     """Looks at the job every POLL seconds and runs the buttons' commands at once (first), off the Tk thread;
-    hands (kind, data) to the window through a queue."""
+    hands (kind, data) to the window through a queue. Through `e2e` (a process per look) it looks every
+    CLI_POLL seconds, and every CLI_RETRY once `e2e` failed: a panel that cannot reach the engine costs little."""
 
     def __init__(self, source: Api | Cli, out: queue.Queue) -> None:
         super().__init__(daemon=True)
@@ -216,9 +222,11 @@ class Poller(threading.Thread):
         self.log_run, self.log_offset, self.log_text, self.files_at = None, 0, "", 0.0
 
     def run(self) -> None:
+        every = POLL if isinstance(self.source, Api) else CLI_POLL
+        wait = 0.0
         while True:
             try:
-                name, body = self.actions.get(timeout=POLL)
+                name, body = self.actions.get(timeout=wait)
                 try:
                     self.source.command(name, body)
                     self.out.put(("done", f"{name}: sent"))
@@ -226,9 +234,10 @@ class Poller(threading.Thread):
                     self.out.put(("error", str(exc)))
             except queue.Empty:
                 pass
-            self.look()
+            wait = every if self.look() or every == POLL else CLI_RETRY
 
-    def look(self) -> None:
+    def look(self) -> bool:
+        """One look at the job (its document; through the API also its series, log and files): whether it worked."""
         try:
             doc = self.source.job_doc()
             self.out.put(("job", doc))
@@ -240,6 +249,8 @@ class Poller(threading.Thread):
                     self.out.put(("files", self.source.call("GET", "/files")))
         except ApiError as exc:
             self.out.put(("error", str(exc)))
+            return False
+        return True
 
     def _log(self, doc: dict[str, Any]) -> list[str]:
         assert isinstance(self.source, Api)
@@ -269,7 +280,8 @@ class Window:
         self.root = tk.Tk()
         self.root.title(f"e2e job {job}")
         width = 460
-        self.root.geometry(f"{width}x720+{max(0, self.root.winfo_screenwidth() - width - 16)}+8")
+        height = min(720, self.root.winfo_screenheight() - 40)  # the right edge, whole on a small screen too
+        self.root.geometry(f"{width}x{height}+{max(0, self.root.winfo_screenwidth() - width - 16)}+8")
         self.out: queue.Queue = queue.Queue()
         self.poller = Poller(source, self.out)
         self.doc: dict[str, Any] = {}
@@ -290,20 +302,27 @@ class Window:
         tk.Label(self.root, text="Latest log lines", anchor="w").pack(fill="x", padx=6, pady=(4, 0))
         self.log = tk.Text(self.root, height=LOG_LINES, wrap="none", font=("TkFixedFont", 8), state="disabled")
         self.log.pack(fill="x", padx=6)
-        tk.Label(self.root, text="Files of the job", anchor="w").pack(fill="x", padx=6, pady=(4, 0))
-        self.files = tk.Listbox(self.root, height=6, font=("TkFixedFont", 8))
-        self.files.pack(fill="both", expand=True, padx=6)
-        rows = [tk.Frame(self.root) for _ in range(2)]
+        # the buttons and the status line are packed (at the bottom) before the files' list, which alone gives
+        # up room when a long status line needs more
+        bottom = tk.Frame(self.root)
+        bottom.pack(side="bottom", fill="x")
+        rows = [tk.Frame(bottom) for _ in range(2)]
         self.buttons: dict[str, Any] = {}
         for i, label in enumerate(BUTTONS):
             action: Callable[[], None] = self._edit if label == "Edit" else self._confirm \
                 if label == "Terminate" else partial(self._send, COMMANDS.get(label, ""))
-            self.buttons[label] = tk.Button(rows[i // 4], text=label, width=9, command=action)
+            self.buttons[label] = tk.Button(rows[i // 4], text=label, width=9, command=action, state="disabled")
             self.buttons[label].pack(side="left", padx=2, pady=2)
         for row in rows:
             row.pack(padx=6)
-        self.status = tk.Label(self.root, text=note, anchor="w", justify="left", wraplength=width - 12, fg="#555")
+        if note:  # why this panel does less than it could: stays, whatever the status line says next
+            tk.Label(bottom, text=note, anchor="w", justify="left", wraplength=width - 12, fg="#555").pack(
+                fill="x", padx=6)
+        self.status = tk.Label(bottom, text="", anchor="w", justify="left", wraplength=width - 12)
         self.status.pack(fill="x", padx=6, pady=(2, 6))
+        tk.Label(self.root, text="Files of the job", anchor="w").pack(fill="x", padx=6, pady=(4, 0))
+        self.files = tk.Listbox(self.root, height=4, font=("TkFixedFont", 8))
+        self.files.pack(fill="both", expand=True, padx=6)
         self.root.bind("<Configure>", lambda _e: self._write_places())
 
     def run(self) -> None:
@@ -425,6 +444,9 @@ class Window:
         tk.Label(top, text="key=value; ...", anchor="e").grid(row=n, column=0, sticky="e", padx=4)
         free = tk.Entry(top, width=28)
         free.grid(row=n, column=1, padx=4, pady=1)
+        tk.Label(top, text="spec paths, e.g. solver.parameters.endTime=0.7; description=longer", fg="#555").grid(
+            row=n + 1, column=0, columnspan=2, sticky="w", padx=4)
+        n += 1
         live = tk.BooleanVar(value="edit" not in (self.doc.get("allowed") or []))  # running: only live edits
         tk.Checkbutton(top, text="apply live (to the running solver)", variable=live,
                        state="normal" if "edit-live" in (self.doc.get("allowed") or []) else "disabled"
@@ -487,8 +509,9 @@ def main() -> int:
         return 0
     server, token = os.environ.get("E2E_SERVER", ""), os.environ.get("E2E_TOKEN", "")
     source: Api | Cli = Api(server, token, job) if server and token else Cli(job)
-    note = "" if isinstance(source, Api) else ("no job token here (a job of the engine's own user): status and "
-                                               "buttons through `e2e`; plot, log and files need the API")
+    note = "" if isinstance(source, Api) else ("No job token (the job was not submitted through the API): the "
+                                               "state and buttons go through `e2e` on PATH; the plot, log and "
+                                               "files need the API.")
     Window(job, source, note, Path(__file__).with_name("panel.json")).run()
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -102,6 +103,7 @@ class _Recorder(BaseHTTPRequestHandler):
 
 
 def test_the_api_client_sends_the_token_as_bearer_and_says_an_error_in_one_line():
+    _Recorder.seen = []
     server = HTTPServer(("127.0.0.1", 0), _Recorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -151,3 +153,31 @@ def test_without_a_token_the_panel_uses_e2e_on_path_and_says_it_cannot_without_o
     assert (tmp_path / "args").read_text().split() == ["status", "j1", "--json"]
     cli.command("edit", {"set": ["solver.parameters.endTime=1"], "live": True})
     assert (tmp_path / "args").read_text().split() == ["edit", "j1", "--set", "solver.parameters.endTime=1", "--live"]
+
+
+def test_the_poller_sends_a_buttons_command_before_its_next_look_and_says_what_it_found():
+    _Recorder.seen = []
+    server = HTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out: queue.Queue = queue.Queue()
+    poller = panel_app.Poller(Api(f"http://127.0.0.1:{server.server_port}", "t", "j1"), out)
+    poller.actions.put(("pause", None))
+    poller.start()
+    try:
+        kinds = [out.get(timeout=10)[0] for _ in range(4)]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert kinds[0] == "done" and kinds[1:] == ["job", "series", "log"]
+    assert [s[:2] for s in _Recorder.seen[:3]] == [("POST", "/api/v1/jobs/j1/pause"), ("GET", "/api/v1/jobs/j1"),
+                                                   ("GET", "/api/v1/jobs/j1/series?last=500")]
+
+
+def test_a_panel_without_the_api_looks_less_often_and_says_when_e2e_fails(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no e2e at all
+    out: queue.Queue = queue.Queue()
+    poller = panel_app.Poller(panel_app.Cli("j1"), out)
+    assert poller.look() is False
+    kind, text = out.get_nowait()
+    assert kind == "error" and "no E2E_TOKEN and no `e2e` on PATH" in text
+    assert panel_app.CLI_POLL > panel_app.POLL and panel_app.CLI_RETRY > panel_app.CLI_POLL
