@@ -1,6 +1,7 @@
 """The job panel in a real desktop session (Xvnc, openbox, Tk) over the real API: its window appears, it runs as
 the job's account with only E2E_JOB/E2E_SERVER/E2E_TOKEN of the engine's variables and the token on no
-argv, and clicking its buttons with xdotool pauses, restarts and (after the confirmation) terminates the job."""
+argv, and clicking its buttons with xdotool freezes and resumes, pauses, edits, restarts and (after the
+confirmation) terminates the job."""
 
 from __future__ import annotations
 
@@ -127,6 +128,11 @@ def test_the_panel_shows_and_controls_the_job_as_its_owner(engine, api, tokens, 
                      >= 16, 30, "16 steps")
             time.sleep(2 * POLL)
             assert _grab(rec.display, Path(os.environ["E2E_PANEL_SCREENSHOT"]))
+        # Freeze suspends the run in place, Resume continues it
+        _press(desk, rec.display, "Freeze")
+        wait_for(lambda: _run(alice.get(f"/jobs/{job_id}").json())["state"] == "FROZEN", 30, "the run FROZEN")
+        _press(desk, rec.display, "Resume")
+        wait_for(lambda: _run(alice.get(f"/jobs/{job_id}").json())["state"] == "RUNNING", 30, "the run resumed")
         _press(desk, rec.display, "Pause")
         wait_for(lambda: _run(alice.get(f"/jobs/{job_id}").json())["state"] == "PAUSED", 30, "the run PAUSED")
         # Edit: the form's free key=value line becomes a new revision of the spec
