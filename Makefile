@@ -22,8 +22,9 @@ TEST_PACKAGES := $(DEMO_PACKAGES) redis-server
 DESKTOP_PACKAGES := tigervnc-standalone-server tigervnc-tools xfonts-base openbox xterm novnc websockify
 # The solvers' apps on the desktop: ParaView (its Python, for --script, is a separate package), CalculiX
 # GraphiX, the optional file manager; xwininfo/xprop (x11-utils) let the tests look inside the session, and
-# xclip read and set its clipboard.
-DESKTOP_APP_PACKAGES := paraview python3-paraview calculix-cgx pcmanfm x11-utils xclip
+# xclip read and set its clipboard. The job panel is a Tk window on the system python3 (python3-tk); its test
+# clicks its buttons with xdotool.
+DESKTOP_APP_PACKAGES := paraview python3-paraview calculix-cgx pcmanfm x11-utils xclip python3-tk xdotool
 LEAN_TEST_PACKAGES := $(SSH_PACKAGES) $(SLURM_PACKAGES) $(PLUGIN_PACKAGES) $(DESKTOP_PACKAGES) \
                       $(DESKTOP_APP_PACKAGES) chromium chromium-driver nftables
 

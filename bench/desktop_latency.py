@@ -141,13 +141,13 @@ class Viewer:
         return time.perf_counter() - started
 
 
-def serve_api(settings):
+def serve_api(settings, port: int | None = None):
     import uvicorn
 
     from orchestrator.api.app import create_app
     from orchestrator.worker.stack import free_port
 
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
                                            access_log=False))
     threading.Thread(target=server.run, daemon=True).start()

@@ -18,6 +18,9 @@ How the pieces fit (for a reader used to Open OnDemand's batch_connect VNC or NI
 * Native viewers: `--vnc-file` writes a .vnc file; `--tunnel` prints ssh/PuTTY forwarding and `--run` opens
   it with paramiko (orchestrator/cluster/tunnel.py). SSH keys (`e2e keys`) go into a managed block of the
   job user's authorized_keys with from="CIDRs", so sshd enforces the same rule (keys_service.py).
+* The job panel (panel_app.py): a standalone stdlib + tkinter script shipped into the session as panel.py and
+  started as its first app; it shows and controls the job through the REST API with the session's job-scoped
+  token (E2E_TOKEN from the environment), so the head node needs no engine.
 * CIDR rules (access.py): per job (desktop.access) or per user (`e2e access`), resolved at submit;
   nftables rules for the gateway port are rendered beside the session and loaded where a backend can.
 

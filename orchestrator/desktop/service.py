@@ -31,6 +31,9 @@ from solvers.base import DesktopApp, DesktopContext, registry, terminal_and_file
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 GATEWAY_SOURCE = Path(__file__).with_name("gateway.py")
+PANEL_SOURCE = Path(__file__).with_name("panel_app.py")  # the job panel, shipped as the session's panel.py
+# The panel runs on the head node's system python3 (where python3-tk is), not on whatever python3 PATH finds first
+PANEL_PYTHON = 'if [ -x /usr/bin/python3 ]; then exec /usr/bin/python3 -s "$@"; fi; exec python3 -s "$@"'
 NOVNC_DIR = "/usr/share/novnc"
 
 STARTING, READY, FAILED, STOPPED = DesktopState.STARTING, DesktopState.READY, DesktopState.FAILED, DesktopState.STOPPED
@@ -46,7 +49,7 @@ _VNC_REFUSAL = re.compile(r"closing (\S+?)::\d+: (Authentication failure|Too man
                           r"Too many authentication attempts)")
 _VNC_REASONS = {"Authentication failure": "wrong VNC password"}
 # Written empty before a (re)start, so a reader never takes a previous session's files for this one's.
-_SESSION_FILES = ("pgid", "vnc.port", "gateway.port", "display", "failed")
+_SESSION_FILES = ("pgid", "vnc.port", "gateway.port", "display", "failed", "panel.json")
 
 
 def nftables_rules(job_id: str, port: int, cidrs: list[str]) -> str:
@@ -60,6 +63,15 @@ def nftables_rules(job_id: str, port: int, cidrs: list[str]) -> str:
 def nftables_removal(job_id: str) -> str:
     """An nftables file taking the job's rules away (and loading cleanly when they are already gone)."""
     return render((TEMPLATES,), "desktop/nftables.conf.j2", {"job_id": job_id, "remove": True})
+
+
+JOB_PANEL = "Job panel"
+
+
+def job_panel(desk: Path) -> DesktopApp:
+    """The panel as a desktop app: started with the session, in the menu; it skips itself (a note in
+    session.log) where tkinter is missing, as a missing program is skipped."""
+    return DesktopApp(JOB_PANEL, ("sh", "-c", PANEL_PYTHON, "panel", str(desk / "panel.py")))
 
 
 def desktop_record(job: Job | dict[str, Any]) -> DesktopRecord:
@@ -211,8 +223,10 @@ class DesktopService(JobService):
             return terminal_and_files()
 
     def _write_apps(self, ctx: ServiceContext, desk: Path) -> None:
-        """The apps' helper files, their launcher (apps.sh) and the openbox menu listing them (menu.xml)."""
-        found = self.apps(ctx, desk)
+        """The job panel (panel.py) and the plugin's apps' helper files, their launcher (apps.sh) and the openbox
+        menu listing them (menu.xml). The panel comes first: every desktop has it, whatever the solver."""
+        ctx.backend.write_bytes(ctx.head, desk / "panel.py", PANEL_SOURCE.read_bytes())
+        found = [job_panel(desk), *(a for a in self.apps(ctx, desk) if a.name != JOB_PANEL)]
         nodes.make_dirs(ctx.backend, ctx.head, desk / "apps", 0o700)
         for app in found:
             for name, text in app.files.items():

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -62,14 +64,29 @@ def redis_url(tmp_path_factory):
     proc.wait(10)
 
 
+def quiet_port() -> int:
+    """A free port below the kernel's ephemeral range: no connection or port-0 listener takes it meanwhile, so
+    the API suite, starting later in the session, can still listen there."""
+    for _ in range(200):
+        port = random.randint(20000, 30999)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return free_port()
+
+
 def make_settings(home: Path, url: str, **overrides) -> Settings:
     """Test settings; as root, the job accounts may pass through the folders above E2E_HOME (pytest makes
     its temp folders 0700), like an admin's deployment lets them."""
     if os.geteuid() == 0:
         home.mkdir(parents=True, exist_ok=True)
         grant_traverse([home])
+    # api_port: a port of this session's own, where the API suite serves the API (the desktop's E2E_SERVER)
     values = dict(home=home, redis_url=url, local_nodes=8, local_cores_per_node=2, reconcile_interval=0.3,
-                  launch_timeout=3, stop_grace=15, kill_grace=3)
+                  launch_timeout=3, stop_grace=15, kill_grace=3, api_port=quiet_port())
     from urllib.parse import urlsplit
 
     where = urlsplit(url)

@@ -106,6 +106,24 @@ def test_the_session_starts_the_plugins_apps_and_openbox_lists_them_in_its_menu(
     assert '<file>$desk/menu.xml</file>' in script and '--config-file "$desk/rc.xml"' in script
 
 
+def test_every_desktop_starts_the_job_panel_first_and_lists_it_in_the_menu(ctx, no_xvnc_path):
+    from orchestrator.desktop.service import PANEL_SOURCE
+
+    ctx = without_xvnc(ctx, no_xvnc_path)
+    DesktopService().start(ctx)
+    desk = ctx.paths.root / "desktop"
+    assert (desk / "panel.py").read_bytes() == PANEL_SOURCE.read_bytes()  # shipped beside the session
+    launcher = (desk / "apps.sh").read_text()
+    first = next(line.strip() for line in launcher.splitlines() if line.strip().startswith("1)"))
+    assert first.startswith("1) start 'Job panel' . '' false -- sh -c ") and first.endswith(f"panel {desk}/panel.py ;;")
+    assert "exec /usr/bin/python3 -s" in first  # the system python3, where python3-tk is
+    assert "2) start Terminal" in launcher  # the plugin's apps after it
+    session = launcher[launcher.index("= --session ]"):]  # what starts with the session
+    assert session.index("app 1") < session.index("app 2")
+    assert '<item label="Job panel"><action name="Execute"><command>bash ' + str(desk / "apps.sh") + " 1</command>" \
+        in (desk / "menu.xml").read_text()
+
+
 def test_a_plugins_unsafe_app_costs_its_apps_not_the_desktop(ctx, monkeypatch):
     from solvers.base import DesktopApp
     from solvers.command import Command
