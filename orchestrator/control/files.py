@@ -66,12 +66,12 @@ def put_work_file(service: ControlService, job: str, path: str, source: BinaryIO
                         f"`e2e files {record.id}` lists it")
     if scratch_name(rel.rsplit("/", 1)[-1]):
         raise UserError(f"path {path!r}: a temp, lock or scratch name, which the sync never carries")
-    if record.state is not JobState.UP:
-        raise InvalidState(f"job {record.id} is {record.state.value}: files go into the work folder of a job "
-                           "that is up")
     if not record.spec.get("desktop", {}).get("enabled", True):
         raise InvalidState(f"job {record.id} has no desktop, so no live sync carries its work folder to the "
                            "run: change its inputs with `e2e edit --file` and restart")
+    if record.state is not JobState.UP:
+        raise InvalidState(f"job {record.id} is {record.state.value}: files go into the work folder of a job "
+                           "that is up")
     work = JobPaths.for_job(service.settings.root, record.id).work
     target = work / rel[len("work/"):]
     # as the account, from its own work folder down, never following a link: a job that made work/<run> a

@@ -4,7 +4,10 @@ nothing, while the owner's own typing does (the control). Another user cannot ma
 
 from __future__ import annotations
 
+import os
+import shutil
 import struct
+import subprocess
 import time
 from urllib.parse import parse_qs
 
@@ -13,6 +16,7 @@ import pytest
 
 from orchestrator.desktop.rfb import handshake
 from orchestrator.model.paths import JobPaths
+from tests.conftest import require
 from tests.integration.conftest import wait_for
 from tests.integration.desktop_helpers import WebSocketStream, require_desktop_tools, spec, wait_desktop
 
@@ -22,8 +26,10 @@ RETURN = 0xFF0D
 
 
 def _type(stream: WebSocketStream, text: str) -> None:
-    """Pointer over the xterm (it takes the focus), then each key pressed and released, then Return."""
-    stream.sendall(struct.pack(">BBHH", 5, 0, 300, 200))
+    """A click on the xterm (the job panel, opened beside it, may hold the focus), then each key pressed and
+    released, then Return."""
+    for buttons in (0, 1, 0):
+        stream.sendall(struct.pack(">BBHH", 5, buttons, 300, 200))
     for keysym in [ord(c) for c in text] + [RETURN]:
         stream.sendall(struct.pack(">BBxxI", 4, 1, keysym) + struct.pack(">BBxxI", 4, 0, keysym))
 
@@ -37,6 +43,7 @@ def _redeem(api_url: str, job_id: str, code: str) -> str:
 
 def test_a_view_only_share_link_opens_the_desktop_for_another_person_who_cannot_type(engine, api, http):
     require_desktop_tools()
+    require(shutil.which("xdotool") is not None, "xdotool (apt-get install xdotool)")
     alice, bob = http("alice"), http("bob")
     job_id = alice.post("/jobs", json={"spec": spec("share", geometry="1024x768", depth=24)}).json()["id"]
     rec = wait_desktop(engine, job_id)
@@ -71,14 +78,28 @@ def test_a_view_only_share_link_opens_the_desktop_for_another_person_who_cannot_
     finally:
         viewer.close()
 
-    # the owner, with the full password over the same route, types the same way: that one arrives
+    # the owner, with the full password over the same route, types the same way: that one arrives. The
+    # terminal gets the focus first (the job panel, mapped after it, may hold it; openbox gives new windows
+    # the focus)
+    display = ":" + (work.parent / "desktop" / "display").read_text().strip()
+    focus = subprocess.run(["xdotool", "search", "--sync", "--limit", "1", "--class", "xterm", "windowactivate",
+                            "--sync"], env={**os.environ, "DISPLAY": display}, capture_output=True, text=True,
+                           timeout=20)
+    assert focus.returncode == 0, focus.stderr
     owner = WebSocketStream(f"ws://127.0.0.1:{api.port}/desktop/{job_id}/websockify",
                             [f"Cookie: e2e_desktop={_redeem(api.url, job_id, code)}"])
     try:
         handshake(owner, full_password)
         time.sleep(0.5)
         _type(owner, "touch typed-by-owner")
-        wait_for(lambda: (work / "typed-by-owner").exists(), 20, "the owner's typing in the desktop's terminal")
+        try:
+            wait_for(lambda: (work / "typed-by-owner").exists(), 20, "the owner's typing in the desktop's terminal")
+        except AssertionError:
+            display = ":" + (work.parent / "desktop" / "display").read_text().strip()
+            tree = subprocess.run(["xwininfo", "-root", "-tree", "-display", display], capture_output=True,
+                                  text=True).stdout
+            named = "\n".join(line for line in tree.splitlines() if "\"" in line)
+            raise AssertionError(f"the owner's typing did not arrive; named windows:\n{named}") from None
     finally:
         owner.close()
     assert not (work / "typed-by-viewer").exists(), "a view-only viewer's keys reached the terminal"

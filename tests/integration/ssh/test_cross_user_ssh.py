@@ -60,7 +60,8 @@ def test_alices_job_reaches_nothing_of_bobs_or_of_the_engines_from_any_node(engi
     users = probes.owners(engine, "alice", "bob")
     spec = {"desktop": {"enabled": False}, "cluster": {"backend": "ssh", "nodes": 1}}
     sleeper = {"name": "command", "command": ["sleep", "600"]}
-    bobs = users["bob"].submit_data({**spec, "name": "bobs", "solver": sleeper})
+    # bob's job has a desktop: the consumer its live sync runs for on shared storage (SyncService.wanted)
+    bobs = users["bob"].submit_data({**spec, "desktop": {"enabled": True}, "name": "bobs", "solver": sleeper})
     try:
         doc = _running(engine.client, bobs)
         bob_pid = next(r.pid for r in doc.runs_detail if r.pid)

@@ -172,7 +172,9 @@ def test_desktop_runs_on_the_ssh_head_node_and_the_tunnel_reaches_it(cluster, en
     local = free_port()
     env = {**os.environ, "E2E_HOME": str(engine.settings.root), "E2E_REDIS_URL": engine.settings.redis_url,
            "E2E_INVENTORY": str(engine.settings.inventory), "PYTHONUNBUFFERED": "1"}
-    tunnel = subprocess.Popen([sys.executable, "-m", "orchestrator.cli.main", "desktop", job_id, "--tunnel", "--run",
+    # -X faulthandler: if it hangs, SIGABRT makes it print where each of its threads is
+    tunnel = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "orchestrator.cli.main", "desktop", job_id,
+                               "--tunnel", "--run",
                                "--local-port", str(local), "-i", str(tmp_path / "me")],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -191,7 +193,7 @@ def test_desktop_runs_on_the_ssh_head_node_and_the_tunnel_reaches_it(cluster, en
         try:
             _, tunnel_err = tunnel.communicate(timeout=30)
         except subprocess.TimeoutExpired:
-            tunnel.kill()
+            tunnel.send_signal(signal.SIGABRT)
             _, tunnel_err = tunnel.communicate()
             raise AssertionError("`e2e desktop --tunnel --run` still up 30 s after Ctrl-C: "
                                  f"{tunnel_err[-2000:]}") from None
