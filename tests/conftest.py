@@ -64,6 +64,20 @@ def grant_traverse(paths) -> list[str]:
     return changed
 
 
+def _interruptible_children() -> None:
+    """`make test` runs some pytest sessions in the background (`cmd &`), where a non-interactive shell starts
+    them with SIGINT ignored, and an ignored signal stays ignored across exec: every CLI a test starts would
+    then ignore the Ctrl-C the test sends it (Python keeps SIGINT ignored when it starts ignored). A handler
+    here (Python's own) is reset to the default at exec, so the children get their KeyboardInterrupt back."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_interruptible_children()
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config) -> None:
     """As root, the session's temp folders live in one folder of this checkout's own, not in the machine's

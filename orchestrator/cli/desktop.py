@@ -8,7 +8,6 @@ import os
 import socket
 import sys
 import tempfile
-import threading
 import time
 import webbrowser
 from pathlib import Path
@@ -189,15 +188,7 @@ def _run_tunnel(client: ControlService, d, port: int, identity: Optional[Path]) 
     try:
         forwarder.wait()
     except KeyboardInterrupt:
-        # Ctrl-C ends the command at once. The close runs beside, bounded: a relay thread or the SSH connection
-        # still tearing down must not hold the user's terminal (clean-clone CI runs twice saw the command still
-        # up 10 and 30 s after Ctrl-C, never reproduced alone); then no interpreter shutdown to wait through.
-        closing = threading.Thread(target=forwarder.close, daemon=True)
-        closing.start()
-        closing.join(5)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        pass
     finally:
         forwarder.close()
 
