@@ -152,7 +152,8 @@ class DesktopContext:
 
 def terminal_and_files(cwd: str = ".") -> list[DesktopApp]:
     """The default desktop: a terminal in the folder, and a file manager on it where one is installed."""
-    return [DesktopApp("Terminal", ("xterm", "-geometry", "100x30+40+40"), cwd=cwd),
+    # 80x24 at the left: the job panel takes the right edge (460 px), so on a 1024-wide desktop nothing overlaps
+    return [DesktopApp("Terminal", ("xterm", "-geometry", "80x24+20+40"), cwd=cwd),
             DesktopApp("Files", ("pcmanfm", "."), cwd=cwd, start_with_session=False, optional=True)]
 
 

@@ -10,7 +10,20 @@ from pydantic import Field, model_validator
 
 from orchestrator.model.errors import UserError
 
-from .base import LaunchContext, Outcome, Prepared, Progress, RunFiles, RunMode, Secret, SolverOptions, SolverPlugin
+from .base import (
+    DesktopApp,
+    DesktopContext,
+    LaunchContext,
+    Outcome,
+    Prepared,
+    Progress,
+    RunFiles,
+    RunMode,
+    Secret,
+    SolverOptions,
+    SolverPlugin,
+    terminal_and_files,
+)
 from .series import parse_star_csv
 from .vendor import (
     ExtraArg,
@@ -66,6 +79,17 @@ class StarCCM(SolverPlugin):
     Options = StarCCMOptions
     summary = "Simcenter STAR-CCM+: starccm+ -batch run -np -machinefile -rsh ssh; ABORT pauses, saved .sim restarts"
     cleanup_patterns = (STOP_FILE, CHECKPOINT_FILE, CHECKPOINT_FILE + "~")
+
+    def desktop_apps(self, options: StarCCMOptions, ctx: DesktopContext) -> list[DesktopApp]:
+        """With a fixed server port, the STAR-CCM+ client attached to the batch server (`starccm+ -host H -port
+        P`, what File > Connect to Server does): the desktop runs on the job's first node, where the server
+        listens, so the host is the node itself. Then a terminal and a file manager on the run's copy."""
+        apps = []
+        if options.server_port is not None:
+            apps.append(DesktopApp("STAR-CCM+ (attached to the run)",
+                                   ("starccm+", "-host", "localhost", "-port", str(options.server_port)),
+                                   cwd=ctx.run_id))
+        return [*apps, *terminal_and_files(ctx.run_id)]
 
     def prepare(self, options: StarCCMOptions, ctx: LaunchContext) -> Prepared:
         sim = safe_name(options.sim.name)

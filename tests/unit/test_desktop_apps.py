@@ -166,3 +166,15 @@ def test_calculix_opens_graphix_on_the_jobs_results_once_written(tmp_path):
     assert (found[0].argv, found[0].cwd, found[0].wait_for) == (("cgx", "-v", "beam.frd", "beam.inp"), "run-001",
                                                                   "beam.frd")
     apps.check(found)
+
+
+def test_starccm_attaches_its_client_to_the_batch_server_when_the_port_is_fixed(tmp_path):
+    from solvers.starccm import StarCCM, StarCCMOptions
+
+    base = {"name": "starccm", "sim": str(DATA / "pipe.sim")}
+    attached = StarCCM().desktop_apps(StarCCMOptions.model_validate({**base, "server_port": 47001}), desktop(tmp_path))
+    assert attached[0].argv == ("starccm+", "-host", "localhost", "-port", "47001")
+    assert attached[0].start_with_session and attached[0].cwd == "run-001"
+    apps.check(attached)
+    alone = StarCCM().desktop_apps(StarCCMOptions.model_validate(base), desktop(tmp_path))
+    assert [a.argv[0] for a in alone] == ["xterm", "pcmanfm"]  # no port: no server to attach to

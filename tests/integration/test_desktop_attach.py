@@ -1,0 +1,79 @@
+"""The STAR-CCM+ client on the job's desktop, attached to the batch server running on the cluster (the
+emulator's `starccm+ -host H -port P`, File > Connect to Server): in the real session (Xvnc, openbox) as the
+job's owner, its window shows the server's live iteration, which advances while the run goes on."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from orchestrator.model.paths import JobPaths
+from orchestrator.worker.stack import free_port
+from tests.conftest import require
+from tests.integration.desktop_helpers import require_desktop_tools, wait_desktop
+
+from .conftest import Engine, make_settings, wait_for
+from .test_solvers_e2e import DATA, EMULATORS, SAFE_PATH
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def emulator_engine(redis_url, tmp_path_factory):
+    settings = make_settings(tmp_path_factory.mktemp("e2e-attach"), redis_url + "/6",
+                             job_path=f"{EMULATORS}:{SAFE_PATH}")
+    eng = Engine(settings, worker_env={"PATH": f"{EMULATORS}:{os.environ['PATH']}"})
+    yield eng
+    eng.close()
+
+
+def _iteration(display: str) -> int:
+    found = subprocess.run(["xdotool", "search", "--name", "STAR-CCM\\+ client"], capture_output=True, text=True,
+                           env={**os.environ, "DISPLAY": display}, timeout=10).stdout.split()
+    for window in found:
+        name = subprocess.run(["xdotool", "getwindowname", window], capture_output=True, text=True,
+                              env={**os.environ, "DISPLAY": display}, timeout=10).stdout
+        if m := re.search(r"iteration (\d+)", name):
+            return int(m.group(1))
+    return -1
+
+
+def test_the_starccm_client_on_the_desktop_follows_the_running_batch_server(emulator_engine, tmp_path):
+    require_desktop_tools()
+    require(shutil.which("xdotool") is not None, "xdotool (apt-get install xdotool)")
+    shutil.copy(DATA / "pipe.sim", tmp_path / "pipe.sim")
+    client = emulator_engine.client
+    job_id = client.submit_data({"name": "attach", "solver": {
+        "name": "starccm", "sim": str(tmp_path / "pipe.sim"), "max_steps": 100000, "server_port": free_port()},
+        "desktop": {"enabled": True, "geometry": "1024x768"},
+        "cluster": {"backend": "local", "nodes": 1, "cores_per_node": 1}})
+    try:
+        rec = wait_desktop(emulator_engine, job_id)
+        assert rec.state == "ready", rec.reason
+        display = ":" + (JobPaths.for_job(emulator_engine.settings.root, job_id).root / "desktop" /
+                         "display").read_text().strip()
+        first = wait_for(lambda: (n := _iteration(display)) > 0 and n, 60,
+                         "the attached client's window showing an iteration")
+        later = wait_for(lambda: (n := _iteration(display)) > first and n, 30, "the iteration advancing")
+        assert later > first
+        if os.environ.get("E2E_SCREENSHOT_DIR"):  # how docs/desktop-starccm-attach.png was taken
+            from tests.integration.api.test_desktop_panel import _grab
+
+            _grab(display[1:], Path(os.environ["E2E_SCREENSHOT_DIR"]) / "desktop-starccm-attach.png")
+        # the client is the job owner's, like every app of the session
+        pids = subprocess.run(["pgrep", "-f", "starccm\\+ -host localhost"], capture_output=True,
+                              text=True).stdout.split()
+        owner = client.status(job_id).account
+        if owner:
+            import pwd
+
+            uids = {Path(f"/proc/{p}/status").read_text().split("Uid:")[1].split()[0] for p in pids}
+            assert uids == {str(pwd.getpwnam(owner).pw_uid)}, uids
+    finally:
+        client.terminate(job_id)
+        emulator_engine.wait_job_terminal(job_id, timeout=90)
