@@ -37,17 +37,18 @@ class Desktop:
 
     @property
     def web_fragment(self) -> str:
-        """noVNC's settings for the API's route: it connects back to the page's own host, never the node."""
-        # resize=remote: the desktop takes the browser window's size (Xvnc accepts SetDesktopSize)
-        return (f"autoconnect=1&resize=remote&reconnect=1&path={quote(f'desktop/{self.job_id}/websockify', safe='')}"
-                f"&password={quote(self.secret.password, safe='')}")
+        """noVNC's settings for the API's route: it connects back to the page's own host, never the node; the
+        desktop takes the browser window's size (resize=remote: Xvnc accepts SetDesktopSize)."""
+        return self._api_fragment(self.secret.password, "resize=remote")
 
     def view_fragment(self, view_password: str) -> str:
         """The API route's settings for a view-only viewer: the view-only password, and noVNC sends no input
         (Xvnc ignores a view-only login's input anyway); scaled, never resizing the owner's desktop."""
-        return (f"autoconnect=1&resize=scale&reconnect=1&view_only=1"
-                f"&path={quote(f'desktop/{self.job_id}/websockify', safe='')}"
-                f"&password={quote(view_password, safe='')}")
+        return self._api_fragment(view_password, "resize=scale&view_only=1")
+
+    def _api_fragment(self, password: str, display: str) -> str:
+        return (f"autoconnect=1&{display}&reconnect=1&path={quote(f'desktop/{self.job_id}/websockify', safe='')}"
+                f"&password={quote(password, safe='')}")
 
     @property
     def web_path(self) -> str:

@@ -211,6 +211,7 @@ class DesktopService(JobService):
         if nodes.is_loopback(ctx.head) and (engine_bin / "e2e").exists():  # this machine: the engine's own CLI
             lines.append(f"PATH={shlex.quote(str(engine_bin))}:\"$PATH\"")
         return "\n".join(lines) + "\n"
+
     def apps(self, ctx: ServiceContext, desk: Path) -> list[DesktopApp]:
         """What the job's solver plugin puts on the desktop, checked (the engine itself knows no solver)."""
         plugin = registry().get(ctx.spec.solver.name)

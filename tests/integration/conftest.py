@@ -64,17 +64,23 @@ def redis_url(tmp_path_factory):
     proc.wait(10)
 
 
+def port_free(port: int) -> bool:
+    """Whether a loopback listener could take this port now."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def quiet_port() -> int:
     """A free port below the kernel's ephemeral range: no connection or port-0 listener takes it meanwhile, so
     the API suite, starting later in the session, can still listen there."""
     for _ in range(200):
         port = random.randint(20000, 30999)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
+        if port_free(port):
+            return port
     return free_port()
 
 

@@ -94,3 +94,10 @@ class WebSocketStream:
 
     def close(self) -> None:
         self.ws.close()
+
+
+def grab_display(display: str, target: Path) -> bool:
+    """The X display's picture as a PNG (the system python3's PIL grabs X displays); whether it could."""
+    code = "import sys; from PIL import ImageGrab; ImageGrab.grab(xdisplay=sys.argv[1]).save(sys.argv[2])"
+    return subprocess.run(["/usr/bin/python3", "-c", code, f":{display}", str(target)], capture_output=True,
+                          timeout=30).returncode == 0

@@ -15,7 +15,7 @@ import pytest
 from orchestrator.model.paths import JobPaths
 from orchestrator.worker.stack import free_port
 from tests.conftest import require
-from tests.integration.desktop_helpers import require_desktop_tools, wait_desktop
+from tests.integration.desktop_helpers import grab_display, require_desktop_tools, wait_desktop
 
 from .conftest import Engine, make_settings, wait_for
 from .test_solvers_e2e import DATA, EMULATORS, SAFE_PATH
@@ -62,9 +62,7 @@ def test_the_starccm_client_on_the_desktop_follows_the_running_batch_server(emul
         later = wait_for(lambda: (n := _iteration(display)) > first and n, 30, "the iteration advancing")
         assert later > first
         if os.environ.get("E2E_SCREENSHOT_DIR"):  # how docs/desktop-starccm-attach.png was taken
-            from tests.integration.api.test_desktop_panel import _grab
-
-            _grab(display[1:], Path(os.environ["E2E_SCREENSHOT_DIR"]) / "desktop-starccm-attach.png")
+            grab_display(display[1:], Path(os.environ["E2E_SCREENSHOT_DIR"]) / "desktop-starccm-attach.png")
         # the client is the job owner's, like every app of the session
         pids = subprocess.run(["pgrep", "-f", "starccm\\+ -host localhost"], capture_output=True,
                               text=True).stdout.split()

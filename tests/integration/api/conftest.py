@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 
@@ -15,6 +14,7 @@ from orchestrator.api.app import create_app
 from orchestrator.cli.admin import proxy_options
 from orchestrator.worker.stack import free_port
 from tests.conftest import JOB_ACCOUNT
+from tests.integration.conftest import port_free
 
 
 def api_os_user(role: str = "") -> str:
@@ -24,21 +24,12 @@ def api_os_user(role: str = "") -> str:
     return role if role in ("alice", "bob") else JOB_ACCOUNT
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 class Served:
     """uvicorn serving the API in this process, on a background thread."""
 
     def __init__(self, settings) -> None:
         # the engine's own API address when it is free: desktops' panels and terminals reach this API there
-        self.port = settings.api_port if _free(settings.api_port) else free_port()
+        self.port = settings.api_port if port_free(settings.api_port) else free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning",
                                 access_log=False, **proxy_options(settings))  # as `e2e serve` runs it

@@ -22,7 +22,7 @@ from orchestrator.model.paths import JobPaths
 from tests.conftest import require
 from tests.integration.api.conftest import api_os_user
 from tests.integration.conftest import wait_for
-from tests.integration.desktop_helpers import require_desktop_tools, session_processes, wait_desktop
+from tests.integration.desktop_helpers import grab_display, require_desktop_tools, session_processes, wait_desktop
 
 pytestmark = pytest.mark.integration
 FAILED_SHOT = Path(os.environ.get("TMPDIR", "/tmp")) / "desktop-panel-failed.png"
@@ -61,13 +61,6 @@ def _click(display: str, xy: list[int], last: bool = False) -> None:
                            "click", "1"],
                           env={**os.environ, "DISPLAY": f":{display}"}, capture_output=True, text=True, timeout=10)
     assert done.returncode == 0 or (last and "connection" in done.stderr), done.stderr
-
-
-def _grab(display: str, target: Path) -> bool:
-    """The display's picture as a PNG (the system python3's PIL grabs X displays); whether it could."""
-    code = "import sys; from PIL import ImageGrab; ImageGrab.grab(xdisplay=sys.argv[1]).save(sys.argv[2])"
-    return subprocess.run(["/usr/bin/python3", "-c", code, f":{display}", str(target)], capture_output=True,
-                          timeout=30).returncode == 0
 
 
 def _press(desk: Path, display: str, label: str) -> None:
@@ -127,7 +120,7 @@ def test_the_panel_shows_and_controls_the_job_as_its_owner(engine, api, tokens, 
             wait_for(lambda: ((_run(alice.get(f"/jobs/{job_id}").json()).get("progress") or {}).get("step") or 0)
                      >= 16, 30, "16 steps")
             time.sleep(2 * POLL)
-            assert _grab(rec.display, Path(os.environ["E2E_PANEL_SCREENSHOT"]))
+            assert grab_display(rec.display, Path(os.environ["E2E_PANEL_SCREENSHOT"]))
         # Freeze suspends the run in place, Resume continues it
         _press(desk, rec.display, "Freeze")
         wait_for(lambda: _run(alice.get(f"/jobs/{job_id}").json())["state"] == "FROZEN", 30, "the run FROZEN")
@@ -159,7 +152,7 @@ def test_the_panel_shows_and_controls_the_job_as_its_owner(engine, api, tokens, 
                  "the job terminating")
     except AssertionError:
         if rec and rec.display:  # what the desktop showed instead
-            _grab(rec.display, FAILED_SHOT)
+            grab_display(rec.display, FAILED_SHOT)
             print("panel.json:", _places(desk), "\nsession.log:", _tail(desk / "session.log"))
         raise
     finally:
