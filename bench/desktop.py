@@ -7,9 +7,12 @@ interleaved and one at a time:
     record for the desktop's port; the job is then terminated outside the timed window;
   * Xvnc alone: Popen of Xvnc (same options as the session: -displayfd, -localhost, VncAuth) -> the first
     VncAuth login that succeeds; then Xvnc is stopped.
-Then (bench/desktop_panel.py, --panel-samples N) the job panel's Pause click -> run PAUSED, beside `e2e pause
---wait` through the same API (served here, at the address the desktops are given).
-Prints p50/p90/max of each, the ratio, and whether the targets (desktop p50 <= 3 s, panel p50 <= 1 s) hold.
+Then (bench/desktop_paraview.py, --paraview-samples N) submit of an OpenFOAM job -> ParaView in its session showing
+the case, beside the same Xvnc-alone baseline; and (bench/desktop_panel.py, --panel-samples N) the job panel's
+Pause click -> run PAUSED, beside `e2e pause --wait` through the same API (served here, at the address the desktops
+are given).
+Prints p50/p90/max of each, the ratios, and whether the targets (desktop p50 <= 3 s, ParaView p50 <= 10 s, panel
+p50 <= 1 s) hold.
 Exit 0 whatever the figures; non-zero only on errors.
 
     .venv/bin/python bench/desktop.py --jobs 10 [--json]
@@ -30,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_P50_S = 3.0
 TARGET_PANEL_P50_S = 1.0  # the panel's Pause click -> run PAUSED
+TARGET_PARAVIEW_P50_S = 10.0  # submit -> ParaView showing the case
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -86,6 +90,8 @@ def desktop_bench_args(doc: str, jobs: int, what: str, flag: str = "--jobs",
     if panel:
         p.add_argument("--panel-samples", type=int, default=panel,
                        help=f"panel Pause clicks and `e2e pause --wait` runs, each (default {panel}; 0: none)")
+        p.add_argument("--paraview-samples", type=int, default=3,
+                       help="OpenFOAM submits timed until ParaView shows the case (default 3; 0: none)")
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
@@ -106,6 +112,8 @@ def main() -> int:
         os.environ.pop(var, None)
     sys.path.insert(0, str(ROOT))
     from bench.desktop_panel import missing, pause_figures
+    from bench.desktop_paraview import missing as paraview_missing_here
+    from bench.desktop_paraview import paraview_figures
     from orchestrator.control.client import Client
     from orchestrator.desktop.secrets import DesktopSecrets
     from orchestrator.desktop.service import desktop_record
@@ -119,6 +127,8 @@ def main() -> int:
     desktop_s, xvnc_s = [], []
     pauses: dict[str, list[float]] = {}
     panel_missing = missing() if args.panel_samples else "--panel-samples 0"
+    paraview_missing = paraview_missing_here() if args.paraview_samples else "--paraview-samples 0"
+    paraview_s: list[float] = []
     try:
         stack.start()
         client = Client(settings, user="bench")
@@ -142,6 +152,8 @@ def main() -> int:
         for _ in range(args.jobs):
             desktop_s.append(desktop_sample())
             xvnc_s.append(xvnc_sample(scratch, args.timeout))
+        if not paraview_missing:
+            paraview_s = paraview_figures(client, args.paraview_samples, args.timeout)
         if not panel_missing:
             from bench.desktop_latency import serve_api
 
@@ -156,6 +168,7 @@ def main() -> int:
         shutil.rmtree(home, ignore_errors=True)
 
     rows = [(name, values) for name, values in (("submit->VNC login", desktop_s), ("Xvnc->VNC login", xvnc_s),
+                                                ("submit->ParaView", paraview_s),
                                                 ("panel Pause->PAUSED", pauses.get("panel")),
                                                 ("e2e pause --wait", pauses.get("cli"))) if values]
     print(f"{'metric':<19}{'n':>4}{'p50 s':>9}{'p90 s':>9}{'max s':>9}")
@@ -166,6 +179,13 @@ def main() -> int:
     print(f"ratio p50 submit->login / Xvnc alone: {p50 / base:.1f}x (reconcile every "
           f"{settings.reconcile_interval:g}s)")
     print(f"target p50 <= {TARGET_P50_S:g} s: {'holds' if p50 <= TARGET_P50_S else 'MISSED'} ({p50:.3f} s)")
+    paraview_p50 = percentile(paraview_s, 50) if paraview_s else None
+    if paraview_p50 is None:
+        print(f"submit->ParaView: not measured ({paraview_missing})")
+    else:
+        print(f"target submit->ParaView showing the case p50 <= {TARGET_PARAVIEW_P50_S:g} s: "
+              f"{'holds' if paraview_p50 <= TARGET_PARAVIEW_P50_S else 'MISSED'} ({paraview_p50:.3f} s; "
+              f"{paraview_p50 / base:.1f}x Xvnc alone)")
     panel_p50 = percentile(pauses["panel"], 50) if pauses.get("panel") else None
     if panel_p50 is None:
         print(f"panel Pause->PAUSED: not measured ({panel_missing})")
@@ -177,7 +197,8 @@ def main() -> int:
         print(json.dumps({"desktop_s": desktop_s, "xvnc_s": xvnc_s, "p50_s": p50, "xvnc_p50_s": base,
                           "ratio_p50": p50 / base, "target_p50_le_3s": p50 <= TARGET_P50_S,
                           "panel_pause_s": pauses.get("panel"), "cli_pause_s": pauses.get("cli"),
-                          "panel_pause_p50_s": panel_p50}))
+                          "panel_pause_p50_s": panel_p50, "paraview_s": paraview_s,
+                          "paraview_p50_s": paraview_p50}))
     return 0
 
 

@@ -177,6 +177,9 @@ class SolverPlugin(ABC):
     # Whether a restart may continue on fewer nodes than the run started with (after a node fault with no
     # replacement free); False where the checkpoint is tied to the process count (a decomposed case).
     runs_on_fewer_nodes: ClassVar[bool] = False
+    # The options apply_live can hand to a running solver (edit forms mark them and offer "apply live" only for
+    # plugins with some); every other option takes a pause, the edit, then a restart.
+    live_fields: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def prepare(self, options: SolverOptions, ctx: LaunchContext) -> Prepared:

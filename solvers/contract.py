@@ -198,6 +198,13 @@ class PluginContract:
             assert pattern and not pattern.startswith("/") and ".." not in Path(pattern).parts, pattern
             assert pattern not in ("*", "**", "*.*"), f"{pattern!r} would delete the whole run"
 
+    def test_live_fields_are_options_and_declared_where_apply_live_is(self):
+        # edit forms mark these "(live)" and offer "apply live" only for plugins with some
+        live = self.plugin.live_fields
+        assert set(live) <= set(self.plugin.Options.model_fields) - {"name"}, live
+        overrides = self.plugin.apply_live is not SolverPlugin.apply_live
+        assert bool(live) == overrides, "declare live_fields exactly when apply_live is overridden"
+
     def test_latest_checkpoint_never_raises_and_a_missing_run_has_none(self, tmp_path):
         # (an empty run directory may still count: a plain command decides itself what to continue from)
         answer = self.instance().latest_checkpoint(tmp_path)

@@ -110,6 +110,7 @@ class OpenFOAM(SolverPlugin):
     name = "openfoam"
     Options = OpenFOAMOptions
     summary = "OpenFOAM (Debian build): blockMesh, decomposePar, mpirun <application> -parallel, reconstructPar"
+    live_fields = ("parameters",)  # controlDict entries: re-read by a running solver (runTimeModifiable)
 
     def prepare(self, options: OpenFOAMOptions, ctx: LaunchContext) -> Prepared:
         restart = ctx.mode is RunMode.RESTART
@@ -163,14 +164,15 @@ class OpenFOAM(SolverPlugin):
         )
 
     def desktop_apps(self, options: OpenFOAMOptions, ctx: DesktopContext) -> list[DesktopApp]:
-        """ParaView on the run's live copy (its built-in reader on an empty <case>.foam), once the mesh is there
-        (blockMesh may still be to run: a reader opened on no mesh only shows errors), then the defaults."""
+        """ParaView on the run's live copy (its built-in reader on an empty <case>.foam), then the defaults. It
+        starts with the session, since it takes seconds to start; its script opens the case once the mesh is
+        there (blockMesh may still be to run: a reader opened on no mesh only shows errors)."""
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", options.case.name).strip(".") or "case"
         script = f"FOAM_FILE = {name + '.foam'!r}\n" + PARAVIEW_SCRIPT.read_text()
         # Its own settings folder: the modal welcome dialog would otherwise hold the script back until closed
         settings = "[General]\nGeneralSettings.ShowWelcomeDialog=false\n"
         paraview = DesktopApp("ParaView", ("paraview", f"--script={ctx.apps_dir / 'paraview_case.py'}"),
-                              cwd=ctx.run_id, wait_for="constant/polyMesh",
+                              cwd=ctx.run_id,
                               files={"paraview_case.py": script, PARAVIEW_SETTINGS: settings},
                               env={"XDG_CONFIG_HOME": str(ctx.apps_dir / "paraview-config")})
         return [paraview, *terminal_and_files(ctx.run_id)]

@@ -1,4 +1,5 @@
-"""Job routes: submit, list, get, history, and the control commands (pause ... terminate), each audited."""
+"""Job routes: the solvers to submit to, submit, list, get, history, the edit form, and the control commands
+(pause ... terminate), each audited."""
 
 from __future__ import annotations
 
@@ -69,6 +70,16 @@ def list_jobs(client: ControlService = Depends(client_for), limit: int = Query(1
 @router.get("/jobs/{job}", summary="One job with its runs, allowed commands and deadlines")
 def get_job(job: str, client: ControlService = Depends(client_for)) -> dict[str, Any]:
     return job_doc(client.status(job))
+
+
+@router.get("/solvers", summary="The installed solvers: summary, options schema, the options a run takes live")
+def solvers(client: ControlService = Depends(client_for)) -> list[dict[str, Any]]:
+    return client.solvers()
+
+
+@router.get("/jobs/{job}/form", summary="The job's edit form: its solver options as fields, with current values")
+def edit_form(job: str, client: ControlService = Depends(client_for)) -> dict[str, Any]:
+    return jsonable_encoder(client.edit_form(job))
 
 
 @router.get("/jobs/{job}/history", summary="Spec revisions (who, when, what) and runs with attempts")

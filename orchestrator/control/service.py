@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from orchestrator.control import desktop, files, nodes, notify, steering, submission, uploads
+from orchestrator.control import desktop, files, forms, nodes, notify, steering, submission, uploads
 from orchestrator.control.desktop import DesktopRefused
 from orchestrator.control.nodes import HostKeyOffer, Rendered
 from orchestrator.control.protocol import (
@@ -227,6 +227,18 @@ class ControlService:
                            mode=r.mode.value if r.mode else None, started_at=r.started_at, ended_at=r.ended_at,
                            reason=r.reason) for r in self.store.list_runs(record.id)]
         return History(id=record.id, revision=record.revision or 1, revisions=revisions, runs=runs)
+
+    def edit_form(self, job: str) -> dict[str, Any]:
+        """The job's edit form: its solver's options as fields with their current values, which a running
+        solver takes live, and whether "apply live" can be offered now."""
+        from solvers.base import registry
+
+        doc = self.status(job)
+        return forms.job_form(registry().get(doc.solver), doc.spec.get("solver") or {}, doc.allowed)
+
+    def solvers(self) -> list[dict[str, Any]]:
+        """The installed solver plugins with their options schemas (what a submission form is built from)."""
+        return forms.solver_catalog()
 
     def wait(self, job: str, predicate: Callable[[JobStatus], bool], timeout: float = 600,
              poll: float = 0.2) -> JobStatus:

@@ -11,7 +11,8 @@ Without a token (a job not submitted through the API) it has no API: it shows th
 That works only where the job's account can reach the engine with that CLI (an engine run by that same user);
 elsewhere (e.g. a root engine's job accounts) the status line says `e2e` failed and the buttons stay disabled.
 
-The pure parts (formatting, the edit form's request body, the plot's scaling) have no Tk and are unit-tested.
+The edit form is panel_form.py, shipped beside this file. The pure parts (formatting, the edit form's request
+body, the plot's scaling) have no Tk and are unit-tested.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ import urllib.request
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
+
+try:  # shipped: panel_form.py lies beside this file in the session's folder
+    import panel_form
+except ImportError:  # in the repository (its tests)
+    from orchestrator.desktop import panel_form
 
 POLL = 1.0            # seconds between looks at the job
 CLI_POLL = 5.0        # the same through `e2e` (no token): a process each time
@@ -94,28 +100,6 @@ def progress_line(run: dict[str, Any]) -> str:
         return "progress: not reported"
     step, total = p.get("step"), p.get("total")
     return f"{f * 100:.0f} %  ({step:g} of {total:g})" if step is not None and total else f"{f * 100:.0f} %"
-
-
-def edit_body(original: dict[str, Any], fields: dict[str, str], free: str, live: bool) -> dict[str, Any]:
-    """The POST /edit body from the edit form: a `solver.parameters.NAME=VALUE` per field the user changed,
-    then each `key=value` of the free line (separated by ';' or new lines). ValueError names a bad entry."""
-    sets = [f"solver.parameters.{name}={value.strip()}" for name, value in fields.items()
-            if value.strip() != _text(original.get(name))]
-    for part in free.replace("\n", ";").split(";"):
-        if not part.strip():
-            continue
-        key, eq, value = part.strip().partition("=")
-        if not eq or not key.strip() or any(c.isspace() for c in key.strip()):
-            raise ValueError(f"free line: {part.strip()!r} is not key=value (a spec path, e.g. solver.parameters."
-                             f"endTime=0.7)")
-        sets.append(f"{key.strip()}={value.strip()}")
-    if not sets:
-        raise ValueError("nothing to edit: change a field or write key=value")
-    return {"set": sets, "live": bool(live), "message": "edited in the desktop panel"}
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else json.dumps(value) if isinstance(value, (dict, list, bool)) else str(value)
 
 
 def _loggable(points: list[list[Any]]) -> list[tuple[float, float]]:
@@ -184,6 +168,13 @@ class Api:
     def command(self, name: str, body: dict[str, Any] | None = None) -> Any:
         return self.call("POST", f"/{name}", body)
 
+    def form(self) -> dict[str, Any] | None:
+        """The job's edit form (its solver's options as fields); None from an engine that has none."""
+        try:
+            return self.call("GET", "/form")
+        except ApiError:
+            return None
+
 
 class Cli:
     """No token: `e2e` on PATH (the engine machine's own user). Status and commands only."""
@@ -209,6 +200,9 @@ class Cli:
             return self._run("edit", self.job, *args, *(["--live"] if (body or {}).get("live") else []))
         return self._run(name, self.job)
 
+    def form(self) -> dict[str, Any] | None:
+        return None  # the form then holds the job's solver.parameters
+
 
 class Poller(threading.Thread):
     """Looks at the job every POLL seconds and runs the buttons' commands at once (first), off the Tk thread;
@@ -220,6 +214,7 @@ class Poller(threading.Thread):
         self.source, self.out = source, out
         self.actions: queue.Queue = queue.Queue()  # (command, body) from the buttons
         self.log_run, self.log_offset, self.log_text, self.files_at = None, 0, "", 0.0
+        self.form_for: tuple[Any, ...] | None = None  # the (revision, allowed) the edit form was fetched for
 
     def run(self) -> None:
         every = POLL if isinstance(self.source, Api) else CLI_POLL
@@ -241,6 +236,9 @@ class Poller(threading.Thread):
         try:
             doc = self.source.job_doc()
             self.out.put(("job", doc))
+            if (key := (doc.get("revision"), tuple(doc.get("allowed") or ()))) != self.form_for:
+                self.form_for = key  # a new revision changes the values, a new state "apply live"
+                self.out.put(("form", self.source.form()))
             if isinstance(self.source, Api):
                 self.out.put(("series", self.source.call("GET", "/series?last=500")))
                 self.out.put(("log", self._log(doc)))
@@ -285,6 +283,7 @@ class Window:
         self.out: queue.Queue = queue.Queue()
         self.poller = Poller(source, self.out)
         self.doc: dict[str, Any] = {}
+        self.form: dict[str, Any] | None = None           # the job's edit form, from the engine
         self.history: dict[str, list[list[float]]] = {}  # residuals seen in the progress (no monitored series)
         self.dialogs: dict[str, Any] = {}                 # the open dialogs' buttons, for panel.json
         self.enabled: list[str] = []                      # the buttons enabled (the commands the job accepts)
@@ -397,6 +396,9 @@ class Window:
         for entry in (data.get("files") or [])[:300]:
             self.files.insert("end", f"{entry.get('path', '?')}  ({entry.get('size', 0)} B)")
 
+    def _show_form(self, form: dict[str, Any] | None) -> None:
+        self.form = form
+
     def _show_error(self, text: str) -> None:
         self._say(text, error=True)
 
@@ -430,45 +432,17 @@ class Window:
         self._dialog(top, {"confirm": yes, "cancel": no})
 
     def _edit(self) -> None:
-        tk = self.tk
-        params = ((self.doc.get("spec") or {}).get("solver") or {}).get("parameters") or {}
-        top = tk.Toplevel(self.root)
+        top = self.tk.Toplevel(self.root)
         top.title(f"Edit job {self.job}")
-        entries: dict[str, Any] = {}
-        for i, (name, value) in enumerate(sorted(params.items())):
-            tk.Label(top, text=name, anchor="e").grid(row=i, column=0, sticky="e", padx=4, pady=1)
-            entries[name] = tk.Entry(top, width=28)
-            entries[name].insert(0, _text(value))
-            entries[name].grid(row=i, column=1, padx=4, pady=1)
-        n = len(params)
-        tk.Label(top, text="key=value; ...", anchor="e").grid(row=n, column=0, sticky="e", padx=4)
-        free = tk.Entry(top, width=28)
-        free.grid(row=n, column=1, padx=4, pady=1)
-        tk.Label(top, text="spec paths, e.g. solver.parameters.endTime=0.7; description=longer", fg="#555").grid(
-            row=n + 1, column=0, columnspan=2, sticky="w", padx=4)
-        n += 1
-        live = tk.BooleanVar(value="edit" not in (self.doc.get("allowed") or []))  # running: only live edits
-        tk.Checkbutton(top, text="apply live (to the running solver)", variable=live,
-                       state="normal" if "edit-live" in (self.doc.get("allowed") or []) else "disabled"
-                       ).grid(row=n + 1, column=0, columnspan=2, sticky="w", padx=4)
 
-        def apply() -> None:
-            try:
-                body = edit_body(params, {k: e.get() for k, e in entries.items()}, free.get(), live.get())
-            except ValueError as exc:
-                self._say(str(exc), error=True)
-                return
+        def apply(body: dict[str, Any]) -> None:
             self._close(top)
             self._send("edit", body)
 
-        row = tk.Frame(top)
-        row.grid(row=n + 2, column=0, columnspan=2, pady=6)
-        ok, cancel = tk.Button(row, text="Apply", command=apply), tk.Button(row, text="Cancel",
-                                                                          command=lambda: self._close(top))
-        ok.pack(side="left", padx=6)
-        cancel.pack(side="left", padx=6)
-        self._dialog(top, {"apply": ok, "cancel": cancel, **{f"field:{k}": e for k, e in entries.items()},
-                           "free": free})
+        widgets = panel_form.build_dialog(self.tk, top, self.form, self.doc, apply,
+                                          lambda text: self._say(text, error=True))
+        widgets["cancel"].configure(command=lambda: self._close(top))
+        self._dialog(top, widgets)
 
     def _dialog(self, top: Any, buttons: dict[str, Any]) -> None:
         top.transient(self.root)

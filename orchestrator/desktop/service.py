@@ -32,6 +32,7 @@ from solvers.base import DesktopApp, DesktopContext, registry, terminal_and_file
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 GATEWAY_SOURCE = Path(__file__).with_name("gateway.py")
 PANEL_SOURCE = Path(__file__).with_name("panel_app.py")  # the job panel, shipped as the session's panel.py
+PANEL_FORM_SOURCE = Path(__file__).with_name("panel_form.py")  # its edit form, shipped beside it
 # The panel runs on the head node's system python3 (where python3-tk is), not on whatever python3 PATH finds first
 PANEL_PYTHON = 'if [ -x /usr/bin/python3 ]; then exec /usr/bin/python3 -s "$@"; fi; exec python3 -s "$@"'
 NOVNC_DIR = "/usr/share/novnc"
@@ -227,6 +228,7 @@ class DesktopService(JobService):
         """The job panel (panel.py) and the plugin's apps' helper files, their launcher (apps.sh) and the openbox
         menu listing them (menu.xml). The panel comes first: every desktop has it, whatever the solver."""
         ctx.backend.write_bytes(ctx.head, desk / "panel.py", PANEL_SOURCE.read_bytes())
+        ctx.backend.write_bytes(ctx.head, desk / "panel_form.py", PANEL_FORM_SOURCE.read_bytes())
         found = [job_panel(desk), *(a for a in self.apps(ctx, desk) if a.name != JOB_PANEL)]
         nodes.make_dirs(ctx.backend, ctx.head, desk / "apps", 0o700)
         for app in found:

@@ -8,7 +8,7 @@ import traceback
 
 from paraview import simple
 
-REFRESH_MS = 3000  # how often new time directories are looked for
+REFRESH_MS = 1000  # how often the case's folders are looked at (a listing; the reader re-reads only on a change)
 
 
 def _is_time(name):
@@ -25,16 +25,48 @@ def case_type():
     return "Decomposed Case" if glob.glob("processor[0-9]*") and not written else "Reconstructed Case"
 
 
-open(FOAM_FILE, "a").close()  # noqa: F821 - the empty file the built-in OpenFOAM reader opens
-reader = simple.OpenFOAMReader(registrationName=FOAM_FILE, FileName=os.path.abspath(FOAM_FILE))  # noqa: F821
-reader.CaseType = case_type()
-reader.UpdatePipelineInformation()
+def _listing(folder):
+    try:
+        return sorted(os.listdir(folder))
+    except OSError:
+        return []
+
+
+def layout():
+    """What the reader follows: the time folders of the case and of its first processor, and the mesh's files
+    (a listing costs microseconds; the reader's ReloadFiles costs a read of the case)."""
+    folders = [d for d in os.listdir(".") if os.path.isdir(d)]
+    processors = sorted(d for d in folders if d.startswith("processor") and d[len("processor"):].isdigit())
+    first = processors[0] if processors else "."
+    mesh = _listing("constant/polyMesh") or _listing(os.path.join(first, "constant", "polyMesh"))
+    return sorted(d for d in folders if _is_time(d)), processors, _listing(first) if processors else [], mesh
+
+
 view = simple.GetActiveViewOrCreate("RenderView")
-display = simple.Show(reader, view)
-scene = simple.GetAnimationScene()
-scene.UpdateAnimationUsingDataTimeSteps()
-scene.GoToLast()
-coloured = False
+reader = display = scene = None
+coloured = framed = False  # a case opened before its mesh or fields are complete is framed and coloured later
+seen = None
+
+
+def open_case():
+    """The reader on the case, once its mesh is there: ParaView starts with the session (it takes seconds to start;
+    the mesh may still be being made), and a reader opened on no mesh only shows errors."""
+    global reader, display, scene
+    open(FOAM_FILE, "a").close()  # noqa: F821 - the empty file the built-in OpenFOAM reader opens
+    opened = simple.OpenFOAMReader(registrationName=FOAM_FILE, FileName=os.path.abspath(FOAM_FILE))  # noqa: F821
+    try:
+        opened.CaseType = case_type()
+        opened.UpdatePipelineInformation()
+        shown = simple.Show(opened, view)
+    except Exception:
+        simple.Delete(opened)  # a mesh still being copied: the next change of the folders tries again
+        raise
+    reader, display = opened, shown
+    scene = simple.GetAnimationScene()
+    scene.UpdateAnimationUsingDataTimeSteps()
+    scene.GoToLast()
+    colour()
+    frame()
 
 
 def colour():
@@ -48,9 +80,6 @@ def colour():
             display.SetScalarBarVisibility(view, True)
             coloured = True
             return
-
-
-colour()
 
 
 def has_cells():
@@ -68,11 +97,6 @@ def frame():
     simple.Render(view)
 
 
-framed = False  # a case opened before its mesh is complete is framed once it is
-frame()
-shown = list(reader.TimestepValues or [])
-
-
 def refresh(*_):
     try:
         update()
@@ -81,17 +105,23 @@ def refresh(*_):
 
 
 def update():
-    """New time directories: re-read the case's times (ReloadFiles), switch the case type when a
-    reconstruct happened, and go to the newest time."""
-    global shown
+    """The case's folders changed (a new time, a reconstruct, the mesh): open the case if not yet, re-read its
+    times (ReloadFiles), switch the case type when a reconstruct happened, and go to the newest time."""
+    global seen
+    now = layout()
+    if now == seen and (reader is None or (framed and coloured)):
+        return
+    if reader is None:
+        if now[3]:  # the mesh's files
+            open_case()
+            seen = now
+        return
     wanted = case_type()
     if reader.CaseType != wanted:
         reader.CaseType = wanted
     simple.ReloadFiles(reader)
     reader.UpdatePipelineInformation()
     times = list(reader.TimestepValues or [])
-    if times == shown and framed and coloured:
-        return
     scene.UpdateAnimationUsingDataTimeSteps()
     scene.GoToLast()
     reader.UpdatePipeline(times[-1] if times else 0.0)
@@ -103,9 +133,10 @@ def update():
         simple.Render(view)
     else:
         frame()
-    shown = times  # only once all went through: a failed tick is tried again
+    seen = now  # only once all went through: a failed tick is tried again
 
 
+update()
 # The GUI's render window interactor is Qt's (QVTKInteractor): its repeating timer is a QTimer on the GUI
 # thread, so the refresh runs between user events, never beside them.
 interactor = view.GetInteractor()

@@ -18,7 +18,6 @@ from orchestrator.desktop.panel_app import (
     Api,
     ApiError,
     duration,
-    edit_body,
     fraction,
     plot_bounds,
     plot_points,
@@ -26,7 +25,8 @@ from orchestrator.desktop.panel_app import (
     state_line,
     time_left,
 )
-from orchestrator.desktop.service import PANEL_SOURCE
+from orchestrator.desktop.panel_form import edit_body, parameter_fields
+from orchestrator.desktop.service import PANEL_FORM_SOURCE, PANEL_SOURCE
 
 
 def _doc(run_state="RUNNING", attempt=2, progress=None, reason=None, started_at=1000.0) -> dict:
@@ -54,20 +54,56 @@ def test_progress_and_time_left_come_from_the_runs_progress_at_its_pace_so_far()
     assert time_left(paused, now=1100.0) is None  # a stopped run has no pace
 
 
-def test_the_edit_form_sends_the_changed_parameters_and_the_free_assignments():
-    original = {"endTime": 0.5, "writeInterval": 20, "deltaT": 0.005}
-    body = edit_body(original, {"endTime": "0.7", "writeInterval": "20", "deltaT": " 0.005 "},
-                     "description=longer; solver.env.GAIN = 4\n", live=True)
-    assert body == {"set": ["solver.parameters.endTime=0.7", "description=longer", "solver.env.GAIN=4"],
-                    "live": True, "message": "edited in the desktop panel"}
+FIELDS = [{"path": "solver.parameters.endTime", "label": "endTime", "kind": "value", "value": 0.5, "live": True},
+          {"path": "solver.parameters.writeInterval", "label": "writeInterval", "kind": "value", "value": 20,
+           "live": True},
+          {"path": "solver.mesh", "label": "mesh", "kind": "choice", "value": "auto", "choices": ["auto", "none"]},
+          {"path": "solver.application", "label": "application", "kind": "string", "value": "icoFoam"},
+          {"path": "solver.threads", "label": "threads", "kind": "integer", "value": None, "nullable": True},
+          {"path": "solver.reconstruct", "label": "reconstruct", "kind": "boolean", "value": True}]
 
 
-@pytest.mark.parametrize("free, said", [("endTime 0.7", "'endTime 0.7' is not key=value"),
-                                        ("=3", "'=3' is not key=value"),
-                                        ("", "nothing to edit")])
-def test_the_edit_form_refuses_what_is_no_assignment_naming_it(free, said):
+def test_the_edit_form_sends_the_changed_fields_typed_and_the_free_assignments():
+    typed = {"solver.parameters.endTime": "0.7", "solver.parameters.writeInterval": " 20 ", "solver.mesh": "none",
+             "solver.application": "yes", "solver.threads": "4", "solver.reconstruct": "false"}
+    body = edit_body(FIELDS, typed, "description=longer; solver.env.GAIN = 4\n", live=False)
+    # a mapping's entry as typed (0.7 stays a number); strings and choices quoted ("yes" stays a string)
+    assert body == {"set": ["solver.parameters.endTime=0.7", 'solver.mesh="none"', 'solver.application="yes"',
+                            "solver.threads=4", "solver.reconstruct=false", "description=longer",
+                            "solver.env.GAIN=4"], "live": False, "message": "edited in the desktop panel"}
+    # emptied, a nullable option goes back to null; unchanged fields send nothing
+    threads = [{**FIELDS[4], "value": 2}]
+    assert edit_body(threads, {"solver.threads": ""}, "", live=False)["set"] == ["solver.threads=null"]
+    unchanged = {"solver.threads": "", "solver.reconstruct": "true", "solver.parameters.endTime": "0.5"}
+    with pytest.raises(ValueError, match="nothing to edit"):
+        edit_body(FIELDS, unchanged, "", live=False)
+
+
+def test_apply_live_takes_only_what_the_running_solver_can_take_naming_the_rest():
+    live = edit_body(FIELDS, {"solver.parameters.endTime": "0.9"}, "", live=True)
+    assert live["set"] == ["solver.parameters.endTime=0.9"] and live["live"] is True
+    with pytest.raises(ValueError, match=r"^mesh, application: the running solver cannot take this"):
+        edit_body(FIELDS, {"solver.mesh": "none", "solver.application": "simpleFoam",
+                           "solver.parameters.endTime": "0.9"}, "", live=True)
+
+
+@pytest.mark.parametrize("typed, free, said", [
+    ({}, "endTime 0.7", "'endTime 0.7' is not key=value"),
+    ({}, "=3", "'=3' is not key=value"),
+    ({}, "", "nothing to edit"),
+    ({"solver.threads": "four"}, "", "threads: 'four' is not a whole number"),
+    ({"solver.mesh": "snappy"}, "", "mesh: choose one of auto, none"),
+    ({"solver.parameters.endTime": " "}, "", "endTime: empty; give a value")])
+def test_the_edit_form_refuses_what_is_no_value_of_its_field_naming_it(typed, free, said):
     with pytest.raises(ValueError, match=said):
-        edit_body({"endTime": 0.5}, {"endTime": "0.5"}, free, live=False)
+        edit_body(FIELDS, typed, free, live=False)
+
+
+def test_without_the_engines_form_the_fields_are_the_jobs_parameters():
+    doc = {"spec": {"solver": {"name": "openfoam", "parameters": {"endTime": 0.5, "deltaT": 0.005}}}}
+    assert [(f["path"], f["value"], f["kind"]) for f in parameter_fields(doc)] == [
+        ("solver.parameters.deltaT", 0.005, "value"), ("solver.parameters.endTime", 0.5, "value")]
+    assert parameter_fields({}) == []
 
 
 def test_the_residual_plot_is_log_scaled_and_leaves_out_what_a_log_cannot_show():
@@ -125,12 +161,14 @@ def test_the_api_client_sends_the_token_as_bearer_and_says_an_error_in_one_line(
 
 def test_the_shipped_panel_is_standalone_and_skips_itself_with_a_note_where_tkinter_is_missing(tmp_path):
     source = PANEL_SOURCE.read_text()
-    assert "orchestrator" not in source.split('"""', 2)[2].replace("orchestrator/", "")  # no engine import
+    code = source.split('"""', 2)[2].replace("from orchestrator.desktop import panel_form", "")  # the repo's fallback
+    assert "orchestrator" not in code  # no engine import
     fake = tmp_path / "fake" / "tkinter"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('no _tkinter')\n")
     shipped = tmp_path / "panel.py"
     shipped.write_text(source)
+    (tmp_path / "panel_form.py").write_text(PANEL_FORM_SOURCE.read_text())  # shipped beside it
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(tmp_path / "fake"), "E2E_JOB": "j1"}
     done = subprocess.run([sys.executable, "-s", str(shipped)], env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and "Job panel skipped: tkinter is not installed" in done.stdout, done.stderr
@@ -168,8 +206,9 @@ def test_the_poller_sends_a_buttons_command_before_its_next_look_and_says_what_i
     finally:
         server.shutdown()
         server.server_close()
-    assert kinds[0] == "done" and kinds[1:] == ["job", "series", "log"]
-    assert [s[:2] for s in _Recorder.seen[:3]] == [("POST", "/api/v1/jobs/j1/pause"), ("GET", "/api/v1/jobs/j1"),
+    assert kinds[0] == "done" and kinds[1:] == ["job", "form", "series"]  # the form: on the first look
+    assert [s[:2] for s in _Recorder.seen[:4]] == [("POST", "/api/v1/jobs/j1/pause"), ("GET", "/api/v1/jobs/j1"),
+                                                   ("GET", "/api/v1/jobs/j1/form"),
                                                    ("GET", "/api/v1/jobs/j1/series?last=500")]
 
 

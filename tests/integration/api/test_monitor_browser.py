@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from pathlib import Path
 
 import httpx
 import pytest
@@ -73,13 +74,13 @@ def api_client(api, token: str) -> httpx.Client:
     return httpx.Client(base_url=api.url + "/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
 
-def upload_case(client: httpx.Client) -> str:
+def upload_case(client: httpx.Client, case: Path = PITZ, name: str = "pitzDaily") -> str:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        tar.add(PITZ, arcname="pitzDaily")
+        tar.add(case, arcname=name)
     reply = client.post("/uploads", content=buffer.getvalue(), headers={"Content-Type": "application/gzip"})
     assert reply.status_code == 201, reply.text
-    return f"{reply.json()['path']}/pitzDaily"
+    return f"{reply.json()['path']}/{name}"
 
 
 def plot_points(drv) -> int:
