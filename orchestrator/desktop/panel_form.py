@@ -52,9 +52,9 @@ def edit_body(fields: list[dict[str, Any]], typed: dict[str, str], free: str, li
     ValueError names the bad entry."""
     sets, fixed = [], []
     for field in fields:
-        text = typed.get(field["path"])
-        if text is None or text.strip() == shown(field.get("value")):
-            continue
+        text, value = typed.get(field["path"]), field.get("value")
+        if text is None or text.strip() == shown(bool(value) if field.get("kind") == "boolean" else value):
+            continue  # unchanged (an unset check box shows as false)
         sets.append(_assignment(field, text))
         if not field.get("live"):
             fixed.append(field["label"])

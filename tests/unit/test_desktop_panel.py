@@ -77,6 +77,9 @@ def test_the_edit_form_sends_the_changed_fields_typed_and_the_free_assignments()
     unchanged = {"solver.threads": "", "solver.reconstruct": "true", "solver.parameters.endTime": "0.5"}
     with pytest.raises(ValueError, match="nothing to edit"):
         edit_body(FIELDS, unchanged, "", live=False)
+    unset = [{"path": "solver.power", "label": "power", "kind": "boolean", "value": None, "nullable": True}]
+    with pytest.raises(ValueError, match="nothing to edit"):  # its box shows false: not a change
+        edit_body(unset, {"solver.power": "false"}, "", live=False)
 
 
 def test_apply_live_takes_only_what_the_running_solver_can_take_naming_the_rest():
