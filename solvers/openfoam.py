@@ -165,14 +165,15 @@ class OpenFOAM(SolverPlugin):
 
     def desktop_apps(self, options: OpenFOAMOptions, ctx: DesktopContext) -> list[DesktopApp]:
         """ParaView on the run's live copy (its built-in reader on an empty <case>.foam), then the defaults. It
-        starts with the session, since it takes seconds to start; its script opens the case once the mesh is
-        there (blockMesh may still be to run: a reader opened on no mesh only shows errors)."""
+        starts with the session in the work folder, since it takes seconds to start; its script moves into the
+        run's copy and opens the case once the mesh is there (blockMesh may still be to run: a reader opened on
+        no mesh only shows errors)."""
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", options.case.name).strip(".") or "case"
-        script = f"FOAM_FILE = {name + '.foam'!r}\n" + PARAVIEW_SCRIPT.read_text()
+        script = f"FOAM_FILE = {name + '.foam'!r}\nRUN_FOLDER = {ctx.run_id!r}\n" + PARAVIEW_SCRIPT.read_text()
         # Its own settings folder: the modal welcome dialog would otherwise hold the script back until closed
         settings = "[General]\nGeneralSettings.ShowWelcomeDialog=false\n"
         paraview = DesktopApp("ParaView", ("paraview", f"--script={ctx.apps_dir / 'paraview_case.py'}"),
-                              cwd=ctx.run_id,
+                              cwd=".",  # the work folder: there with the session, the run's copy comes later
                               files={"paraview_case.py": script, PARAVIEW_SETTINGS: settings},
                               env={"XDG_CONFIG_HOME": str(ctx.apps_dir / "paraview-config")})
         return [paraview, *terminal_and_files(ctx.run_id)]

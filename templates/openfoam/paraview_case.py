@@ -1,6 +1,6 @@
-# ParaView state of the job's desktop (paraview --script=...; FOAM_FILE is prepended by the plugin): the live
-# OpenFOAM case in the current folder (the run's copy in the work folder) at its latest time, refreshed while
-# the solver writes new time directories.
+# ParaView state of the job's desktop (paraview --script=...; FOAM_FILE and RUN_FOLDER are prepended by the
+# plugin): the live OpenFOAM case in the run's copy (RUN_FOLDER of the work folder, where ParaView starts) at its
+# latest time, refreshed while the solver writes new time directories.
 import glob
 import os
 import sys
@@ -40,6 +40,18 @@ def layout():
     first = processors[0] if processors else "."
     mesh = _listing("constant/polyMesh") or _listing(os.path.join(first, "constant", "polyMesh"))
     return sorted(d for d in folders if _is_time(d)), processors, _listing(first) if processors else [], mesh
+
+
+# ParaView starts in the work folder, which exists with the session: the run's copy appears with the sync's first
+# pass, seconds later, and ParaView's own start-up takes seconds too, so it is not made to wait for it.
+CASE_DIR = os.path.abspath(RUN_FOLDER)  # noqa: F821
+
+
+def in_case():
+    """Whether the current folder is the run's copy (moved into once it exists)."""
+    if os.getcwd() != CASE_DIR and os.path.isdir(CASE_DIR):
+        os.chdir(CASE_DIR)
+    return os.getcwd() == CASE_DIR
 
 
 view = simple.GetActiveViewOrCreate("RenderView")
@@ -108,6 +120,8 @@ def update():
     """The case's folders changed (a new time, a reconstruct, the mesh): open the case if not yet, re-read its
     times (ReloadFiles), switch the case type when a reconstruct happened, and go to the newest time."""
     global seen
+    if not in_case():
+        return
     now = layout()
     if now == seen and (reader is None or (framed and coloured)):
         return

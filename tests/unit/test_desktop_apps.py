@@ -148,12 +148,12 @@ def test_openfoam_opens_paraview_on_the_runs_copy_with_its_state_script(tmp_path
     found = OpenFOAM().desktop_apps(OpenFOAMOptions(name="openfoam", application="icoFoam", case=str(case)), ctx)
     paraview = found[0]
     assert paraview.argv == ("paraview", f"--script={ctx.apps_dir / 'paraview_case.py'}")
-    assert (paraview.cwd, paraview.wait_for, paraview.start_with_session) == ("run-001", None, True)
+    assert (paraview.cwd, paraview.wait_for, paraview.start_with_session) == (".", None, True)
     assert paraview.env == {"XDG_CONFIG_HOME": str(ctx.apps_dir / "paraview-config")}
     # no modal welcome dialog holding the state script back
     assert "ShowWelcomeDialog=false" in paraview.files["paraview-config/ParaView/ParaView5.11.0.ini"]
     script = paraview.files["paraview_case.py"]
-    assert script.startswith("FOAM_FILE = 'my_case.foam'\n")
+    assert script.startswith("FOAM_FILE = 'my_case.foam'\nRUN_FOLDER = 'run-001'\n")  # ParaView moves into it
     compile(script, "paraview_case.py", "exec")  # the state script is Python ParaView can run
     assert [a.argv[0] for a in found[1:]] == ["xterm", "pcmanfm"] and found[1].cwd == "run-001"
     apps.check(found)
