@@ -27,10 +27,16 @@ PLOT_POINTS = 400
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
+def numbers(values: Any) -> list[float]:
+    """A monitor's values as floats: PyFluent returns numpy arrays, its y values one column wide (n x 1)."""
+    flat = values.ravel() if hasattr(values, "ravel") else values
+    return [float(v) for v in flat]
+
+
 def latest(x_values: Any, values: dict[str, Any]) -> tuple[int | None, dict[str, float]]:
     """The last iteration and each residual's last value, from get_monitor_set_data's (x, {name: values})."""
-    xs = list(x_values)
-    last = {name: float(list(v)[-1]) for name, v in values.items() if len(v)}
+    xs = numbers(x_values)
+    last = {name: ys[-1] for name, ys in ((n, numbers(v)) for n, v in values.items()) if ys}
     return (int(xs[-1]) if xs else None), last
 
 
@@ -58,17 +64,20 @@ def watch(info: Path, post: Any, stop: threading.Event) -> None:
             stop.wait(RETRY_S)
             continue
         post("attached", "attached to the running Fluent")
+        monitors = session.monitors
+        if not getattr(monitors, "is_streaming", True):  # a StreamingService in PyFluent: its stream on
+            monitors.start()
         while not stop.is_set():
             try:
-                if "residual" in session.monitors.get_monitor_set_names():
-                    post("data", *session.monitors.get_monitor_set_data(monitor_set_name="residual"))
+                if "residual" in monitors.get_monitor_set_names():
+                    post("data", *monitors.get_monitor_set_data(monitor_set_name="residual"))
                 if info.stat().st_mtime_ns != stamp:  # a new attempt, a new server: attach to it
                     break
             except Exception as exc:
                 post("wait", f"connection lost ({type(exc).__name__}); waiting for the run")
                 break
             stop.wait(POLL_S)
-        del session  # cleanup_on_exit=False: dropping it closes the channel, Fluent goes on
+        del monitors, session  # cleanup_on_exit=False: dropping it closes the channel, Fluent goes on
         stop.wait(RETRY_S)
 
 
@@ -119,7 +128,7 @@ class Window:
         self.status.config(text=f"attached to the running Fluent: iteration {iteration}")
         items = [f"{n} {v:.3e}" for n, v in last.items()]
         self.values.config(text="\n".join("   ".join(items[i:i + 3]) for i in range(0, min(len(items), 9), 3)))
-        self.draw(list(x_values)[-PLOT_POINTS:], {n: list(v)[-PLOT_POINTS:] for n, v in values.items()})
+        self.draw(numbers(x_values)[-PLOT_POINTS:], {n: numbers(v)[-PLOT_POINTS:] for n, v in values.items()})
 
     def draw(self, xs: list, series: dict[str, list]) -> None:
         """The residuals on a log scale, the newest PLOT_POINTS iterations."""

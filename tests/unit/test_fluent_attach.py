@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -167,3 +168,21 @@ def test_the_monitor_waits_for_an_empty_server_info_file(tmp_path, pyfluent):
     wait_until(lambda: posted, 5, "the monitor's message")
     stop.set()
     assert posted[0][0] == "wait" and SERVER_INFO in posted[0][1]
+
+
+
+def test_the_monitor_reads_pyfluents_numpy_shapes():
+    """PyFluent's get_monitor_set_data gives the index as a 1-d array and each monitor as one column (n x 1),
+    read by the system python3 the monitor runs with (numpy comes with python3-paraview)."""
+    probe = subprocess.run(["/usr/bin/python3", "-c", "import numpy"], capture_output=True)
+    if probe.returncode:
+        pytest.skip("numpy in /usr/bin/python3 (apt-get install python3-numpy)")
+    code = ("import numpy, runpy, sys\n"
+            "m = runpy.run_path(sys.argv[1])\n"
+            "x = numpy.array([1.0, 2.0, 3.0])\n"
+            "v = {'continuity': numpy.array([[1.0], [0.5], [0.25]]), 'energy': numpy.array([[2.0], [1.0], [0.125]])}\n"
+            "print(m['latest'](x, v), m['latest'](numpy.array([]), {'continuity': numpy.empty((0, 1))}))\n")
+    result = subprocess.run(["/usr/bin/python3", "-W", "error", "-c", code, str(MONITOR_SOURCE)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(3, {'continuity': 0.25, 'energy': 0.125}) (None, {})"

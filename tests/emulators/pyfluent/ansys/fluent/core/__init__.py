@@ -46,6 +46,10 @@ class _Monitors:
             pass
         self.connected = False
 
+    @property
+    def is_streaming(self) -> bool:  # PyFluent's MonitorsManager is a StreamingService; this one streams at once
+        return True
+
     def get_monitor_set_names(self) -> list[str]:
         return ["residual"]
 
