@@ -153,6 +153,30 @@ def test_the_monitor_follows_the_running_iteration(attached_run, pyfluent):
         stop.set()
 
 
+def test_the_monitor_attaches_to_the_next_attempts_server(attached_run, pyfluent):
+    proc, run_dir, info = attached_run
+    module = _monitor_module()
+    posted, stop = _watch(module, info)
+    try:
+        wait_until(lambda: any(m[0] == "data" for m in posted), 10, "the first attempt's residuals")
+        first_server = info.read_text()
+        os.killpg(proc.pid, 15)  # the attempt ends; the engine removes its file (cleanup_patterns), a new one starts
+        proc.wait(10)
+        info.unlink()
+        wait_until(lambda: any(m[0] == "wait" for m in posted), 10, "the monitor noticing the loss")
+        second = run_emulated(run_dir, wait=False, E2E_EMULATOR_DELAY="0.02")
+        try:
+            wait_until(lambda: info.exists() and info.read_text().count("\n") == 2, 15, "the new server-info file")
+            assert info.read_text() != first_server  # a new port and password
+            lost_at = max(i for i, m in enumerate(posted) if m[0] == "wait")
+            wait_until(lambda: any(m[0] == "data" for m in posted[lost_at:]), 15, "the new attempt's residuals")
+        finally:
+            os.killpg(second.pid, 15)
+            second.wait(10)
+    finally:
+        stop.set()
+
+
 def test_the_monitor_says_pyfluent_is_missing_instead_of_failing(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ansys.fluent.core", None)  # import fails as without ansys-fluent-core
     posted, stop = _watch(_monitor_module(), tmp_path / SERVER_INFO)
