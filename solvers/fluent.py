@@ -6,11 +6,24 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from orchestrator.model.errors import UserError
 
-from .base import LaunchContext, Outcome, Prepared, Progress, RunFiles, RunMode, Secret, SolverOptions, SolverPlugin
+from .base import (
+    DesktopApp,
+    DesktopContext,
+    LaunchContext,
+    Outcome,
+    Prepared,
+    Progress,
+    RunFiles,
+    RunMode,
+    Secret,
+    SolverOptions,
+    SolverPlugin,
+    terminal_and_files,
+)
 from .series import parse_fluent_report
 from .vendor import ExtraArg, InputFile, ansys_licence_env, attempt_name, copy_input, hosts, numbered, touch
 
@@ -18,6 +31,12 @@ CHECK_FILE = "check-fluent"   # touch: write case/data and carry on
 EXIT_FILE = "exit-fluent"     # touch: write case/data and exit (the graceful pause)
 AUTOSAVE_DIR = "autosave"
 AUTOSAVE_ROOT = f"{AUTOSAVE_DIR}/run"
+# -sifile: Fluent's gRPC server writes its address (line 1, ip:port) and password (line 2) here, in the run dir
+SERVER_INFO = "fluent-server-info.txt"
+MONITOR_APP = "fluent_monitor.py"
+MONITOR_SOURCE = Path(__file__).resolve().parent.parent / "templates" / "fluent" / MONITOR_APP
+MONITOR_NAME = "Fluent monitor (attached to the run)"
+_PROGRAM = re.compile(r"(/[A-Za-z0-9_.+-]+)+|[A-Za-z0-9_.+-]+")
 _CASE_SUFFIXES = (".cas.h5", ".cas.gz", ".cas")
 _DATA_SUFFIXES = (".dat.h5", ".dat.gz", ".dat")
 _HEADER = re.compile(r"^[ \t]*iter[ \t]+(.*?)[ \t]+time/iter[ \t]*$", re.M)
@@ -51,6 +70,14 @@ class FluentOptions(SolverOptions):
     extra_args: list[ExtraArg] = Field(default_factory=list, description="more fluent launcher options")
     license_file: Secret | None = Field(None, description="ANSYSLMD_LICENSE_FILE, e.g. 1055@licserver")
     li_servers: Secret | None = Field(None, description="ANSYSLI_SERVERS, e.g. 2325@licserver")
+    attach: bool = Field(False, description=(
+        f"start Fluent's gRPC server (-sifile={SERVER_INFO} in the run directory) so the desktop's Fluent "
+        "monitor attaches to the running batch solver through PyFluent and shows its live iteration and residuals"))
+    monitor_python: str = Field(
+        "python3", max_length=255,
+        description=("the Python the desktop's Fluent monitor runs with, on the head node: one with PyFluent "
+                     "(pip install ansys-fluent-core) and tkinter; a command on PATH or an absolute path "
+                     "(e.g. a venv's bin/python)"))
 
     @model_validator(mode="after")
     def _journal_or_generated(self) -> FluentOptions:
@@ -58,12 +85,35 @@ class FluentOptions(SolverOptions):
             raise ValueError("journal and time_steps exclude each other: your journal decides what to iterate")
         return self
 
+    @field_validator("monitor_python")
+    @classmethod
+    def _one_program(cls, value: str) -> str:
+        if not _PROGRAM.fullmatch(value) or ".." in value.split("/"):
+            raise ValueError("must be a command name or an absolute path (letters, digits, _ . + -), without '..'")
+        return value
+
 
 class Fluent(SolverPlugin):
     name = "fluent"
     Options = FluentOptions
     summary = "Ansys Fluent: fluent <dim> -g -t<N> -cnf=<hosts> -i <journal>; exit-fluent pauses, autosave restarts"
-    cleanup_patterns = (CHECK_FILE, EXIT_FILE, "#restart.inp", "*.lock")
+    # the server-info file too: a previous attempt's address and password are dead once it ended
+    cleanup_patterns = (CHECK_FILE, EXIT_FILE, "#restart.inp", "*.lock", SERVER_INFO)
+
+    def desktop_apps(self, options: FluentOptions, ctx: DesktopContext) -> list[DesktopApp]:
+        """With `attach`, first the Fluent monitor: a small Tk program shipped with the plugin that connects to
+        the batch run's gRPC server with PyFluent's connect_to_fluent (server-info file, cleanup_on_exit=False,
+        so closing it never stops the run) and shows the live iteration and residuals. Fluent's own GUI has no
+        documented way to attach to a -g batch run, so the attach is PyFluent's. The desktop runs on the job's
+        first node, where Fluent's host process and its server run; the monitor reads the server-info file
+        from the run's copy in the work folder (the sync keeps its 0600 mode). Then a terminal and a file
+        manager on that copy."""
+        apps = []
+        if options.attach:
+            apps.append(DesktopApp(MONITOR_NAME,
+                                   (options.monitor_python, str(ctx.apps_dir / MONITOR_APP), SERVER_INFO),
+                                   cwd=ctx.run_id, files={MONITOR_APP: MONITOR_SOURCE.read_text()}))
+        return [*apps, *terminal_and_files(ctx.run_id)]
 
     def prepare(self, options: FluentOptions, ctx: LaunchContext) -> Prepared:
         (ctx.run_dir / AUTOSAVE_DIR).mkdir(parents=True, exist_ok=True)
@@ -86,7 +136,8 @@ class Fluent(SolverPlugin):
             template="fluent/run.sh.j2",
             context={"dimension": options.dimension, "nprocs": ctx.nprocs, "hostfile": hostfile,
                      "mpi": options.mpi, "ssh": options.ssh, "extra_args": list(options.extra_args),
-                     "journal": journal, "log_file": log_file},
+                     "journal": journal, "log_file": log_file,
+                     "server_info": SERVER_INFO if options.attach else ""},
             log_file=log_file,
             progress_total=None if options.journal else float(options.time_steps if transient else options.iterations),
             env=ansys_licence_env(ctx, options),

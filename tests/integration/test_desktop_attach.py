@@ -1,6 +1,7 @@
-"""The STAR-CCM+ client on the job's desktop, attached to the batch server running on the cluster (the
-emulator's `starccm+ -host H -port P`, File > Connect to Server): in the real session (Xvnc, openbox) as the
-job's owner, its window shows the server's live iteration, which advances while the run goes on."""
+"""The solvers' apps on the job's desktop, attached to the batch run on the cluster: the STAR-CCM+ client (the
+emulator's `starccm+ -host H -port P`, File > Connect to Server) and the Fluent monitor (PyFluent's
+connect_to_fluent on the run's -sifile server-info file; PyFluent's stand-in talks to the emulator). In the
+real session (Xvnc, openbox) as the job's owner, each window shows the run's live iteration, which advances."""
 
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def emulator_engine(redis_url, tmp_path_factory):
     eng.close()
 
 
-def _iteration(display: str) -> int:
-    found = subprocess.run(["xdotool", "search", "--name", "STAR-CCM\\+ client"], capture_output=True, text=True,
+def _iteration(display: str, title: str = "STAR-CCM\\+ client") -> int:
+    found = subprocess.run(["xdotool", "search", "--name", title], capture_output=True, text=True,
                            env={**os.environ, "DISPLAY": display}, timeout=10).stdout.split()
     for window in found:
         name = subprocess.run(["xdotool", "getwindowname", window], capture_output=True, text=True,
@@ -72,6 +73,55 @@ def test_the_starccm_client_on_the_desktop_follows_the_running_batch_server(emul
 
             uids = {Path(f"/proc/{p}/status").read_text().split("Uid:")[1].split()[0] for p in pids}
             assert uids == {str(pwd.getpwnam(owner).pw_uid)}, uids
+    finally:
+        client.terminate(job_id)
+        emulator_engine.wait_job_terminal(job_id, timeout=90)
+
+
+def _owner_uids(pattern: str) -> set[str]:
+    pids = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    return {Path(f"/proc/{p}/status").read_text().split("Uid:")[1].split()[0] for p in pids}
+
+
+def test_the_fluent_monitor_on_the_desktop_follows_the_running_batch_solver(emulator_engine, tmp_path):
+    require_desktop_tools()
+    require(shutil.which("xdotool") is not None, "xdotool (apt-get install xdotool)")
+    shutil.copy(DATA / "elbow.cas.h5", tmp_path / "elbow.cas.h5")
+    client = emulator_engine.client
+    # the Python "with ansys-fluent-core": the system's, with PyFluent's stand-in on its path
+    job_id = client.submit_data({"name": "attach-fluent", "solver": {
+        "name": "fluent", "case": str(tmp_path / "elbow.cas.h5"), "iterations": 100000, "autosave_every": 100000,
+        "attach": True, "monitor_python": str(EMULATORS / "pyfluent" / "python3")},
+        "desktop": {"enabled": True, "geometry": "1024x768"},
+        "cluster": {"backend": "local", "nodes": 1, "cores_per_node": 1}})
+    try:
+        rec = wait_desktop(emulator_engine, job_id)
+        assert rec.state == "ready", rec.reason
+        paths = JobPaths.for_job(emulator_engine.settings.root, job_id)
+        display = ":" + (paths.root / "desktop" / "display").read_text().strip()
+        first = wait_for(lambda: (n := _iteration(display, "Fluent monitor")) > 0 and n, 60,
+                         "the Fluent monitor's window showing an iteration")
+        later = wait_for(lambda: (n := _iteration(display, "Fluent monitor")) > first and n, 30,
+                         "the monitor's iteration advancing")
+        assert later > first
+        if os.environ.get("E2E_SCREENSHOT_DIR"):  # how docs/desktop-fluent-attach.png was taken
+            grab_display(display[1:], Path(os.environ["E2E_SCREENSHOT_DIR"]) / "desktop-fluent-attach.png")
+        # the server-info file the monitor read: private in the work copy, its password on no command line
+        info = paths.work_of(client.status(job_id).current_run) / "fluent-server-info.txt"
+        assert info.stat().st_mode & 0o777 == 0o600
+        password = info.read_text().splitlines()[1].encode()
+        for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                assert password not in Path(f"/proc/{pid}/cmdline").read_bytes(), pid
+            except OSError:
+                pass
+        monitor_uids = _owner_uids("fluent_monitor.py fluent-server-info.txt")
+        assert monitor_uids
+        owner = client.status(job_id).account
+        if owner:  # the monitor is the job owner's, like every app of the session
+            import pwd
+
+            assert monitor_uids == {str(pwd.getpwnam(owner).pw_uid)}, monitor_uids
     finally:
         client.terminate(job_id)
         emulator_engine.wait_job_terminal(job_id, timeout=90)
