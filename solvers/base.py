@@ -148,6 +148,8 @@ class DesktopContext:
     job_id: str
     run_id: str                   # the run the desktop shows: its copy is <work folder>/<run_id>/
     apps_dir: Path                # on the head node: where DesktopApp.files land (absolute, for argv)
+    run_copy: Path | None = None  # on the head node: <work folder>/<run_id>, absolute (for helper files that
+                                  # must name it from elsewhere, e.g. a viewer working in apps_dir)
 
 
 def terminal_and_files(cwd: str = ".") -> list[DesktopApp]:

@@ -8,7 +8,21 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import LaunchContext, Outcome, Prepared, Progress, RunFiles, RunMode, Secret, SolverOptions, SolverPlugin
+from .base import (
+    TEMPLATES_ROOT,
+    DesktopApp,
+    DesktopContext,
+    LaunchContext,
+    Outcome,
+    Prepared,
+    Progress,
+    RunFiles,
+    RunMode,
+    Secret,
+    SolverOptions,
+    SolverPlugin,
+    terminal_and_files,
+)
 from .vendor import (
     InputFile,
     ansys_licence_env,
@@ -58,6 +72,14 @@ class Electronics(SolverPlugin):
     summary = "Ansys Electronics Desktop: ansysedt -ng -monitor -distributed -machinelist list=... -batchsolve"
     # A killed solve leaves the lock behind, and the next open of the project refuses it.
     cleanup_patterns = ("*.aedt.lock", "*.aedt.q", "*.aedt.q.completed", STOP_FILE)
+
+    def desktop_apps(self, options: ElectronicsOptions, ctx: DesktopContext) -> list[DesktopApp]:
+        """The AEDT GUI on a copy of the run's project, read-only by construction: the batch solve holds
+        <project>.aedt.lock, and the viewer never opens that project. `ansysedt -RunScript aedt_view.py` runs
+        a script that copies the .aedt and its .aedtresults into the desktop's apps folder and opens the copy
+        (Tools > Run Script again refreshes it). Then a terminal and a file manager on the run's copy."""
+        viewer = aedt_viewer(options, ctx)
+        return [*([viewer] if viewer else []), *terminal_and_files(ctx.run_id)]
 
     def prepare(self, options: ElectronicsOptions, ctx: LaunchContext) -> Prepared:
         project = safe_name(options.project.name)
@@ -129,3 +151,20 @@ class Electronics(SolverPlugin):
             if any(results.iterdir()):
                 return f"solved data in {results.name} (the next -batchsolve continues from it)"
         return None
+
+
+VIEWER_DIR = "aedt-view"   # under the desktop's apps folder: the project's copy the GUI opens
+VIEWER_SCRIPT = (TEMPLATES_ROOT / "electronics" / "aedt_view.py").read_text()
+
+
+def aedt_viewer(options: ElectronicsOptions, ctx: DesktopContext) -> DesktopApp | None:
+    """`ansysedt -RunScript <apps>/aedt_view.py` in the run's copy, once the project is there; None when the
+    run's copy is unknown (the script must name it: AEDT's own working directory is not promised)."""
+    if ctx.run_copy is None:
+        return None
+    project = safe_name(options.project.name)
+    script = (f"RUN_COPY = {str(ctx.run_copy)!r}\nPROJECT = {project!r}\n"
+              f"SNAPSHOT_DIR = {str(ctx.apps_dir / VIEWER_DIR)!r}\n" + VIEWER_SCRIPT)
+    return DesktopApp("AEDT project (read-only copy)",
+                      (options.executable, "-RunScript", str(ctx.apps_dir / "aedt_view.py")),
+                      cwd=ctx.run_id, wait_for=project, files={"aedt_view.py": script})

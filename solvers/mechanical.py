@@ -10,7 +10,20 @@ from pydantic import Field, field_validator
 
 from orchestrator.model.errors import UserError
 
-from .base import LaunchContext, Outcome, Prepared, Progress, RunFiles, RunMode, Secret, SolverOptions, SolverPlugin
+from .base import (
+    DesktopApp,
+    DesktopContext,
+    LaunchContext,
+    Outcome,
+    Prepared,
+    Progress,
+    RunFiles,
+    RunMode,
+    Secret,
+    SolverOptions,
+    SolverPlugin,
+    terminal_and_files,
+)
 from .vendor import (
     JOBNAME_PATTERN,
     ExtraArg,
@@ -72,6 +85,15 @@ class Mechanical(SolverPlugin):
     Options = MechanicalOptions
     summary = "Ansys Mechanical APDL: ansys<ver> -b -dis -np -machines; <job>.abt pauses, ANTYPE,,RESTART restarts"
     cleanup_patterns = ("*.abt", "*.lock")
+
+    def desktop_apps(self, options: MechanicalOptions, ctx: DesktopContext) -> list[DesktopApp]:
+        """The MAPDL GUI on the run's results, read-only by construction: it works in its own folder under the
+        desktop's apps (`-dir`, its own job name `-j e2e_view`, so no file of the batch job's name is touched),
+        and its start file copies <job>.rst into that folder and reads the copy in /POST1 (FILE, SET,LAST).
+        The toolbar's LATEST button copies and reads again as the run writes more. Started once the batch run
+        wrote its .rst; then a terminal and a file manager on the run's copy."""
+        viewer = mapdl_viewer(options, ctx)
+        return [*([viewer] if viewer else []), *terminal_and_files(ctx.run_id)]
 
     def prepare(self, options: MechanicalOptions, ctx: LaunchContext) -> Prepared:
         job = options.jobname
@@ -147,6 +169,35 @@ class Mechanical(SolverPlugin):
             if found:
                 return f"{found[-1][1].name} (load step restart, with {rdb.name})"
         return None
+
+
+VIEWER_DIR = "mapdl-view"   # under the desktop's apps folder: the viewer's working directory
+VIEWER_JOB = "e2e_view"     # the viewer's own job name: its .log/.db/.lock never meet the batch job's
+_APDL_PATH = re.compile(r"^[A-Za-z0-9_./+-]{1,200}$")  # what an APDL field carries safely (no comma, quote)
+
+
+def mapdl_viewer(options: MechanicalOptions, ctx: DesktopContext) -> DesktopApp | None:
+    """`ansys<ver> -g -j e2e_view -dir <apps>/mapdl-view -s read`: the GUI (-g) reads start.ans in its working
+    directory (-s read), which defines the LATEST toolbar button (*ABBR) and presses it once. None when the
+    run's copy is unknown or its path cannot be written into an APDL field (a comma or quote would split it)."""
+    job = options.jobname
+    if ctx.run_copy is None or not _APDL_PATH.match(str(ctx.run_copy / job)):
+        return None
+    latest = "\n".join([
+        "! e2e: read the run's latest results from a copy; the run's own file is only ever read by /COPY",
+        f"/COPY,'{ctx.run_copy / job}','rst',,'snapshot','rst'",
+        "/POST1",
+        "FILE,'snapshot','rst'",
+        "SET,LAST",
+        "PLNSOL,U,SUM",
+    ]) + "\n"
+    start = ("! e2e: the job's results, read-only; LATEST reads the newest set the batch run has written\n"
+             "*ABBR,LATEST,E2E_LATEST\nE2E_LATEST\n")
+    return DesktopApp(
+        "MAPDL results (read-only)",
+        (f"ansys{options.version}", "-g", "-j", VIEWER_JOB, "-dir", str(ctx.apps_dir / VIEWER_DIR), "-s", "read"),
+        cwd=ctx.run_id, wait_for=f"{job}.rst",
+        files={f"{VIEWER_DIR}/start.ans": start, f"{VIEWER_DIR}/e2e_latest.mac": latest})
 
 
 def restart_files(run_dir: Path, job: str) -> list[tuple[int, Path]]:

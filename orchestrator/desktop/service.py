@@ -217,7 +217,9 @@ class DesktopService(JobService):
         """What the job's solver plugin puts on the desktop, checked (the engine itself knows no solver)."""
         plugin = registry().get(ctx.spec.solver.name)
         try:
-            found = plugin.desktop_apps(ctx.spec.solver, DesktopContext(ctx.job_id, ctx.job.current_run, desk / "apps"))
+            run = ctx.job.current_run
+            found = plugin.desktop_apps(ctx.spec.solver, DesktopContext(ctx.job_id, run, desk / "apps",
+                                                                        ctx.paths.work_of(run)))
             return desktop_apps.check(list(found))
         except PluginError as exc:  # a plugin's mistake costs its apps, not the desktop
             ctx.store.append_event(ctx.job_id, EventKind.WARNING, {

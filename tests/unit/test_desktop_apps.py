@@ -178,3 +178,90 @@ def test_starccm_attaches_its_client_to_the_batch_server_when_the_port_is_fixed(
     apps.check(attached)
     alone = StarCCM().desktop_apps(StarCCMOptions.model_validate(base), desktop(tmp_path))
     assert [a.argv[0] for a in alone] == ["xterm", "pcmanfm"]  # no port: no server to attach to
+
+
+def viewer_desktop(tmp_path, run_copy: Path | None = None) -> DesktopContext:
+    return DesktopContext("job0001", "run-001", tmp_path / "desktop" / "apps",
+                          run_copy if run_copy is not None else tmp_path / "work" / "run-001")
+
+
+def test_mechanical_opens_the_mapdl_gui_in_its_own_folder_on_a_copy_of_the_results_once_written(tmp_path):
+    from solvers.mechanical import Mechanical, MechanicalOptions
+
+    opts = MechanicalOptions.model_validate({"name": "mechanical", "input": str(DATA / "beam.dat"),
+                                             "jobname": "beam", "version": "232"})
+    ctx = viewer_desktop(tmp_path)
+    found = Mechanical().desktop_apps(opts, ctx)
+    viewer = found[0]
+    assert viewer.argv == ("ansys232", "-g", "-j", "e2e_view", "-dir", str(ctx.apps_dir / "mapdl-view"), "-s", "read")
+    assert (viewer.cwd, viewer.wait_for, viewer.start_with_session) == ("run-001", "beam.rst", True)
+    # the viewer's working folder (its .log/.db/.lock) is the desktop's, never the synced run's copy
+    assert not (ctx.apps_dir / "mapdl-view").is_relative_to(tmp_path / "work")
+    start, latest = viewer.files["mapdl-view/start.ans"], viewer.files["mapdl-view/e2e_latest.mac"]
+    assert "*ABBR,LATEST,E2E_LATEST" in start.splitlines() and start.splitlines()[-1] == "E2E_LATEST"
+    lines = [line for line in latest.splitlines() if not line.startswith("!")]
+    assert lines == [f"/COPY,'{tmp_path / 'work' / 'run-001' / 'beam'}','rst',,'snapshot','rst'", "/POST1",
+                     "FILE,'snapshot','rst'", "SET,LAST", "PLNSOL,U,SUM"]
+    assert [a.argv[0] for a in found[1:]] == ["xterm", "pcmanfm"] and found[1].cwd == "run-001"
+    apps.check(found)
+
+
+@pytest.mark.parametrize("run_copy", [None, "/srv/e2e,jobs/work/run-001", "/srv/it's/work/run-001"])
+def test_mechanical_has_no_viewer_where_apdl_could_not_carry_the_runs_path(tmp_path, run_copy):
+    from solvers.mechanical import Mechanical, MechanicalOptions
+
+    opts = MechanicalOptions.model_validate({"name": "mechanical", "input": str(DATA / "beam.dat")})
+    ctx = DesktopContext("job0001", "run-001", tmp_path / "apps", Path(run_copy) if run_copy else None)
+    assert [a.argv[0] for a in Mechanical().desktop_apps(opts, ctx)] == ["xterm", "pcmanfm"]
+
+
+def test_electronics_opens_a_copy_of_the_locked_project_and_leaves_the_runs_own_untouched(tmp_path, monkeypatch):
+    import builtins
+    import hashlib
+    import sys
+    import types
+
+    from solvers.electronics import Electronics, ElectronicsOptions
+
+    opts = ElectronicsOptions.model_validate({"name": "electronics", "project": str(DATA / "patch.aedt"),
+                                              "executable": "/opt/AnsysEM/v241/Linux64/ansysedt"})
+    ctx = viewer_desktop(tmp_path)
+    found = Electronics().desktop_apps(opts, ctx)
+    viewer = found[0]
+    assert viewer.argv == ("/opt/AnsysEM/v241/Linux64/ansysedt", "-RunScript", str(ctx.apps_dir / "aedt_view.py"))
+    assert (viewer.cwd, viewer.wait_for) == ("run-001", "patch.aedt")
+    apps.check(found)
+    # the run's copy as the batch solve leaves it mid-run: the project locked, one pass solved
+    run = ctx.run_copy
+    (run / "patch.aedtresults" / "HFSSDesign1.results").mkdir(parents=True)
+    (run / "patch.aedt").write_text((DATA / "patch.aedt").read_text())
+    (run / "patch.aedt.lock").write_text("123")
+    (run / "patch.aedtresults" / "HFSSDesign1.results" / "pass-001").write_text("delta_s 0.27\n")
+    before = {p: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in run.rglob("*")
+              if p.is_file()}
+    opened: list[str] = []
+
+    class Desktop:  # AEDT's oDesktop, as far as the script uses it
+        def GetProjectList(self):  # noqa: N802
+            return [Path(p).stem for p in opened]
+
+        def CloseProject(self, name):  # noqa: N802
+            opened[:] = [p for p in opened if Path(p).stem != name]
+
+        def OpenProject(self, path):  # noqa: N802
+            assert not Path(path + ".lock").exists(), "opened a locked project"
+            opened.append(path)
+
+    env = types.ModuleType("ScriptEnv")
+    env.Initialize = lambda product: setattr(builtins, "oDesktop", Desktop())
+    monkeypatch.setitem(sys.modules, "ScriptEnv", env)
+    script = viewer.files["aedt_view.py"]
+    for _ in range(2):  # Tools > Run Script again: a fresh copy replaces the first
+        exec(compile(script, "aedt_view.py", "exec"), {"__name__": "__main__"})
+    monkeypatch.delattr(builtins, "oDesktop")
+    copy = ctx.apps_dir / "aedt-view" / "patch.aedt"
+    assert opened == [str(copy)]
+    assert (copy.parent / "patch.aedtresults" / "HFSSDesign1.results" / "pass-001").read_text() == "delta_s 0.27\n"
+    after = {p: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in run.rglob("*")
+             if p.is_file()}
+    assert after == before, "the viewer changed the run's copy"
