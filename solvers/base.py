@@ -150,6 +150,15 @@ class DesktopContext:
     apps_dir: Path                # on the head node: where DesktopApp.files land (absolute, for argv)
     run_copy: Path | None = None  # on the head node: <work folder>/<run_id>, absolute (for helper files that
                                   # must name it from elsewhere, e.g. a viewer working in apps_dir)
+    # Where the plugin's main window fits, (x, y, width, height) in pixels: the desktop left of the job panel,
+    # which keeps the right edge (X11 programs take it as -geometry WxH+X+Y)
+    area: tuple[int, int, int, int] = (0, 0, 800, 760)
+
+    @property
+    def geometry(self) -> str:
+        """The area as an X11 -geometry value."""
+        x, y, w, h = self.area
+        return f"{w}x{h}+{x}+{y}"
 
 
 def terminal_and_files(cwd: str = ".") -> list[DesktopApp]:

@@ -172,7 +172,8 @@ class OpenFOAM(SolverPlugin):
         script = f"FOAM_FILE = {name + '.foam'!r}\nRUN_FOLDER = {ctx.run_id!r}\n" + PARAVIEW_SCRIPT.read_text()
         # Its own settings folder: the modal welcome dialog would otherwise hold the script back until closed
         settings = "[General]\nGeneralSettings.ShowWelcomeDialog=false\n"
-        paraview = DesktopApp("ParaView", ("paraview", f"--script={ctx.apps_dir / 'paraview_case.py'}"),
+        paraview = DesktopApp("ParaView", ("paraview", "-geometry", ctx.geometry,  # Qt's X11 option: beside the panel
+                                           f"--script={ctx.apps_dir / 'paraview_case.py'}"),
                               cwd=".",  # the work folder: there with the session, the run's copy comes later
                               files={"paraview_case.py": script, PARAVIEW_SETTINGS: settings},
                               env={"XDG_CONFIG_HOME": str(ctx.apps_dir / "paraview-config")})

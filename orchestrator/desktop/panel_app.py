@@ -43,6 +43,7 @@ CLI_RETRY = 30.0      # ... once `e2e` failed
 FILES_EVERY = 5.0     # seconds between listings of the run's files
 LOG_LINES = 12        # latest log lines shown
 LOG_PAGE = 65536      # bytes asked per log read
+WIDTH, MARGIN = 460, 16  # the panel's width and its gap to the right edge (plugins' main windows keep left of it)
 BUTTONS = ("Pause", "Freeze", "Resume", "Edit", "Restart", "Rerun", "Terminate")
 COMMANDS = {"Pause": "pause", "Freeze": "freeze", "Resume": "resume", "Restart": "restart", "Rerun": "rerun",
             "Terminate": "terminate"}
@@ -277,9 +278,11 @@ class Window:
         self.tk, self.job, self.places = tk, job, places
         self.root = tk.Tk()
         self.root.title(f"e2e job {job}")
-        width = 460
+        width = WIDTH
         height = min(720, self.root.winfo_screenheight() - 40)  # the right edge, whole on a small screen too
-        self.root.geometry(f"{width}x{height}+{max(0, self.root.winfo_screenwidth() - width - 16)}+8")
+        self.root.geometry(f"{width}x{height}+{max(0, self.root.winfo_screenwidth() - width - MARGIN)}+8")
+        # always present: an app started later (ParaView takes seconds) is not stacked over it
+        self.root.attributes("-topmost", True)
         self.out: queue.Queue = queue.Queue()
         self.poller = Poller(source, self.out)
         self.doc: dict[str, Any] = {}
@@ -446,6 +449,7 @@ class Window:
 
     def _dialog(self, top: Any, buttons: dict[str, Any]) -> None:
         top.transient(self.root)
+        top.attributes("-topmost", True)  # above the panel, and never lost behind an app mapped meanwhile
         self.dialogs = buttons
         top.bind("<Configure>", lambda _e: self._write_places())
         top.bind("<Map>", lambda _e: self._write_places())

@@ -17,6 +17,8 @@ from orchestrator.cluster.identity import account_for
 from orchestrator.desktop import apps as desktop_apps
 from orchestrator.desktop import nodes
 from orchestrator.desktop.access import EVERYWHERE, is_everywhere, resolve, split_families
+from orchestrator.desktop.panel_app import MARGIN as PANEL_MARGIN
+from orchestrator.desktop.panel_app import WIDTH as PANEL_WIDTH
 from orchestrator.desktop.rfb import RFBError, handshake
 from orchestrator.desktop.secrets import DesktopSecret, DesktopSecrets
 from orchestrator.desktop.vncauth import passwd_file
@@ -67,6 +69,13 @@ def nftables_removal(job_id: str) -> str:
 
 
 JOB_PANEL = "Job panel"
+
+
+def main_area(geometry: str) -> tuple[int, int, int, int]:
+    """Where a plugin's main window goes, (x, y, width, height): left of the job panel, the whole height (on a
+    desktop too narrow for both, it overlaps the panel, which stays on top)."""
+    width, height = (int(v) for v in geometry.split("x"))
+    return 0, 0, max(640, width - PANEL_WIDTH - PANEL_MARGIN - 8), height - 8
 
 
 def job_panel(desk: Path) -> DesktopApp:
@@ -218,8 +227,8 @@ class DesktopService(JobService):
         plugin = registry().get(ctx.spec.solver.name)
         try:
             run = ctx.job.current_run
-            found = plugin.desktop_apps(ctx.spec.solver, DesktopContext(ctx.job_id, run, desk / "apps",
-                                                                        ctx.paths.work_of(run)))
+            found = plugin.desktop_apps(ctx.spec.solver, DesktopContext(
+                ctx.job_id, run, desk / "apps", ctx.paths.work_of(run), main_area(ctx.spec.desktop.geometry)))
             return desktop_apps.check(list(found))
         except PluginError as exc:  # a plugin's mistake costs its apps, not the desktop
             ctx.store.append_event(ctx.job_id, EventKind.WARNING, {

@@ -39,7 +39,30 @@ def layout():
     processors = sorted(d for d in folders if d.startswith("processor") and d[len("processor"):].isdigit())
     first = processors[0] if processors else "."
     mesh = _listing("constant/polyMesh") or _listing(os.path.join(first, "constant", "polyMesh"))
-    return sorted(d for d in folders if _is_time(d)), processors, _listing(first) if processors else [], mesh
+    times = time_folders(first)
+    newest = _listing(os.path.join(first, times[-1])) if times else []  # complete once the sync copied it all
+    return sorted(d for d in folders if _is_time(d)), processors, _listing(first) if processors else [], mesh, \
+        newest
+
+
+MESH_FILES = {"points", "faces", "owner", "neighbour", "boundary"}
+
+
+def time_folders(folder):
+    return sorted((d for d in _listing(folder) if _is_time(d) and os.path.isdir(os.path.join(folder, d))), key=float)
+
+
+def newest_complete():
+    """The newest time whose folder holds every file the one before it holds: the solver writes a time folder
+    file by file and the sync copies it file by file, so the newest one may still lack a field (shown, it
+    would paint the case one flat colour and make ParaView warn)."""
+    folders = [d for d in os.listdir(".") if d.startswith("processor") and d[len("processor"):].isdigit()]
+    base = sorted(folders)[0] if reader.CaseType == "Decomposed Case" and folders else "."
+    names = time_folders(base)
+    for older, newer in zip(reversed(names[:-1]), reversed(names[1:]), strict=True):
+        if set(_listing(os.path.join(base, older))) <= set(_listing(os.path.join(base, newer))):
+            return float(newer)
+    return float(names[0]) if names else None
 
 
 # ParaView starts in the work folder, which exists with the session: the run's copy appears with the sync's first
@@ -57,6 +80,7 @@ def in_case():
 view = simple.GetActiveViewOrCreate("RenderView")
 reader = display = scene = None
 coloured = framed = False  # a case opened before its mesh or fields are complete is framed and coloured later
+colour_field = None
 seen = None
 
 
@@ -84,11 +108,13 @@ def open_case():
 def colour():
     """Colour by pressure (or velocity) once the reader offers it: a case opened before its first fields
     were written shows a solid colour until then."""
-    global coloured
+    global coloured, colour_field
     for field in ("p", "U"):
         if field in reader.PointData.keys():
+            colour_field = field
             simple.ColorBy(display, ("POINTS", field))
             display.RescaleTransferFunctionToDataRange(True, False)
+            simple.HideUnusedScalarBars(view)  # a bar left from another field would stay beside this one
             display.SetScalarBarVisibility(view, True)
             coloured = True
             return
@@ -119,14 +145,14 @@ def refresh(*_):
 def update():
     """The case's folders changed (a new time, a reconstruct, the mesh): open the case if not yet, re-read its
     times (ReloadFiles), switch the case type when a reconstruct happened, and go to the newest time."""
-    global seen
+    global seen, coloured
     if not in_case():
         return
     now = layout()
     if now == seen and (reader is None or (framed and coloured)):
         return
     if reader is None:
-        if now[3]:  # the mesh's files
+        if MESH_FILES <= {name.removesuffix(".gz") for name in now[3]}:  # the mesh, whole
             open_case()
             seen = now
         return
@@ -137,8 +163,15 @@ def update():
     reader.UpdatePipelineInformation()
     times = list(reader.TimestepValues or [])
     scene.UpdateAnimationUsingDataTimeSteps()
-    scene.GoToLast()
-    reader.UpdatePipeline(times[-1] if times else 0.0)
+    target = newest_complete()
+    shown = min(times, key=lambda t: abs(t - target)) if times and target is not None else None
+    if shown is None:
+        scene.GoToLast()
+    else:
+        scene.AnimationTime = shown
+    reader.UpdatePipeline(shown if shown is not None else (times[-1] if times else 0.0))
+    if coloured and colour_field not in reader.PointData.keys():
+        coloured = False  # not in this time's data: colour again once it is
     if not coloured:
         colour()
     if coloured:

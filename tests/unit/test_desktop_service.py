@@ -143,3 +143,11 @@ def test_session_script_quotes_hostile_paths(ctx, tmp_path):
     script = DesktopService().session_script(odd, hostile / "desktop")
     assert subprocess.run(["bash", "-n"], input=script.encode()).returncode == 0
     assert "'" + str(hostile / "desktop") + "'" in script
+
+
+def test_a_plugins_main_window_is_given_the_desktop_left_of_the_job_panel():
+    from orchestrator.desktop.panel_app import MARGIN, WIDTH
+    from orchestrator.desktop.service import main_area
+
+    assert main_area("1280x800") == (0, 0, 1280 - WIDTH - MARGIN - 8, 792)  # 796 px: clear of the panel
+    assert main_area("1024x768") == (0, 0, 640, 760)  # too narrow for both: usable, the panel on top of it

@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -55,19 +56,24 @@ def test_endtime_typed_into_the_panels_form_is_where_the_restarted_run_stops(eng
         assert end["live"] is True and end["value"] == 1000
 
         wait_for(lambda: len(_times(run_dir)) >= 2, 120, "two time folders written")
+        # ParaView (started with the session) is up first: its window, mapped meanwhile, takes the focus
+        wait_for(lambda: subprocess.run(["xdotool", "search", "--onlyvisible", "--name", "^ParaView 5"], env=env,
+                                        capture_output=True, text=True, timeout=10).stdout.strip(), 60,
+                 "ParaView's window")
         _press(desk, rec.display, "Pause")
         wait_for(lambda: _run(alice.get(f"/jobs/{job_id}").json())["state"] == "PAUSED", 60, "the run PAUSED")
         reached = max(_times(run_dir))
         target = round(reached + 0.5, 1)  # five write intervals on: a few seconds of icoFoam
 
         _press(desk, rec.display, "Edit")
-        dialog = wait_for(lambda: (p := _places(desk) or {}).get("dialog", {}).get(FIELD) and p["dialog"], 15,
-                          "the edit form with an endTime field")
+        dialog = wait_for(lambda: (d := (_places(desk) or {}).get("dialog", {})).get(FIELD) and d.get("apply") and d,
+                          15, "the edit form with an endTime field")
         _click(rec.display, dialog[FIELD])
         for keys in (["key", "End"], ["key", "--repeat", "12", "BackSpace"], ["type", "--delay", "20", f"{target:g}"]):
             done = subprocess.run(["xdotool", *keys], env=env, capture_output=True, text=True, timeout=20)
             assert done.returncode == 0, done.stderr
         if os.environ.get("E2E_SCREENSHOT_DIR"):  # how docs/desktop-panel-edit.png was taken
+            time.sleep(10)  # ParaView mapped its window before drawing into it: the picture with the case drawn
             grab_display(rec.display, Path(os.environ["E2E_SCREENSHOT_DIR"]) / "desktop-panel-edit.png")
         _click(rec.display, dialog["apply"])
         wait_for(lambda: alice.get(f"/jobs/{job_id}").json()["spec"]["solver"]["parameters"]["endTime"] == target,
