@@ -34,6 +34,8 @@ class Copied:
     src: Entry
     dst: Entry
     appended: bool = False
+    superseded: bool = False  # the other side's file changed meanwhile (a user's edit): left as it is, and
+                              # `dst` is what the copy would have written, so the next pass sends the edit back
 
 
 class LocalCopier:
@@ -86,7 +88,10 @@ class LocalCopier:
                 after = os.fstat(fout)
                 os.close(fout)
                 fout = -1
-                os.replace(tmp, d_path)
+                if not _put_in_place(tmp, d_path, dst_entry):
+                    os.unlink(tmp)
+                    return Copied(0, Entry("f", size, before.st_mtime_ns), Entry("f", after.st_size,
+                                                                                 after.st_mtime_ns), superseded=True)
             except BaseException:
                 if fout >= 0:
                     os.close(fout)
@@ -98,6 +103,33 @@ class LocalCopier:
         finally:
             os.close(fin)
         return Copied(sent, Entry("f", size, before.st_mtime_ns), Entry("f", after.st_size, after.st_mtime_ns))
+
+
+def _put_in_place(tmp: str, d_path: str, dst_entry: Entry | None) -> bool:
+    """Move the finished temp file over the destination, unless the destination changed since the pass
+    scanned it (someone wrote it meanwhile: their write wins, nothing is replaced). Where there was nothing,
+    a hard link creates the name only if it is still free (atomic); an existing file is compared just before
+    the rename (a window of microseconds instead of the whole copy)."""
+    if dst_entry is None:
+        try:
+            os.link(tmp, d_path)
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: look, then rename
+            if os.path.lexists(d_path):
+                return False
+            os.replace(tmp, d_path)
+            return True
+        os.unlink(tmp)
+        return True
+    try:
+        now = os.lstat(d_path)
+    except FileNotFoundError:
+        return False
+    if not stat_mode.S_ISREG(now.st_mode) or (now.st_size, now.st_mtime_ns) != (dst_entry.size, dst_entry.mtime_ns):
+        return False
+    os.replace(tmp, d_path)
+    return True
 
 
 def _is_append(fin: int, d_path: str, old: int) -> bool:

@@ -275,6 +275,9 @@ class SyncPair:
     def _copied(self, job: _Copy, copied: Copied, result: PassResult) -> None:
         rel, src, dst, e_dst = job.rel, job.src, job.dst, job.e_dst
         self._record_pair(rel, src, copied.src, copied.dst)
+        if copied.superseded:  # recorded as sent: the newer write on dst differs from it, so it goes back
+            self._defer(rel, time.time(), result)
+            return
         result.files += 1
         result.bytes += copied.sent
         lag = max(0.0, time.time() - max(copied.src.mtime_ns / 1e9, self._changed_after))

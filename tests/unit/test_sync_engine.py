@@ -197,6 +197,34 @@ def test_a_source_that_changed_since_the_scan_is_not_copied(tmp_path):
     assert not (dst.root / "f").exists() and not (dst.root.exists() and list(dst.root.iterdir()))
 
 
+@pytest.mark.parametrize("existed", [False, True])
+def test_an_edit_written_while_a_copy_runs_is_kept_and_goes_back(pair, monkeypatch, existed):
+    # the pass decided to copy params.txt to the desktop; the user saves their own version before it finishes
+    (pair.run / "params.txt").write_text("value=1\n")
+    age(pair.run / "params.txt")
+    if existed:
+        pair.sync_once()
+        (pair.run / "params.txt").write_text("value=1 (the solver's update)\n")
+        age(pair.run / "params.txt")
+    import orchestrator.sync.copy as copy_module
+
+    real = copy_module._copy_range
+
+    def user_saves_meanwhile(fin, fout, offset, length):
+        sent = real(fin, fout, offset, length)
+        (pair.work / "params.txt").write_text("value=2\n")
+        return sent
+    monkeypatch.setattr(copy_module, "_copy_range", user_saves_meanwhile)
+    pair.sync_once()
+    monkeypatch.setattr(copy_module, "_copy_range", real)
+    assert (pair.work / "params.txt").read_text() == "value=2\n"  # not replaced by the copy in flight
+    age(pair.work / "params.txt")
+    pair.sync_once()
+    # the next pass sends the edit to the run directory, as any desktop edit (no conflict: the copy never landed)
+    assert (pair.run / "params.txt").read_text() == "value=2\n"
+    assert not [k for k, _ in pair.events if k == "sync.conflict"]
+
+
 def test_an_append_sends_only_the_new_bytes(pair):
     big = pair.run / "series.dat"
     big.write_bytes(os.urandom(3 << 20))
