@@ -165,16 +165,17 @@ class OpenFOAM(SolverPlugin):
 
     def desktop_apps(self, options: OpenFOAMOptions, ctx: DesktopContext) -> list[DesktopApp]:
         """ParaView on the run's live copy (its built-in reader on an empty <case>.foam), then the defaults. It
-        starts with the session in the work folder, since it takes seconds to start; its script moves into the
-        run's copy and opens the case once the mesh is there (blockMesh may still be to run: a reader opened on
-        no mesh only shows errors)."""
+        starts once the mesh is in the run's copy (a reader opened on no mesh only shows errors); its script
+        moves into that copy and opens the case once the mesh's files are all there."""
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", options.case.name).strip(".") or "case"
         script = f"FOAM_FILE = {name + '.foam'!r}\nRUN_FOLDER = {ctx.run_id!r}\n" + PARAVIEW_SCRIPT.read_text()
         # Its own settings folder: the modal welcome dialog would otherwise hold the script back until closed
         settings = "[General]\nGeneralSettings.ShowWelcomeDialog=false\n"
         paraview = DesktopApp("ParaView", ("paraview", "-geometry", ctx.geometry,  # Qt's X11 option: beside the panel
                                            f"--script={ctx.apps_dir / 'paraview_case.py'}"),
-                              cwd=".",  # the work folder: there with the session, the run's copy comes later
+                              # in the work folder, once the mesh reached the run's copy: started later than the
+                              # terminal, ParaView's window maps last and keeps the focus
+                              cwd=".", wait_for=f"{ctx.run_id}/constant/polyMesh",
                               files={"paraview_case.py": script, PARAVIEW_SETTINGS: settings},
                               env={"XDG_CONFIG_HOME": str(ctx.apps_dir / "paraview-config")})
         return [paraview, *terminal_and_files(ctx.run_id)]

@@ -148,7 +148,7 @@ def test_openfoam_opens_paraview_on_the_runs_copy_with_its_state_script(tmp_path
     found = OpenFOAM().desktop_apps(OpenFOAMOptions(name="openfoam", application="icoFoam", case=str(case)), ctx)
     paraview = found[0]
     assert paraview.argv == ("paraview", "-geometry", "800x760+0+0", f"--script={ctx.apps_dir / 'paraview_case.py'}")
-    assert (paraview.cwd, paraview.wait_for, paraview.start_with_session) == (".", None, True)
+    assert (paraview.cwd, paraview.wait_for, paraview.start_with_session) == (".", "run-001/constant/polyMesh", True)
     assert paraview.env == {"XDG_CONFIG_HOME": str(ctx.apps_dir / "paraview-config")}
     # no modal welcome dialog holding the state script back
     assert "ShowWelcomeDialog=false" in paraview.files["paraview-config/ParaView/ParaView5.11.0.ini"]
