@@ -145,8 +145,8 @@ class Stopping:
         except (E2EError, OSError) as exc:
             message = f"collecting results failed: {getattr(exc, 'message', None) or exc}; the run files are " \
                       "kept on the nodes and collection is retried"
-            if job.collect_error != message:  # once per cause, not once per pass
-                self.store.update_job(job.id, collect_error=message)
+            # once per cause, not once per pass, nor once per worker (terminate and reconcile may both try)
+            if self.store.change_job_field(job.id, "collect_error", message):
                 self.store.append_event(job.id, EventKind.ERROR, {"step": "collect", "message": message})
             return False
 

@@ -26,7 +26,7 @@ from orchestrator.store.locks import Locks
 from orchestrator.store.metrics import Metrics
 from orchestrator.store.nodes import NodeLeases
 from orchestrator.store.notify import OUTBOX_MAXLEN, Notifications
-from orchestrator.store.scripts import ALLOCATE, RELEASE, REPLACE, SET_ONCE, TRANSITION
+from orchestrator.store.scripts import ALLOCATE, RELEASE, REPLACE, SET_IF_CHANGED, SET_ONCE, TRANSITION
 from orchestrator.store.secrets import DesktopPasses, DesktopSecrets
 from orchestrator.store.series import SeriesPoints
 from orchestrator.store.sweeps import Sweeps
@@ -53,6 +53,7 @@ class JobStore(NodeLeases, Sweeps, SeriesPoints):
         self._allocate = client.register_script(ALLOCATE)
         self._release = client.register_script(RELEASE)
         self._replace = client.register_script(REPLACE)
+        self._set_if_changed = client.register_script(SET_IF_CHANGED)
         # the other key families, on the same connection
         self.users = Users(client, keys)
         self.ssh_keys = SshKeys(client, keys)
@@ -183,6 +184,13 @@ class JobStore(NodeLeases, Sweeps, SeriesPoints):
         if "state" in fields or "version" in fields:
             raise ValueError("state changes go through transition_job")
         self._r.hset(self._keys.job(job_id), mapping=_encode(fields))
+
+    def change_job_field(self, job_id: str, field: str, value: Any) -> bool:
+        """Set one non-state field if it holds something else; True for the one caller that changed it (a
+        fact several workers notice at once is then reported once)."""
+        if field in ("state", "version"):
+            raise ValueError("state changes go through transition_job")
+        return bool(self._set_if_changed(keys=[self._keys.job(job_id)], args=[field, _encode({field: value})[field]]))
 
     def transition_job(self, job_id: str, to: JobState, *, expect: Iterable[JobState] | None = None,
                        data: dict[str, Any] | None = None, **fields: Any) -> bool:

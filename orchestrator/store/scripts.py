@@ -92,3 +92,11 @@ if cur and cur ~= '' then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
+
+# Set one field of an existing hash only if it holds something else: 1 when this call changed it (so the caller
+# alone reports the change, however many workers race to), 0 otherwise. KEYS: the hash; ARGV: field, value.
+SET_IF_CHANGED = """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""

@@ -375,3 +375,13 @@ def test_only_one_of_twenty_racing_transitions_wins(make_store):
     assert job.version == 2
     assert job.error in {str(i) for i in range(20)}
     assert kinds(make_store().events(job_id)).count(EventKind.JOB_STATE) == 1
+
+
+def test_a_job_field_changed_by_racing_workers_is_reported_by_one(store):
+    job_id = new_job(store)
+    assert store.change_job_field(job_id, "collect_error", "disk full") is True
+    assert store.change_job_field(job_id, "collect_error", "disk full") is False  # the second worker: said already
+    assert store.get_job(job_id).collect_error == "disk full"
+    assert store.change_job_field(job_id, "collect_error", "quota") is True      # a new cause is said again
+    assert store.change_job_field("nosuchjob", "collect_error", "x") is False
+    assert not store._r.exists(store._keys.job("nosuchjob"))
