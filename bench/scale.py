@@ -93,6 +93,7 @@ def one_round(n: int, args: argparse.Namespace) -> dict:
     from orchestrator.cluster.local import tagged_processes
     from orchestrator.control.client import Client
     from orchestrator.engine.lifecycle import Lifecycle
+    from orchestrator.engine.sweep import Sweeper
     from orchestrator.model.events import EventKind
     from orchestrator.model.settings import Settings
     from orchestrator.model.spec import validate_spec
@@ -132,16 +133,17 @@ def one_round(n: int, args: argparse.Namespace) -> dict:
         # One pass in this process over every running job, the beat stopped (so no other pass runs meanwhile).
         stack.stop_process("beat")
         lc = Lifecycle.create(JobStore.from_url(stack.read()["redis_url"]), settings)
-        lc.reconcile()  # warm (imports, connections)
+        sweeper = Sweeper(lc)
+        sweeper.look_all()  # warm (imports, connections)
         t0 = time.perf_counter()
-        observed = lc.reconcile()
+        observed = sweeper.look_all()
         pass_s = time.perf_counter() - t0
         if args.profile:
             import cProfile
             import pstats
 
             profile = cProfile.Profile()
-            profile.runcall(lc.reconcile)
+            profile.runcall(sweeper.look_all)
             pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(35)
         with signals_deferred():
             stack.start(workers=False, beat=True)

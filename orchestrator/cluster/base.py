@@ -133,6 +133,10 @@ class ClusterBackend(ABC):
         """Undo suspend; False: not supported, signal the processes instead."""
         return False
 
+    # Whether the run watcher on the host that spawns a run sees its folder and its wrapper process (the
+    # local backend's runs are this host's processes and folders; ssh and Slurm nodes are other hosts).
+    watchable_here: bool = False
+
     def shares_storage(self, node: Node) -> bool:
         """Whether the node sees the head node's run directories at the same path (else they are staged)."""
         return True

@@ -31,6 +31,7 @@ class LocalBackend(ClusterBackend):
     """Virtual nodes node-01..node-NN, each with its own directory under $E2E_HOME/nodes, all on localhost."""
 
     name = "local"
+    watchable_here = True
 
     def __init__(self, settings: Settings) -> None:
         self._state = settings.root

@@ -6,7 +6,6 @@ import logging
 import time
 from typing import Callable
 
-from orchestrator.cluster import get_backend
 from orchestrator.cluster.base import AllocationPending, ClusterBackend, HostKeyRefused, Node
 from orchestrator.cluster.identity import acting_as
 from orchestrator.engine.context import EngineContext
@@ -14,7 +13,7 @@ from orchestrator.engine.edits import apply_overlay, overlay
 from orchestrator.engine.faults import fault_point
 from orchestrator.engine.limits import check_limits
 from orchestrator.engine.materialize import materialize_run, prepare_job_tree
-from orchestrator.engine.node_health import fail_on_node_fault, kill_leftovers, restart_on_replacement, wants_recovery
+from orchestrator.engine.node_health import fail_on_node_fault, restart_on_replacement, wants_recovery
 from orchestrator.engine.rules import apply_rules
 from orchestrator.engine.runctl import adopt_started
 from orchestrator.engine.series import follow_series
@@ -325,8 +324,9 @@ class Lifecycle:
                                   ended_at=float(ended or time.time()))
 
     # -- reconcile
-    def reconcile_job(self, job_id: str) -> None:
-        """One observation of one job, moving its state machine where the world has moved."""
+    def reconcile_job(self, job_id: str) -> Job:
+        """One observation of one job, moving its state machine where the world has moved; the job as it was
+        read (engine/sweep.py decides from it when to look again)."""
         job = self.store.get_job(job_id)
         state = job.state
         if state is JobState.QUEUED:
@@ -341,26 +341,7 @@ class Lifecycle:
             check_limits(self.store, job, self.store.get_run(job_id, run.id))
         elif state is JobState.TERMINATING:
             self.drive_termination(job_id)
-
-    def reconcile(self) -> int:
-        """One pass over every active job; errors in one job do not stop the others."""
-        count = 0
-        queued = self.store.queued_jobs()
-        for job_id in self.store.active_jobs():
-            if job_id in queued and queued.index(job_id) > 0:
-                continue  # strictly first-in, first-out: only the head of the queue may take nodes
-            try:
-                self.reconcile_job(job_id)
-            except E2EError as exc:
-                log.warning("reconcile %s: %s", job_id, exc.message)
-            except Exception:  # noqa: BLE001 - one bad job must not stop the loop; logged with its traceback
-                log.exception("reconcile %s failed", job_id)
-            count += 1
-        try:
-            kill_leftovers(self.store, lambda name: get_backend(name, self.settings))
-        except Exception:  # noqa: BLE001 - like a job's: logged, and the next pass tries again
-            log.exception("killing leftovers on nodes that answer again failed")
-        return count
+        return job
 
 
 def stage_hosts(backend: ClusterBackend, nodes: list[Node]) -> tuple[str, ...]:

@@ -31,6 +31,16 @@ def deadlines(job: Job, run: Run | None) -> dict[str, float]:
     return found
 
 
+def next_limit_moment(job: Job, run: Run | None) -> float | None:
+    """The next moment a limit warns or strikes (epoch seconds), None when none is configured."""
+    limits = (job.spec or {}).get("limits") or {}
+    moments = []
+    for name, deadline in deadlines(job, run).items():
+        warn_at = deadline - min(WARN_MAX, WARN_FRACTION * float(limits[name]))
+        moments.append(warn_at if time.time() < warn_at else deadline)
+    return min(moments) if moments else None
+
+
 # The run ends for good: a paused run waits for its user's restart, and a run a node fault failed may be
 # restarted on a replacement node (restart_on_node_failure) before the job is let go.
 RUN_OVER = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.STOPPED})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from pathlib import Path, PurePosixPath
 
@@ -135,6 +136,8 @@ def adopt_started(store: JobStore, job_id: str, run_id: str, backend: ClusterBac
     if not pid:
         return False
     started = backend.read_bytes(head, paths.started_at) or b""
-    store.transition_run(job_id, run_id, RunState.RUNNING, expect=[RunState.LAUNCHING],
-                         data={"pid": int(pid)}, pid=int(pid), started_at=float(started or time.time()))
+    if store.transition_run(job_id, run_id, RunState.RUNNING, expect=[RunState.LAUNCHING],
+                            data={"pid": int(pid)}, pid=int(pid), started_at=float(started or time.time())) \
+            and backend.watchable_here:  # this host's watcher follows it from now on (engine/watcher.py)
+        store.observation.announce(socket.gethostname(), job_id, run_id, paths.attempt, int(pid), str(paths.root))
     return True

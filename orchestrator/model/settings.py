@@ -34,7 +34,12 @@ class Settings(BaseSettings):
         None, description="a JSON file (0600) of each role's Redis URL, {\"redis_urls\": {role: url}}, for an "
                           "external Redis with ACL users (`e2e admin redis-acl --urls-file`); the stack's "
                           "workers and beat find theirs there even when E2E_REDIS_URL is this process's")
-    reconcile_interval: PositiveFloat = Field(1.0, description="seconds between reconcile passes")
+    reconcile_interval: PositiveFloat = Field(
+        1.0, description="seconds between reconcile sweeps: how often the safety net looks at a job the host's run "
+                         "watcher does not follow (queued, launching, stopping, with a desktop, on ssh/slurm nodes)")
+    safety_interval: PositiveFloat = Field(
+        10.0, description="seconds between the safety net's looks at a running job the run watcher follows (its "
+                          "log writes and its end ring the engine at once; limits are still checked on time)")
     local_nodes: PositiveInt = Field(4, description="virtual nodes of the local backend")
     local_cores_per_node: PositiveInt = Field(
         default_factory=lambda: os.cpu_count() or 1, description="slots of each local virtual node"

@@ -26,6 +26,7 @@ from orchestrator.store.locks import Locks
 from orchestrator.store.metrics import Metrics
 from orchestrator.store.nodes import NodeLeases
 from orchestrator.store.notify import OUTBOX_MAXLEN, Notifications
+from orchestrator.store.observation import Observation
 from orchestrator.store.scripts import ALLOCATE, RELEASE, REPLACE, SET_IF_CHANGED, SET_ONCE, TRANSITION
 from orchestrator.store.secrets import DesktopPasses, DesktopSecrets
 from orchestrator.store.series import SeriesPoints
@@ -63,6 +64,7 @@ class JobStore(NodeLeases, Sweeps, SeriesPoints):
         self.audit = Audit(client, keys)
         self.metrics = Metrics(client, keys)
         self.locks = Locks(client, keys)
+        self.observation = Observation(client, keys)
         self.notify = Notifications(client, keys)
 
     @classmethod
@@ -117,6 +119,7 @@ class JobStore(NodeLeases, Sweeps, SeriesPoints):
         pipe.zadd(self._keys.jobs, {job_id: float(now)})
         pipe.zadd(self._keys.owned(owner), {job_id: float(now)})
         pipe.sadd(self._keys.active, job_id)
+        pipe.zadd(self._keys.due, {job_id: float(now)})  # the safety net looks at it from now on
         pipe.zadd(self._keys.queue, {job_id: seq})
         if sweep := (extra or {}).get("sweep"):
             pipe.rpush(self._keys.sweep(sweep), job_id)
@@ -161,6 +164,12 @@ class JobStore(NodeLeases, Sweeps, SeriesPoints):
 
     def active_jobs(self) -> list[str]:
         return sorted(self._r.smembers(self._keys.active))
+
+    def states(self, job_id: str, run_id: str) -> tuple[JobState | None, RunState | None]:
+        """A job's state and one of its runs' (None for a missing one), in one round trip."""
+        job, run = self._r.pipeline(transaction=False).hget(self._keys.job(job_id), "state").hget(
+            self._keys.run(job_id, run_id), "state").execute()
+        return (JobState(job) if job else None), (RunState(run) if run else None)
 
     def queued_jobs(self) -> list[str]:
         return self._r.zrange(self._keys.queue, 0, -1)

@@ -48,6 +48,23 @@ class KeyNames:
         return f"{self.prefix}:jobs:active"
 
     @property
+    def due(self) -> str:
+        """The safety net's schedule: every active job, scored by when a reconcile sweep should look at it."""
+        return f"{self.prefix}:jobs:due"
+
+    @property
+    def watch_stream(self) -> str:
+        """Runs the watchers should watch (appended when a run starts: host, job, run, attempt)."""
+        return f"{self.prefix}:jobs:watch"
+
+    def watcher(self, host: str) -> str:
+        """A host's watcher heartbeat (expires when the watcher stops)."""
+        return f"{self.prefix}:jobs:watcher:{host}"
+
+    def observe_lock(self, job_id: str) -> str:
+        return f"{self.prefix}:lock:observe:{job_id}"
+
+    @property
     def seq(self) -> str:
         return f"{self.prefix}:seq"
 

@@ -15,15 +15,18 @@ from orchestrator.engine.lifecycle import Lifecycle
 from orchestrator.engine.live_edit import apply_live_edit
 from orchestrator.engine.nodes_admin import publish_inventories
 from orchestrator.engine.notify import Dispatcher, attempt
+from orchestrator.engine.sweep import Sweeper
+from orchestrator.engine.watcher import RunWatcher
 from orchestrator.model.notify import retry_delay
 from orchestrator.model.settings import get_settings
 from orchestrator.store.jobs import JobStore
 from orchestrator.worker import names
-from orchestrator.worker.celery_app import app
+from orchestrator.worker.celery_app import RECONCILE_QUEUE, app
 
 log = logging.getLogger(__name__)
 
 RETRIES = dict(max_retries=3, default_retry_delay=1)
+SLICE_EXPIRES = 30.0   # a handed-on slice nobody took within this is worthless: the next tick claims afresh
 
 
 @lru_cache(maxsize=1)
@@ -68,23 +71,29 @@ def inventory() -> dict[str, int]:
     return publish_inventories(lc.store, lc.settings)
 
 
+@lru_cache(maxsize=1)
+def sweeper() -> Sweeper:
+    return Sweeper(lifecycle())
+
+
 @app.task(name=names.RECONCILE, max_retries=0)
-def reconcile() -> int:
-    lc = lifecycle()
-    # A lease, not a correctness lock (transitions are compare-and-set): it only keeps two passes
-    # from doing the same work at once when a pass runs longer than the beat interval. Short, because a
-    # worker killed mid-pass holds it until it expires, and nothing is reconciled meanwhile.
-    lease = max(10.0, 5 * lc.settings.reconcile_interval)
-    lock = lc.store.locks.reconcile(lease)
-    if not lock.acquire():
-        return 0
-    try:
-        return lc.reconcile()
-    finally:
-        try:
-            lock.release()
-        except Exception:  # noqa: BLE001 - lease expired under a very long pass; harmless
-            log.warning("reconcile lease expired before release")
+def reconcile(tick: bool = True) -> int:
+    """The safety net: one slice of the jobs due for a look. A full slice first hands the next one to another
+    worker, so a backlog is swept by every free worker at once; only the beat's tick does the housekeeping."""
+    def more() -> None:
+        reconcile.apply_async(kwargs={"tick": False}, queue=RECONCILE_QUEUE, expires=SLICE_EXPIRES)
+    looked = sweeper().sweep(on_more=more)
+    if tick:
+        sweeper().housekeeping()
+    return looked
+
+
+@app.task(name=names.OBSERVE, bind=True, max_retries=100)
+def observe(self: Any, job_id: str) -> None:
+    """A run's watcher rang: look at its job now; another worker looking at it right now means again shortly
+    (that look may have read the run's files before what rang)."""
+    if not sweeper().look_now(job_id):
+        raise self.retry(countdown=0.05)
 
 
 @app.task(name=names.NOTIFY, bind=True, max_retries=None)
@@ -106,13 +115,17 @@ _dispatch_stop = threading.Event()
 
 @worker_ready.connect(weak=False)
 def _start_dispatcher(**_kwargs: object) -> None:
-    """Each worker's main process runs one notification dispatcher thread (outbox -> delivery tasks)."""
+    """Each worker's main process runs one notification dispatcher thread (outbox -> delivery tasks) and a run
+    watcher thread (this host's runs -> observe tasks; one host-wide holds the lease, the others stand by)."""
     _dispatch_stop.clear()
-    # its own store, not lifecycle()'s: the main process forks pool children, which must not inherit a lifecycle
+    # their own stores, not lifecycle()'s: the main process forks pool children, which must not inherit one
     settings = get_settings()
     store = JobStore.from_url(settings.resolved_redis_url(), events_maxlen=settings.events_maxlen)
     dispatcher = Dispatcher(store, settings, lambda task: app.send_task(names.NOTIFY, args=[task]), _consumer())
     threading.Thread(target=dispatcher.run, args=(_dispatch_stop,), name="e2e-notify-dispatch", daemon=True).start()
+    watch_store = JobStore.from_url(settings.resolved_redis_url(), events_maxlen=settings.events_maxlen)
+    watcher = RunWatcher(watch_store, settings, lambda job_id: app.send_task(names.OBSERVE, args=[job_id]))
+    threading.Thread(target=watcher.run, args=(_dispatch_stop,), name="e2e-run-watcher", daemon=True).start()
 
 
 @worker_shutdown.connect(weak=False)
