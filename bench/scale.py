@@ -6,7 +6,11 @@ nodes gets N single-node `sleep` jobs (`desktop: {enabled: false}`) submitted at
   * burst: first submit -> every run RUNNING (s);
   * processes the engine runs per job: the file-sync processes left (a batch job on shared storage has no
     consumer for one) and the engine's resident memory (worker, beat, Redis) per active job;
-  * one reconcile pass over the N running jobs, timed in this process with the beat stopped (s; ms per job);
+  * the engine's CPU (worker, beat, Redis) while the N runs sleep: percent of one core, and microseconds of CPU
+    per active job per second (the safety net's looks and the watcher);
+  * submit -> RUNNING of one more job at a time (--probes), under that load (p50/p99 ms);
+  * one full sweep over the N running jobs, timed in this process with the beat stopped (s; ms per job): no
+    longer the hot path (the watcher rings for a run's end), but what the safety net costs per look;
   * exit -> ended: with the beat running again, K runs' processes are killed one at a time; from the kill to
     the run's ended state event (p50/p99: how late a run's exit is noticed);
   * terminate: every job terminated at once -> all TERMINATED (jobs/s).
@@ -40,6 +44,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--exits", type=int, default=20, help="runs killed one at a time per round (default 20)")
     p.add_argument("--interval", type=float, default=1.0, help="the beat's reconcile interval, s (default 1.0)")
     p.add_argument("--timeout", type=float, default=600.0, help="give up on one phase after this many s")
+    p.add_argument("--probes", type=int, default=20, help="jobs submitted one at a time under the load, "
+                                                          "timed submit -> RUNNING (default 20)")
+    p.add_argument("--idle", type=float, default=10.0, help="seconds the engine's CPU is sampled with every "
+                                                           "run sleeping (default 10)")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
     p.add_argument("--profile", action="store_true", help="print where the timed reconcile pass spends its time")
     args = p.parse_args()
@@ -52,20 +60,45 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process and its descendants (a prefork worker's children do the work)."""
-    total, todo = 0, [pid]
+def tree(pid: int) -> list[int]:
+    """A process and its descendants (a prefork worker's children do the work; runs are never among them:
+    their wrappers are started in sessions of their own, re-parented to init)."""
+    found, todo = [], [pid]
     while todo:
         current = todo.pop()
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        found.append(current)
+        todo.extend(int(c) for c in children)
+    return found
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process and its descendants."""
+    total = 0
+    for current in tree(pid):
         try:
             for line in Path(f"/proc/{current}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except OSError:
             continue
-        todo.extend(int(c) for c in children)
     return total
+
+
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes and their descendants have used so far."""
+    ticks = 0
+    for pid in pids:
+        for current in tree(pid):
+            try:
+                fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def sync_processes(home: Path) -> int:
@@ -103,7 +136,8 @@ def one_round(n: int, args: argparse.Namespace) -> dict:
 
     home = Path(tempfile.mkdtemp(prefix="e2e-scale-"))
     home.chmod(0o711)
-    settings = Settings(home=home, local_nodes=n, local_cores_per_node=1, reconcile_interval=args.interval)
+    settings = Settings(home=home, local_nodes=n + args.probes, local_cores_per_node=1,
+                        reconcile_interval=args.interval)
     stack = Stack(settings)
     try:
         with signals_deferred():
@@ -129,6 +163,23 @@ def one_round(n: int, args: argparse.Namespace) -> dict:
         pids = stack.read().get("pids", {})
         engine_kib = sum(rss_kib(pid) for pid in pids.values() if pid)
         syncs = sync_processes(home)
+
+        # The engine's CPU while the N runs sleep (nothing to do but the safety net's looks and the watcher)
+        engine = [pid for pid in pids.values() if pid]
+        time.sleep(args.idle / 2)   # past the burst's tail (the first looks after launch)
+        c0, t0 = cpu_s(engine), time.monotonic()
+        time.sleep(args.idle)
+        idle_cpu = (cpu_s(engine) - c0) / (time.monotonic() - t0)
+
+        # submit -> RUNNING of one more job at a time, under that load
+        probes = []
+        for _ in range(args.probes):
+            t_submit = time.time()
+            probe = client.submit(spec)
+            wait_until("a probe RUNNING", lambda: store.get_run(probe, "run-001").state is RunState.RUNNING,
+                       args.timeout, poll=0.002)
+            probes.append(time.time() - t_submit)
+            jobs.append(probe)
 
         # One pass in this process over every running job, the beat stopped (so no other pass runs meanwhile).
         stack.stop_process("beat")
@@ -174,6 +225,9 @@ def one_round(n: int, args: argparse.Namespace) -> dict:
                    args.timeout, poll=0.5)
         term_s = time.time() - t_term
         return {"jobs": n, "submit_s": submitted, "burst_s": burst, "sync_processes": syncs,
+                "idle_cpu_pct": 100 * idle_cpu, "idle_cpu_us_per_job_s": 1e6 * idle_cpu / n,
+                "submit_running_p50_ms": 1000 * percentile(probes, 50),
+                "submit_running_p99_ms": 1000 * percentile(probes, 99),
                 "engine_mib": engine_kib / 1024, "kib_per_job": engine_kib / n, "observed": observed,
                 "pass_s": pass_s, "pass_ms_per_job": 1000 * pass_s / n,
                 "exit_ended_p50_s": percentile(lags, 50), "exit_ended_p99_s": percentile(lags, 99),
@@ -196,6 +250,8 @@ def main() -> int:
         print(f"round: {n} active jobs ...", file=sys.stderr, flush=True)
         rounds.append(one_round(n, args))
     cols = [("jobs", "{:d}"), ("burst_s", "{:.2f}"), ("sync_processes", "{:d}"), ("kib_per_job", "{:.0f}"),
+            ("idle_cpu_pct", "{:.1f}"), ("idle_cpu_us_per_job_s", "{:.0f}"), ("submit_running_p50_ms", "{:.1f}"),
+            ("submit_running_p99_ms", "{:.1f}"),
             ("pass_s", "{:.3f}"), ("pass_ms_per_job", "{:.2f}"), ("exit_ended_p50_s", "{:.2f}"),
             ("exit_ended_p99_s", "{:.2f}"), ("terminate_jobs_per_s", "{:.1f}")]
     print(" | ".join(name for name, _ in cols))
