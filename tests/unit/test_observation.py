@@ -11,6 +11,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from orchestrator.control.service import ControlService
 from orchestrator.engine.lifecycle import Lifecycle
 from orchestrator.engine.sweep import SLICE, Sweeper
@@ -113,10 +115,21 @@ def test_a_job_looked_at_by_another_worker_is_not_looked_at_twice(store, tmp_pat
     assert sweeper.look_now(job_id) is True and looked == [job_id]
 
 
-def _watcher(store, tmp_path, rang: list[str]) -> RunWatcher:
+@pytest.fixture
+def watched(store, tmp_path):
+    """A started watcher (ringing into a list), a run folder, and a stand-in wrapper process working in it."""
+    rang: list[str] = []
     watcher = RunWatcher(store, _settings(tmp_path, reconcile_interval=0.2), rang.append, host="h1")
     watcher._start()
-    return watcher
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    wrapper = subprocess.Popen(["sleep", "30"], cwd=run_dir)
+    try:
+        yield watcher, rang, run_dir, wrapper
+    finally:
+        wrapper.kill()
+        wrapper.wait()
+        watcher._close()
 
 
 def _wait_rung(watcher: RunWatcher, rang: list[str], job_id: str, within: float = 3.0) -> float:
@@ -127,71 +140,47 @@ def _wait_rung(watcher: RunWatcher, rang: list[str], job_id: str, within: float 
     return time.monotonic() - start
 
 
-def test_the_watcher_rings_for_a_write_and_at_once_for_the_wrapper_s_end(store, tmp_path):
-    rang: list[str] = []
-    watcher = _watcher(store, tmp_path, rang)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    wrapper = subprocess.Popen(["sleep", "30"], cwd=run_dir)
-    try:
-        store.observation.announce("h1", "job1", "run-001", 1, wrapper.pid, str(run_dir))
-        store.observation.announce("h2", "job2", "run-001", 1, wrapper.pid, str(run_dir))  # another host's
-        watcher._read_announcements()
-        assert set(watcher.followed) == {"job1"}
-        (run_dir / "log").write_text("step 1\n")
-        _wait_rung(watcher, rang, "job1")
-        rang.clear()
-        wrapper.send_signal(signal.SIGKILL)
-        assert _wait_rung(watcher, rang, "job1", within=1.0) < 0.5   # the end is never coalesced away
-        assert "job1" not in watcher.followed                         # ... and the run is no longer followed
-        assert "job2" not in rang
-    finally:
-        wrapper.kill()
-        wrapper.wait()
-        watcher._close()
+def test_the_watcher_rings_for_a_write_and_at_once_for_the_wrapper_s_end(store, watched):
+    watcher, rang, run_dir, wrapper = watched
+    store.observation.announce("h1", "job1", "run-001", 1, wrapper.pid, str(run_dir))
+    store.observation.announce("h2", "job2", "run-001", 1, wrapper.pid, str(run_dir))  # another host's
+    watcher._read_announcements()
+    assert set(watcher.followed) == {"job1"}
+    (run_dir / "log").write_text("step 1\n")
+    _wait_rung(watcher, rang, "job1")
+    rang.clear()
+    wrapper.send_signal(signal.SIGKILL)
+    assert _wait_rung(watcher, rang, "job1", within=1.0) < 0.5   # the end is never coalesced away
+    assert "job1" not in watcher.followed                         # ... and the run is no longer followed
+    assert "job2" not in rang
 
 
-def test_the_watcher_coalesces_a_run_that_writes_all_the_time(store, tmp_path):
-    rang: list[str] = []
-    watcher = _watcher(store, tmp_path, rang)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    wrapper = subprocess.Popen(["sleep", "30"], cwd=run_dir)
-    try:
-        watcher.follow("job1", "run-001", 1, wrapper.pid, run_dir)
-        stop = threading.Event()
+def test_the_watcher_coalesces_a_run_that_writes_all_the_time(watched):
+    watcher, rang, run_dir, wrapper = watched
+    watcher.follow("job1", "run-001", 1, wrapper.pid, run_dir)
+    stop = threading.Event()
 
-        def write() -> None:
-            with open(run_dir / "log", "a") as log:
-                while not stop.is_set():
-                    log.write("x\n")
-                    log.flush()
-                    time.sleep(0.005)
-        writer = threading.Thread(target=write)
-        writer.start()
-        start = time.monotonic()
-        while time.monotonic() - start < 1.0:
-            watcher.wait_once(0.05)
-        stop.set()
-        writer.join()
-        assert 3 <= rang.count("job1") <= 7      # ~150 writes in 1 s ring about once per 0.2 s interval
-    finally:
-        wrapper.kill()
-        wrapper.wait()
-        watcher._close()
+    def write() -> None:
+        with open(run_dir / "log", "a") as log:
+            while not stop.is_set():
+                log.write("x\n")
+                log.flush()
+                time.sleep(0.005)
+    writer = threading.Thread(target=write)
+    writer.start()
+    start = time.monotonic()
+    while time.monotonic() - start < 1.0:
+        watcher.wait_once(0.05)
+    stop.set()
+    writer.join()
+    assert 3 <= rang.count("job1") <= 7      # ~150 writes in 1 s ring about once per 0.2 s interval
 
 
-def test_a_pid_that_is_not_the_run_s_wrapper_is_never_followed(store, tmp_path):
-    rang: list[str] = []
-    watcher = _watcher(store, tmp_path, rang)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    try:
-        # our own pid (alive, but its working folder is not the run's): a recycled pid must not pass for it
-        watcher.follow("job1", "run-001", 1, os.getpid(), run_dir)
-        assert "job1" not in watcher.followed and rang == ["job1"]   # looked at now, never followed
-    finally:
-        watcher._close()
+def test_a_pid_that_is_not_the_run_s_wrapper_is_never_followed(watched):
+    watcher, rang, run_dir, _ = watched
+    # our own pid (alive, but its working folder is not the run's): a recycled pid must not pass for it
+    watcher.follow("job1", "run-001", 1, os.getpid(), run_dir)
+    assert "job1" not in watcher.followed and rang == ["job1"]   # looked at now, never followed
 
 
 def test_a_second_watcher_on_the_host_stands_by_until_the_first_lets_go(store, make_store):
