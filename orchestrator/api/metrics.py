@@ -54,7 +54,7 @@ def snapshot(store: Any) -> dict[str, Any]:
             "celery_queues": celery_queue_lengths(store), "celery_unacked": store.metrics.celery_unacked(),
             "tasks": store.metrics.task_totals(), "control": control_latency_histogram(store),
             "sync_lag_p50": max(lag_p50) if lag_p50 else None, "sync_lag_max": max(lag_max) if lag_max else None,
-            "nodes": store.pool_summary()}
+            "nodes": store.pool_summary(), "safety_net": store.observation.lag()}
 
 
 class EngineCollector(Collector):
@@ -73,6 +73,11 @@ class EngineCollector(Collector):
                         snap["celery_queues"])
         yield GaugeMetricFamily("e2e_celery_unacked", "Celery messages delivered and not yet acknowledged",
                                 value=snap["celery_unacked"])
+        overdue, behind = snap["safety_net"]
+        yield GaugeMetricFamily("e2e_safety_net_overdue_jobs", "Jobs past their safety-net look (a backlog: the "
+                                "workers cannot sweep as fast as the jobs fall due)", value=overdue)
+        yield GaugeMetricFamily("e2e_safety_net_lag_seconds", "How long the most overdue job has waited for its "
+                                "safety-net look", value=behind)
         tasks = CounterMetricFamily("e2e_celery_tasks", "Celery task outcomes counted by the workers",
                                     labels=["task", "outcome"])
         for task, counts in sorted(snap["tasks"].items()):

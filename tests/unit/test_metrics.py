@@ -69,6 +69,11 @@ def test_jobs_runs_queues_nodes_tasks_and_sync_lag_match_the_store(store):
     assert m[("e2e_nodes", (("backend", "local"), ("state", "drained")))] == 1
     assert m[("e2e_node_utilisation", (("backend", "local"),))] == pytest.approx(0.25)
     assert m[("e2e_sync_lag_seconds", (("stat", "max"),))] == pytest.approx(0.9)
+    # the safety net's backlog: the 4 jobs fell due at their creation, none looked at since (the terminated one
+    # leaves the schedule at the next claim)
+    assert m[("e2e_safety_net_overdue_jobs", ())] == 4 and m[("e2e_safety_net_lag_seconds", ())] > 0
+    assert len(store.observation.claim_due(10, lease=30)) == 3
+    assert scrape(store)[("e2e_safety_net_overdue_jobs", ())] == 0
     # nothing names a user or a job
     assert not any(v in str(key) for key in m for v in ("alice", "bob", running, *queued))
 
