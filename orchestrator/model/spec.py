@@ -273,6 +273,9 @@ def _describe(err: ErrorDetails, model: type[BaseModel], data: Any = None) -> tu
     elif kind == "union_tag_not_found":
         msg = f"missing; choose one of: {', '.join(registry().names())}"
         loc = loc + ["name"]
+    elif kind == "invalid_key":   # a key that is not text (YAML `? ` or `null:`): the mapping holding it is meant
+        msg = f"has a key that is not text ({loc[-1]}); field names are text"
+        loc = loc[:-1]
     elif kind == "missing":
         msg = "required field is missing"
     elif kind == "string_pattern_mismatch" and loc[-1:] == ["name"]:

@@ -377,3 +377,11 @@ def test_cli_submit_of_a_valid_spec_does_reach_for_redis(tmp_path):
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
     assert "cannot reach the engine's Redis" in _flat(result.stderr)
+
+
+def test_a_key_that_is_not_text_names_the_mapping_holding_it():
+    """YAML `monitor: {? : }` (or `null:`) gives a None key; the refusal names `monitor`, not `monitor.None`
+    (found by the generated-edits fault suite)."""
+    with pytest.raises(SpecError) as caught:
+        validate_spec({"name": "x", "solver": {"name": "command", "command": ["true"]}, "monitor": {None: None}})
+    assert caught.value.problems[0][0] == "monitor" and "not text" in caught.value.problems[0][1]
