@@ -88,6 +88,10 @@ def diff(old: Any, new: Any, prefix: str = "") -> list[dict[str, Any]]:
     return []
 
 
+# What Linux file systems take (NAME_MAX), and a whole path well inside PATH_MAX once under the run folder
+MAX_NAME_BYTES, MAX_PATH_BYTES = 255, 1024
+
+
 def check_relpath(rel: str) -> PurePosixPath:
     """A destination inside the run directory: relative, no '..', not the engine's .e2e folder."""
     pure = PurePosixPath(rel)
@@ -95,6 +99,10 @@ def check_relpath(rel: str) -> PurePosixPath:
         raise SpecError([("--file", f"{quoted(rel)} must be a relative file path inside the case, without '..'")])
     if pure.parts[0] == ".e2e" or "\n" in rel or "\0" in rel:
         raise SpecError([("--file", f"{quoted(rel)} is not a path the solver's inputs may use")])
+    if len(rel.encode()) > MAX_PATH_BYTES or any(len(part.encode()) > MAX_NAME_BYTES for part in pure.parts):
+        shown = rel if len(rel) <= 60 else rel[:60] + "..."
+        raise SpecError([("--file", f"{quoted(shown)} is too long: at most {MAX_NAME_BYTES} bytes a name and "
+                                    f"{MAX_PATH_BYTES} in all")])
     return pure
 
 
@@ -143,6 +151,10 @@ def save_files(paths: JobPaths, revision: int, files: dict[PurePosixPath, Path],
                 who = owner.name if owner is not None else "the engine"
                 raise SpecError([("--file", f"{src} -> {rel}: {exc.strerror} for OS account {who}: "
                                             f"{exc.filename}")]) from None
+            except OSError as exc:   # a name longer than the file system takes, a folder where a file is...
+                shutil.rmtree(staging, ignore_errors=True)
+                raise SpecError([("--file", f"{str(rel)[:80]}{'...' if len(str(rel)) > 80 else ''}: "
+                                            f"{exc.strerror}")]) from None
         if files:
             os.replace(staging, final)
 

@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 
 SLICE = 32             # jobs one sweep task claims; a full slice hands the rest to another worker at once
 CLAIM_LEASE = 30.0     # a claimed job that a dead worker never looked at is due again this much later
-LOOK_LEASE = 60.0      # one look at one job may hold the job's lease this long
+# One look at one job holds the job's lease at most this long (or 5 reconcile intervals): a worker killed
+# mid-look leaves the job unlooked-at this long. A look that takes longer (a slow node) may meet a second
+# one: both are safe (every transition is a compare-and-set), the lease only keeps them from doubling work.
+LOOK_LEASE = 10.0
 WATCHER_CHECK = 2.0    # seconds a "the watcher is alive" answer is trusted
 
 
@@ -85,7 +88,7 @@ class Sweeper:
 
     def _look(self, job_id: str) -> float | None:
         """Observe one job under its lease; when it is due again (None: its lease was taken)."""
-        lease = self.store.observation.lease(job_id, LOOK_LEASE)
+        lease = self.store.observation.lease(job_id, max(LOOK_LEASE, 5 * self.settings.reconcile_interval))
         if not lease.acquire():
             return None
         job: Job | None = None

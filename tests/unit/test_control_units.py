@@ -92,7 +92,8 @@ def test_diff_lists_changed_leaves_only():
     assert diff(old, new) == [{"field": "b.c", "old": 2, "new": 5}, {"field": "e", "old": None, "new": 4}]
 
 
-@pytest.mark.parametrize("rel", ["", "/etc/passwd", "../x", "a/../../x", ".e2e/claim", "dir/", "a\nb"])
+@pytest.mark.parametrize("rel", ["", "/etc/passwd", "../x", "a/../../x", ".e2e/claim", "dir/", "a\nb",
+                                 "x" * 256, "a/" * 600 + "b"])   # longer than a name or a path may be
 def test_file_destinations_stay_inside_the_case(rel):
     with pytest.raises(SpecError):
         check_relpath(rel)
