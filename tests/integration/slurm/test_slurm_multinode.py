@@ -174,6 +174,32 @@ def test_a_node_drained_mid_run_fails_the_run_naming_it(slurm3, slurm3_engine):
     assert slurm3.node_states()[victim].startswith("drain")   # Slurm keeps the node out of new allocations
 
 
+def test_a_node_whose_slurmd_dies_mid_run_fails_the_run_and_nothing_is_left_once_it_is_back(slurm3, slurm3_engine):
+    client = slurm3_engine.client
+    # the run's own srun spreads it over the whole allocation (the run's step sees all three nodes)
+    job_id = client.submit_data({"name": "slurmd-dies", "desktop": {"enabled": False},
+                                 "cluster": {"backend": "slurm", "nodes": 3, "cores_per_node": 1},
+                                 "solver": {"name": "command", "command": [
+                                     "srun", "--overlap", "--nodes=3", "--ntasks=3", "sh", "-c",
+                                     "while :; do sleep 0.2; done"]}})
+    tag = f"{job_id}/run-001"
+    wait_for(lambda: all(node_processes(slurm3, tag).values()), 60, "the run's processes on every node")
+    victim = slurm3.names[2]
+    slurmd = slurm3.slurmd(victim)
+    slurmd.kill()
+    slurmd.wait(5)
+    run = wait_for(lambda: (r := client.status(job_id).runs_detail[0]).state is RunState.FAILED and r, 30,
+                   "the run to fail")
+    assert victim in run.reason and run.failed_nodes == [victim], run.reason
+    client.terminate(job_id)
+    assert slurm3_engine.wait_job_terminal(job_id, timeout=60).state is JobState.TERMINATED
+    survivors = slurm3.names[:2]
+    wait_for(lambda: not any(node_processes(slurm3, tag)[n] for n in survivors), 20, "the survivors' processes gone")
+    # the node's own steps outlived its slurmd; once it is back, Slurm ends what is left of the job there
+    slurm3.start_slurmd(victim)
+    wait_for(lambda: not any(node_processes(slurm3, tag).values()), 30, "no process left on any node")
+
+
 def _comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
