@@ -81,14 +81,16 @@ class SlurmBackend(ClusterBackend):
 
     # -- nodes
     def inventory(self) -> list[Node]:
-        argv = ["sinfo", "--noheader", "--Node", "--format=%N|%o|%c"]
+        # A node's address is its NodeName: inside an allocation that is how Slurm, srun and MPI (whose
+        # hostfile may only name nodes of the allocation) know it; its NodeAddr is slurmd's business.
+        argv = ["sinfo", "--noheader", "--Node", "--format=%N|%c"]
         if self.partition:
             argv.append(f"--partition={self.partition}")
         nodes: dict[str, Node] = {}
         for line in self.slurm(*argv).stdout.splitlines():
-            name, address, cores = (line.split("|") + ["", ""])[:3]
+            name, cores = (line.split("|") + [""])[:2]
             if name and name not in nodes and cores.strip().isdigit():
-                nodes[name] = Node(name, address or name, int(cores), self.settings.root / "nodes" / name)
+                nodes[name] = Node(name, name, int(cores), self.settings.root / "nodes" / name)
         return list(nodes.values())
 
     def _node_info(self, node: Node | str, fmt: str, timeout: float) -> str:
@@ -273,6 +275,18 @@ class SlurmBackend(ClusterBackend):
         return ["srun", f"--jobid={slurm_id}", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={node.name}",
                 "--quiet"]
 
+    def _whole_allocation(self, slurm_id: str) -> list[str]:
+        """`env` settings that show the run (a one-task step on the first node) the whole allocation, as a
+        batch script sees it: mpirun inside it then places ranks on every node of the job and starts its
+        daemons there with srun (which would otherwise see only the step's one node)."""
+        shown = self.slurm("squeue", "--noheader", f"--jobs={slurm_id}", "--format=%N|%D|%C").stdout.strip()
+        nodelist, count, cpus = (shown.split("|") + ["", ""])[:3]
+        if not (nodelist and count.isdigit() and cpus.isdigit()):
+            raise NoAllocation(f"Slurm job {slurm_id} shows no nodes ({shown!r})")
+        per_node = max(1, int(cpus) // max(1, int(count)))
+        return ["env", f"SLURM_JOB_NODELIST={nodelist}", f"SLURM_NODELIST={nodelist}", f"SLURM_NNODES={count}",
+                f"SLURM_JOB_NUM_NODES={count}", f"SLURM_TASKS_PER_NODE={per_node}(x{count})"]
+
     def as_owner(self, slurm_id: str, argv: list[str], account: Account | None = None) -> list[str]:
         """An srun command line run as the allocation's owner (root may not step into another user's job);
         with an account, refused unless the allocation is that account's."""
@@ -295,7 +309,8 @@ class SlurmBackend(ClusterBackend):
         # The srun client on the head node keeps the step alive: it gets its own session so it outlives
         # the worker; the task itself is a process-group leader on the node (slurmstepd makes it one).
         slurm_id = self._allocation_on(node, cwd)
-        step = [*self._step(node, slurm_id), f"--chdir={cwd}", "--output=/dev/null", "--error=/dev/null", *argv]
+        step = [*self._step(node, slurm_id), f"--chdir={cwd}", "--output=/dev/null", "--error=/dev/null",
+                *self._whole_allocation(slurm_id), *argv]
         step = self.as_owner(slurm_id, step, account)
         try:  # srun's own messages (it lives on after this call) go to a file, never to a pipe we would wait on
             # The directory is the job's: never follow a link it put there.
