@@ -4,12 +4,14 @@ in slices that any worker claims, each job looked at under its own lease and the
 When is a job due again? Soon (the reconcile interval) while something may change without a sign the engine
 would see: a queued or launching job, a stopping run, a desktop to supervise, a run on another host. A running
 job whose run the host's watcher follows (engine/watcher.py: its log writes and its wrapper's end ring the
-engine) is due only every safety interval, or sooner when one of its limits warns or strikes.
+engine) is due only every safety interval (longer with thousands of jobs: SAFETY_SHARE), or sooner when one of
+its limits warns or strikes.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import time
 from typing import TYPE_CHECKING, Callable
@@ -32,7 +34,12 @@ CLAIM_LEASE = 30.0     # a claimed job that a dead worker never looked at is due
 # mid-look leaves the job unlooked-at this long. A look that takes longer (a slow node) may meet a second
 # one: both are safe (every transition is a compare-and-set), the lease only keeps them from doubling work.
 LOOK_LEASE = 10.0
-WATCHER_CHECK = 2.0    # seconds a "the watcher is alive" answer is trusted
+WATCHER_CHECK = 2.0    # seconds a "the watcher is alive" answer (or the count of active jobs) is trusted
+# The safety net's looks at followed runs get this many seconds of interval per active job, when that is longer
+# than E2E_SAFETY_INTERVAL: the net's cost stays a fixed share of a worker (a look costs a few ms: at 5 ms,
+# 17% of one core) however many jobs run, and its period grows with them (1,000 jobs: 30 s; 10,000: 300 s).
+# What it is there for (a ring lost) is rare; every real end and write rings at once.
+SAFETY_SHARE = 0.03
 
 
 class Sweeper:
@@ -44,6 +51,7 @@ class Sweeper:
         self.settings = lifecycle.settings
         self.host = host or socket.gethostname()
         self._watcher: tuple[float, bool] = (0.0, False)
+        self._active: tuple[float, int] = (0.0, 0)
 
     def sweep(self, on_more: Callable[[], None] | None = None) -> int:
         """Claim one slice of the due jobs and look at each; `on_more` is called first when the slice came
@@ -113,9 +121,16 @@ class Sweeper:
         job_state, run_state = self.store.states(job.id, job.current_run)
         if job_state is not JobState.UP or run_state is not RunState.RUNNING:
             return soon
-        later = now + self.settings.safety_interval
+        later = now + self._safety_interval() * random.uniform(0.9, 1.1)   # spread, never in step
         limit = next_limit_moment(job, None)
         return min(later, max(soon, limit)) if limit is not None else later
+
+    def _safety_interval(self) -> float:
+        checked, count = self._active
+        if time.monotonic() - checked > WATCHER_CHECK:
+            count = self.store.active_count()
+            self._active = (time.monotonic(), count)
+        return max(self.settings.safety_interval, count * SAFETY_SHARE)
 
     def _followed(self, job: Job) -> bool:
         """Whether this host's watcher follows the job's run: the backend's runs are this host's, no desktop

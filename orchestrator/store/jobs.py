@@ -165,6 +165,9 @@ class JobStore(NodeLeases, Sweeps, SeriesPoints):
     def active_jobs(self) -> list[str]:
         return sorted(self._r.smembers(self._keys.active))
 
+    def active_count(self) -> int:
+        return int(self._r.scard(self._keys.active))
+
     def states(self, job_id: str, run_id: str) -> tuple[JobState | None, RunState | None]:
         """A job's state and one of its runs' (None for a missing one), in one round trip."""
         job, run = self._r.pipeline(transaction=False).hget(self._keys.job(job_id), "state").hget(

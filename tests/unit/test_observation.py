@@ -96,7 +96,10 @@ def test_a_followed_running_job_is_due_only_every_safety_interval_or_at_its_limi
     assert sweeper.next_look(store.get_job(plain)) < now + 2          # no watcher holds the host: soon
     assert store.observation.hold_watcher("h1", "w", 5)
     sweeper._watcher = (0.0, False)
-    assert now + 29 < sweeper.next_look(store.get_job(plain)) < now + 31
+    assert now + 26 < sweeper.next_look(store.get_job(plain)) < now + 34   # 30 s, spread by +-10%
+    sweeper._active = (time.monotonic(), 5000)                          # thousands of jobs: a longer period
+    assert now + 134 < sweeper.next_look(store.get_job(plain)) < now + 166
+    sweeper._active = (0.0, 0)
     assert sweeper.next_look(store.get_job(timed)) < now + 91         # the walltime warning (at 90 s) comes first
     assert sweeper.next_look(store.get_job(desk)) < now + 2           # a desktop to supervise: soon
     store.transition_run(plain, "run-001", RunState.STOPPING, expect=[RunState.RUNNING])
