@@ -1,6 +1,7 @@
-"""Leases: short, expiring locks that keep two processes from doing the same work at once (the reconcile
-pass, one desktop's steps, one job's sync-event forwarding). Never a correctness lock: transitions are
-compare-and-set; a holder that dies only delays the work until its lease expires."""
+"""Leases: short, expiring locks that keep two processes from doing the same work at once (a beat tick's
+housekeeping, one desktop's steps, one job's sync-event forwarding; one job's observation: observation.py).
+Never a correctness lock: transitions are compare-and-set; a holder that dies only delays the work until its
+lease expires."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class Locks:
         self._keys = keys
 
     def reconcile(self, lease: float) -> Lease:
-        """The reconcile pass's lease (non-blocking: a pass already running means skip this one)."""
+        """A beat tick's housekeeping lease (killing leftovers on nodes that answer again; non-blocking: another
+        worker already at it means skip this tick's turn)."""
         return Lease(self._r.lock(self._keys.reconcile_lock, timeout=lease, blocking=False))
 
     def desktop(self, job_id: str, timeout: float = 60, wait: float = 0) -> Lease:
