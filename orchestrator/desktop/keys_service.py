@@ -19,7 +19,8 @@ from orchestrator.model.services import JobService, ServiceContext
 
 class SshKeysService(JobService):
     """Keys live in a managed block of the job user's authorized_keys while the cluster is up, and go after.
-    Keys added or removed while the job runs follow within a reconcile pass (as a person would expect)."""
+    Keys added or removed while the job runs follow at its next look (a reconcile interval, or a batch job's
+    safety interval)."""
 
     name = "ssh-keys"
 

@@ -58,7 +58,7 @@ class JobService(ABC):
 
     @abstractmethod
     def supervise(self, ctx: ServiceContext) -> None:
-        """Called on every reconcile pass while the job is UP: check health, restart what died."""
+        """Called at every look at the job while it is UP (rung or swept): check health, restart what died."""
 
     @abstractmethod
     def stop(self, ctx: ServiceContext) -> bool:
