@@ -75,8 +75,10 @@ class Sweeper:
         looked = 0
         for job_id in job_ids:
             if job_id in waiting and job_id != head:
-                # strictly first-in, first-out: only the head of the queue may take nodes
-                looks[job_id] = time.time() + self.settings.reconcile_interval
+                # strictly first-in, first-out: only the head of the queue may take nodes. The others wait for
+                # the kick of the job before them (or, should it be lost, the tick's look at the head): looking at
+                # thousands of them every interval would take the workers from the provisions they wait for.
+                looks[job_id] = time.time() + self._safety_interval() * random.uniform(0.9, 1.1)
                 continue
             when = self._look(job_id)
             if when is not None:
@@ -149,6 +151,9 @@ class Sweeper:
         """Once per beat tick: jobs the schedule lacks join it, and leftovers on nodes that answer again die."""
         try:
             self.store.observation.adopt_missing()
+            queued = self.store.queued_jobs()[:1]
+            if queued:   # the head of the queue is due at every tick (a lost kick costs one tick, not a period)
+                self.store.observation.bring_forward(queued[0], time.time())
             lock = self.store.locks.reconcile(max(10.0, 5 * self.settings.reconcile_interval))
             if lock.acquire():  # one worker at a time kills leftovers; the others skip this tick's turn
                 try:

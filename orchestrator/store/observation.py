@@ -62,6 +62,10 @@ class Observation:
         if looks:
             self._r.zadd(self._keys.due, looks, xx=True)
 
+    def bring_forward(self, job_id: str, at: float) -> None:
+        """Make a scheduled job due by `at` at the latest (never later than it already is)."""
+        self._r.zadd(self._keys.due, {job_id: at}, xx=True, lt=True)
+
     def adopt_missing(self) -> int:
         """Put every active job the schedule lacks on it, due now (jobs stored before the schedule existed,
         or a schedule lost with Redis); cheap when nothing is missing. How many were added."""

@@ -82,6 +82,11 @@ def test_a_full_slice_hands_on_the_rest_and_only_the_queue_head_is_looked_at(sto
     sweeper.sweep(on_more=lambda: more.append(2))
     assert more == [1]                                      # the rest (3) did not fill a slice
     assert looked == [ids[0]]                               # FIFO: of the queued jobs, only the head is looked at
+    # the others wait for their turn (a kick): not due again for a safety interval; the head soon, and at
+    # every tick whatever its schedule said
+    assert store.observation.claim_due(100, lease=30, now=time.time() + 5) == [ids[0]]
+    sweeper.housekeeping()
+    assert store.observation.claim_due(100, lease=30) == [ids[0]]
 
 
 def test_a_followed_running_job_is_due_only_every_safety_interval_or_at_its_limit(store, tmp_path):
