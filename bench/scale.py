@@ -211,8 +211,9 @@ def one_round(n: int, args: argparse.Namespace) -> dict:
         lags = []
         for job_id in jobs[:args.exits]:
             tag = f"{job_id}/run-001"
+            pids_of_run = tagged_processes(tag)   # (a scan of /proc: thousands of runs make it slow, so untimed)
             killed = time.time()
-            for pid in tagged_processes(tag):
+            for pid in pids_of_run:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
