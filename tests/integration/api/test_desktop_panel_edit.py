@@ -16,7 +16,7 @@ import pytest
 
 from orchestrator.model.errors import UserError
 from orchestrator.model.paths import JobPaths
-from tests.integration.api.test_desktop_panel import FAILED_SHOT, _click, _places, _press, _run, _tail
+from tests.integration.api.test_desktop_panel import FAILED_SHOT, _click, _places, _press, _run, _tail, open_edit_form
 from tests.integration.api.test_monitor_browser import upload_case
 from tests.integration.conftest import CAVITY, wait_for
 from tests.integration.desktop_helpers import grab_display, require_desktop_tools, wait_desktop
@@ -65,17 +65,7 @@ def test_endtime_typed_into_the_panels_form_is_where_the_restarted_run_stops(eng
         reached = max(_times(run_dir))
         target = round(reached + 0.5, 1)  # five write intervals on: a few seconds of icoFoam
 
-        # a click can be lost while ParaView (started with the session, reloading the case) holds the pointer:
-        # the form is what is tested here, so the Edit button is pressed again if no form came
-        for attempt in range(3):
-            _press(desk, rec.display, "Edit")
-            try:
-                dialog = wait_for(lambda: (d := (_places(desk) or {}).get("dialog", {})).get(FIELD)
-                                  and d.get("apply") and d, 8, "the edit form with an endTime field")
-                break
-            except AssertionError:
-                if attempt == 2:
-                    raise
+        dialog = open_edit_form(desk, rec.display, has=FIELD)   # (a click may be lost while ParaView reloads)
         _click(rec.display, dialog[FIELD])
         for keys in (["key", "End"], ["key", "--repeat", "12", "BackSpace"], ["type", "--delay", "20", f"{target:g}"]):
             done = subprocess.run(["xdotool", *keys], env=env, capture_output=True, text=True, timeout=20)
