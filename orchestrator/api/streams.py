@@ -20,7 +20,7 @@ from orchestrator.control.files import RunLog, read_job_file, run_log
 from orchestrator.control.protocol import run_finished
 from orchestrator.control.service import ControlService
 from orchestrator.model.errors import UserError
-from orchestrator.model.states import JOB_TERMINAL
+from orchestrator.model.states import JOB_TERMINAL, RUN_ENDED, JobState
 
 router = APIRouter(prefix=API, tags=["live"])
 STREAM_ID = r"^\d{1,20}-\d{1,20}$"
@@ -157,6 +157,9 @@ async def log_stream(job: str, request: Request, client: ControlService = Depend
             raise UserError("Last-Event-ID of a log stream is a byte offset")
         offset = int(last_event_id)
     await asyncio.to_thread(_log_state, client, job_id, run)  # an unknown run is a 404 now, not a broken stream
+    # Without `run`, the run current now: the stream is that run's log (its offsets are that file's) and ends with
+    # it, not jumping to the next run a rerun makes (with the old offset) and never ending.
+    run = run or await asyncio.to_thread(lambda: client.job(job_id).current_run)
     return _held(request, client, _follow_log(request, client, job_id, run, offset))
 
 
@@ -200,7 +203,11 @@ def _log_state(client: ControlService, job_id: str, run: Optional[str]) -> tuple
     """The run's log (None before the plugin named one) and whether the run has ended."""
     doc = client.status(job_id)
     log = run_log(client, job_id, run)
-    return (log if log.rel else None), run_finished(doc)
+    # that run's end (a stream of run-001 ends with it, whatever run is current), or the job's
+    mine = next((r for r in doc.runs_detail if r.id == run), None) if run else None
+    job_over = doc.state in JOB_TERMINAL or doc.state is JobState.FAILED
+    ended = run_finished(doc) if mine is None else mine.state in RUN_ENDED or job_over
+    return (log if log.rel else None), ended
 
 
 def _read_lines(home: Path, log: RunLog, offset: int) -> tuple[bytes, int]:

@@ -152,6 +152,34 @@ def test_log_stream_delivers_new_lines(http, alice_job):
     assert texts[0].startswith("gain=3") and all(t.endswith("\n") for t in texts)
 
 
+def test_a_log_stream_without_a_run_follows_the_run_current_when_it_opened_and_ends_with_it(http):
+    """A rerun right after the run ended: the stream ends with its run (its offsets are that log's), instead of
+    jumping to the new run's log and never ending (bench/rules.py leaked one stream per sample that way, until
+    the user's stream limit refused the next)."""
+    alice = http("alice")
+    reply = alice.post("/jobs", json={"spec": {"name": "stream-pin", "desktop": {"enabled": False}, "solver": {
+        "name": "command", "command": ["sh", "-c", 'echo first; sleep 1; echo gone; [ "$E2E_RUN_ID" = run-001 ] || '
+                                                    '{ sleep 1; echo the-next-run; sleep 30; }']}}})
+    assert reply.status_code == 201, reply.text
+    job_id = reply.json()["id"]
+    wait_doc(alice, job_id, lambda d: current_run(d)["state"] == "RUNNING", "the run running")
+    texts, events = [], []
+    with alice.stream("GET", f"/jobs/{job_id}/logs/stream", timeout=30) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                events.append(line[7:])
+            if line.startswith("data: ") and "text" in line:
+                texts.append(json.loads(line[6:])["text"])
+                if "gone" in texts[-1] and "rerun" not in events:  # the run has ended: a new one at once
+                    wait_doc(alice, job_id, lambda d: current_run(d)["state"] == "COMPLETED", "the run completed")
+                    assert alice.post(f"/jobs/{job_id}/rerun").status_code == 200
+                    events.append("rerun")
+            if events[-1:] == ["end"]:
+                break
+    assert events[-1] == "end" and "".join(texts) == "first\ngone\n"
+    alice.post(f"/jobs/{job_id}/terminate")
+
+
 def test_control_commands_are_audited_with_the_api_user(http, alice_job, tokens):
     alice, name = http("alice"), tokens["alice"][0]
     assert alice.post(f"/jobs/{alice_job}/freeze").json()["runs_detail"][0]["state"] == "FROZEN"
