@@ -6,8 +6,8 @@ One `command` job (`sleep 3600`) with the rule `converged: p < 1e-3 -> pause`. P
 rule fires once per run: `e2e rerun` re-arms it), an SSE client of /jobs/{id}/logs/stream, then after a random
 0-1 s (off any polling phase) the bench appends `residual: p 1e-4` to the run's log. Measured: the run's
 stop_requested_at (set by the worker as it asks for the pause) minus the write, and the SSE client's arrival of
-the same line minus the write. The engine observes logs once per reconcile pass (E2E_RECONCILE_INTERVAL,
-default 1 s; --interval sets it): the rule's p50 is about half an interval plus the pass itself.
+the same line minus the write. The run's write rings the host's run watcher, which has a worker look at the
+job at once (a run writing all the time rings at most once per E2E_RECONCILE_INTERVAL; --interval sets it).
 Target: p50 <= 1 s.
 
     .venv/bin/python bench/rules.py [--samples 20] [--interval 1.0] [--json]
