@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from orchestrator.desktop.service import desktop_record
@@ -65,6 +66,32 @@ def chromium():
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver._e2e_profile = profile
     return driver
+
+
+def novnc_status(driver) -> str:
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+
+    try:
+        return driver.find_element(By.ID, "noVNC_status").get_attribute("textContent") or ""
+    except WebDriverException:
+        return ""
+
+
+def wait_novnc_connected(driver, timeout: float = 45, reload_after: float = 20) -> str:
+    """Wait until the noVNC page in `driver` says Connected; its status text ("" when it never did). A page that
+    shows no status at all after `reload_after` s is loaded once more, as a person would: under CI's load
+    Chromium twice never loaded the page (the gateway logged no request; the cause is not found)."""
+    deadline, reload_at = time.monotonic() + timeout, time.monotonic() + reload_after
+    while time.monotonic() < deadline:
+        status = novnc_status(driver)
+        if "Connected" in status:
+            return status
+        if not status and reload_at and time.monotonic() > reload_at:
+            reload_at = 0.0
+            driver.refresh()
+        time.sleep(0.2)
+    return novnc_status(driver)
 
 
 def close_chromium(driver) -> None:

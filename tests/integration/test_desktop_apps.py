@@ -24,6 +24,7 @@ from tests.integration.desktop_helpers import (
     require_desktop_tools,
     session_processes,
     wait_desktop,
+    wait_novnc_connected,
 )
 from tests.unit.solver_cases import DATA
 
@@ -153,12 +154,8 @@ def _screenshot(engine, job_id: str, box: tuple[int, int, int, int], target: Pat
     d = connect.desktop(engine.client, job_id)
     driver = chromium()
     try:
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.support.ui import WebDriverWait
-
         driver.get(d.url)
-        WebDriverWait(driver, 30).until(
-            lambda drv: "Connected" in drv.find_element(By.ID, "noVNC_status").get_attribute("textContent"))
+        assert "Connected" in wait_novnc_connected(driver), "noVNC never connected"
         # pixels of a saturated colour (the colour map's blue and red ends): the GUI, the background, a solid
         # mesh and a black unpainted window are all greys, whatever the JPEG encoding adds at their edges
         colours = ("const c = document.querySelector('#noVNC_container canvas');"

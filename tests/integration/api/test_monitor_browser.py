@@ -16,7 +16,7 @@ import pytest
 from orchestrator.model.paths import JobPaths
 from tests.integration.api.test_api import wait_doc
 from tests.integration.conftest import PITZ, wait_for
-from tests.integration.desktop_helpers import chromium, close_chromium, require_desktop_tools
+from tests.integration.desktop_helpers import chromium, close_chromium, require_desktop_tools, wait_novnc_connected
 from tests.integration.desktop_helpers import spec as desktop_spec
 
 pytestmark = pytest.mark.integration
@@ -210,14 +210,12 @@ def test_the_desktop_link_opens_novnc_connected(driver, api, tokens, desktop_job
     wait_for(lambda: len(driver.window_handles) == 2, 15, "the desktop tab")
     driver.switch_to.window(next(h for h in driver.window_handles if h != home))
     try:
-        status = lambda d: d.find_element(*by("#noVNC_status")).get_attribute("textContent")  # noqa: E731
-        try:
-            page_until(driver, lambda d: "Connected" in status(d), "noVNC Connected", timeout=45)
-        except AssertionError:
+        status = wait_novnc_connected(driver)
+        if "Connected" not in status:
             desk = JobPaths.for_job(engine.settings.root, desktop_job).root / "desktop"
-            pytest.fail(f"noVNC status {status(driver)!r} at {driver.current_url.split('?')[0]}; gateway log:\n"
+            pytest.fail(f"noVNC status {status!r} at {driver.current_url.split('?')[0]}; gateway log:\n"
                         f"{(desk / 'gateway.log').read_text()[-2000:]}")
-        assert desktop_job in status(driver)
+        assert desktop_job in status
         driver.save_screenshot(str(tmp_path / "monitor-desktop.png"))
     finally:
         driver.close()
