@@ -137,7 +137,7 @@ class Sweeper:
     def _followed(self, job: Job) -> bool:
         """Whether this host's watcher follows the job's run: the backend's runs are this host's, no desktop
         needs supervising, and a watcher holds the host's lease."""
-        if not get_backend(job.backend, self.settings).watchable_here:
+        if not self.lifecycle.ctx.backend_of(job).watchable_here:
             return False
         if self.lifecycle.ctx.spec_of(job).desktop.enabled:
             return False

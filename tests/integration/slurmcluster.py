@@ -21,8 +21,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from orchestrator.worker.stack import free_port
 from tests.integration.sshcluster import ClusterNode, NodeCluster, namespaces_available
@@ -196,3 +198,14 @@ class SlurmCluster:
         if self.net is not None:
             self.net.stop()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextmanager
+def running(cluster: SlurmCluster, monkeypatch) -> Iterator[SlurmCluster]:
+    """A test's cluster: started, SLURM_CONF pointing at it for the test, stopped whatever happens."""
+    try:
+        cluster.start()
+        monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
+        yield cluster
+    finally:
+        cluster.stop()

@@ -10,7 +10,7 @@ from orchestrator.cluster.local import process_states
 from orchestrator.cluster.slurm import SlurmBackend
 from orchestrator.model.settings import Settings
 from tests.conftest import require
-from tests.integration.slurmcluster import SlurmCluster, slurm_available
+from tests.integration.slurmcluster import SlurmCluster, running, slurm_available
 
 from ..conftest import wait_for
 
@@ -20,13 +20,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def slurm(monkeypatch):
     require(slurm_available(), "Slurm and munge as root (apt-get install slurmctld slurmd slurm-client munge)")
-    cluster = SlurmCluster()
-    try:
-        cluster.start()
-        monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
+    with running(SlurmCluster(), monkeypatch) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def test_allocation_run_step_suspend_resume_and_cancel(slurm, tmp_path):

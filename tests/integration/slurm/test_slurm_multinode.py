@@ -15,7 +15,7 @@ from orchestrator.cluster.slurm import SlurmBackend
 from orchestrator.model.events import EventKind
 from orchestrator.model.states import RUN_ENDED, JobState, RunState
 from tests.conftest import require
-from tests.integration.slurmcluster import SlurmCluster, multinode_available
+from tests.integration.slurmcluster import SlurmCluster, multinode_available, running
 
 from ..conftest import CAVITY, Engine, make_settings, redis_flush, wait_for
 
@@ -25,13 +25,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def slurm3(monkeypatch):
     require(multinode_available(), "Slurm, munge, nsenter and network namespaces as root")
-    cluster = SlurmCluster(count=3)
-    try:
-        cluster.start()
-        monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
+    with running(SlurmCluster(count=3), monkeypatch) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
