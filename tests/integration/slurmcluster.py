@@ -173,8 +173,12 @@ class SlurmCluster:
         while not predicate():
             dead = [p.args for p in self.procs if p.poll() is not None and p.returncode != -signal.SIGKILL]
             if dead or time.monotonic() > deadline:
-                logs = {p.name: p.read_text()[-1500:] for p in self.base.glob("*.out")}
-                raise RuntimeError(f"{what} not ready (exited: {dead}); logs: {logs}")
+                # the daemons' own logs say why (a node not registering, a refused credential); their
+                # stdout says why one could not start at all
+                logs = {p.name: p.read_text(errors="replace")[-1500:]
+                        for p in [*self.base.glob("*.out"), *self.base.glob("log/*.log")]}
+                states = self.node_states() if self.conf.exists() else {}
+                raise RuntimeError(f"{what} not ready (exited: {dead}; nodes: {states}); logs: {logs}")
             time.sleep(0.05)
 
     def stop(self) -> None:

@@ -27,6 +27,11 @@ def _times(folder) -> set[int]:
     return steps
 
 
+def _log_tail(run_dir, log_file) -> str:
+    log = run_dir / (log_file or "log")
+    return log.read_text(errors="replace")[-1500:] if log.is_file() else f"no log at {log}"
+
+
 def test_a_controldict_edited_on_the_desktop_is_used_by_the_restart(engine, openfoam, tmp_path):
     shutil.copytree(CAVITY, tmp_path / "cavity")
     client = engine.client
@@ -42,7 +47,8 @@ def test_a_controldict_edited_on_the_desktop_is_used_by_the_restart(engine, open
     # When it is paused (it writes the current step and exits) and the pause's controlDict reached the desktop
     client.pause(job_id)
     engine.wait_run(job_id, timeout=120)
-    assert client.status(job_id).runs_detail[0].state is RunState.PAUSED
+    run = client.status(job_id).runs_detail[0]
+    assert run.state is RunState.PAUSED, (run.state, run.reason, run.exit_code, _log_tail(run_dir, run.log_file))
     wait_for(lambda: "stopAt writeNow;" in (work / "system" / "controlDict").read_text(), 30,
              "the paused controlDict")
     before = _times(run_dir)
