@@ -58,8 +58,11 @@ def test_the_starccm_client_on_the_desktop_follows_the_running_batch_server(emul
         assert rec.state == "ready", rec.reason
         display = ":" + (JobPaths.for_job(emulator_engine.settings.root, job_id).root / "desktop" /
                          "display").read_text().strip()
-        first = wait_for(lambda: (n := _iteration(display)) > 0 and n, 60,
-                         "the attached client's window showing an iteration")
+        try:
+            first = wait_for(lambda: (n := _iteration(display)) > 0 and n, 60,
+                             "the attached client's window showing an iteration")
+        except AssertionError as exc:  # CI saw this once: say where the run, the session and its windows stood
+            raise AssertionError(f"{exc}; {_where(emulator_engine, job_id, display)}") from None
         later = wait_for(lambda: (n := _iteration(display)) > first and n, 30, "the iteration advancing")
         assert later > first
         if os.environ.get("E2E_SCREENSHOT_DIR"):  # how docs/desktop-starccm-attach.png was taken
@@ -76,6 +79,19 @@ def test_the_starccm_client_on_the_desktop_follows_the_running_batch_server(emul
     finally:
         client.terminate(job_id)
         emulator_engine.wait_job_terminal(job_id, timeout=90)
+
+
+def _where(engine, job_id: str, display: str) -> str:
+    run = engine.client.status(job_id).runs_detail[0]
+    paths = JobPaths.for_job(engine.settings.root, job_id)
+    tails = {}
+    for path in (paths.run(run.id).root / (run.log_file or "log"), paths.root / "desktop" / "session.log"):
+        tails[path.name] = path.read_text(errors="replace")[-1200:] if path.is_file() else "(none)"
+    windows = subprocess.run(["xdotool", "search", "--name", "."], capture_output=True, text=True,
+                             env={**os.environ, "DISPLAY": display}, timeout=10).stdout.split()
+    names = [subprocess.run(["xdotool", "getwindowname", w], capture_output=True, text=True, timeout=10,
+                            env={**os.environ, "DISPLAY": display}).stdout.strip() for w in windows[:20]]
+    return f"run {run.state.value} ({run.reason}); windows {names}; logs {tails}"
 
 
 def _owner_uids(pattern: str) -> set[str]:

@@ -65,17 +65,29 @@ def test_endtime_typed_into_the_panels_form_is_where_the_restarted_run_stops(eng
         reached = max(_times(run_dir))
         target = round(reached + 0.5, 1)  # five write intervals on: a few seconds of icoFoam
 
-        dialog = open_edit_form(desk, rec.display, has=FIELD)   # (a click may be lost while ParaView reloads)
-        _click(rec.display, dialog[FIELD])
-        for keys in (["key", "End"], ["key", "--repeat", "12", "BackSpace"], ["type", "--delay", "20", f"{target:g}"]):
-            done = subprocess.run(["xdotool", *keys], env=env, capture_output=True, text=True, timeout=20)
-            assert done.returncode == 0, done.stderr
-        if os.environ.get("E2E_SCREENSHOT_DIR"):  # how docs/desktop-panel-edit.png was taken
-            time.sleep(10)  # ParaView mapped its window before drawing into it: the picture with the case drawn
-            grab_display(rec.display, Path(os.environ["E2E_SCREENSHOT_DIR"]) / "desktop-panel-edit.png")
-        _click(rec.display, dialog["apply"])
-        wait_for(lambda: alice.get(f"/jobs/{job_id}").json()["spec"]["solver"]["parameters"]["endTime"] == target,
-                 15, f"endTime {target:g} recorded")
+        def recorded() -> bool:
+            return alice.get(f"/jobs/{job_id}").json()["spec"]["solver"]["parameters"]["endTime"] == target
+        for attempt in range(2):
+            # Keystrokes go where the focus is: under CI's load the form once closed on Apply and no new endTime
+            # was recorded (the typing went elsewhere or was lost; ParaView maps and reloads meanwhile). A person
+            # would see the old value and type it again; so does the test, once, and says so.
+            dialog = open_edit_form(desk, rec.display, has=FIELD)   # (a click may be lost while ParaView reloads)
+            _click(rec.display, dialog[FIELD])
+            for keys in (["key", "End"], ["key", "--repeat", "12", "BackSpace"],
+                         ["type", "--delay", "20", f"{target:g}"]):
+                done = subprocess.run(["xdotool", *keys], env=env, capture_output=True, text=True, timeout=20)
+                assert done.returncode == 0, done.stderr
+            if os.environ.get("E2E_SCREENSHOT_DIR"):  # how docs/desktop-panel-edit.png was taken
+                time.sleep(10)  # ParaView mapped its window before drawing into it: the picture with the case drawn
+                grab_display(rec.display, Path(os.environ["E2E_SCREENSHOT_DIR"]) / "desktop-panel-edit.png")
+            _click(rec.display, dialog["apply"])
+            try:
+                wait_for(recorded, 15, f"endTime {target:g} recorded")
+                break
+            except AssertionError:
+                if attempt:
+                    raise
+                print(f"endTime {target:g} not recorded after the first try: typed again")
         history = alice.get(f"/jobs/{job_id}/history").json()
         assert history["revisions"][-1]["message"] == "edited in the desktop panel"
 

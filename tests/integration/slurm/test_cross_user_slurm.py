@@ -11,6 +11,7 @@ import pytest
 from orchestrator.cluster.identity import lookup
 from orchestrator.cluster.slurm import SlurmBackend
 from orchestrator.model.paths import JobPaths
+from orchestrator.model.states import RUN_ENDED, RunState
 from tests.integration import probes
 from tests.integration.sshcluster import ensure_accounts
 
@@ -66,12 +67,28 @@ def test_alices_job_reaches_nothing_of_bobs_allocation_or_of_the_engines(slurm, 
         probe = users["alice"].submit_data({"name": "probe", "desktop": {"enabled": False},
                                             "cluster": {"backend": "slurm", "nodes": 1},
                                             "solver": {"name": "command", "command": [str(a) for a in argv]}})
-        wait_for(lambda: engine.client.status(probe).runs_detail and
-                 engine.client.status(probe).runs_detail[0].state.value == "COMPLETED", 120, "the probe to end")
+        run = _wait_ended(engine, slurm, probe)
         out = (JobPaths.for_job(settings.root, probe).root / "runs" / "run-001" / "output.log").read_text()
+        assert run.state is RunState.COMPLETED, (run.state, run.reason, out)
         probes.check(out, set(CONTROLS), set(ATTEMPTS))
         assert backend.allocation_state("jb") == "RUNNING" and backend.group_alive(node, bob_pid)
         engine.client.terminate(probe)
     finally:
         backend.release("jb")
         engine.close()
+
+
+def _wait_ended(engine, slurm, job_id: str):  # noqa: F811 (slurm: the cluster, not the fixture)
+    """The probe's run once it ended; when it does not, where the job, its run and Slurm stood."""
+    def ended():
+        doc = engine.client.status(job_id)
+        return doc.runs_detail and doc.runs_detail[0].state in RUN_ENDED and doc.runs_detail[0]
+    try:
+        return wait_for(ended, 120, "the probe to end")
+    except AssertionError as exc:
+        doc = engine.client.status(job_id)
+        queue = subprocess.run(["squeue", "-a", "-o", "%i %u %T %r %C %N"], env=slurm.env, capture_output=True,
+                               text=True, timeout=10).stdout
+        runs = [(r.state.value, r.reason) for r in doc.runs_detail]
+        raise AssertionError(f"{exc}: job {doc.state.value} (waiting: {doc.waiting}), runs {runs}; "
+                             f"squeue:\n{queue}") from None
