@@ -27,7 +27,7 @@ from orchestrator.store.metrics import Metrics
 from orchestrator.store.nodes import NodeLeases
 from orchestrator.store.notify import OUTBOX_MAXLEN, Notifications
 from orchestrator.store.observation import Observation
-from orchestrator.store.scripts import ALLOCATE, RELEASE, REPLACE, SET_IF_CHANGED, SET_ONCE, TRANSITION
+from orchestrator.store.scripts import ALLOCATE, RELEASE, REPLACE, SET_IF_CHANGED, SET_ONCE, SYNC_POOL, TRANSITION
 from orchestrator.store.secrets import DesktopPasses, DesktopSecrets
 from orchestrator.store.series import SeriesPoints
 from orchestrator.store.sweeps import Sweeps
@@ -54,6 +54,7 @@ class JobStore(NodeLeases, Sweeps, SeriesPoints):
         self._allocate = client.register_script(ALLOCATE)
         self._release = client.register_script(RELEASE)
         self._replace = client.register_script(REPLACE)
+        self._sync_pool = client.register_script(SYNC_POOL)
         self._set_if_changed = client.register_script(SET_IF_CHANGED)
         # the other key families, on the same connection
         self.users = Users(client, keys)

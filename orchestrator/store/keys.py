@@ -92,6 +92,17 @@ class KeyNames:
     def drained(self, backend: str) -> str:
         return f"{self.pool(backend)}:drained"
 
+    # the pool's lease indexes (store/scripts.py): free nodes by inventory position, each job's nodes, and each
+    # node's position with the inventory's fingerprint
+    def pool_free(self, backend: str) -> str:
+        return f"{self.pool(backend)}:free"
+
+    def pool_held(self, backend: str) -> str:
+        return f"{self.pool(backend)}:held"
+
+    def pool_where(self, backend: str) -> str:
+        return f"{self.pool(backend)}:where"
+
     def inventory(self, backend: str) -> str:
         """The backend's nodes as the engine's workers see them (published for the CLI, API and monitor)."""
         return f"{self.pool(backend)}:inventory"

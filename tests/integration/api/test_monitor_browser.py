@@ -249,11 +249,9 @@ def test_admins_see_and_terminate_others_jobs_plain_users_do_not(driver, api, to
     node = page_until(driver, lambda d: d.execute_script(
         "const rows = [...document.querySelectorAll('#nodes tr[data-state=free]')];"
         "return rows.length ? rows[rows.length - 1].dataset.node : null;"), "a free node")
-    driver.find_element(*by(f"button[data-node='{node}'][data-action='drain']")).click()
-    page_until(driver, lambda d: text(d, f"#nodes tr[data-node='{node}'][data-state=drained]"), f"{node} drained")
+    _node_action(driver, node, "drain", "drained")
     assert f"drained from the monitor by {tokens['root'][0]}" in text(driver, f"#nodes tr[data-node='{node}']")
-    driver.find_element(*by(f"button[data-node='{node}'][data-action='undrain']")).click()
-    page_until(driver, lambda d: text(d, f"#nodes tr[data-node='{node}'][data-state=free]"), f"{node} back in service")
+    _node_action(driver, node, "undrain", "free")
 
     # an admin action: terminate alice's job from its page (the browser's confirm dialog accepted)
     driver.get(f"{api.url}/ui/jobs/{desktop_job}")
@@ -263,6 +261,28 @@ def test_admins_see_and_terminate_others_jobs_plain_users_do_not(driver, api, to
     page_until(driver, lambda d: text(d, "#job-state") in ("TERMINATING", "TERMINATED"), "alice's job terminating")
     page_until(driver, lambda d: text(d, "#job-state") == "TERMINATED", "alice's job terminated", timeout=90)
     assert f"action=terminate by={tokens['root'][0]}" in text(driver, "#events")
+
+
+def _node_action(drv, node: str, action: str, state: str, tries: int = 3) -> None:
+    """Press a node's drain/undrain button until its row shows the state. The table is redrawn every few
+    seconds: CI once saw a drain click change nothing in 60 s (a button replaced as it was clicked, or a click
+    lost under load), so the button is pressed again after 15 s, as a person would; the page's flash message
+    says what the last press answered."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(tries):
+        try:
+            drv.find_element(*by(f"button[data-node='{node}'][data-action='{action}']")).click()
+        except StaleElementReferenceException:
+            continue
+        try:
+            page_until(drv, lambda d: text(d, f"#nodes tr[data-node='{node}'][data-state={state}]"),
+                       f"{node} {state}", timeout=15)
+            return
+        except AssertionError:
+            print(f"{action} pressed: {node} not {state} after 15 s (flash: {text(drv, '#flash')!r})")
+    raise AssertionError(f"{node} never {state} after {tries} presses of {action}; flash: {text(drv, '#flash')!r}; "
+                         f"row: {text(drv, f'#nodes tr[data-node={node!r}]')!r}")
 
 
 def _charged(drv, job_id: str) -> list[str] | None:
