@@ -89,6 +89,9 @@ def test_terminate_escalates_to_sigkill_when_the_solver_ignores_signals(engine, 
         "name": "command", "command": ["bash", "-c", "trap '' TERM; echo started; sleep 600"]}})
     wait_for(lambda: client.status(job_id).runs_detail[0].state is RunState.RUNNING, 30, "RUNNING")
     pid = client.status(job_id).runs_detail[0].pid
+    # (RUNNING comes with the wrapper's pid: CI once terminated within 80 ms, before bash had set its trap)
+    output = engine.settings.root / "jobs" / job_id / "runs" / "run-001" / "output.log"
+    wait_for(lambda: output.is_file() and "started" in output.read_text(), 30, "the trap set")
     # When terminated
     client.terminate(job_id)
     doc = engine.wait_job_terminal(job_id, timeout=60)
