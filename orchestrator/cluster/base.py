@@ -48,6 +48,15 @@ class ClusterBackend(ABC):
     def inventory(self) -> list[Node]:
         """Every node this backend can lease."""
 
+    def inventory_names(self) -> tuple[str, ...]:
+        """The inventory's node names, in order (what a lease is taken from)."""
+        return tuple(n.name for n in self.inventory())
+
+    def nodes_named(self, names: list[str]) -> list[Node]:
+        """The inventory's nodes of these names, in the order given (names no longer in it left out)."""
+        by_name = {n.name: n for n in self.inventory()}
+        return [by_name[name] for name in names if name in by_name]
+
     # -- identity. `account` is the job owner's OS account: every process the engine starts for a job runs as
     # it, with a clean environment (cluster/identity.as_account), and every signal for a job is sent as it, so a
     # pid the job wrote itself can never aim the engine at another account's process. None: the engine's own

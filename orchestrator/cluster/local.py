@@ -37,10 +37,19 @@ class LocalBackend(ClusterBackend):
         self._state = settings.root
         self._root = settings.root / "nodes"
         self._job_path = settings.job_path
-        self._nodes = _virtual_nodes(self._root, settings.local_nodes, settings.local_cores_per_node)
+        self._nodes, self._names, self._by_name = _virtual_nodes(self._root, settings.local_nodes,
+                                                                 settings.local_cores_per_node)
 
     def inventory(self) -> list[Node]:
         return list(self._nodes)
+
+    # (the engine looks a job's nodes up on every step: with thousands of virtual nodes, rebuilding a name map
+    # per look cost more than the look; the nodes never change for a configuration, so neither do these)
+    def inventory_names(self) -> tuple[str, ...]:
+        return self._names
+
+    def nodes_named(self, names: list[str]) -> list[Node]:
+        return [self._by_name[name] for name in names if name in self._by_name]
 
     def prepare_node(self, node: Node, job_id: str, account: Account | None = None) -> None:
         jobs = node.root / "jobs"
@@ -143,10 +152,11 @@ def _signal_owned_group(node: Node, pgid: int, signum: int, uid: int) -> bool:
 
 
 @lru_cache(maxsize=8)
-def _virtual_nodes(root: Path, count: int, cores: int) -> tuple[Node, ...]:
-    """The virtual nodes, made once per configuration: the engine builds a backend per job it looks at, and
-    thousands of Path objects per pass added up (nodes are immutable)."""
-    return tuple(Node(f"node-{i:02d}", "localhost", cores, root / f"node-{i:02d}") for i in range(1, count + 1))
+def _virtual_nodes(root: Path, count: int, cores: int) -> tuple[tuple[Node, ...], tuple[str, ...], dict[str, Node]]:
+    """The virtual nodes, their names and a name -> node map, made once per configuration: the engine builds a
+    backend per job it looks at, and thousands of Path objects per pass added up (nodes are immutable)."""
+    nodes = tuple(Node(f"node-{i:02d}", "localhost", cores, root / f"node-{i:02d}") for i in range(1, count + 1))
+    return nodes, tuple(n.name for n in nodes), {n.name: n for n in nodes}
 
 
 def _stat_fields(pid: int | str) -> list[str] | None:

@@ -44,10 +44,10 @@ class EngineContext:
         """The first job of the queue may take nodes now (one before it did, or nodes were freed)."""
         if self.kick is None:
             return
-        queued = self.store.queued_jobs()
-        if queued:
+        head = self.store.queue_head()
+        if head is not None:
             try:
-                self.kick(queued[0])
+                self.kick(head)
             except Exception:  # noqa: BLE001 - a lost kick costs a reconcile pass, never a job
                 pass
 
@@ -64,8 +64,7 @@ class EngineContext:
         return account_for(job.account)
 
     def nodes_of(self, job: Job, backend: ClusterBackend) -> list[Node]:
-        by_name = {n.name: n for n in backend.inventory()}
-        return [by_name[name] for name in job.nodes if name in by_name]
+        return backend.nodes_named(job.nodes)
 
     def paths(self, job_id: str) -> JobPaths:
         return JobPaths.for_job(self.settings.root, job_id)

@@ -86,7 +86,7 @@ class Lifecycle:
         if job.state is JobState.QUEUED:
             spec = ctx.spec_of(job)
             leased = self.store.allocate(backend.name, job_id, spec.cluster.nodes,
-                                         [n.name for n in backend.inventory()])
+                                         backend.inventory_names())
             if isinstance(leased, str):
                 return  # waits in the queue (behind another job, or for free nodes); reconcile retries
             if not self.store.transition_job(job_id, JobState.PROVISIONING, expect=[JobState.QUEUED],
@@ -338,7 +338,9 @@ class Lifecycle:
             run = self.store.get_run(job_id, job.current_run)
             self.observe(job, run)
             self.ctx.each_service(job, "supervise")
-            check_limits(self.store, job, self.store.get_run(job_id, run.id))
+            if check_limits(self.store, job, self.store.get_run(job_id, run.id)) is not None:
+                # at once, not at the job's next look: a batch job's nodes go back to the queue as its run ends
+                self.drive_termination(job_id)
         elif state is JobState.TERMINATING:
             self.drive_termination(job_id)
         return job

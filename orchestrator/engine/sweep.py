@@ -68,9 +68,8 @@ class Sweeper:
     def look_at(self, job_ids: list[str]) -> int:
         if not job_ids:
             return 0
-        queued = self.store.queued_jobs()
-        head = queued[0] if queued else None
-        waiting = set(queued)
+        head = self.store.queue_head()
+        waiting = self.store.queued_among(job_ids)   # (not the whole queue: thousands may wait in it)
         looks: dict[str, float] = {}
         looked = 0
         for job_id in job_ids:
@@ -151,9 +150,9 @@ class Sweeper:
         """Once per beat tick: jobs the schedule lacks join it, and leftovers on nodes that answer again die."""
         try:
             self.store.observation.adopt_missing()
-            queued = self.store.queued_jobs()[:1]
-            if queued:   # the head of the queue is due at every tick (a lost kick costs one tick, not a period)
-                self.store.observation.bring_forward(queued[0], time.time())
+            head = self.store.queue_head()
+            if head is not None:  # the head of the queue is due at every tick (a lost kick costs one tick)
+                self.store.observation.bring_forward(head, time.time())
             lock = self.store.locks.reconcile(max(10.0, 5 * self.settings.reconcile_interval))
             if lock.acquire():  # one worker at a time kills leftovers; the others skip this tick's turn
                 try:

@@ -178,6 +178,18 @@ class JobStore(NodeLeases, Sweeps, SeriesPoints):
     def queued_jobs(self) -> list[str]:
         return self._r.zrange(self._keys.queue, 0, -1)
 
+    def queue_head(self) -> str | None:
+        """The first job of the queue (the only one that may take nodes), without reading the whole queue."""
+        head = self._r.zrange(self._keys.queue, 0, 0)
+        return head[0] if head else None
+
+    def queued_among(self, job_ids: list[str]) -> set[str]:
+        """Which of these jobs are queued, in one round trip however long the queue is."""
+        if not job_ids:
+            return set()
+        scores = self._r.zmscore(self._keys.queue, job_ids)
+        return {job_id for job_id, score in zip(job_ids, scores, strict=True) if score is not None}
+
     def queue_length(self) -> int:
         return int(self._r.zcard(self._keys.queue))
 

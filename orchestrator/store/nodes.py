@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from orchestrator.store.keys import KeyNames
@@ -19,9 +21,9 @@ class NodeLeases:
     _replace: Any
     _sync_pool: Any
 
-    def allocate(self, backend: str, job_id: str, count: int, inventory: list[str]) -> list[str] | str:
+    def allocate(self, backend: str, job_id: str, count: int, inventory: Sequence[str]) -> list[str] | str:
         """Lease `count` nodes to the job (the head of the queue only); the node names, or why not."""
-        fingerprint = inventory_fingerprint(inventory)
+        fingerprint = inventory_fingerprint(tuple(inventory))
         for _ in range(3):   # the lease indexes follow the inventory: rebuilt when it changed, then asked again
             reply = self._allocate(keys=[self._keys.pool(backend), self._keys.queue, *self._indexes(backend)],
                                    args=[job_id, count, fingerprint])
@@ -108,6 +110,8 @@ class NodeLeases:
         return out
 
 
-def inventory_fingerprint(inventory: list[str]) -> str:
-    """What the lease indexes were built on: the inventory's names in order (0.2 ms for 10,000 names)."""
+@lru_cache(maxsize=8)
+def inventory_fingerprint(inventory: tuple[str, ...]) -> str:
+    """What the lease indexes were built on: the inventory's names in order (0.2 ms for 10,000 names; once per
+    inventory: the cache's look-up hashes the tuple's cached string hashes, ~0.03 ms)."""
     return hashlib.sha1("\0".join(inventory).encode()).hexdigest()

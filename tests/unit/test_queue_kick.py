@@ -3,10 +3,13 @@ nodes: a burst of submissions never waits for reconcile passes, and FIFO is kept
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 from orchestrator.control.service import ControlService
 from orchestrator.engine.lifecycle import Lifecycle
 from orchestrator.model.settings import Settings
-from orchestrator.model.states import JobState
+from orchestrator.model.states import JobState, RunState
 
 
 def _lifecycle(store, tmp_path, kicked: list[str]) -> tuple[Lifecycle, ControlService]:
@@ -35,3 +38,30 @@ def test_a_lease_kicks_the_next_queued_job_and_a_job_out_of_turn_waits(store, tm
     store.release("local", a)                                # (what a terminate does at its end)
     lc.ctx.kick_queue()
     assert kicked == [b, c, c]
+
+
+def test_a_batch_job_terminates_and_frees_its_node_in_the_look_that_sees_its_run_end(store, tmp_path):
+    """limits.terminate_on_end: the look that notices the run's end also terminates the job (results stored,
+    node freed, the queue kicked), not the job's next look a reconcile interval later."""
+    kicked: list[str] = []
+    settings = Settings(home=tmp_path / "home", redis_url="redis://x/0", local_nodes=1, local_cores_per_node=1)
+    celery = type("C", (), {"send_task": lambda *a, **k: None})()
+    lc = Lifecycle.create(store, settings, kick=kicked.append)
+    control = ControlService(settings, store=store, celery=celery)
+    spec = {"desktop": {"enabled": False}, "solver": {"name": "command", "command": ["true"]},
+            "limits": {"terminate_on_end": True}}
+    first, second = (control.submit_data({**spec, "name": n}) for n in ("first", "second"))
+    lc.provision(first)                                      # launches `true` on the only node
+    assert store.get_job(first).state is JobState.UP and kicked == [second]
+    run = store.get_run(first, "run-001")
+    deadline = time.monotonic() + 10
+    while lc.paths(first).run("run-001", run.attempt).exit_code.exists() is False:
+        assert time.monotonic() < deadline, "the run never wrote its exit code"
+        time.sleep(0.01)
+    lc.reconcile_job(first)                                  # one look: run ended -> job TERMINATED
+    job = store.get_job(first)
+    assert job.state is JobState.TERMINATED and job.results and Path(job.results).is_dir()
+    assert store.get_run(first, "run-001").state is RunState.COMPLETED
+    assert kicked == [second, second]                        # its node went straight back to the queue
+    lc.provision(second)
+    assert store.get_job(second).state is JobState.UP

@@ -59,6 +59,11 @@ def test_create_job_is_queued_with_a_pending_first_run_and_two_events(store):
 def test_jobs_queue_in_submission_order(store):
     ids = [new_job(store, f"j{i}") for i in range(4)]
     assert store.queued_jobs() == ids
+    # what the hot paths read instead of the whole queue: its head, and which of a few jobs are queued
+    assert store.queue_head() == ids[0]
+    assert store.queued_among([ids[3], "nope", ids[1]]) == {ids[3], ids[1]} and store.queued_among([]) == set()
+    store.release("local", ids[0])                        # (a lease or a terminate takes a job off the queue)
+    assert store.queue_head() == ids[1] and store.queued_among([ids[0]]) == set()
     assert [j.id for j in store.list_jobs()] == list(reversed(ids))  # newest first
 
 
