@@ -134,7 +134,15 @@ def _signal_owned_group(node: Node, pgid: int, signum: int, uid: int) -> bool:
     """Signal a job's process group only when it is the job account's: a pid file is the job's to write, so a
     forged one naming the engine's or another user's group gets nobody signalled. The whole group at once
     (killpg: a child forked meanwhile is not missed) when every member is the account's; otherwise (a group
-    mixing owners cannot be one the job made) only the account's own members, one by one."""
+    mixing owners cannot be one the job made) only the account's own members, one by one. A group with no
+    process at all (a run that has ended, what a terminate mostly meets) is known without the scan of /proc,
+    which costs ~1 ms per thousand processes on the machine."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass   # a non-root engine and another user's group: the scan below decides
     members = group_members(pgid)
     mine = [pid for pid in members if uid_of(pid) == uid]
     if not mine:

@@ -64,7 +64,11 @@ def submit(service: ControlService, spec: Any, extra: dict[str, Any] | None = No
                                       extra={**(extra or {}), "account": account})
     if spec.desktop.enabled:
         desktop_token(service, job_id)
-    service.send(names.PROVISION, job_id)
+    # Only a job at the head of the queue asks for its provision: one behind others is kicked by the job before
+    # it as that one leases (or frees nodes), a burst then costs one provision task per job, not two (a lost
+    # kick costs a beat tick: the head is due at every tick).
+    if service.store.queue_head() == job_id:
+        service.send(names.PROVISION, job_id)
     return job_id
 
 

@@ -131,8 +131,10 @@ class Settings(BaseSettings):
 
     @property
     def root(self) -> Path:
-        """The state directory, expanded and absolute."""
-        return self.home.expanduser().resolve()
+        """The state directory, expanded and absolute (resolved once per absolute home: every step of a job asks,
+        dozens of times, and each resolve is a stat of every folder on the way)."""
+        home = self.home.expanduser()
+        return _resolved(home) if home.is_absolute() else home.resolve()
 
     @property
     def max_extracted(self) -> int:
@@ -208,3 +210,8 @@ def _variable(loc: tuple) -> str:
 def get_settings() -> Settings:
     """The process-wide settings (read once)."""
     return load_settings()
+
+
+@lru_cache(maxsize=64)
+def _resolved(home: Path) -> Path:
+    return home.resolve()

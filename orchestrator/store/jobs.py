@@ -204,6 +204,13 @@ class JobStore(NodeLeases, Sweeps, SeriesPoints):
             pipe.hget(self._keys.job(job_id), "state")
         return pipe.execute()
 
+    def run_states(self, job_ids: list[str], run_id: str) -> list[str | None]:
+        """Each job's run `run_id`'s state (None for a missing run), in one round trip."""
+        pipe = self._r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(self._keys.run(job_id, run_id), "state")
+        return pipe.execute()
+
     def update_job(self, job_id: str, **fields: Any) -> None:
         """Set non-state fields (never `state`: that goes through transition_job)."""
         if "state" in fields or "version" in fields:

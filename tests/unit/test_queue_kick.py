@@ -65,3 +65,23 @@ def test_a_batch_job_terminates_and_frees_its_node_in_the_look_that_sees_its_run
     assert kicked == [second, second]                        # its node went straight back to the queue
     lc.provision(second)
     assert store.get_job(second).state is JobState.UP
+
+
+def test_only_a_submission_that_heads_the_queue_sends_its_own_provision(store, tmp_path):
+    sent: list[tuple] = []
+    settings = Settings(home=tmp_path / "home", redis_url="redis://x/0", local_nodes=2, local_cores_per_node=1)
+    celery = type("C", (), {"send_task": lambda self, name, args, **k: sent.append((name, args))})()
+    control = ControlService(settings, store=store, celery=celery)
+    spec = {"desktop": {"enabled": False}, "solver": {"name": "command", "command": ["true"]}}
+    a, b = (control.submit_data({**spec, "name": n}) for n in ("a", "b"))
+    assert sent == [("e2e.provision", [a])]                  # b waits for a's kick (a leases, then kicks b)
+    store.release("local", a)                                # (a cancelled while queued: off the queue)
+    c = control.submit_data({**spec, "name": "c"})
+    assert sent == [("e2e.provision", [a])] and store.queue_head() == b != c
+    store.release("local", b)
+    d = control.submit_data({**spec, "name": "d"})           # c heads the queue now: d waits behind it
+    assert sent == [("e2e.provision", [a])] and store.queue_head() == c
+    store.release("local", c)
+    store.release("local", d)
+    e = control.submit_data({**spec, "name": "e"})           # an empty queue: e is its head, and asks
+    assert sent[-1] == ("e2e.provision", [e])
