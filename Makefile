@@ -77,6 +77,7 @@ bench: system-deps-test $(STAMP)
 	$(PY) bench/notify.py --samples 60
 	$(PY) bench/rules.py
 	$(PY) bench/scale.py --sizes 50,300
+	$(PY) bench/batch.py --jobs 500
 
 # The hardening suites (tests/faults) and one table of their figures; E2E_LONG=1 runs the long variants.
 resilience: system-deps-test $(STAMP)

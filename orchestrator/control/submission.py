@@ -59,15 +59,16 @@ def submit(service: ControlService, spec: Any, extra: dict[str, Any] | None = No
     backend = check_fits(service, spec)
     account = job_account(service)  # resolved now, kept on the job: every later step runs as it
     spec = resolve_for_submit(spec, service.store, service.user, service.address)  # desktop.access: default, my-ip
-    job_id = service.store.create_job(name=spec.name, owner=service.user, spec=spec_for_store(spec),
-                                      backend=backend, solver=spec.solver.name,
-                                      extra={**(extra or {}), "account": account})
+    job_id, heads_queue = service.store.create_queued(name=spec.name, owner=service.user, spec=spec_for_store(spec),
+                                                      backend=backend, solver=spec.solver.name,
+                                                      extra={**(extra or {}), "account": account})
     if spec.desktop.enabled:
         desktop_token(service, job_id)
     # Only a job at the head of the queue asks for its provision: one behind others is kicked by the job before
     # it as that one leases (or frees nodes), a burst then costs one provision task per job, not two (a lost
-    # kick costs a beat tick: the head is due at every tick).
-    if service.store.queue_head() == job_id:
+    # kick costs a beat tick: the head is due at every tick). No gap: a lease takes its job off the queue before
+    # it reads the next head, so a job queued meanwhile is seen as the head by its own create or by that kick.
+    if heads_queue:
         service.send(names.PROVISION, job_id)
     return job_id
 

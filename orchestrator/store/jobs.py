@@ -27,7 +27,16 @@ from orchestrator.store.metrics import Metrics
 from orchestrator.store.nodes import NodeLeases
 from orchestrator.store.notify import OUTBOX_MAXLEN, Notifications
 from orchestrator.store.observation import Observation
-from orchestrator.store.scripts import ALLOCATE, RELEASE, REPLACE, SET_IF_CHANGED, SET_ONCE, SYNC_POOL, TRANSITION
+from orchestrator.store.scripts import (
+    ALLOCATE,
+    CREATE,
+    RELEASE,
+    REPLACE,
+    SET_IF_CHANGED,
+    SET_ONCE,
+    SYNC_POOL,
+    TRANSITION,
+)
 from orchestrator.store.secrets import DesktopPasses, DesktopSecrets
 from orchestrator.store.series import SeriesPoints
 from orchestrator.store.sweeps import Sweeps
@@ -56,6 +65,7 @@ class JobStore(NodeLeases, Sweeps, SeriesPoints):
         self._replace = client.register_script(REPLACE)
         self._sync_pool = client.register_script(SYNC_POOL)
         self._set_if_changed = client.register_script(SET_IF_CHANGED)
+        self._create = client.register_script(CREATE)
         # the other key families, on the same connection
         self.users = Users(client, keys)
         self.ssh_keys = SshKeys(client, keys)
@@ -97,36 +107,37 @@ class JobStore(NodeLeases, Sweeps, SeriesPoints):
                    extra: dict[str, Any] | None = None) -> str:
         """Store a new QUEUED job with its first run, queue it, and record the creation event; `extra`
         fields (a sweep member's sweep, index and values) are stored on the job too."""
-        while True:  # one round trip for both; a seq number skipped on a (rare) id clash only leaves a gap
-            job_id = secrets.token_hex(4)
-            taken, seq = self._r.pipeline(transaction=False).exists(self._keys.job(job_id)).incr(
-                self._keys.seq).execute()
-            if not taken:
-                break
+        return self.create_queued(name=name, owner=owner, spec=spec, backend=backend, solver=solver, extra=extra)[0]
+
+    def create_queued(self, *, name: str, owner: str, spec: dict[str, Any], backend: str, solver: str,
+                      extra: dict[str, Any] | None = None) -> tuple[str, bool]:
+        """create_job in one round trip (store/scripts.py CREATE); the job's id, and whether it heads the queue."""
         now = _now()
         run_id = "run-001"
-        pipe = self._r.pipeline(transaction=True)
-        pipe.hset(self._keys.job(job_id), mapping=_encode({
-            "id": job_id, "name": name, "owner": owner, "state": JobState.QUEUED, "version": 1,
+        job_fields = _encode({
+            "name": name, "owner": owner, "state": JobState.QUEUED, "version": 1,
             "spec": spec, "backend": backend, "solver": solver, "created_at": now, "updated_at": now,
-            "runs": 1, "current_run": run_id, "nodes": [], "seq": seq, "revision": 1, **(extra or {}),
-        }))
-        pipe.hset(self._keys.run(job_id, run_id), mapping=_encode({
-            "id": run_id, "job_id": job_id, "state": RunState.PENDING, "version": 1, "created_at": now,
-            "updated_at": now, "log_offset": 0, "attempt": 1, "revision": 1,
-        }))
-        self._xadd(pipe, job_id, EventKind.JOB_CREATED, {"name": name, "owner": owner, "state": "QUEUED"}, now)
-        self._xadd(pipe, job_id, EventKind.RUN_CREATED, {"run": run_id, "state": "PENDING"}, now)
-        pipe.zadd(self._keys.jobs, {job_id: float(now)})
-        pipe.zadd(self._keys.owned(owner), {job_id: float(now)})
-        pipe.sadd(self._keys.active, job_id)
-        pipe.zadd(self._keys.due, {job_id: float(now)})  # the safety net looks at it from now on
-        pipe.zadd(self._keys.queue, {job_id: seq})
-        if sweep := (extra or {}).get("sweep"):
-            pipe.rpush(self._keys.sweep(sweep), job_id)
-            pipe.zadd(self._keys.sweeps, {sweep: float(now)}, nx=True)
-        pipe.execute()
-        return job_id
+            "runs": 1, "current_run": run_id, "nodes": [], "revision": 1, **(extra or {}),
+        })
+        run_fields = _encode({"id": run_id, "state": RunState.PENDING, "version": 1, "created_at": now,
+                              "updated_at": now, "log_offset": 0, "attempt": 1, "revision": 1})
+        sweep = (extra or {}).get("sweep") or ""
+        created = json.dumps({"name": name, "owner": owner, "state": "QUEUED"}, separators=(",", ":"))
+        run_created = json.dumps({"run": run_id, "state": "PENDING"}, separators=(",", ":"))
+        while True:   # a random id; one already taken (rare) is drawn again
+            job_id = secrets.token_hex(4)
+            keys = [self._keys.job(job_id), self._keys.run(job_id, run_id), self._keys.events(job_id),
+                    self._keys.jobs, self._keys.owned(owner), self._keys.active, self._keys.due, self._keys.queue,
+                    self._keys.seq]
+            if sweep:
+                keys += [self._keys.sweep(sweep), self._keys.sweeps]
+            args = [now, self.events_maxlen, job_id, EventKind.JOB_CREATED.value, created,
+                    EventKind.RUN_CREATED.value, run_created, sweep,
+                    len(job_fields) + 1, "id", job_id, *_pairs(job_fields),
+                    len(run_fields) + 1, "job_id", job_id, *_pairs(run_fields)]
+            reply = self._create(keys=keys, args=args)
+            if reply[0]:
+                return job_id, reply[2] == job_id
 
     def get_job(self, job_id: str) -> Job:
         raw = self._r.hgetall(self._keys.job(job_id))
@@ -378,6 +389,10 @@ class JobStore(NodeLeases, Sweeps, SeriesPoints):
         pipe.xadd(self._keys.notify_outbox, {"job": job_id, "event": "", **fields}, maxlen=OUTBOX_MAXLEN,
                   approximate=True)
         return pipe.execute()[0] if client is self._r else pipe
+
+
+def _pairs(fields: dict[str, str]) -> list[str]:
+    return [item for pair in fields.items() for item in pair]
 
 
 def _decode_job(raw: dict[str, str]) -> Job:

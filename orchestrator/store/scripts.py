@@ -22,6 +22,37 @@ end
 return {1, tostring(v), id}
 """
 
+# Create a QUEUED job with its first run in one step: its record (with the next queue number), the run's, the two
+# creation events, its place in the job indexes, the active set, the safety net's schedule and the queue (and its
+# sweep's member list); the queue's head after it (a submission that heads the queue asks for its own provision).
+# {0} when the id is taken (the caller draws another). One round trip: the submit path's hottest step.
+# KEYS: job, run, events, jobs, owned, active, due, queue, seq[, sweep members, sweeps]
+# ARGV: now, events maxlen, job id, created kind, created data, run kind, run data, sweep id, n, n job field/value
+#       pairs, m, m run field/value pairs
+CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+local seq = redis.call('INCR', KEYS[9])
+local now, maxlen, id = ARGV[1], ARGV[2], ARGV[3]
+local i = 9
+local n = tonumber(ARGV[i])
+redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, i + 1, i + 2 * n))
+i = i + 2 * n + 1
+local m = tonumber(ARGV[i])
+redis.call('HSET', KEYS[2], unpack(ARGV, i + 1, i + 2 * m))
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'kind', ARGV[4], 'ts', now, 'data', ARGV[5])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'kind', ARGV[6], 'ts', now, 'data', ARGV[7])
+redis.call('ZADD', KEYS[4], now, id)
+redis.call('ZADD', KEYS[5], now, id)
+redis.call('SADD', KEYS[6], id)
+redis.call('ZADD', KEYS[7], now, id)
+redis.call('ZADD', KEYS[8], seq, id)
+if KEYS[10] then
+  redis.call('RPUSH', KEYS[10], id)
+  redis.call('ZADD', KEYS[11], 'NX', now, ARGV[8])
+end
+return {1, seq, redis.call('ZRANGE', KEYS[8], 0, 0)[1]}
+"""
+
 # Node leases keep three indexes beside the pool hash (node -> job, '' when free), so that a lease costs the
 # nodes it takes, not the inventory (with 10,000 nodes a scan of the pool took 30 ms inside Redis per lease):
 #   free:   a sorted set of the free, undrained nodes of the inventory, scored by inventory position (the
