@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import shutil
 import sys
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from latency import BenchWorker, percentile, signals_deferred  # noqa: E402 (bench helpers; after the path)
-from scale import cpu_s, wait_until  # noqa: E402
+from scale import cpu_s, private_engine_environment, wait_until  # noqa: E402
 
 TARGET_JOBS_PER_S = 100.0
 
@@ -136,11 +135,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main() -> int:
     args = parse_args()
-    if os.geteuid() == 0:
-        os.environ.setdefault("E2E_RUN_AS", "e2e-jobs")
-    for var in ("E2E_HOME", "REDIS_URL", "E2E_REDIS_URL"):
-        os.environ.pop(var, None)
-    os.umask(0o022)
+    private_engine_environment()
     r = run(args)
     print(f"{r['jobs']} trivial batch jobs on {r['nodes']} nodes: {r['elapsed_s']:.2f} s end to end "
           f"({r['jobs_per_s']:.1f} jobs/s; submitting took {r['submit_s']:.2f} s); "

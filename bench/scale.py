@@ -260,13 +260,18 @@ def one_round(n: int, args: argparse.Namespace) -> dict:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def main() -> int:
-    args = parse_args()
+def private_engine_environment() -> None:
+    """A private engine's environment: jobs run as E2E_RUN_AS when root, nothing of the caller's engine is used."""
     if os.geteuid() == 0:
         os.environ.setdefault("E2E_RUN_AS", "e2e-jobs")
     for var in ("E2E_HOME", "REDIS_URL", "E2E_REDIS_URL"):
         os.environ.pop(var, None)
     os.umask(0o022)
+
+
+def main() -> int:
+    args = parse_args()
+    private_engine_environment()
     rounds = []
     for n in args.sizes:
         print(f"round: {n} active jobs ...", file=sys.stderr, flush=True)

@@ -137,12 +137,8 @@ def _signal_owned_group(node: Node, pgid: int, signum: int, uid: int) -> bool:
     mixing owners cannot be one the job made) only the account's own members, one by one. A group with no
     process at all (a run that has ended, what a terminate mostly meets) is known without the scan of /proc,
     which costs ~1 ms per thousand processes on the machine."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
+    if _surely_empty(pgid):
         return False
-    except PermissionError:
-        pass   # a non-root engine and another user's group: the scan below decides
     members = group_members(pgid)
     mine = [pid for pid in members if uid_of(pid) == uid]
     if not mine:
@@ -187,18 +183,24 @@ def group_alive(pgid: int) -> bool:
     desktop session, a sync process lead their groups for their whole life): the reconcile pass asks this of
     every running job, and a scan of /proc per job made the pass grow with the square of the jobs. The scan
     is left for a group whose leader has ended while other members may still run."""
-    if pgid <= 0:
+    if pgid <= 0 or _surely_empty(pgid):
         return False
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # a non-root engine and another user's group: the scan below decides
     leader = _stat_fields(pgid)
     if leader and len(leader) > 2 and leader[0] != "Z" and int(leader[2]) == pgid:
         return True
     return bool(group_members(pgid))
+
+
+def _surely_empty(pgid: int) -> bool:
+    """The group has no process at all, zombies included (one syscall); False when it may have one (a non-root
+    engine cannot tell for another user's group: the caller's scan of /proc decides)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
 
 
 def group_members(pgid: int) -> list[int]:
