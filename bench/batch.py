@@ -8,7 +8,8 @@ first submit -> the last job TERMINATED, and checks every run COMPLETED with exi
 
 The baseline, measured in the same run on the same Redis: as many Celery no-op tasks through a bench worker with
 the engine worker's concurrency and transport settings (bench/noop_app.py), sent at once, until the last has run:
-the queue hop alone. Also printed: the engine's CPU (worker, beat, Redis) per job. Exits 0 whatever the figures.
+the queue hop alone. Also printed: the engine's CPU (worker, beat, Redis) and the Redis commands it ran, per job.
+Exits 0 whatever the figures.
 
     .venv/bin/python bench/batch.py [--jobs 500] [--nodes 64] [--json]
 As root, jobs run as E2E_RUN_AS (default e2e-jobs, which must exist: `make test` creates it).
@@ -46,12 +47,12 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def celery_baseline(url: str, home: Path, jobs: int, timeout: float) -> float:
+def celery_baseline(url: str, home: Path, jobs: int, concurrency: int, timeout: float) -> float:
     """No-op tasks/s through a bench worker configured like the engine's, all sent at once."""
     import noop_app
     import redis
     noop_app.app.conf.broker_url = url
-    worker = BenchWorker(url, home, concurrency=2)
+    worker = BenchWorker(url, home, concurrency=concurrency)
     client = redis.Redis.from_url(url)
     try:
         warm = f"bench:noop:{secrets.token_hex(4)}"
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> dict:
         with signals_deferred():
             stack.start()
         url = stack.read()["redis_url"]
-        baseline = celery_baseline(url, home, args.jobs, args.timeout)
+        baseline = celery_baseline(url, home, args.jobs, settings.worker_concurrency, args.timeout)
         client = Client(settings, user="bench")
         store = client.store
         spec = validate_spec({"name": "batch", "solver": {"name": "command", "command": ["true"]},

@@ -108,17 +108,18 @@ class Stopping:
         note_leftovers(self.store, job, sorted({n.name for n in every} - {n.name for n in nodes}))
         fault_point("terminate.before_kill")
         account = ctx.account_of(job)
-        for r in self.store.list_runs(job_id):  # no process of any run may outlive the cluster
+        runs = self.store.list_runs(job_id)   # read once: a run added meanwhile never launches (not UP)
+        for r in runs:  # no process of any run may outlive the cluster
             if r.pid and nodes:
                 signal_run(backend, nodes, job_id, r, signal.SIGCONT, account)
                 signal_run(backend, nodes, job_id, r, signal.SIGKILL, account)
         dest = results_dir(ctx.settings.root, job_id)
         paths = ctx.paths(job_id)
-        for r in self.store.list_runs(job_id):
+        for r in runs:
             if nodes and r.pid:  # runs that started wrote on the nodes: gather them first
                 backend.stage_out(nodes, paths.run(r.id).root, account)
         plugin = ctx.plugin_of(job)
-        for r in self.store.list_runs(job_id):  # locks and stop files must not block reopening the results
+        for r in runs:  # locks and stop files must not block reopening the results
             remove_stale_files(plugin, paths.run(r.id).root)
         fault_point("terminate.before_collect")
         if paths.root.exists():
