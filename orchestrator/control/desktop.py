@@ -220,9 +220,9 @@ def open_desktop_stream(service: ControlService, job: str, address: str | None) 
     check_desktop_access(service, d, "api desktop proxy", address)
     record = service.store.get_job(d.job_id)
     backend = get_backend(record.backend, service.settings)
-    by_name = {n.name: n for n in backend.inventory()}
-    if not record.nodes or record.nodes[0] not in by_name:
+    head = backend.nodes_named(record.nodes[:1])
+    if not head:
         raise UserError(f"job {d.job_id}: its head node is not in the {record.backend} backend's inventory")
-    stream = open_tcp(backend, by_name[record.nodes[0]], d.vnc_port)
+    stream = open_tcp(backend, head[0], d.vnc_port)
     stream.settimeout(None)  # a desktop may sit idle for hours
     return stream

@@ -87,7 +87,7 @@ def drain(service: ControlService, node: str, reason: str = "", backend: str | N
 
     name = backend_name(service, backend)
     rows = nodes_admin.published_rows(service.store, name)
-    known = [r["name"] for r in rows] if rows is not None else [n.name for n in pick_backend(service, name).inventory()]
+    known = [r["name"] for r in rows] if rows is not None else list(pick_backend(service, name).inventory_names())
     return nodes_admin.drain(service.store, name, known, node, service.user, reason)
 
 

@@ -95,7 +95,7 @@ def restart_on_replacement(store: JobStore, settings: Settings, job_id: str, run
     dead = run.failed_nodes
     plugin = registry().get(job.solver)
     note = {"reason": run.reason, "job": job_id, "run": run_id, "at": time.time()}
-    swaps = store.replace_nodes(backend.name, job_id, dead, [n.name for n in backend.inventory()], note,
+    swaps = store.replace_nodes(backend.name, job_id, dead, list(backend.inventory_names()), note,
                                 allow_fewer=plugin.runs_on_fewer_nodes)
     if swaps == "nofree":
         return _give_up(store, job_id, run, "no replacement node free")
@@ -146,8 +146,7 @@ def kill_leftovers(store: JobStore, backend_named: Callable[[str], ClusterBacken
         if note["next"] > time.time():
             continue
         backend = backend_named(note["backend"])
-        by_name = {n.name: n for n in backend.inventory()}
-        nodes = [by_name[name] for name in note["nodes"] if name in by_name]
+        nodes = backend.nodes_named(note["nodes"])
         account = account_for(store.get_job(job_id).account)
         faults = node_faults(backend, nodes, timeout)
         for node in nodes:

@@ -97,10 +97,11 @@ def published_rows(store: JobStore, backend: str) -> list[dict[str, Any]] | None
 
 
 def _named(backend: ClusterBackend, node: str) -> Node:
-    by_name = {n.name: n for n in backend.inventory()}
-    if node not in by_name:
-        raise UserError(f"node {node!r} is not in the {backend.name} inventory; known nodes: {', '.join(by_name)}")
-    return by_name[node]
+    found = backend.nodes_named([node])
+    if not found:
+        raise UserError(f"node {node!r} is not in the {backend.name} inventory; known nodes: "
+                        f"{', '.join(backend.inventory_names())}")
+    return found[0]
 
 
 def drain(store: JobStore, backend: str, known: list[str], node: str, by: str, reason: str) -> dict[str, Any]:
